@@ -1,0 +1,200 @@
+"""The one way herd touches files, local or in object storage (s3:// through s3fs).
+
+Every call goes through the job's retry policy. Writes are atomic: a local file is written under a
+temporary name and renamed; an S3 object is one PUT of the finished bytes, so readers see all of it
+or nothing. s3fs is used rather than pyarrow's S3 client because only s3fs honours AWS_ENDPOINT_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+from common.retry import call_with_retry
+from schemas.job import RetrySpec, StorageSpec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+INPUT_EXTENSIONS = (".parquet", ".pq", ".jsonl", ".ndjson", ".json")
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def absolute(url: str) -> str:
+    """Local paths become absolute so that Ray workers, whose working directory differs, find them."""
+    if is_remote(url):
+        return url
+    return os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def basename(url: str) -> str:
+    return posixpath.basename(url.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    url: str
+    size: int
+    version: str  # the S3 ETag, or the local modification time: changes when the content does
+
+
+class Storage:
+    """Holds only the specs, so it pickles cheaply into Ray tasks; file systems are made on first use."""
+
+    def __init__(self, storage: StorageSpec, retry: RetrySpec) -> None:
+        self.storage = storage
+        self.retry = retry
+
+    def _fs(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        if url.startswith("s3://"):
+            options: dict[str, Any] = {
+                # The job's retry policy is the only one: botocore and s3fs must not retry on top.
+                "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+            }
+            endpoint = self.storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:
+                options["endpoint_url"] = endpoint
+            if self.storage.region:
+                options["client_kwargs"] = {"region_name": self.storage.region}
+            filesystem = fsspec.filesystem("s3", **options)
+            filesystem.retries = 1  # s3fs's own retry loop is a class attribute, not an option
+            return filesystem, url.removeprefix("s3://")
+        if is_remote(url):
+            raise ValueError(f"{url}: only local paths and s3:// URLs are supported")
+        return fsspec.filesystem("file"), absolute(url)
+
+    def _retry(self, what: str, operation):  # noqa: ANN001, ANN202 - a thin pass-through
+        return call_with_retry(operation, self.retry, what)
+
+    @staticmethod
+    def _url_like(original: str, path: str) -> str:
+        return f"s3://{path}" if original.startswith("s3://") else path
+
+    def expand_inputs(self, pattern: str) -> list[FileInfo]:
+        """The input files a path, directory or glob names, sorted, so planning is deterministic."""
+        fs, path = self._fs(pattern)
+
+        def listing() -> list[FileInfo]:
+            if any(char in path for char in "*?["):
+                found = fs.glob(path, detail=True)
+            elif fs.isdir(path):
+                found = {
+                    name: info
+                    for name, info in fs.find(path, detail=True).items()
+                    if name.lower().endswith(INPUT_EXTENSIONS)
+                }
+            else:
+                found = {path: fs.info(path)}
+            return [
+                FileInfo(
+                    url=self._url_like(pattern, name),
+                    size=int(info.get("size") or 0),
+                    version=str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""),
+                )
+                for name, info in sorted(found.items())
+                if info.get("type", "file") == "file"
+            ]
+
+        return self._retry(f"list {pattern}", listing)
+
+    def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
+        fs, path = self._fs(url)
+        return self._retry(f"read {url}", lambda: fs.cat_file(path, start=start, end=end))
+
+    def read_text(self, url: str) -> str:
+        return self.read_bytes(url).decode("utf-8")
+
+    def parquet_metadata(self, url: str) -> pq.FileMetaData:
+        import pyarrow.parquet as pq
+
+        fs, path = self._fs(url)
+
+        def read() -> pq.FileMetaData:
+            with fs.open(path, "rb") as handle:
+                return pq.ParquetFile(handle).metadata
+
+        return self._retry(f"read the Parquet footer of {url}", read)
+
+    def read_parquet_row_groups(self, url: str, row_groups: list[int]) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        fs, path = self._fs(url)
+
+        def read() -> pa.Table:
+            with fs.open(path, "rb") as handle:
+                return pq.ParquetFile(handle).read_row_groups(row_groups)
+
+        return self._retry(f"read {url}", read)
+
+    def write_atomic(self, url: str, data: bytes) -> int:
+        fs, path = self._fs(url)
+        if url.startswith("s3://"):
+            # One PUT of the whole object: S3 shows it complete or not at all.
+            self._retry(f"write {url}", lambda: fs.pipe_file(path, data))
+            return len(data)
+        directory = os.path.dirname(path)
+
+        def write_then_rename() -> None:
+            os.makedirs(directory, exist_ok=True)
+            temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+
+        self._retry(f"write {url}", write_then_rename)
+        return len(data)
+
+    def write_text(self, url: str, text: str) -> int:
+        return self.write_atomic(url, text.encode("utf-8"))
+
+    def exists(self, url: str) -> bool:
+        fs, path = self._fs(url)
+        return self._retry(f"check {url}", lambda: fs.exists(path))
+
+    def list_names(self, directory: str) -> list[str]:
+        """Names of the files directly under `directory`; an absent directory is empty."""
+        fs, path = self._fs(directory)
+
+        def listing() -> list[str]:
+            if not fs.exists(path):
+                return []
+            return sorted(
+                posixpath.basename(entry["name"].rstrip("/"))
+                for entry in fs.ls(path, detail=True)
+                if entry.get("type") == "file"
+            )
+
+        return self._retry(f"list {directory}", listing)
+
+    def read_many(self, urls: list[str]) -> dict[str, bytes]:
+        """Reads many small objects; s3fs fetches them concurrently."""
+        if not urls:
+            return {}
+        fs, _ = self._fs(urls[0])
+        paths = [self._fs(url)[1] for url in urls]
+        contents = self._retry(f"read {len(urls)} objects", lambda: fs.cat(paths, on_error="raise"))
+        return {url: contents[path] for url, path in zip(urls, paths, strict=True)}
+
+    def delete(self, urls: list[str]) -> None:
+        for url in urls:
+            fs, path = self._fs(url)
+            self._retry(
+                f"delete {url}", lambda fs=fs, path=path: fs.rm(path, recursive=True) if fs.exists(path) else None
+            )

@@ -1,0 +1,173 @@
+"""Hands shards out to replicas as they free up, retries failures, replaces dead replicas.
+
+Dynamic dispatch, largest shards first: a fast replica simply takes more shards, and the small
+ones fill the tail. A shard whose replica died goes back to the queue for another replica; it is
+recorded only when a replica returns its result, so it is never counted twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from common.retry import backoff_seconds
+from jobs.replicas import ReplicaPool
+from schemas.job import JobSpec
+from schemas.shard import Shard, ShardRecord
+from workers.shard_processor import ShardInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchOutcome:
+    committed: dict[str, ShardRecord] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # shard id -> why
+    attempts: int = 0
+    replicas_replaced: int = 0
+
+
+@dataclass
+class _State:
+    pending: deque[Shard]
+    delayed: list[tuple[float, int, Shard]] = field(default_factory=list)  # (not before, tiebreak, shard)
+    attempts: Counter[str] = field(default_factory=Counter)
+    starting: dict[Any, Any] = field(default_factory=dict)  # ready ref -> actor
+    running: dict[Any, tuple[Any, Shard]] = field(default_factory=dict)  # result ref -> (actor, shard)
+    idle: list[Any] = field(default_factory=list)
+    last_start_error: str = ""
+
+
+class Dispatcher:
+    def __init__(self, job: JobSpec, pool: ReplicaPool, commit: Callable[[ShardRecord], None]) -> None:
+        self.job = job
+        self.pool = pool
+        self.commit = commit
+        self.policy = job.retry
+        self.outcome = DispatchOutcome()
+
+    def run(self, shards: list[Shard]) -> DispatchOutcome:
+        state = _State(pending=deque(sorted(shards, key=lambda shard: -shard.estimated_rows)))
+        self._total = len(shards)
+        while len(self.pool.actors) < self.pool.size:
+            self.pool.start()
+        for actor in self.pool.actors:
+            state.starting[actor.ready.remote()] = actor
+        while state.pending or state.delayed or state.running:
+            self._release_due_retries(state)
+            self._assign(state)
+            if not state.running and not state.starting:
+                if state.delayed:
+                    time.sleep(max(0.0, state.delayed[0][0] - time.monotonic()))
+                    continue
+                self._fail_all(
+                    state, f"no replica is left to run it (last start error: {state.last_start_error or 'none'})"
+                )
+                break
+            timeout = max(0.0, state.delayed[0][0] - time.monotonic()) if state.delayed else None
+            done, _ = ray.wait([*state.running, *state.starting], num_returns=1, timeout=timeout)
+            for ref in done:
+                if ref in state.starting:
+                    self._on_started(state, ref)
+                else:
+                    self._on_finished(state, ref)
+        return self.outcome
+
+    def _release_due_retries(self, state: _State) -> None:
+        now = time.monotonic()
+        while state.delayed and state.delayed[0][0] <= now:
+            state.pending.append(heapq.heappop(state.delayed)[2])
+
+    def _assign(self, state: _State) -> None:
+        while state.idle and state.pending:
+            actor, shard = state.idle.pop(), state.pending.popleft()
+            state.attempts[shard.shard_id] += 1
+            self.outcome.attempts += 1
+            state.running[actor.process.remote(shard, self.job)] = (actor, shard)
+
+    def _on_started(self, state: _State, ref: Any) -> None:
+        actor = state.starting.pop(ref)
+        try:
+            name = ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - the engine could not start; reported below
+            state.last_start_error = _reason(error)
+            log.warning("a replica failed to start: %s", state.last_start_error)
+            self._replace(state, actor)
+            return
+        log.info("replica %s is ready", name)
+        state.idle.append(actor)
+
+    def _on_finished(self, state: _State, ref: Any) -> None:
+        actor, shard = state.running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayActorError as error:
+            log.warning("the replica running shard %s died (%s); re-queuing it", shard.shard_id, _reason(error))
+            self._replace(state, actor)
+            self._retry_or_fail(state, shard, f"replica died: {_reason(error)}")
+            return
+        except Exception as error:  # noqa: BLE001 - every other failure is this shard's
+            state.idle.append(actor)
+            if isinstance(getattr(error, "cause", None), ShardInputError) or isinstance(error, ShardInputError):
+                self.outcome.failed[shard.shard_id] = _reason(error)
+            else:
+                self._retry_or_fail(state, shard, _reason(error))
+            return
+        state.idle.append(actor)
+        record = ShardRecord(**result.model_dump(), attempts=state.attempts[shard.shard_id])
+        try:
+            self.commit(record)
+        except Exception as error:  # noqa: BLE001 - storage gave up after the retry policy
+            self._retry_or_fail(state, shard, f"could not commit: {_reason(error)}")
+            return
+        self.outcome.committed[shard.shard_id] = record
+        log.info(
+            "[%d/%d] %s: %d rows out, %d errors, %d tokens in %.1fs (%s)",
+            len(self.outcome.committed),
+            self._total,
+            shard.shard_id,
+            record.rows_out,
+            record.error_rows,
+            record.completion_tokens,
+            record.shard_seconds,
+            record.replica,
+        )
+
+    def _retry_or_fail(self, state: _State, shard: Shard, reason: str) -> None:
+        attempts = state.attempts[shard.shard_id]
+        if attempts >= self.policy.attempts:
+            self.outcome.failed[shard.shard_id] = f"failed after {attempts} attempts: {reason}"
+            return
+        not_before = time.monotonic() + backoff_seconds(self.policy, attempts)
+        heapq.heappush(state.delayed, (not_before, self.outcome.attempts, shard))
+
+    def _replace(self, state: _State, actor: Any) -> None:
+        self.pool.forget(actor)
+        if self.outcome.replicas_replaced >= self.policy.max_replica_restarts:
+            log.warning("not replacing the replica: retry.max_replica_restarts reached")
+            return
+        self.outcome.replicas_replaced += 1
+        replacement = self.pool.start()
+        state.starting[replacement.ready.remote()] = replacement
+
+    def _fail_all(self, state: _State, reason: str) -> None:
+        for shard in [*state.pending, *(item[2] for item in state.delayed)]:
+            self.outcome.failed[shard.shard_id] = reason
+        state.pending.clear()
+        state.delayed.clear()
+
+
+def _reason(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]

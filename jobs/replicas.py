@@ -1,0 +1,114 @@
+"""The pool of replica actors: how many, on what resources, with which environment.
+
+On a GPU cluster a replica reserves tensor_parallel_size GPUs (one actor's resources always sit on
+one node); on the CPU build it reserves that many CPUs. Settings the engine reads from the
+environment are passed to the actors explicitly, since a Ray worker does not see the driver's
+environment on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from schemas.errors import SpecError
+from schemas.job import JobSpec, ModelSpec
+from workers.replica import EngineFactory, Replica, build_vllm_engine
+
+# Prefixes and names of variables that configure the engine or storage endpoints (never secrets:
+# credentials reach local workers by inheritance and cluster nodes through their own roles).
+_FORWARDED_PREFIXES = ("VLLM_", "HF_", "HERD_", "TRANSFORMERS_")
+_FORWARDED_NAMES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def cluster_device() -> str:
+    return "gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+def _per_node(resource: str) -> list[float]:
+    return [node["Resources"].get(resource, 0) for node in ray.nodes() if node.get("Alive")]
+
+
+def replica_capacity(tensor_parallel_size: int, device: str) -> int:
+    """How many replicas of this size the cluster holds, counting each node on its own."""
+    resource = "GPU" if device == "gpu" else "CPU"
+    return sum(int(amount // tensor_parallel_size) for amount in _per_node(resource))
+
+
+def replica_count(job: JobSpec, device: str) -> int:
+    tp = job.model.tensor_parallel_size
+    capacity = replica_capacity(tp, device)
+    if capacity < 1:
+        resource = "GPUs" if device == "gpu" else "CPUs"
+        largest = max(_per_node("GPU" if device == "gpu" else "CPU"), default=0)
+        raise SpecError(
+            f"model.tensor_parallel_size {tp} needs {tp} {resource} on one node; the largest node has {largest:g}"
+        )
+    if job.resources.replicas == "auto":
+        # On CPU one engine already uses the node's cores; a second would only compete for them.
+        return capacity if device == "gpu" else 1
+    return min(job.resources.replicas, capacity)
+
+
+def _engine_identity(model: ModelSpec) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith(_FORWARDED_PREFIXES) or name in _FORWARDED_NAMES
+    }
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if model.tensor_parallel_size > 1:
+            # vLLM's CPU workers each bind OpenMP threads to their own cores; inside an actor they
+            # cannot discover a NUMA layout, so give one core per tensor-parallel rank.
+            env.setdefault(
+                "VLLM_CPU_OMP_THREADS_BIND", "|".join(str(core) for core in range(model.tensor_parallel_size))
+            )
+    return env
+
+
+class ReplicaPool:
+    """Replica actors for one model configuration; reusable across jobs that use the same model."""
+
+    def __init__(
+        self, model: ModelSpec, job: JobSpec, size: int, engine_factory: EngineFactory = build_vllm_engine
+    ) -> None:
+        self.model = model
+        self.device = cluster_device()
+        self.size = size
+        self._job = job
+        self._engine_factory = engine_factory
+        tp = model.tensor_parallel_size
+        resources = {"num_gpus": tp, "num_cpus": 1} if self.device == "gpu" else {"num_cpus": tp}
+        self._actor_class = ray.remote(Replica).options(
+            **resources,
+            max_restarts=0,  # the driver replaces dead replicas itself, and re-queues their shards
+            runtime_env={"env_vars": _actor_environment(model, self.device)},
+        )
+        self.actors: list[Any] = []
+
+    def serves(self, model: ModelSpec) -> bool:
+        return _engine_identity(model) == _engine_identity(self.model)
+
+    def start(self) -> Any:
+        actor = self._actor_class.remote(
+            self.model, self._job.storage, self._job.retry, self.device, self._engine_factory
+        )
+        self.actors.append(actor)
+        return actor
+
+    def forget(self, actor: Any) -> None:
+        if actor in self.actors:
+            self.actors.remove(actor)
+        ray.kill(actor, no_restart=True)
+
+    def shutdown(self) -> None:
+        for actor in list(self.actors):
+            self.forget(actor)

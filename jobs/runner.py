@@ -1,0 +1,157 @@
+"""Runs one job: plan, skip what is committed, dispatch the rest, then the summary and _SUCCESS."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import ray
+
+from common.layout import OutputLayout
+from common.storage import Storage, absolute
+from jobs.dispatch import Dispatcher, DispatchOutcome
+from jobs.manifest import claim_output, commit_shard, committed_shards, remove_uncommitted_files
+from jobs.planner import plan_shards
+from jobs.replicas import ReplicaPool, cluster_device, replica_count
+from schemas.errors import SpecError
+from schemas.job import JobSpec
+from schemas.results import ExitCode, RunSummary
+from schemas.shard import ShardRecord
+from workers.replica import EngineFactory, build_vllm_engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    summary: RunSummary
+    exit_code: ExitCode
+
+
+def ensure_ray() -> None:
+    """Joins the Ray named by RAY_ADDRESS, or starts an embedded local one."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def with_absolute_paths(job: JobSpec) -> JobSpec:
+    """Ray workers run in another directory: local paths must not depend on the driver's."""
+    model_path = job.model.path if job.model.path.startswith("demo:") else absolute(job.model.path)
+    return job.model_copy(
+        update={
+            "input": job.input.model_copy(update={"path": absolute(job.input.path)}),
+            "output": job.output.model_copy(update={"path": absolute(job.output.path)}),
+            "model": job.model.model_copy(update={"path": model_path}),
+        }
+    )
+
+
+def run_job(
+    job: JobSpec,
+    overwrite: bool = False,
+    pool: ReplicaPool | None = None,
+    engine_factory: EngineFactory = build_vllm_engine,
+) -> RunOutcome:
+    """`pool` lets several jobs on the same model share warm engines (tests, notebooks)."""
+    started = time.perf_counter()
+    job = with_absolute_paths(job)
+    storage = Storage(job.storage, job.retry)
+    layout = OutputLayout(job.output.path)
+
+    files = storage.expand_inputs(job.input.path)
+    if not files:
+        raise SpecError(f"input.path: no files match {job.input.path!r}")
+    shards = plan_shards(job.input, files, storage)
+    claim_output(storage, layout, job, files, overwrite)
+    committed = committed_shards(storage, layout)
+    planned_ids = {shard.shard_id for shard in shards}
+    todo = [shard for shard in shards if shard.shard_id not in committed]
+    log.info("%d shards planned, %d already committed, %d to run", len(shards), len(shards) - len(todo), len(todo))
+
+    outcome = DispatchOutcome()
+    replicas = 0
+    if todo:
+        ensure_ray()
+        own_pool = pool is None
+        if pool is None:
+            pool = ReplicaPool(job.model, job, replica_count(job, cluster_device()), engine_factory)
+        elif not pool.serves(job.model):
+            raise SpecError("the replica pool given serves a different model configuration")
+        replicas = pool.size
+        try:
+            outcome = Dispatcher(job, pool, lambda record: commit_shard(storage, layout, record)).run(todo)
+        finally:
+            if own_pool:
+                pool.shutdown()
+
+    records = {
+        shard_id: record for shard_id, record in {**committed, **outcome.committed}.items() if shard_id in planned_ids
+    }
+    removed = remove_uncommitted_files(storage, layout, records)
+    if removed:
+        log.info("removed %d files left by attempts that did not commit", removed)
+    summary = _summarize(
+        job, records, outcome, len(shards), len(shards) - len(todo), replicas, time.perf_counter() - started
+    )
+    exit_code = _exit_code(summary)
+    storage.write_text(layout.summary, json.dumps(summary.model_dump(mode="json"), indent=2))
+    if exit_code == ExitCode.SUCCESS:
+        storage.write_text(layout.success_marker, "")
+    return RunOutcome(summary, exit_code)
+
+
+def _summarize(
+    job: JobSpec,
+    records: dict[str, ShardRecord],
+    outcome: DispatchOutcome,
+    shards: int,
+    skipped: int,
+    replicas: int,
+    wall_seconds: float,
+) -> RunSummary:
+    def total(field: str) -> int:
+        return sum(getattr(record, field) for record in records.values())
+
+    completion_tokens_this_run = sum(record.completion_tokens for record in outcome.committed.values())
+    rows_in, error_rows = total("rows_in"), total("error_rows")
+    status = "succeeded"
+    if outcome.failed:
+        status = "shards_failed"
+    elif rows_in and error_rows / rows_in > job.max_error_fraction:
+        status = "errors_over_threshold"
+    return RunSummary(
+        job=job.name,
+        status=status,
+        output=job.output.path,
+        model=job.model.path,
+        rows_in=rows_in,
+        rows_out=total("rows_out"),
+        error_rows=error_rows,
+        prompt_tokens=total("prompt_tokens"),
+        completion_tokens=total("completion_tokens"),
+        tokens_per_s=round(completion_tokens_this_run / wall_seconds, 2) if wall_seconds > 0 else 0.0,
+        wall_seconds=round(wall_seconds, 3),
+        shards=shards,
+        shards_run=len(outcome.committed),
+        shards_skipped=skipped,
+        shards_failed=sorted(f"{shard_id}: {reason}" for shard_id, reason in outcome.failed.items()),
+        attempts=outcome.attempts,
+        replicas=replicas,
+        replicas_replaced=outcome.replicas_replaced,
+    )
+
+
+def _exit_code(summary: RunSummary) -> ExitCode:
+    if summary.status == "shards_failed":
+        return ExitCode.SHARDS_FAILED
+    if summary.status == "errors_over_threshold":
+        return ExitCode.ERRORS_OVER_THRESHOLD
+    return ExitCode.SUCCESS

@@ -1,0 +1,183 @@
+"""The job spec: what a user writes in job.yaml, validated before anything starts.
+
+Every model forbids unknown fields so that a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import SpecError, format_validation_error
+
+# Llama 2 (and every model herd presets) supports at most this many tokens of prompt + generation.
+LLAMA2_CONTEXT_TOKENS = 4096
+DEMO_MODEL = "demo:smollm2-135m-instruct"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class InputSpec(StrictModel):
+    path: str = Field(description="A file, a directory or a glob; local or s3://.")
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    prompt_column: str | None = None
+    messages_column: str | None = None
+    id_column: str | None = None
+    keep_columns: list[str] = Field(default_factory=list)
+    rows_per_shard: int = Field(default=1024, ge=1)
+    bytes_per_shard: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _exactly_one_prompt_source(self) -> InputSpec:
+        if (self.prompt_column is None) == (self.messages_column is None):
+            raise ValueError("give exactly one of prompt_column or messages_column")
+        return self
+
+    def format_of(self, file_path: str) -> Literal["parquet", "jsonl"]:
+        if self.format != "auto":
+            return self.format
+        lowered = file_path.lower()
+        if lowered.endswith((".parquet", ".pq")):
+            return "parquet"
+        if lowered.endswith((".jsonl", ".ndjson", ".json")):
+            return "jsonl"
+        raise SpecError(
+            f"input.format: cannot infer the format of {file_path!r} from its extension; "
+            "set input.format to parquet or jsonl"
+        )
+
+
+class ModelSpec(StrictModel):
+    path: str = Field(description=f"A local directory or s3:// URL of a Hugging Face checkpoint, or {DEMO_MODEL}.")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int = Field(default=LLAMA2_CONTEXT_TOKENS, ge=16, le=LLAMA2_CONTEXT_TOKENS)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _engine_options_do_not_shadow_fields(self) -> ModelSpec:
+        shadowed = {"model", "tensor_parallel_size", "max_model_len", "dtype"} & set(self.engine_options)
+        if shadowed:
+            raise ValueError(f"engine_options must not set {sorted(shadowed)}; use the model fields instead")
+        return self
+
+
+class PromptSpec(StrictModel):
+    format: Literal["raw", "llama2-chat", "model-template"] = "raw"
+    system_prompt: str | None = None
+    on_overflow: Literal["error", "truncate"] = Field(
+        default="error",
+        description="A prompt that leaves no room for max_new_tokens: an error row, or keep its end.",
+    )
+
+    @model_validator(mode="after")
+    def _system_prompt_needs_chat(self) -> PromptSpec:
+        if self.system_prompt is not None and self.format == "raw":
+            raise ValueError("system_prompt needs format llama2-chat or model-template")
+        return self
+
+
+class SamplingSpec(StrictModel):
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1)
+    max_new_tokens: int = Field(default=256, ge=1, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
+    seed: int = Field(default=0, ge=0)
+    n: int = Field(default=1, ge=1, le=64)
+    stop: list[str] = Field(default_factory=list)
+    ignore_eos: bool = False
+    do_sample: bool = Field(default=True, description="false means greedy decoding")
+    return_full_text: bool = False
+
+    @property
+    def effective_temperature(self) -> float:
+        return self.temperature if self.do_sample else 0.0
+
+
+class OutputSpec(StrictModel):
+    path: str
+    format: Literal["parquet", "jsonl"] = "parquet"
+
+
+class ResourcesSpec(StrictModel):
+    replicas: int | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _positive(self) -> ResourcesSpec:
+        if self.replicas != "auto" and self.replicas < 1:
+            raise ValueError("replicas must be 'auto' or at least 1")
+        return self
+
+
+class StorageSpec(StrictModel):
+    """Where S3 lives; credentials come only from the usual AWS_* variables, never from here."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class RetrySpec(StrictModel):
+    attempts: int = Field(default=3, ge=1, le=100)
+    backoff_base_s: float = Field(default=0.5, ge=0.0)
+    backoff_cap_s: float = Field(default=30.0, ge=0.0)
+    jitter: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_replica_restarts: int = Field(default=4, ge=0)
+
+
+class JobSpec(StrictModel):
+    name: str = "herd-job"
+    input: InputSpec
+    model: ModelSpec
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    output: OutputSpec
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    max_error_fraction: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="Fail the job when more rows than this fail."
+    )
+
+    @model_validator(mode="after")
+    def _generation_fits_context(self) -> JobSpec:
+        if self.sampling.max_new_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"sampling.max_new_tokens ({self.sampling.max_new_tokens}) leaves no room for a "
+                f"prompt in model.max_model_len ({self.model.max_model_len})"
+            )
+        if self.input.messages_column is not None and self.prompt.format == "raw":
+            raise ValueError("input.messages_column needs prompt.format llama2-chat or model-template")
+        return self
+
+
+def load_job(path: str | Path, output_override: str | None = None) -> JobSpec:
+    """Reads a YAML or JSON job file and validates it; raises SpecError naming the bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the job file ({error.strerror})") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise SpecError(f"{path}: not valid YAML/JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the job file must be a mapping of fields, got {type(raw).__name__}")
+    if output_override is not None:
+        raw.setdefault("output", {})
+        if isinstance(raw["output"], dict):
+            raw["output"]["path"] = output_override
+    return parse_job(raw, source=str(path))
+
+
+def parse_job(raw: dict[str, Any], source: str = "job") -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error, source, JobSpec)) from None

@@ -1,0 +1,53 @@
+"""The output contract: output and error row columns, and the run summary."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from pydantic import BaseModel, ConfigDict
+
+# Output rows: `id`, then the input columns the job keeps, then these, in this order.
+OUTPUT_COLUMNS = (
+    "sample_index",
+    "completion",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "model",
+)
+ERROR_COLUMNS = ("id", "file", "row", "stage", "reason")
+ERROR_STAGES = ("read", "render", "generate", "write")
+
+
+class RunSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    status: str  # succeeded | errors_over_threshold | shards_failed
+    output: str
+    model: str
+    rows_in: int
+    rows_out: int
+    error_rows: int
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_per_s: float  # completion tokens over the wall time of this run
+    wall_seconds: float
+    shards: int
+    shards_run: int
+    shards_skipped: int  # committed by an earlier run of the same job
+    shards_failed: list[str]
+    attempts: int
+    replicas: int
+    replicas_replaced: int
+
+
+class ExitCode(IntEnum):
+    """What `submit.py run` exits with; schedulers branch on these."""
+
+    SUCCESS = 0
+    FAILED = 1  # an unexpected error; the message says what
+    INVALID = 2  # invalid spec or input, or the output belongs to another job; nothing was generated
+    ERRORS_OVER_THRESHOLD = 3  # finished, but more rows failed than max_error_fraction allows
+    SHARDS_FAILED = 4  # some shards failed after every retry; the rest are committed
+    INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM; re-run the same command to resume

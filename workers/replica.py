@@ -1,0 +1,43 @@
+"""The replica: one Ray actor hosting one engine, processing the shards the driver hands it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+from common.storage import Storage
+from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
+from schemas.shard import Shard, ShardResult
+from workers.engine import Engine, VllmEngine
+from workers.model_source import resolve_model
+from workers.shard_processor import process_shard
+
+EngineFactory = Callable[[str, ModelSpec, str], Engine]
+
+
+def build_vllm_engine(model_dir: str, spec: ModelSpec, device: str) -> Engine:
+    return VllmEngine(model_dir, spec, device)
+
+
+class Replica:
+    """Wrapped with ray.remote by the driver, which decides its resources and placement."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        storage: StorageSpec,
+        retry: RetrySpec,
+        device: str,
+        engine_factory: EngineFactory = build_vllm_engine,
+    ) -> None:
+        self.storage = Storage(storage, retry)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
+
+    def ready(self) -> str:
+        return self.name
+
+    def process(self, shard: Shard, job: JobSpec) -> ShardResult:
+        # Each shard carries the job's own storage settings: one pool can serve several jobs.
+        return process_shard(shard, job, self.engine, Storage(job.storage, job.retry), self.name)
