@@ -1,0 +1,131 @@
+"""Shared, expensive fixtures: the tiny model, one local Ray, one pool of two warm vLLM engines, moto S3.
+
+Engines take 30-60 s to start on two cores, so every end-to-end test shares the same two replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Test credentials for the moto server; set before Ray starts so its workers inherit them.
+FAKE_AWS_KEY_ID = "AKIAHERDTESTKEY00001"
+FAKE_AWS_SECRET = "herd-test-secret-do-not-leak-0123456789"
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": FAKE_AWS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": FAKE_AWS_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+TEST_MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_model_spec(tiny_model: Path) -> dict[str, Any]:
+    return {"path": str(tiny_model), "max_model_len": TEST_MAX_MODEL_LEN, "dtype": "float32"}
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(ray_session: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Two replicas of the tiny Llama on vLLM CPU, one per core, shared by every end-to-end test."""
+    from jobs.replicas import ReplicaPool
+    from schemas import parse_job
+
+    base = parse_job(
+        {
+            "input": {"path": "unused.jsonl", "prompt_column": "prompt"},
+            "model": tiny_model_spec(tiny_model),
+            "output": {"path": str(tmp_path_factory.mktemp("unused"))},
+        }
+    )
+    pool = ReplicaPool(base.model, base, size=2)
+    yield pool
+    pool.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with a bucket named herd-test."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import s3fs
+
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("herd-test")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def run_tiny(tiny_pool: Any, tiny_model: Path) -> Any:
+    """Runs a job on the shared tiny-model pool: run_tiny(input={...}, output={...}, sampling={...})."""
+    from jobs.runner import run_job
+    from schemas import parse_job
+
+    def run(overwrite: bool = False, **sections: Any) -> Any:
+        spec = {"model": tiny_model_spec(tiny_model), "prompt": {"format": "raw"}, **sections}
+        return run_job(parse_job(spec), overwrite=overwrite, pool=tiny_pool)
+
+    return run
+
+
+def read_rows(directory: str, endpoint_url: str | None = None) -> list[dict[str, Any]]:
+    """Every row of every Parquet/JSONL file in `directory`, files in name order."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from common.storage import Storage, join
+    from schemas.job import RetrySpec, StorageSpec
+
+    storage = Storage(StorageSpec(endpoint_url=endpoint_url), RetrySpec())
+    rows: list[dict[str, Any]] = []
+    for name in storage.list_names(directory):
+        data = storage.read_bytes(join(directory, name))
+        if name.endswith(".parquet"):
+            import io
+
+            rows += pq.read_table(io.BytesIO(data)).to_pylist()
+        elif name.endswith(".jsonl"):
+            rows += [json.loads(line) for line in data.decode().splitlines() if line]
+    return rows

@@ -1,0 +1,105 @@
+"""Every input row accounted for exactly once: row errors, resume, the output's fingerprint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas import SpecError
+from schemas.results import ExitCode
+from tests.cpu.conftest import read_rows
+
+
+def _write_jsonl(path, rows) -> None:
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+
+
+BAD_ROWS = [
+    ({"id": "ok-1", "prompt": "a fine prompt"}, None),
+    ({"id": "null", "prompt": None}, "prompt: expected text, got nothing (null)"),
+    ({"id": "number", "prompt": 42}, "prompt: expected text, got int"),
+    ({"id": "empty", "prompt": "   "}, "prompt: the prompt is empty"),
+    ({"id": "missing"}, "prompt: expected text, got nothing (null)"),
+    ('{"id": "broken", "prompt": "unterminated', "malformed JSON line"),
+    ("[1, 2, 3]", "expected a JSON object, got list"),
+    ({"id": "huge", "prompt": "word " * 20000}, "exceeds max_model_len 512"),
+    ({"id": "unicode", "prompt": "café 東京 😀 naïve"}, None),
+    ({"prompt": "no id here"}, "id: the id is missing"),
+    ({"id": "ok-2", "prompt": "another fine prompt"}, None),
+]
+
+
+def test_bad_rows_become_error_rows_and_the_shard_still_commits(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [row for row, _ in BAD_ROWS])
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "id_column": "id"},
+        sampling={"max_new_tokens": 4},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=1.0,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    good = read_rows(str(tmp_path / "out" / "data"))
+    errors = read_rows(str(tmp_path / "out" / "errors"))
+    expected_errors = [reason for _, reason in BAD_ROWS if reason]
+    assert len(good) + len(errors) == len(BAD_ROWS)
+    assert [row["id"] for row in good] == ["ok-1", "unicode", "ok-2"]
+    assert len(errors) == len(expected_errors)
+    for error, reason in zip(errors, expected_errors, strict=True):
+        assert reason in error["reason"]
+        assert error["file"] == "in.jsonl" and error["stage"] in ("read", "render")
+    assert outcome.summary.rows_in == len(BAD_ROWS)
+
+
+def test_too_many_row_errors_fail_the_job_with_its_own_exit_code(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": None}] * 3 + [{"prompt": "fine"}])
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 4},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.ERRORS_OVER_THRESHOLD
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["error_rows"] == 3
+
+
+def test_a_rerun_skips_committed_shards_and_redoes_only_the_missing_one(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"prompt number {index}"} for index in range(60)])
+    job = {
+        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
+        "sampling": {"max_new_tokens": 4, "seed": 5},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    first = run_tiny(**job)
+    manifest = sorted((tmp_path / "out" / "manifest").glob("*.json"))
+    assert first.summary.shards == len(manifest) > 1
+    before = {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "out" / "data"))}
+    # Simulate a crash after one shard's files were written but before its commit.
+    manifest[0].unlink()
+    (tmp_path / "out" / "_SUCCESS").unlink()
+    second = run_tiny(**job)
+    assert (second.summary.shards_run, second.summary.shards_skipped) == (1, first.summary.shards - 1)
+    after = read_rows(str(tmp_path / "out" / "data"))
+    assert len(after) == 60 and len({row["id"] for row in after}) == 60  # the stray file was removed
+    assert {row["id"]: row["completion"] for row in after} == before
+    assert len(list((tmp_path / "out" / "data").iterdir())) == first.summary.shards
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_changed_job_is_refused_on_the_same_output_unless_overwrite(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"prompt {index}"} for index in range(5)])
+    job = {
+        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        "sampling": {"max_new_tokens": 4},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    run_tiny(**job)
+    changed = {**job, "sampling": {"max_new_tokens": 6}}
+    with pytest.raises(SpecError, match=r"holds the output of a different job \(changed: sampling.max_new_tokens\)"):
+        run_tiny(**changed)
+    outcome = run_tiny(overwrite=True, **changed)
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards_skipped == 0
+    assert len(read_rows(str(tmp_path / "out" / "data"))) == 5

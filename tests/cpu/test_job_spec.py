@@ -1,0 +1,101 @@
+"""Job spec validation: every invalid spec fails before anything starts, naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from schemas import SpecError, load_job, parse_job
+
+REPO = Path(__file__).resolve().parents[2]
+VALID = {
+    "input": {"path": "in.jsonl", "prompt_column": "prompt"},
+    "model": {"path": "/models/llama"},
+    "output": {"path": "out"},
+}
+
+
+def _with(section: str, **fields) -> dict:
+    spec = {key: dict(value) for key, value in VALID.items()}
+    spec.setdefault(section, {}).update(fields)
+    return spec
+
+
+INVALID_SPECS = [
+    ({"model": VALID["model"], "output": VALID["output"]}, "input: required field is missing"),
+    (_with("input", prompt_colum="x"), "input.prompt_colum: unknown field; allowed here: bytes_per_shard"),
+    (_with("input", messages_column="m"), "give exactly one of prompt_column or messages_column"),
+    (_with("input", format="csv"), "input.format: Input should be 'auto', 'parquet' or 'jsonl'"),
+    (_with("sampling", temperature=-1), "sampling.temperature: Input should be greater than or equal to 0"),
+    (_with("sampling", n=0), "sampling.n: Input should be greater than or equal to 1"),
+    (_with("sampling", top_p=0), "sampling.top_p: Input should be greater than 0"),
+    (_with("sampling", max_new_tokens=0), "sampling.max_new_tokens: Input should be greater than or equal to 1"),
+    (_with("sampling", max_new_tokens=5000), "leaves no room for a prompt in model.max_model_len (4096)"),
+    (_with("model", max_model_len=8192), "model.max_model_len: Input should be less than or equal to 4096"),
+    (_with("model", tensor_parallel_size=0), "model.tensor_parallel_size: Input should be greater than or equal to 1"),
+    (_with("model", dtype="int3"), "model.dtype: Input should be 'auto', 'float32', 'float16' or 'bfloat16'"),
+    (_with("model", engine_options={"max_model_len": 10}), "engine_options must not set ['max_model_len']"),
+    (_with("prompt", format="alpaca"), "prompt.format: Input should be 'raw', 'llama2-chat' or 'model-template'"),
+    (_with("prompt", system_prompt="be nice"), "system_prompt needs format llama2-chat or model-template"),
+    (_with("output", format="csv"), "output.format: Input should be 'parquet' or 'jsonl'"),
+    (_with("resources", replicas=0), "replicas must be 'auto' or at least 1"),
+    (_with("retry", attempts=0), "retry.attempts: Input should be greater than or equal to 1"),
+    ({**VALID, "max_error_fraction": 2}, "max_error_fraction: Input should be less than or equal to 1"),
+    ({**VALID, "outptu": {}}, "outptu: unknown field; allowed here: input, max_error_fraction, model"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), INVALID_SPECS, ids=[message[:40] for _, message in INVALID_SPECS])
+def test_invalid_spec_is_refused_with_a_message_naming_the_field(spec, message):
+    with pytest.raises(SpecError) as raised:
+        parse_job(spec, source="job.yaml")
+    assert message in str(raised.value)
+    assert str(raised.value).startswith("job.yaml: invalid job spec")
+
+
+def test_hosted_llama2_and_vllm_sampling_names_are_both_accepted():
+    hosted = parse_job(_with("sampling", max_new_tokens=96, do_sample=False, temperature=0.6))
+    vllm_style = parse_job(_with("sampling", max_tokens=96))
+    assert hosted.sampling.max_new_tokens == vllm_style.sampling.max_new_tokens == 96
+    assert hosted.sampling.effective_temperature == 0.0  # do_sample false means greedy
+
+
+def test_the_quickstart_job_file_is_valid():
+    job = load_job(REPO / "examples" / "quickstart.yaml")
+    assert job.model.path == "demo:smollm2-135m-instruct"
+
+
+def test_unreadable_or_malformed_job_files_are_named(tmp_path):
+    with pytest.raises(SpecError, match="cannot read the job file"):
+        load_job(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("input: [unclosed")
+    with pytest.raises(SpecError, match=r"bad\.yaml: not valid YAML"):
+        load_job(tmp_path / "bad.yaml")
+
+
+def test_help_and_schemas_import_without_ray_vllm_or_torch():
+    probe = (
+        "import sys, runpy; sys.argv = ['submit.py', '--help']\n"
+        "try:\n    runpy.run_path('submit.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "import schemas\n"
+        "heavy = sorted(name for name in ('ray', 'vllm', 'torch', 'transformers') if name in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "usage: submit.py" in result.stdout
+    assert "HEAVY []" in result.stdout
+
+
+def test_invalid_job_file_exits_2_with_the_reason_on_stderr(tmp_path):
+    (tmp_path / "job.yaml").write_text(
+        "input: {path: x.jsonl, prompt_column: p}\nmodel: {path: m}\noutput: {path: o}\nsampling: {n: 0}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "submit.py", "run", str(tmp_path / "job.yaml")], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "sampling.n: Input should be greater than or equal to 1" in result.stderr
+    assert "Traceback" not in result.stderr
