@@ -66,13 +66,11 @@ def command_plan(arguments: argparse.Namespace) -> int:
     from common.storage import Storage
     from jobs.manifest import committed_shards
     from jobs.planner import plan_shards
-    from jobs.runner import with_absolute_paths
+    from jobs.runner import list_inputs, with_absolute_paths
 
     job = with_absolute_paths(job)
     storage = Storage(job.storage, job.retry)
-    files = storage.expand_inputs(job.input.path)
-    if not files:
-        raise SpecError(f"input.path: no files match {job.input.path!r}")
+    files = list_inputs(storage, job)
     shards = plan_shards(job.input, files, storage)
     committed = committed_shards(storage, OutputLayout(job.output.path))
     for shard in shards:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import time
@@ -15,11 +16,14 @@ log = logging.getLogger(__name__)
 
 # Words that S3 and its look-alikes put in throttling and server-side errors (s3fs keeps the
 # botocore message in the OSError it raises).
+# s3fs turns 503 into EBUSY and throttling into EAGAIN.
+_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED}
 _TRANSIENT_MARKERS = (
     "SlowDown",
     "Throttl",
     "ServiceUnavailable",
     "InternalError",
+    "Service Unavailable",
     "RequestTimeout",
     "503",
     "500",
@@ -42,6 +46,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
         return True
     text = f"{type(error).__name__} {error}"
     return any(marker in text for marker in _TRANSIENT_MARKERS)

@@ -65,6 +65,8 @@ class Storage:
             options: dict[str, Any] = {
                 # The job's retry policy is the only one: botocore and s3fs must not retry on top.
                 "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}},
+                # Replicas write from other processes: a cached listing would hide their files.
+                "use_listings_cache": False,
             }
             endpoint = self.storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint:

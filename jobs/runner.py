@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import ray
 
 from common.layout import OutputLayout
-from common.storage import Storage, absolute
+from common.storage import FileInfo, Storage, absolute
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.manifest import claim_output, commit_shard, committed_shards, remove_uncommitted_files
 from jobs.planner import plan_shards
@@ -54,6 +54,17 @@ def with_absolute_paths(job: JobSpec) -> JobSpec:
     )
 
 
+def list_inputs(storage: Storage, job: JobSpec) -> list[FileInfo]:
+    """The input files, or a SpecError that says why they cannot be listed, before any engine starts."""
+    try:
+        files = storage.expand_inputs(job.input.path)
+    except Exception as error:  # noqa: BLE001 - missing, denied, no credentials: all the user's to fix
+        raise SpecError(f"input.path: cannot list {job.input.path}: {type(error).__name__}: {error}") from None
+    if not files:
+        raise SpecError(f"input.path: no files match {job.input.path!r}")
+    return files
+
+
 def run_job(
     job: JobSpec,
     overwrite: bool = False,
@@ -66,11 +77,16 @@ def run_job(
     storage = Storage(job.storage, job.retry)
     layout = OutputLayout(job.output.path)
 
-    files = storage.expand_inputs(job.input.path)
-    if not files:
-        raise SpecError(f"input.path: no files match {job.input.path!r}")
+    files = list_inputs(storage, job)
     shards = plan_shards(job.input, files, storage)
-    claim_output(storage, layout, job, files, overwrite)
+    if not shards:
+        raise SpecError(f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows")
+    try:
+        claim_output(storage, layout, job, files, overwrite)
+    except SpecError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any storage failure here means the output is unusable
+        raise SpecError(f"output.path: cannot write to {job.output.path}: {type(error).__name__}: {error}") from None
     committed = committed_shards(storage, layout)
     planned_ids = {shard.shard_id for shard in shards}
     todo = [shard for shard in shards if shard.shard_id not in committed]

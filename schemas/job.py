@@ -25,7 +25,7 @@ class StrictModel(BaseModel):
 
 class InputSpec(StrictModel):
     path: str = Field(description="A file, a directory or a glob; local or s3://.")
-    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    format: Literal["auto", "parquet", "jsonl", "openai-batch", "llama2-hosted"] = "auto"
     prompt_column: str | None = None
     messages_column: str | None = None
     id_column: str | None = None
@@ -33,15 +33,15 @@ class InputSpec(StrictModel):
     rows_per_shard: int = Field(default=1024, ge=1)
     bytes_per_shard: int = Field(default=4 * 1024 * 1024, ge=1024)
 
-    @model_validator(mode="after")
-    def _exactly_one_prompt_source(self) -> InputSpec:
-        if (self.prompt_column is None) == (self.messages_column is None):
-            raise ValueError("give exactly one of prompt_column or messages_column")
-        return self
+    @property
+    def is_request_file(self) -> bool:
+        """OpenAI batch and hosted Llama 2 files carry their prompts and parameters in each request."""
+        return self.format in ("openai-batch", "llama2-hosted")
 
     def format_of(self, file_path: str) -> Literal["parquet", "jsonl"]:
+        """How the file's bytes are read: request files are JSON lines too."""
         if self.format != "auto":
-            return self.format
+            return "parquet" if self.format == "parquet" else "jsonl"
         lowered = file_path.lower()
         if lowered.endswith((".parquet", ".pq")):
             return "parquet"
@@ -71,6 +71,10 @@ class ModelSpec(StrictModel):
 class PromptSpec(StrictModel):
     format: Literal["raw", "llama2-chat", "model-template"] = "raw"
     system_prompt: str | None = None
+    template: str | None = Field(
+        default=None,
+        description="A Jinja2 template over the input columns that builds the prompt text (sandboxed).",
+    )
     on_overflow: Literal["error", "truncate"] = Field(
         default="error",
         description="A prompt that leaves no room for max_new_tokens: an error row, or keep its end.",
@@ -80,6 +84,21 @@ class PromptSpec(StrictModel):
     def _system_prompt_needs_chat(self) -> PromptSpec:
         if self.system_prompt is not None and self.format == "raw":
             raise ValueError("system_prompt needs format llama2-chat or model-template")
+        return self
+
+
+class StructuredSpec(StrictModel):
+    """Guided decoding: the completion is constrained to a JSON schema, a regex or a list of choices."""
+
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = None
+    choices: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredSpec:
+        given = [name for name in ("json_schema", "regex", "choices") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of json_schema, regex or choices (got {given or 'none'})")
         return self
 
 
@@ -94,6 +113,8 @@ class SamplingSpec(StrictModel):
     ignore_eos: bool = False
     do_sample: bool = Field(default=True, description="false means greedy decoding")
     return_full_text: bool = False
+    logprobs: bool = Field(default=False, description="add token_logprobs: each generated token's log probability")
+    structured: StructuredSpec | None = None
 
     @property
     def effective_temperature(self) -> float:
@@ -150,6 +171,23 @@ class JobSpec(StrictModel):
             raise ValueError(
                 f"sampling.max_new_tokens ({self.sampling.max_new_tokens}) leaves no room for a "
                 f"prompt in model.max_model_len ({self.model.max_model_len})"
+            )
+        sources = [
+            name
+            for name, given in (
+                ("input.prompt_column", self.input.prompt_column is not None),
+                ("input.messages_column", self.input.messages_column is not None),
+                ("prompt.template", self.prompt.template is not None),
+            )
+            if given
+        ]
+        if self.input.is_request_file:
+            if sources:
+                raise ValueError(f"input.format {self.input.format} carries its own prompts; remove {sources}")
+        elif len(sources) != 1:
+            raise ValueError(
+                "give exactly one prompt source: input.prompt_column, input.messages_column or prompt.template"
+                + (f" (got {', '.join(sources)})" if sources else "")
             )
         if self.input.messages_column is not None and self.prompt.format == "raw":
             raise ValueError("input.messages_column needs prompt.format llama2-chat or model-template")

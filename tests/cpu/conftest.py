@@ -29,6 +29,12 @@ os.environ.update(
 TEST_MAX_MODEL_LEN = 512
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Subprocess tests that start their own engines run first, before the shared replicas exist:
+    idle vLLM CPU workers poll, and would slow them down."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_engine") else 1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_llama import build_tiny_llama
@@ -47,7 +53,9 @@ def tiny_tokenizer(tiny_model: Path) -> Any:
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Logical CPUs are scheduling tokens: two for the shared vLLM replicas (one per real core) and
+    # two for the fake-engine replicas of the scheduling and fault tests.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -129,3 +137,10 @@ def read_rows(directory: str, endpoint_url: str | None = None) -> list[dict[str,
         elif name.endswith(".jsonl"):
             rows += [json.loads(line) for line in data.decode().splitlines() if line]
     return rows
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.cpu.fault_tally import TALLY, line
+
+    if TALLY["faults injected"]:
+        terminalreporter.write_line(line())

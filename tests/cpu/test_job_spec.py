@@ -27,8 +27,16 @@ def _with(section: str, **fields) -> dict:
 INVALID_SPECS = [
     ({"model": VALID["model"], "output": VALID["output"]}, "input: required field is missing"),
     (_with("input", prompt_colum="x"), "input.prompt_colum: unknown field; allowed here: bytes_per_shard"),
-    (_with("input", messages_column="m"), "give exactly one of prompt_column or messages_column"),
-    (_with("input", format="csv"), "input.format: Input should be 'auto', 'parquet' or 'jsonl'"),
+    (_with("input", messages_column="m"), "give exactly one prompt source: input.prompt_column, input.messages_column"),
+    (_with("input", format="openai-batch"), "input.format openai-batch carries its own prompts"),
+    (
+        _with("sampling", structured={"regex": "a", "choices": ["b"]}),
+        "give exactly one of json_schema, regex or choices",
+    ),
+    (
+        _with("input", format="csv"),
+        "input.format: Input should be 'auto', 'parquet', 'jsonl', 'openai-batch' or 'llama2-hosted'",
+    ),
     (_with("sampling", temperature=-1), "sampling.temperature: Input should be greater than or equal to 0"),
     (_with("sampling", n=0), "sampling.n: Input should be greater than or equal to 1"),
     (_with("sampling", top_p=0), "sampling.top_p: Input should be greater than 0"),

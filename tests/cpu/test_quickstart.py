@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
+@pytest.mark.own_engine
 def test_quickstart_answers_every_bundled_question_with_real_text(tmp_path):
     questions = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
     result = subprocess.run(

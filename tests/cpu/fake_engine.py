@@ -1,0 +1,64 @@
+"""A fake engine for scheduling and fault tests only: what two CPU cores cannot show with vLLM.
+
+It uses the tiny model's real tokenizer, so rendering and token counts are real; only generation is
+faked (tokens derived from the request's seed, after a fixed delay). It can also kill its own
+process on chosen calls, to play a replica that dies in the middle of a shard.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+from schemas.job import ModelSpec, SamplingSpec
+from workers.engine import Request, Sample
+
+
+class FakeEngine:
+    def __init__(
+        self, model_dir: str, spec: ModelSpec, seconds_per_call: float, deaths_dir: str | None, deaths: int
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.max_model_len = spec.max_model_len
+        self.seconds_per_call = seconds_per_call
+        self.deaths_dir = Path(deaths_dir) if deaths_dir else None
+        self.deaths = deaths
+
+    def _maybe_die(self) -> None:
+        """Dies (at most `deaths` times over the whole test, counted in files) mid-shard."""
+        if self.deaths_dir is None:
+            return
+        self.deaths_dir.mkdir(parents=True, exist_ok=True)
+        if len(list(self.deaths_dir.iterdir())) < self.deaths:
+            (self.deaths_dir / f"death-{os.getpid()}").touch()
+            os._exit(1)
+
+    def generate(self, requests: list[Request], sampling: SamplingSpec) -> list[list[Sample]]:
+        time.sleep(self.seconds_per_call / 2)
+        self._maybe_die()
+        time.sleep(self.seconds_per_call / 2)
+        results = []
+        for request in requests:
+            rng = random.Random(request.seed)
+            samples = []
+            for _ in range(sampling.n):
+                ids = [rng.randrange(3, 500) for _ in range(sampling.max_new_tokens)]
+                samples.append(Sample(ids, self.tokenizer.decode(ids), "length"))
+            results.append(samples)
+        return results
+
+
+class FakeEngineFactory:
+    """Picklable, so it travels to the replica actors."""
+
+    def __init__(self, seconds_per_call: float = 0.05, deaths_dir: str | None = None, deaths: int = 0) -> None:
+        self.seconds_per_call = seconds_per_call
+        self.deaths_dir = deaths_dir
+        self.deaths = deaths
+
+    def __call__(self, model_dir: str, spec: ModelSpec, device: str) -> FakeEngine:
+        return FakeEngine(model_dir, spec, self.seconds_per_call, self.deaths_dir, self.deaths)

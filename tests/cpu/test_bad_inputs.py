@@ -1,0 +1,130 @@
+"""Inputs that cannot be run at all are refused with a clear message before any engine starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.runner import run_job
+from schemas import SpecError, parse_job
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _empty_file(tmp: Path) -> str:
+    (tmp / "empty.jsonl").write_text("")
+    return str(tmp / "empty.jsonl")
+
+
+def _parquet_without_prompt(tmp: Path) -> str:
+    pq.write_table(pa.table({"text": ["hello"]}), tmp / "in.parquet")
+    return str(tmp / "in.parquet")
+
+
+def _truncated_parquet(tmp: Path) -> str:
+    pq.write_table(pa.table({"prompt": ["hello"] * 200}), tmp / "in.parquet")
+    data = (tmp / "in.parquet").read_bytes()
+    (tmp / "in.parquet").write_bytes(data[: len(data) // 3])
+    return str(tmp / "in.parquet")
+
+
+def _no_match(tmp: Path) -> str:
+    return str(tmp / "nothing-*.jsonl")
+
+
+def _missing_file(tmp: Path) -> str:
+    return str(tmp / "missing.jsonl")
+
+
+def _unknown_extension(tmp: Path) -> str:
+    (tmp / "prompts.txt").write_text("hello\n")
+    return str(tmp / "prompts.txt")
+
+
+INPUT_CASES = [
+    (_empty_file, "hold no rows"),
+    (_parquet_without_prompt, "in.parquet: column(s) ['prompt'] named in the job are not in the file"),
+    (_truncated_parquet, "in.parquet: not a readable Parquet file"),
+    (_no_match, "input.path: no files match"),
+    (_missing_file, "input.path: cannot list"),
+    (_unknown_extension, "cannot infer the format of"),
+]
+
+
+@pytest.mark.parametrize(("make_input", "message"), INPUT_CASES, ids=[case.__name__ for case, _ in INPUT_CASES])
+def test_unusable_input_is_refused_before_generation(tmp_path, make_input, message):
+    job = parse_job(
+        {
+            "input": {"path": make_input(tmp_path), "prompt_column": "prompt"},
+            "model": {"path": "/no/engine/is/started"},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    with pytest.raises(SpecError) as raised:
+        run_job(job)
+    assert message in str(raised.value)
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def test_unwritable_output_is_refused_before_generation(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
+    (tmp_path / "a-file").write_text("not a directory")
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+            "model": {"path": "/no/engine/is/started"},
+            "output": {"path": str(tmp_path / "a-file" / "out")},
+        }
+    )
+    with pytest.raises(SpecError, match=r"output\.path: cannot write to"):
+        run_job(job)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("s3://no-such-bucket-herd/in.jsonl", "input.path: cannot list s3://no-such-bucket-herd/in.jsonl"),
+        ("s3://herd-test/missing/*.jsonl", "input.path: no files match"),
+    ],
+)
+def test_unreadable_s3_input_exits_2_naming_the_path(tmp_path, s3_endpoint, path, message):
+    result = _plan(tmp_path, path, s3_endpoint, os.environ)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_s3_credentials_exit_2_naming_the_cause(tmp_path, s3_endpoint):
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    environment.update(
+        {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    )
+    result = _plan(tmp_path, "s3://herd-test/any.jsonl", s3_endpoint, environment)
+    assert result.returncode == 2, result.stderr
+    assert "input.path: cannot list s3://herd-test/any.jsonl" in result.stderr
+    assert "credentials" in result.stderr.lower()
+
+
+def _plan(tmp_path: Path, path: str, endpoint: str, environment) -> subprocess.CompletedProcess:
+    job = {
+        "input": {"path": path, "prompt_column": "prompt"},
+        "model": {"path": "/no/engine"},
+        "output": {"path": str(tmp_path / "out")},
+        "storage": {"endpoint_url": endpoint},
+        "retry": {"attempts": 1},
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    return subprocess.run(
+        [sys.executable, "submit.py", "plan", str(tmp_path / "job.json")],
+        cwd=REPO,
+        env=dict(environment),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -1,0 +1,178 @@
+"""Fault injection: dead replicas, a killed driver, a throttling S3. Every row exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.replicas import ReplicaPool
+from jobs.runner import run_job
+from schemas import parse_job
+from schemas.results import ExitCode
+from tests.cpu import fault_tally
+from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, tiny_model_spec
+from tests.cpu.fake_engine import FakeEngineFactory
+from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_prompts(path: Path, count: int) -> list[str]:
+    ids = [f"row-{index:04d}" for index in range(count)]
+    with open(path, "w") as handle:
+        for row_id in ids:
+            handle.write(json.dumps({"id": row_id, "prompt": f"tell me about {row_id} in detail"}) + "\n")
+    return ids
+
+
+def test_fake_engine_replica_killed_three_times_mid_shard_loses_and_duplicates_nothing(
+    ray_session, tiny_model, tmp_path
+):
+    expected = _write_prompts(tmp_path / "in.jsonl", 200)
+    job = parse_job(
+        {
+            "input": {
+                "path": str(tmp_path / "in.jsonl"),
+                "prompt_column": "prompt",
+                "id_column": "id",
+                "bytes_per_shard": 1024,
+            },
+            "model": tiny_model_spec(tiny_model),
+            "sampling": {"max_new_tokens": 4},
+            "output": {"path": str(tmp_path / "out")},
+            "retry": {"attempts": 5, "backoff_base_s": 0.05, "max_replica_restarts": 3},
+        }
+    )
+    factory = FakeEngineFactory(seconds_per_call=0.3, deaths_dir=str(tmp_path / "deaths"), deaths=3)
+    pool = ReplicaPool(job.model, job, size=2, engine_factory=factory)
+    try:
+        outcome = run_job(job, pool=pool)
+    finally:
+        pool.shutdown()
+    assert len(list((tmp_path / "deaths").iterdir())) == 3
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 3
+    assert outcome.summary.attempts == outcome.summary.shards + 3
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(3, expected, ids)
+    assert sorted(ids) == expected
+
+
+def _run_cli(job_file: Path, ray_dir: str, **kwargs) -> subprocess.Popen:
+    environment = {**os.environ, "RAY_TMPDIR": ray_dir}
+    return subprocess.Popen(
+        [sys.executable, "submit.py", "run", str(job_file)],
+        cwd=REPO,
+        env=environment,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.mark.own_engine
+def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committed_shards(tiny_model, tmp_path):
+    expected = _write_prompts(tmp_path / "in.jsonl", 240)
+    output = tmp_path / "out"
+    (tmp_path / "job.yaml").write_text(
+        json.dumps(
+            {
+                "input": {
+                    "path": str(tmp_path / "in.jsonl"),
+                    "prompt_column": "prompt",
+                    "id_column": "id",
+                    "bytes_per_shard": 1024,
+                },
+                "model": tiny_model_spec(tiny_model),
+                "sampling": {"max_new_tokens": 64, "ignore_eos": True, "seed": 2},
+                "output": {"path": str(output)},
+            }
+        )
+    )
+    ray_dir = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    os.makedirs(os.path.join(ray_dir, "ray"))
+    try:
+        driver = _run_cli(tmp_path / "job.yaml", ray_dir)
+        deadline = time.monotonic() + 300
+        while len(list((output / "manifest").glob("*.json"))) < 3:
+            assert driver.poll() is None, driver.stdout.read()
+            assert time.monotonic() < deadline, "no shard committed in time"
+            time.sleep(0.2)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        committed = {path.name: path.read_text() for path in (output / "manifest").glob("*.json")}
+        assert not (output / "_SUCCESS").exists()
+
+        rerun = _run_cli(tmp_path / "job.yaml", ray_dir)
+        log, _ = rerun.communicate(timeout=600)
+        assert rerun.returncode == 0, log[-3000:]
+    finally:
+        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["shards_skipped"] >= len(committed)
+    assert summary["shards_run"] == summary["shards"] - summary["shards_skipped"]
+    for name, content in committed.items():  # committed shards were not generated again
+        assert (output / "manifest" / name).read_text() == content
+    ids = [row["id"] for row in read_rows(str(output / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
+    assert FAKE_AWS_SECRET not in log and FAKE_AWS_KEY_ID not in log
+
+
+def test_s3_throttling_a_fifth_of_requests_still_commits_every_row(run_tiny, tmp_path, s3_endpoint):
+    import s3fs
+
+    expected = _write_prompts(tmp_path / "in.jsonl", 60)
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).put(str(tmp_path / "in.jsonl"), "herd-test/flaky/in.jsonl")
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.2, seed=4) as proxy:
+        outcome = run_tiny(
+            input={
+                "path": "s3://herd-test/flaky/in.jsonl",
+                "prompt_column": "prompt",
+                "id_column": "id",
+                "bytes_per_shard": 1024,
+            },
+            sampling={"max_new_tokens": 4},
+            output={"path": "s3://herd-test/flaky-out"},
+            storage={"endpoint_url": proxy.endpoint},
+            retry={"attempts": 10, "backoff_base_s": 0.01, "backoff_cap_s": 0.2},
+        )
+        failed = proxy.failed
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert failed >= 5, f"the proxy failed only {failed} requests"
+    ids = [row["id"] for row in read_rows("s3://herd-test/flaky-out/data", endpoint_url=s3_endpoint)]
+    fault_tally.record(failed, expected, ids)
+    assert sorted(ids) == expected
+
+
+def test_credentials_never_appear_in_any_output_object(run_tiny, tmp_path, s3_endpoint):
+    import s3fs
+
+    _write_prompts(tmp_path / "in.jsonl", 5)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.put(str(tmp_path / "in.jsonl"), "herd-test/secret/in.jsonl")
+    run_tiny(
+        input={"path": "s3://herd-test/secret/in.jsonl", "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 4},
+        output={"path": "s3://herd-test/secret-out"},
+        storage={"endpoint_url": s3_endpoint},
+    )
+    objects = fs.find("herd-test/secret-out")
+    assert any(name.endswith("summary.json") for name in objects)
+    assert any(name.endswith("job.json") for name in objects)
+    for name in objects:
+        content = fs.cat(name)
+        assert FAKE_AWS_SECRET.encode() not in content and FAKE_AWS_KEY_ID.encode() not in content, name

@@ -1,0 +1,129 @@
+"""Input files made of API requests rather than plain rows: OpenAI Batch and the hosted Llama 2 body.
+
+Each request becomes one or more rows with a prompt source (text or messages) and the sampling
+parameters the request asked for, so existing batch files run on herd unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OPENAI_CHAT_URL = "/v1/chat/completions"
+OPENAI_COMPLETIONS_URL = "/v1/completions"
+
+
+class RequestError(ValueError):
+    """The request line is not a valid request of its format; the message names the field."""
+
+
+@dataclass
+class PromptSource:
+    """What a prompt is built from: one user text, or a list of messages."""
+
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    whole_prompt: bool = False  # OpenAI /v1/completions: the text is the entire prompt, no chat format
+
+
+@dataclass
+class Request:
+    row_id: str | None  # None: the caller makes a positional id
+    source: PromptSource
+    overrides: dict[str, Any] = field(default_factory=dict)  # sampling fields, herd's names
+
+
+def _content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: only text is supported
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        if len(texts) == len(content) and all(isinstance(text, str) for text in texts):
+            return "".join(texts)
+    raise RequestError(f"{where}: expected text content (a string or text parts)")
+
+
+def _openai_overrides(body: dict[str, Any]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        overrides["max_new_tokens"] = max_tokens
+    for name in ("temperature", "top_p", "n", "seed"):
+        if body.get(name) is not None:
+            overrides[name] = body[name]
+    stop = body.get("stop")
+    if stop is not None:
+        overrides["stop"] = [stop] if isinstance(stop, str) else stop
+    if body.get("logprobs"):
+        overrides["logprobs"] = True
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise RequestError("body.response_format.json_schema.schema: expected a JSON schema object")
+        overrides["structured"] = {"json_schema": schema}
+    return overrides
+
+
+def openai_batch_request(line: dict[str, Any]) -> Request:
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise RequestError("custom_id: expected a non-empty string")
+    if line.get("method", "POST") != "POST":
+        raise RequestError(f"method: expected POST, got {line.get('method')!r}")
+    body = line.get("body")
+    if not isinstance(body, dict):
+        raise RequestError("body: expected an object")
+    url = line.get("url")
+    if url == OPENAI_CHAT_URL:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("body.messages: expected a non-empty list")
+        parsed = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise RequestError(f"body.messages[{index}]: expected an object")
+            role = message.get("role")
+            role = "system" if role == "developer" else role
+            parsed.append({"role": role, "content": _content_text(message.get("content"), f"body.messages[{index}]")})
+        source = PromptSource(messages=parsed)
+    elif url == OPENAI_COMPLETIONS_URL:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise RequestError("body.prompt: expected a string (one prompt per request)")
+        source = PromptSource(text=prompt, whole_prompt=True)
+    else:
+        raise RequestError(f"url: expected {OPENAI_CHAT_URL} or {OPENAI_COMPLETIONS_URL}, got {url!r}")
+    return Request(custom_id, source, _openai_overrides(body))
+
+
+# The hosted Llama 2 endpoint's parameter names are herd's own sampling names.
+_HOSTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_new_tokens", "do_sample", "return_full_text", "ignore_eos")
+
+
+def llama2_hosted_requests(line: dict[str, Any]) -> list[Request]:
+    """{"input_data": {"input_string": [...], "parameters": {...}}}: one row per input string."""
+    data = line.get("input_data")
+    if not isinstance(data, dict):
+        raise RequestError("input_data: expected an object")
+    strings = data.get("input_string")
+    if not isinstance(strings, list) or not strings:
+        raise RequestError("input_data.input_string: expected a non-empty list of strings")
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError("input_data.parameters: expected an object")
+    unknown = sorted(set(parameters) - set(_HOSTED_PARAMETERS))
+    if unknown:
+        raise RequestError(f"input_data.parameters: unknown {unknown}; allowed: {', '.join(_HOSTED_PARAMETERS)}")
+    requests = []
+    for index, text in enumerate(strings):
+        if not isinstance(text, str):
+            raise RequestError(f"input_data.input_string[{index}]: expected a string")
+        requests.append(Request(None, PromptSource(text=text), dict(parameters)))
+    return requests
+
+
+def requests_in_line(line: dict[str, Any], input_format: str) -> list[Request]:
+    if input_format == "openai-batch":
+        return [openai_batch_request(line)]
+    return llama2_hosted_requests(line)
