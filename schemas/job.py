@@ -81,6 +81,17 @@ class PromptSpec(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _template_parses(self) -> PromptSpec:
+        if self.template is not None:
+            import jinja2
+
+            try:
+                jinja2.Environment().parse(self.template)
+            except jinja2.TemplateSyntaxError as error:
+                raise ValueError(f"template does not parse: {error.message} (line {error.lineno})") from None
+        return self
+
+    @model_validator(mode="after")
     def _system_prompt_needs_chat(self) -> PromptSpec:
         if self.system_prompt is not None and self.format == "raw":
             raise ValueError("system_prompt needs format llama2-chat or model-template")
@@ -123,7 +134,9 @@ class SamplingSpec(StrictModel):
 
 class OutputSpec(StrictModel):
     path: str
-    format: Literal["parquet", "jsonl"] = "parquet"
+    format: Literal["parquet", "jsonl", "openai"] = Field(
+        default="parquet", description="openai: OpenAI Batch result lines, one per request, with n choices"
+    )
 
 
 class ResourcesSpec(StrictModel):

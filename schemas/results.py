@@ -6,6 +6,8 @@ from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.job import JobSpec
+
 # Output rows: `id`, then the input columns the job keeps, then these, in this order.
 OUTPUT_COLUMNS = (
     "sample_index",
@@ -16,6 +18,18 @@ OUTPUT_COLUMNS = (
     "model",
 )
 ERROR_COLUMNS = ("id", "file", "row", "stage", "reason")
+
+
+def output_columns(job: JobSpec) -> list[str]:
+    """The columns of this job's output files; the optional ones only when the job can fill them."""
+    columns = ["id", *job.input.keep_columns, *OUTPUT_COLUMNS]
+    if job.sampling.logprobs or job.input.is_request_file:
+        columns.append("token_logprobs")
+    if job.sampling.structured is not None or job.input.is_request_file:
+        columns.append("structured_valid")
+    return columns
+
+
 ERROR_STAGES = ("read", "render", "generate", "write")
 
 

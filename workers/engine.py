@@ -17,6 +17,7 @@ from schemas.job import ModelSpec, SamplingSpec
 class Request:
     prompt_ids: list[int]
     seed: int  # per row, so a row reproduces whatever batch or replica it lands in
+    sampling: SamplingSpec  # the job's, or a request file's own parameters
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,15 @@ class Sample:
     token_ids: list[int]
     text: str
     finish_reason: str  # stop | length | abort
+    logprobs: list[float] | None = None  # of each generated token, when asked for
 
 
 class Engine(Protocol):
     tokenizer: Any
     max_model_len: int
 
-    def generate(self, requests: list[Request], sampling: SamplingSpec) -> list[list[Sample]]:
-        """One list of `sampling.n` samples per request, in request order."""
+    def generate(self, requests: list[Request]) -> list[list[Sample]]:
+        """One list of `request.sampling.n` samples per request, in request order."""
         ...
 
 
@@ -54,6 +56,8 @@ class VllmEngine:
             "dtype": "float32" if device == "cpu" and spec.dtype == "auto" else spec.dtype,
             "seed": 0,
         }
+        # Guided JSON without free whitespace: otherwise a weak model can spend every token on it.
+        options["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
         if device == "cpu":
             # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
             options["enforce_eager"] = True
@@ -64,8 +68,18 @@ class VllmEngine:
 
     def _sampling_params(self, sampling: SamplingSpec, seed: int) -> Any:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
+        structured = None
+        if sampling.structured is not None:
+            structured = StructuredOutputsParams(
+                json=sampling.structured.json_schema,
+                regex=sampling.structured.regex,
+                choice=sampling.structured.choices,
+            )
         return SamplingParams(
+            logprobs=0 if sampling.logprobs else None,  # 0: only the sampled token's own log probability
+            structured_outputs=structured,
             n=sampling.n,
             temperature=sampling.effective_temperature,
             top_p=sampling.top_p,
@@ -76,26 +90,27 @@ class VllmEngine:
             ignore_eos=sampling.ignore_eos,
         )
 
-    def generate(self, requests: list[Request], sampling: SamplingSpec) -> list[list[Sample]]:
+    def generate(self, requests: list[Request]) -> list[list[Sample]]:
         from vllm.inputs import TokensPrompt
 
         if not requests:
             return []
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=request.prompt_ids) for request in requests],
-            [self._sampling_params(sampling, request.seed) for request in requests],
+            [self._sampling_params(request.sampling, request.seed) for request in requests],
             use_tqdm=False,
         )
         return [
             [
                 Sample(
                     token_ids=list(completion.token_ids),
-                    text=self._text(completion, sampling),
+                    text=self._text(completion, request.sampling),
                     finish_reason=str(completion.finish_reason),
+                    logprobs=_chosen_logprobs(completion) if request.sampling.logprobs else None,
                 )
                 for completion in sorted(output.outputs, key=lambda completion: completion.index)
             ]
-            for output in outputs
+            for request, output in zip(requests, outputs, strict=True)
         ]
 
     def _text(self, completion: Any, sampling: SamplingSpec) -> str:
@@ -105,3 +120,10 @@ class VllmEngine:
         # Otherwise decode the ids: vLLM's text can start with part of the prompt when the prompt
         # ends inside a multi-byte character.
         return self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+
+
+def _chosen_logprobs(completion: Any) -> list[float]:
+    """The log probability of each token that was generated (vLLM keys them by token id)."""
+    return [
+        float(step[token].logprob) for token, step in zip(completion.token_ids, completion.logprobs or [], strict=True)
+    ]

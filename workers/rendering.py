@@ -7,9 +7,14 @@ generated from is exactly what was rendered here; nothing is re-tokenized from t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Protocol
 
+from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
 from schemas.job import InputSpec, PromptSpec
+from workers.request_formats import PromptSource
 
 # The reference chat_completion's delimiters (llama/generation.py of Meta's Llama 2 repository).
 B_INST, E_INST = "[INST]", "[/INST]"
@@ -67,46 +72,65 @@ def llama2_chat_token_ids(dialog: Sequence[dict[str, str]], tokenizer: Tokenizer
     return ids
 
 
-def _messages_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSpec) -> list[dict[str, str]]:
-    if input_spec.messages_column is not None:
-        column = input_spec.messages_column
-        value = row.get(column)
-        if not isinstance(value, (list, tuple)) or not value:
-            raise RenderError(f"{column}: expected a non-empty list of {{role, content}}, got {_describe(value)}")
-        messages = []
-        for index, message in enumerate(value):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                raise RenderError(f"{column}[{index}]: expected {{role, content}} with text content")
-            if message.get("role") not in ("system", "user", "assistant"):
-                raise RenderError(
-                    f"{column}[{index}].role: expected system, user or assistant, got {message.get('role')!r}"
-                )
-            messages.append({"role": message["role"], "content": message["content"]})
-    else:
-        messages = [{"role": "user", "content": prompt_text(row, input_spec)}]
-    if prompt.system_prompt is not None and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": prompt.system_prompt})
+def _validated_messages(value: Any, column: str) -> list[dict[str, str]]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RenderError(f"{column}: expected a non-empty list of {{role, content}}, got {_describe(value)}")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise RenderError(f"{column}[{index}]: expected {{role, content}} with text content")
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise RenderError(
+                f"{column}[{index}].role: expected system, user or assistant, got {message.get('role')!r}"
+            )
+        messages.append({"role": message["role"], "content": message["content"]})
     return messages
 
 
-def prompt_text(row: dict[str, Any], input_spec: InputSpec) -> str:
-    column = input_spec.prompt_column
-    value = row.get(column)
+def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise RenderError(f"{column}: expected text, got {_describe(value)}")
+        raise RenderError(f"{where}: expected text, got {_describe(value)}")
     if not value.strip():
-        raise RenderError(f"{column}: the prompt is empty")
+        raise RenderError(f"{where}: the prompt is empty")
     return value
+
+
+@lru_cache(maxsize=16)
+def _compiled_template(source: str) -> Template:
+    # Sandboxed: a template from a job file cannot reach Python internals.
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False).from_string(source)
+
+
+def source_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSpec) -> PromptSource:
+    """The prompt source of a plain input row: its prompt column, its messages, or the template."""
+    if prompt.template is not None:
+        try:
+            text = _compiled_template(prompt.template).render(**row)
+        except UndefinedError as error:
+            raise RenderError(f"prompt.template: {error}; the row has columns {sorted(row)}") from None
+        except TemplateError as error:
+            raise RenderError(f"prompt.template: {type(error).__name__}: {error}") from None
+        return PromptSource(text=_text(text, "prompt.template"))
+    if input_spec.messages_column is not None:
+        return PromptSource(
+            messages=_validated_messages(row.get(input_spec.messages_column), input_spec.messages_column)
+        )
+    return PromptSource(text=_text(row.get(input_spec.prompt_column), input_spec.prompt_column))
 
 
 def _describe(value: Any) -> str:
     return "nothing (null)" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
 
 
-def render_token_ids(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSpec, tokenizer: Tokenizer) -> list[int]:
-    if prompt.format == "raw":
-        return tokenizer.encode(prompt_text(row, input_spec), add_special_tokens=True)
-    messages = _messages_from_row(row, input_spec, prompt)
+def render_token_ids(source: PromptSource, prompt: PromptSpec, tokenizer: Tokenizer) -> list[int]:
+    if source.messages is None and (prompt.format == "raw" or source.whole_prompt):
+        return tokenizer.encode(_text(source.text, "prompt"), add_special_tokens=True)
+    if source.messages is not None:
+        messages = _validated_messages(source.messages, "messages")
+    else:
+        messages = [{"role": "user", "content": _text(source.text, "prompt")}]
+    if prompt.system_prompt is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": prompt.system_prompt})
     if prompt.format == "llama2-chat":
         return llama2_chat_token_ids(messages, tokenizer)
     try:

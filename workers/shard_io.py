@@ -17,6 +17,7 @@ from common.storage import Storage
 from schemas.job import InputSpec
 from schemas.results import ERROR_COLUMNS
 from schemas.shard import Shard
+from workers.request_formats import PromptSource, RequestError, requests_in_line
 
 _JSONL_TAIL_CHUNK = 64 * 1024
 
@@ -26,6 +27,8 @@ class InputRow:
     row_id: str
     position: int  # parquet: row index in the file; jsonl: byte offset of the line
     values: dict[str, Any]
+    source: PromptSource | None = None  # set for request files; plain rows are rendered from values
+    overrides: dict[str, Any] = field(default_factory=dict)  # the request's own sampling parameters
 
 
 @dataclass
@@ -115,8 +118,25 @@ def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardR
                 error_row(shard, fallback_id, position, "read", f"expected a JSON object, got {type(values).__name__}")
             )
             continue
-        result.rows.append(InputRow(_row_id(shard, position, values, input_spec), position, values))
+        if input_spec.is_request_file:
+            _append_requests(result, shard, position, values, input_spec.format)
+        else:
+            result.rows.append(InputRow(_row_id(shard, position, values, input_spec), position, values))
     return _check_id_column(shard, result, input_spec)
+
+
+def _append_requests(result: ShardRows, shard: Shard, position: int, line: dict[str, Any], input_format: str) -> None:
+    try:
+        requests = requests_in_line(line, input_format)
+    except RequestError as error:
+        fallback_id = line.get("custom_id") if isinstance(line.get("custom_id"), str) else None
+        result.errors.append(
+            error_row(shard, fallback_id or f"{shard.file_label}:{position}", position, "read", str(error))
+        )
+        return
+    for index, request in enumerate(requests):
+        row_id = request.row_id or f"{shard.file_label}:{position}" + (f".{index}" if len(requests) > 1 else "")
+        result.rows.append(InputRow(row_id, position, {}, request.source, request.overrides))
 
 
 def _finish_last_line(data: bytes, shard: Shard, storage: Storage) -> bytes:
@@ -142,9 +162,8 @@ def _column(values: list[Any]) -> pa.Array:
 
 
 def encode_rows(rows: list[dict[str, Any]], columns: list[str], file_format: str) -> bytes:
-    if file_format == "jsonl":
-        lines = (json.dumps({name: row.get(name) for name in columns}, ensure_ascii=False, default=str) for row in rows)
-        return "".join(line + "\n" for line in lines).encode("utf-8")
+    if file_format != "parquet":
+        return encode_jsonl([{name: row.get(name) for name in columns} for row in rows])
     table = pa.table({name: _column([row.get(name) for row in rows]) for name in columns})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
@@ -153,3 +172,7 @@ def encode_rows(rows: list[dict[str, Any]], columns: list[str], file_format: str
 
 def encode_errors(errors: list[dict[str, Any]], file_format: str) -> bytes:
     return encode_rows(errors, list(ERROR_COLUMNS), file_format)
+
+
+def encode_jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records).encode("utf-8")

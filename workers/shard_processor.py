@@ -13,16 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+from pydantic import ValidationError
 
 from common.layout import OutputLayout
 from common.retry import is_transient
 from common.storage import Storage
-from schemas.job import JobSpec
-from schemas.results import OUTPUT_COLUMNS
+from schemas.job import JobSpec, SamplingSpec
+from schemas.results import output_columns
 from schemas.shard import OutputObject, Shard, ShardResult
 from workers.engine import Engine, Request, Sample, row_seed
-from workers.rendering import RenderError, fit_to_context, render_token_ids
-from workers.shard_io import InputRow, encode_errors, encode_rows, error_row, read_shard
+from workers.openai_results import error_line, result_line
+from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
+from workers.shard_io import InputRow, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
+from workers.structured import completion_is_valid
 
 
 class ShardInputError(Exception):
@@ -33,38 +36,53 @@ class ShardInputError(Exception):
 class _Prompt:
     row: InputRow
     ids: list[int]
+    sampling: SamplingSpec
+    chat: bool
+
+
+def _row_sampling(job: JobSpec, row: InputRow) -> SamplingSpec:
+    if not row.overrides:
+        return job.sampling
+    try:
+        return SamplingSpec.model_validate({**job.sampling.model_dump(), **row.overrides})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise RenderError(f"request parameters: {problems}") from None
 
 
 def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard, errors: list) -> list[_Prompt]:
     prompts = []
     for row in rows:
         try:
-            ids = render_token_ids(row.values, job.input, job.prompt, engine.tokenizer)
-            ids = fit_to_context(ids, job.sampling.max_new_tokens, engine.max_model_len, job.prompt)
+            source = row.source or source_from_row(row.values, job.input, job.prompt)
+            sampling = _row_sampling(job, row)
+            ids = render_token_ids(source, job.prompt, engine.tokenizer)
+            ids = fit_to_context(ids, sampling.max_new_tokens, engine.max_model_len, job.prompt)
         except RenderError as error:
             errors.append(error_row(shard, row.row_id, row.position, "render", str(error)))
             continue
-        prompts.append(_Prompt(row, ids))
+        prompts.append(_Prompt(row, ids, sampling, chat=source.messages is not None or not source.whole_prompt))
     return prompts
 
 
 def _generate_all(
     prompts: list[_Prompt], job: JobSpec, engine: Engine, shard: Shard, errors: list
 ) -> list[tuple[_Prompt, list[Sample]]]:
-    requests = [Request(prompt.ids, row_seed(job.sampling.seed, prompt.row.row_id)) for prompt in prompts]
+    requests = [
+        Request(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling) for prompt in prompts
+    ]
     try:
-        return list(zip(prompts, engine.generate(requests, job.sampling), strict=True))
+        return list(zip(prompts, engine.generate(requests), strict=True))
     except Exception:  # noqa: BLE001 - one bad request fails vLLM's whole batch; find it below
         pass
     # Retry one by one so that only the rows that really fail become error rows.
     generated = []
     for prompt, request in zip(prompts, requests, strict=True):
         try:
-            generated.append((prompt, engine.generate([request], job.sampling)[0]))
+            generated.append((prompt, engine.generate([request])[0]))
         except Exception as error:  # noqa: BLE001 - reported as this row's error
-            errors.append(
-                error_row(shard, prompt.row.row_id, prompt.row.position, "generate", f"{type(error).__name__}: {error}")
-            )
+            reason = f"{type(error).__name__}: {error}"
+            errors.append(error_row(shard, prompt.row.row_id, prompt.row.position, "generate", reason))
     return generated
 
 
@@ -72,9 +90,10 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
     rows = []
     for prompt, samples in generated:
         prefix = ""
-        if job.sampling.return_full_text:
+        if prompt.sampling.return_full_text:
             prefix = engine.tokenizer.decode(prompt.ids, skip_special_tokens=True)
         kept = {column: prompt.row.values.get(column) for column in job.input.keep_columns}
+        structured = prompt.sampling.structured
         for index, sample in enumerate(samples):
             rows.append(
                 {
@@ -86,9 +105,29 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
                     "prompt_tokens": len(prompt.ids),
                     "completion_tokens": len(sample.token_ids),
                     "model": job.model.path,
+                    "token_logprobs": sample.logprobs,
+                    "structured_valid": completion_is_valid(sample.text, structured) if structured else None,
                 }
             )
     return rows
+
+
+def _encode_output(generated: list[tuple[_Prompt, list[Sample]]], rows: list[dict[str, Any]], job: JobSpec) -> bytes:
+    if job.output.format != "openai":
+        return encode_rows(rows, output_columns(job), job.output.format)
+    by_request: list[dict[str, Any]] = []
+    cursor = 0
+    for prompt, samples in generated:
+        request_rows = rows[cursor : cursor + len(samples)]
+        cursor += len(samples)
+        by_request.append(result_line(prompt.row.row_id, request_rows, prompt.chat, job.model.path))
+    return encode_jsonl(by_request)
+
+
+def _encode_errors(errors: list[dict[str, Any]], job: JobSpec) -> bytes:
+    if job.output.format == "openai":
+        return encode_jsonl([error_line(error) for error in errors])
+    return encode_errors(errors, job.output.format)
 
 
 def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, replica: str) -> ShardResult:
@@ -96,7 +135,7 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     try:
         read = read_shard(shard, job.input, storage)
     except Exception as error:
-        if _is_input_error(error):
+        if isinstance(error, (OSError, pa.ArrowInvalid)) and not is_transient(error):
             raise ShardInputError(f"{shard.file_label}: cannot read rows {shard.start}-{shard.end}: {error}") from None
         raise
     rows_in = len(read.rows) + len(read.errors)
@@ -106,18 +145,20 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     generated = _generate_all(prompts, job, engine, shard, errors)
     generate_seconds = time.perf_counter() - generate_started
     rows = _output_rows(generated, job, engine)
-    columns = ["id", *job.input.keep_columns, *OUTPUT_COLUMNS]
 
     layout = OutputLayout(job.output.path)
     token = uuid.uuid4().hex[:12]
-    outputs = []
-    data_url = layout.data_file(shard.shard_id, token, job.output.format)
-    size = storage.write_atomic(data_url, encode_rows(rows, columns, job.output.format))
-    outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))
+    extension = "jsonl" if job.output.format == "openai" else job.output.format
+    data_url = layout.data_file(shard.shard_id, token, extension)
+    outputs = [
+        OutputObject(
+            url=data_url, bytes=storage.write_atomic(data_url, _encode_output(generated, rows, job)), rows=len(rows)
+        )
+    ]
     if errors:
         errors.sort(key=lambda error: error["row"])
-        errors_url = layout.errors_file(shard.shard_id, token, job.output.format)
-        size = storage.write_atomic(errors_url, encode_errors(errors, job.output.format))
+        errors_url = layout.errors_file(shard.shard_id, token, extension)
+        size = storage.write_atomic(errors_url, _encode_errors(errors, job))
         outputs.append(OutputObject(url=errors_url, bytes=size, rows=len(errors)))
 
     return ShardResult(
@@ -132,7 +173,3 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         outputs=outputs,
         replica=replica,
     )
-
-
-def _is_input_error(error: Exception) -> bool:
-    return isinstance(error, (OSError, pa.ArrowInvalid)) and not is_transient(error)

@@ -12,7 +12,7 @@ import random
 import time
 from pathlib import Path
 
-from schemas.job import ModelSpec, SamplingSpec
+from schemas.job import ModelSpec
 from workers.engine import Request, Sample
 
 
@@ -37,7 +37,7 @@ class FakeEngine:
             (self.deaths_dir / f"death-{os.getpid()}").touch()
             os._exit(1)
 
-    def generate(self, requests: list[Request], sampling: SamplingSpec) -> list[list[Sample]]:
+    def generate(self, requests: list[Request]) -> list[list[Sample]]:
         time.sleep(self.seconds_per_call / 2)
         self._maybe_die()
         time.sleep(self.seconds_per_call / 2)
@@ -45,8 +45,8 @@ class FakeEngine:
         for request in requests:
             rng = random.Random(request.seed)
             samples = []
-            for _ in range(sampling.n):
-                ids = [rng.randrange(3, 500) for _ in range(sampling.max_new_tokens)]
+            for _ in range(request.sampling.n):
+                ids = [rng.randrange(3, 500) for _ in range(request.sampling.max_new_tokens)]
                 samples.append(Sample(ids, self.tokenizer.decode(ids), "length"))
             results.append(samples)
         return results

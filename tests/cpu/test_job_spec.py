@@ -48,7 +48,7 @@ INVALID_SPECS = [
     (_with("model", engine_options={"max_model_len": 10}), "engine_options must not set ['max_model_len']"),
     (_with("prompt", format="alpaca"), "prompt.format: Input should be 'raw', 'llama2-chat' or 'model-template'"),
     (_with("prompt", system_prompt="be nice"), "system_prompt needs format llama2-chat or model-template"),
-    (_with("output", format="csv"), "output.format: Input should be 'parquet' or 'jsonl'"),
+    (_with("output", format="csv"), "output.format: Input should be 'parquet', 'jsonl' or 'openai'"),
     (_with("resources", replicas=0), "replicas must be 'auto' or at least 1"),
     (_with("retry", attempts=0), "retry.attempts: Input should be greater than or equal to 1"),
     ({**VALID, "max_error_fraction": 2}, "max_error_fraction: Input should be less than or equal to 1"),

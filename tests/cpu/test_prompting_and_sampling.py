@@ -1,0 +1,225 @@
+"""Templates, samples, seeds, stop sequences, logprobs, structured output, request files: on the tiny
+Llama with the real vLLM CPU engine."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jsonschema
+
+from jobs.replicas import ReplicaPool
+from jobs.runner import run_job
+from schemas import parse_job
+from schemas.results import ExitCode
+from tests.cpu.conftest import read_rows, tiny_model_spec
+
+
+def _write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_a_template_builds_prompts_from_columns_and_a_missing_column_is_a_row_error(run_tiny, tmp_path, tiny_tokenizer):
+    _write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "a", "style": "short", "topic": "rivers"},
+            {"id": "b", "style": "long"},
+            {"id": "c", "style": "odd", "topic": "stars"},
+        ],
+    )
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "id_column": "id"},
+        prompt={"format": "raw", "template": "Write a {{ style }} poem about {{ topic | upper }}."},
+        sampling={"max_new_tokens": 4},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    rows = read_rows(str(tmp_path / "out" / "data"))
+    assert [row["id"] for row in rows] == ["a", "c"]
+    assert rows[0]["prompt_tokens"] == len(tiny_tokenizer.encode("Write a short poem about RIVERS."))
+    [error] = read_rows(str(tmp_path / "out" / "errors"))
+    assert error["id"] == "b" and error["stage"] == "render"
+    assert "prompt.template: 'topic' is undefined" in error["reason"]
+
+
+def test_n_samples_differ_when_sampling_and_are_identical_when_greedy(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"tell a story number {index}"} for index in range(4)])
+
+    def samples(output: str, **sampling) -> dict[str, list[str]]:
+        run_tiny(
+            input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+            sampling={"max_new_tokens": 12, "n": 4, "ignore_eos": True, **sampling},
+            output={"path": str(tmp_path / output)},
+        )
+        by_id: dict[str, list[str]] = {}
+        for row in read_rows(str(tmp_path / output / "data")):
+            by_id.setdefault(row["id"], []).append(row["completion"])
+        return by_id
+
+    sampled = samples("sampled", temperature=1.0, seed=11)
+    assert len(sampled) == 4 and all(len(set(texts)) == 4 for texts in sampled.values())
+    greedy = samples("greedy", do_sample=False)
+    assert all(len(texts) == 4 and len(set(texts)) == 1 for texts in greedy.values())
+
+
+def test_the_same_seed_gives_the_same_completions_with_one_replica_or_two(run_tiny, tiny_model, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {index} about the sea"} for index in range(24)])
+    sections = {
+        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
+        "sampling": {"max_new_tokens": 10, "temperature": 0.9, "seed": 21},
+    }
+    two = run_tiny(output={"path": str(tmp_path / "two")}, **sections)
+    assert two.summary.replicas == 2
+    job = parse_job({**sections, "model": tiny_model_spec(tiny_model), "output": {"path": str(tmp_path / "one")}})
+    pool = ReplicaPool(job.model, job, size=1)
+    try:
+        one = run_job(job, pool=pool)
+    finally:
+        pool.shutdown()
+    assert one.summary.replicas == 1
+    completions = {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "two" / "data"))}
+    assert {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "one" / "data"))} == completions
+
+
+def test_stop_sequences_cut_the_completion_and_logprobs_come_per_token(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"the quick brown fox {index}"} for index in range(6)])
+    free = run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 24, "do_sample": False, "ignore_eos": True, "logprobs": True},
+        output={"path": str(tmp_path / "free")},
+    )
+    assert free.exit_code == ExitCode.SUCCESS
+    free_rows = read_rows(str(tmp_path / "free" / "data"))
+    for row in free_rows:
+        assert len(row["token_logprobs"]) == row["completion_tokens"] == 24
+        assert all(value <= 0.0 and math.isfinite(value) for value in row["token_logprobs"])
+    # Stop at a piece of text the greedy completion of the first row is known to contain.
+    stop = free_rows[0]["completion"][4:7]
+    run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 24, "do_sample": False, "ignore_eos": True, "stop": [stop]},
+        output={"path": str(tmp_path / "stopped")},
+    )
+    first = read_rows(str(tmp_path / "stopped" / "data"))[0]
+    assert first["finish_reason"] == "stop"
+    assert stop not in first["completion"]
+    assert free_rows[0]["completion"].startswith(first["completion"])
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "string", "enum": ["yes", "no"]},
+        "score": {"type": "integer", "minimum": 0, "maximum": 9},
+    },
+    "required": ["answer", "score"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_job_yields_completions_that_parse_and_validate(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"is {index} a lucky number?"} for index in range(8)])
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 40, "temperature": 0.8, "structured": {"json_schema": SCHEMA}},
+        output={"path": str(tmp_path / "out")},
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    rows = read_rows(str(tmp_path / "out" / "data"))
+    assert len(rows) == 8
+    for row in rows:
+        jsonschema.validate(json.loads(row["completion"]), SCHEMA)
+        assert row["structured_valid"] is True
+
+
+def test_a_completion_cut_short_by_max_new_tokens_is_flagged_not_dropped(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": "answer in JSON"}])
+    run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 3, "structured": {"json_schema": SCHEMA}},
+        output={"path": str(tmp_path / "out")},
+    )
+    [row] = read_rows(str(tmp_path / "out" / "data"))
+    assert row["finish_reason"] == "length" and row["structured_valid"] is False
+
+
+def test_choices_constrain_every_completion(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"pick one {index}"} for index in range(6)])
+    run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 8, "temperature": 1.0, "structured": {"choices": ["alpha", "beta", "gamma"]}},
+        output={"path": str(tmp_path / "out")},
+    )
+    rows = read_rows(str(tmp_path / "out" / "data"))
+    assert len(rows) == 6 and all(row["completion"] in ("alpha", "beta", "gamma") for row in rows)
+
+
+def test_an_openai_batch_file_round_trips_every_custom_id_once(run_tiny, tmp_path):
+    requests = []
+    for index in range(10):
+        body = {"model": "gpt-4o-mini", "max_tokens": 5 + index % 3}
+        if index % 2:
+            request = {
+                "url": "/v1/chat/completions",
+                "body": {**body, "messages": [{"role": "user", "content": f"hi {index}"}]},
+            }
+        else:
+            request = {"url": "/v1/completions", "body": {**body, "prompt": f"once upon a time {index}", "n": 2}}
+        requests.append({"custom_id": f"req-{index}", "method": "POST", **request})
+    requests.append({"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}})
+    requests.append(
+        {
+            "custom_id": "bad-params",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "x", "temperature": -3},
+        }
+    )
+    _write_jsonl(tmp_path / "batch.jsonl", requests)
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "batch.jsonl"), "format": "openai-batch"},
+        prompt={"format": "llama2-chat"},
+        output={"path": str(tmp_path / "out"), "format": "openai"},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    results = read_rows(str(tmp_path / "out" / "data"))
+    errors = read_rows(str(tmp_path / "out" / "errors"))
+    assert sorted(line["custom_id"] for line in results + errors) == sorted(
+        request["custom_id"] for request in requests
+    )
+    assert {line["custom_id"] for line in errors} == {"bad-url", "bad-params"}
+    assert all(line["response"] is None and line["error"]["message"] for line in errors)
+    for line in results:
+        index = int(line["custom_id"].split("-")[1])
+        body = line["response"]["body"]
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        assert body["object"] == ("chat.completion" if index % 2 else "text_completion")
+        assert len(body["choices"]) == (1 if index % 2 else 2)
+        assert body["usage"]["completion_tokens"] <= (5 + index % 3) * len(body["choices"])
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        text = body["choices"][0]["message"]["content"] if index % 2 else body["choices"][0]["text"]
+        assert isinstance(text, str)
+
+
+def test_hosted_llama2_request_bodies_are_accepted(run_tiny, tmp_path):
+    body = {
+        "input_data": {
+            "input_string": ["I believe the meaning of life is", "Simply put, the theory of relativity states that"],
+            "parameters": {"top_p": 0.9, "temperature": 0.6, "max_new_tokens": 6, "do_sample": True},
+        }
+    }
+    _write_jsonl(tmp_path / "hosted.jsonl", [body, {"input_data": {"input_string": "not a list"}}])
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "hosted.jsonl"), "format": "llama2-hosted"},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    rows = read_rows(str(tmp_path / "out" / "data"))
+    assert [row["id"] for row in rows] == ["hosted.jsonl:0.0", "hosted.jsonl:0.1"]
+    assert all(row["completion_tokens"] <= 6 for row in rows)
+    [error] = read_rows(str(tmp_path / "out" / "errors"))
+    assert "input_data.input_string: expected a non-empty list of strings" in error["reason"]
