@@ -1,4 +1,4 @@
-"""herd's command line: run a batch generation job, or plan it without running.
+"""herd's command line: run a job here, plan it, or submit and follow it on a Ray cluster.
 
 Only the standard library, pydantic and yaml are imported at start; Ray, vLLM and torch load when
 a command needs them, so `--help` and spec validation stay instant.
@@ -7,6 +7,7 @@ a command needs them, so `--help` and spec validation stay instant.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -81,6 +82,69 @@ def command_plan(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_submit(arguments: argparse.Namespace) -> int:
+    job = load_job(arguments.job, output_override=arguments.output)
+    from jobs import cluster_jobs
+    from jobs.runner import with_absolute_paths
+
+    # Local paths are read on the cluster's nodes (a shared file system); s3:// is the usual case.
+    job = with_absolute_paths(job)
+    job_id = cluster_jobs.submit(job, arguments.address, arguments.python, arguments.overwrite)
+    print(job_id)
+    if not arguments.wait:
+        return 0
+    cluster_jobs.print_logs(arguments.address, job_id, follow=True)
+    final = cluster_jobs.wait(arguments.address, job_id)
+    print(f"herd: job {job_id} {final['status']} (exit code {final['exit_code']})", file=sys.stderr)
+    if final["exit_code"] is not None:
+        return int(final["exit_code"])
+    return int(ExitCode.INTERRUPTED if final["status"] == "STOPPED" else ExitCode.FAILED)
+
+
+def command_status(arguments: argparse.Namespace) -> int:
+    from jobs import cluster_jobs
+
+    details = cluster_jobs.info(arguments.address, arguments.job_id)
+    if arguments.json:
+        print(json.dumps(details, indent=2))
+    else:
+        print(f"{details['job_id']}\t{details['status']}\texit code {details['exit_code']}\t{details['message'] or ''}")
+    return 0
+
+
+def command_logs(arguments: argparse.Namespace) -> int:
+    from jobs import cluster_jobs
+
+    cluster_jobs.print_logs(arguments.address, arguments.job_id, follow=arguments.follow)
+    return 0
+
+
+def command_stop(arguments: argparse.Namespace) -> int:
+    from jobs import cluster_jobs
+
+    stopped = cluster_jobs.stop(arguments.address, arguments.job_id)
+    print(f"herd: {'stopping' if stopped else 'already finished'}: {arguments.job_id}")
+    return 0
+
+
+def command_list(arguments: argparse.Namespace) -> int:
+    from jobs import cluster_jobs
+
+    for details in cluster_jobs.list_jobs(arguments.address):
+        print(
+            f"{details['job_id']}\t{details['status']}\texit code {details['exit_code']}\t{details['herd_job'] or ''}"
+        )
+    return 0
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        help="the Ray dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS); the token in "
+        "$RAY_AUTH_TOKEN or ~/.ray/auth_token is sent when there is one",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="submit.py",
@@ -102,6 +166,33 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("job")
     plan.add_argument("--output", help="check this output path for committed shards instead")
     plan.set_defaults(handler=command_plan)
+
+    submit = commands.add_parser("submit", help="submit the job to a Ray cluster (Ray Jobs API); prints the job id")
+    submit.add_argument("job")
+    submit.add_argument("--output", help="write here instead of the job's output.path")
+    submit.add_argument("--overwrite", action="store_true", help="as for run")
+    submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's own exit code")
+    submit.add_argument("--python", default="python", help="the Python on the cluster that has herd installed")
+    _add_address(submit)
+    submit.set_defaults(handler=command_submit)
+
+    for name, handler, helptext in (
+        ("status", command_status, "show a submitted job's status and exit code"),
+        ("logs", command_logs, "print a submitted job's logs"),
+        ("stop", command_stop, "stop a submitted job"),
+    ):
+        command = commands.add_parser(name, help=helptext)
+        command.add_argument("job_id")
+        _add_address(command)
+        command.set_defaults(handler=handler)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the status as JSON")
+        if name == "logs":
+            command.add_argument("--follow", action="store_true", help="stream until the job ends")
+
+    listing = commands.add_parser("list", help="list the jobs submitted to the cluster")
+    _add_address(listing)
+    listing.set_defaults(handler=command_list)
     return parser
 
 

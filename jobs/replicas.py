@@ -1,7 +1,7 @@
 """The pool of replica actors: how many, on what resources, with which environment.
 
-On a GPU cluster a replica reserves tensor_parallel_size GPUs (one actor's resources always sit on
-one node); on the CPU build it reserves that many CPUs. Settings the engine reads from the
+On a GPU cluster a replica reserves tensor_parallel_size GPUs of one node (a STRICT_PACK placement
+group, one bundle per GPU); on the CPU build it reserves that many CPUs. Settings the engine reads from the
 environment are passed to the actors explicitly, since a Ray worker does not see the driver's
 environment on a cluster.
 """
@@ -12,6 +12,8 @@ import os
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from schemas.errors import SpecError
 from schemas.job import JobSpec, ModelSpec
@@ -56,12 +58,17 @@ def _engine_identity(model: ModelSpec) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:
-    env = {
+def forwarded_environment() -> dict[str, str]:
+    """This process's engine and endpoint settings, to hand to processes Ray starts elsewhere."""
+    return {
         name: value
         for name, value in os.environ.items()
         if name.startswith(_FORWARDED_PREFIXES) or name in _FORWARDED_NAMES
     }
+
+
+def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:
+    env = forwarded_environment()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -85,29 +92,49 @@ class ReplicaPool:
         self.size = size
         self._job = job
         self._engine_factory = engine_factory
-        tp = model.tensor_parallel_size
-        resources = {"num_gpus": tp, "num_cpus": 1} if self.device == "gpu" else {"num_cpus": tp}
-        self._actor_class = ray.remote(Replica).options(
-            **resources,
-            max_restarts=0,  # the driver replaces dead replicas itself, and re-queues their shards
-            runtime_env={"env_vars": _actor_environment(model, self.device)},
-        )
+        self._actor_class = ray.remote(Replica)
+        self._environment = _actor_environment(model, self.device)
         self.actors: list[Any] = []
+        self._placement_groups: dict[Any, PlacementGroup] = {}
 
     def serves(self, model: ModelSpec) -> bool:
         return _engine_identity(model) == _engine_identity(self.model)
 
     def start(self) -> Any:
-        actor = self._actor_class.remote(
-            self.model, self._job.storage, self._job.retry, self.device, self._engine_factory
-        )
+        tp = self.model.tensor_parallel_size
+        if self.device == "gpu":
+            # One bundle per GPU, all on one node. With TP > 1 the replica itself holds no GPU: vLLM's
+            # Ray executor places one worker per bundle of the group the replica was placed in.
+            group = placement_group([{"GPU": 1, "CPU": 1}] + [{"GPU": 1}] * (tp - 1), strategy="STRICT_PACK")
+            options: dict[str, Any] = {
+                "num_cpus": 1,
+                "num_gpus": 1 if tp == 1 else 0,
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                ),
+            }
+        else:
+            group, options = None, {"num_cpus": tp}
+        actor = self._actor_class.options(
+            **options,
+            max_restarts=0,  # the driver replaces dead replicas itself, and re-queues their shards
+            runtime_env={"env_vars": self._environment},
+        ).remote(self.model, self._job.storage, self._job.retry, self.device, self._engine_factory)
+        if group is not None:
+            self._placement_groups[actor] = group
         self.actors.append(actor)
         return actor
+
+    def placement_group_of(self, actor: Any) -> PlacementGroup | None:
+        return self._placement_groups.get(actor)
 
     def forget(self, actor: Any) -> None:
         if actor in self.actors:
             self.actors.remove(actor)
         ray.kill(actor, no_restart=True)
+        group = self._placement_groups.pop(actor, None)
+        if group is not None:
+            remove_placement_group(group)
 
     def shutdown(self) -> None:
         for actor in list(self.actors):

@@ -13,9 +13,8 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import SpecError, format_validation_error
+from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS, valid_tensor_parallel_sizes
 
-# Llama 2 (and every model herd presets) supports at most this many tokens of prompt + generation.
-LLAMA2_CONTEXT_TOKENS = 4096
 DEMO_MODEL = "demo:smollm2-135m-instruct"
 
 
@@ -55,10 +54,26 @@ class InputSpec(StrictModel):
 
 class ModelSpec(StrictModel):
     path: str = Field(description=f"A local directory or s3:// URL of a Hugging Face checkpoint, or {DEMO_MODEL}.")
+    preset: Literal[tuple(LLAMA2_PRESETS)] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="A Llama 2 model: sets tensor_parallel_size (the reference MP value), max_model_len "
+        "4096 and, for chat variants, the llama2-chat prompt format, unless the job sets them.",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     max_model_len: int = Field(default=LLAMA2_CONTEXT_TOKENS, ge=16, le=LLAMA2_CONTEXT_TOKENS)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits_the_heads(self) -> ModelSpec:
+        if self.preset is not None:
+            allowed = valid_tensor_parallel_sizes(LLAMA2_PRESETS[self.preset])
+            if self.tensor_parallel_size not in allowed:
+                raise ValueError(
+                    f"tensor_parallel_size {self.tensor_parallel_size} does not divide {self.preset}'s attention "
+                    f"heads; allowed: {', '.join(map(str, allowed))}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _engine_options_do_not_shadow_fields(self) -> ModelSpec:
@@ -177,6 +192,22 @@ class JobSpec(StrictModel):
     max_error_fraction: float = Field(
         default=0.1, ge=0.0, le=1.0, description="Fail the job when more rows than this fail."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, raw: Any) -> Any:
+        """A preset fills in what the job leaves out; what the job sets is kept, then checked."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        preset = LLAMA2_PRESETS.get(model.get("preset")) if isinstance(model, dict) else None
+        if preset is None:
+            return raw
+        raw = {**raw, "model": {**model}}
+        raw["model"].setdefault("tensor_parallel_size", preset.tensor_parallel_size)
+        raw["model"].setdefault("max_model_len", LLAMA2_CONTEXT_TOKENS)
+        prompt = raw.get("prompt")
+        if preset.chat and (prompt is None or (isinstance(prompt, dict) and "format" not in prompt)):
+            raw["prompt"] = {**(prompt or {}), "format": "llama2-chat"}
+        return raw
 
     @model_validator(mode="after")
     def _generation_fits_context(self) -> JobSpec:

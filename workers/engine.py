@@ -58,6 +58,10 @@ class VllmEngine:
         }
         # Guided JSON without free whitespace: otherwise a weak model can spend every token on it.
         options["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+        if device == "gpu" and spec.tensor_parallel_size > 1:
+            # The replica sits in a placement group with one bundle per GPU: vLLM's Ray executor
+            # puts one worker in each.
+            options["distributed_executor_backend"] = "ray"
         if device == "cpu":
             # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
             options["enforce_eager"] = True

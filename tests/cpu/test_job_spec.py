@@ -71,9 +71,11 @@ def test_hosted_llama2_and_vllm_sampling_names_are_both_accepted():
     assert hosted.sampling.effective_temperature == 0.0  # do_sample false means greedy
 
 
-def test_the_quickstart_job_file_is_valid():
-    job = load_job(REPO / "examples" / "quickstart.yaml")
+@pytest.mark.parametrize("job_file", sorted((REPO / "examples").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_example_job_file_is_valid(job_file):
+    job = load_job(job_file)
     assert job.model.path == "demo:smollm2-135m-instruct"
+    assert (REPO / job.input.path).exists()
 
 
 def test_unreadable_or_malformed_job_files_are_named(tmp_path):

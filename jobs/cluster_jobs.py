@@ -1,0 +1,121 @@
+"""Submitting herd jobs to a Ray cluster through the Ray Jobs API, and following them.
+
+The job runs `submit.py run` on the cluster's head, in a working directory that carries herd's code
+and the job file, so the cluster runs exactly the code and spec that were submitted. Settings reach
+the job through runtime_env (a variable exported on the submitting side does not reach a cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from jobs.replicas import forwarded_environment
+from schemas.job import JobSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_CODE = ("schemas", "jobs", "workers", "common", "submit.py")
+SUBMITTED_JOB_FILE = "herd-job.json"
+
+
+def auth_headers() -> dict[str, str]:
+    """Ray 2.60 clusters use token authentication: send the token Ray itself would use."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    token_path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and token_path.is_file():
+        token = token_path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def client(address: str | None) -> JobSubmissionClient:
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ValueError("give --address http://HEAD:8265 or set RAY_ADDRESS")
+    return JobSubmissionClient(address, headers=auth_headers())
+
+
+@contextmanager
+def _working_directory(job: JobSpec) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="herd-submit-") as directory:
+        for name in _CODE:
+            source = PROJECT_ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, Path(directory) / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, Path(directory) / name)
+        (Path(directory) / SUBMITTED_JOB_FILE).write_text(json.dumps(job.model_dump(mode="json", by_alias=False)))
+        yield directory
+
+
+def submit(job: JobSpec, address: str | None, python: str, overwrite: bool) -> str:
+    jobs_client = client(address)
+    entrypoint = f"{python} submit.py run {SUBMITTED_JOB_FILE}" + (" --overwrite" if overwrite else "")
+    with _working_directory(job) as directory:
+        return jobs_client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": directory, "env_vars": forwarded_environment()},
+            metadata={"herd_job": job.name},
+        )
+
+
+def info(address: str | None, job_id: str) -> dict[str, Any]:
+    details = client(address).get_job_info(job_id)
+    return {
+        "job_id": job_id,
+        "status": str(details.status.value if hasattr(details.status, "value") else details.status),
+        "exit_code": details.driver_exit_code,
+        "message": details.message,
+        "entrypoint": details.entrypoint,
+        "start_time": details.start_time,
+        "end_time": details.end_time,
+        "herd_job": (details.metadata or {}).get("herd_job"),
+    }
+
+
+def print_logs(address: str | None, job_id: str, follow: bool) -> None:
+    jobs_client = client(address)
+    if not follow:
+        print(jobs_client.get_job_logs(job_id), end="")
+        return
+
+    async def stream() -> None:
+        # tail_job_logs yields chunks until the job ends.
+        async for chunk in jobs_client.tail_job_logs(job_id):
+            print(chunk, end="", flush=True)
+
+    asyncio.run(stream())
+
+
+def wait(address: str | None, job_id: str, poll_seconds: float = 1.0) -> dict[str, Any]:
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    jobs_client = client(address)
+    while jobs_client.get_job_status(job_id) not in terminal:
+        time.sleep(poll_seconds)
+    return info(address, job_id)
+
+
+def stop(address: str | None, job_id: str) -> bool:
+    return client(address).stop_job(job_id)
+
+
+def list_jobs(address: str | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": details.submission_id,
+            "status": str(details.status.value if hasattr(details.status, "value") else details.status),
+            "exit_code": details.driver_exit_code,
+            "herd_job": (details.metadata or {}).get("herd_job"),
+        }
+        for details in client(address).list_jobs()
+        if details.submission_id
+    ]

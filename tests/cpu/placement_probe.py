@@ -1,0 +1,65 @@
+"""Runs a fake-engine job on a multi-node Ray cluster of logical GPUs and prints where replicas landed.
+
+A script, not a test: a Ray cluster_utils.Cluster needs a process of its own (the test session
+already holds a local Ray). Usage: python -m tests.cpu.placement_probe CONFIG_JSON
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.placement_group import placement_group_table
+
+from common.layout import OutputLayout
+from common.storage import Storage
+from jobs.dispatch import Dispatcher
+from jobs.manifest import commit_shard
+from jobs.planner import plan_shards
+from jobs.replicas import ReplicaPool, cluster_device, replica_count
+from schemas import SpecError, parse_job
+from tests.cpu.fake_engine import FakeEngineFactory
+
+
+def main(config: dict) -> dict:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = [cluster.add_node(num_cpus=4, num_gpus=config["gpus_per_node"]) for _ in range(config["nodes"])]
+    ray.init(address=cluster.address)
+    job = parse_job(
+        {
+            "input": {"path": config["input"], "prompt_column": "prompt", "bytes_per_shard": 1024},
+            "model": {"path": config["model"], "tensor_parallel_size": config["tp"], "max_model_len": 512},
+            "sampling": {"max_new_tokens": 4},
+            "output": {"path": config["output"]},
+        }
+    )
+    try:
+        count = replica_count(job, cluster_device())
+    except SpecError as error:
+        return {"error": str(error)}
+    pool = ReplicaPool(job.model, job, count, FakeEngineFactory())
+    storage = Storage(job.storage, job.retry)
+    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
+    layout = OutputLayout(job.output.path)
+    outcome = Dispatcher(job, pool, lambda record: commit_shard(storage, layout, record)).run(shards)
+    groups = [placement_group_table(pool.placement_group_of(actor)) for actor in pool.actors]
+    node_ids = {node.node_id: index for index, node in enumerate(nodes)}
+    result = {
+        "device": pool.device,
+        "replicas": count,
+        "committed": len(outcome.committed),
+        "shards": len(shards),
+        "strategies": [group["strategy"] for group in groups],
+        "bundle_gpus": [[bundle.get("GPU", 0) for bundle in group["bundles"].values()] for group in groups],
+        "bundle_nodes": [sorted({node_ids[node] for node in group["bundles_to_node_id"].values()}) for group in groups],
+        "replicas_used": len({record.replica for record in outcome.committed.values()}),
+    }
+    pool.shutdown()
+    return result
+
+
+if __name__ == "__main__":
+    print("PROBE " + json.dumps(main(json.loads(Path(sys.argv[1]).read_text()))))

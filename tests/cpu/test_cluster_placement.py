@@ -1,0 +1,133 @@
+"""Placement on a multi-node Ray cluster, and the Llama 2 presets.
+
+The placement tests use a fake engine: vLLM cannot run on logical GPUs, and what is under test is
+where Ray puts replicas, not what they generate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from schemas import SpecError, parse_job
+from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _probe(tmp_path: Path, tiny_model: Path, tp: int, gpus_per_node: int, nodes: int) -> dict:
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"prompt {index}"}) + "\n" for index in range(300))
+    )
+    config = {
+        "tp": tp,
+        "gpus_per_node": gpus_per_node,
+        "nodes": nodes,
+        "model": str(tiny_model),
+        "input": str(tmp_path / "in.jsonl"),
+        "output": str(tmp_path / "out"),
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ray_dir = tempfile.mkdtemp(prefix="hp", dir="/tmp")
+    os.makedirs(os.path.join(ray_dir, "ray"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.cpu.placement_probe", str(tmp_path / "config.json")],
+            cwd=REPO,
+            env={**os.environ, "RAY_TMPDIR": ray_dir},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    line = next((line for line in result.stdout.splitlines() if line.startswith("PROBE ")), None)
+    assert line, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads(line.removeprefix("PROBE "))
+
+
+def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(tmp_path, tiny_model):
+    result = _probe(tmp_path, tiny_model, tp=2, gpus_per_node=3, nodes=2)
+    assert result["device"] == "gpu"
+    assert result["replicas"] == 2  # 3 // 2 per node, two nodes
+    assert result["committed"] == result["shards"] > 2
+    assert result["replicas_used"] == 2
+    assert result["strategies"] == ["STRICT_PACK", "STRICT_PACK"]
+    assert result["bundle_gpus"] == [[1, 1], [1, 1]]
+    assert all(len(nodes) == 1 for nodes in result["bundle_nodes"])
+    assert result["bundle_nodes"][0] != result["bundle_nodes"][1]
+
+
+def test_fake_engine_tp8_on_4_gpu_nodes_fails_fast_saying_what_is_missing(tmp_path, tiny_model):
+    result = _probe(tmp_path, tiny_model, tp=8, gpus_per_node=4, nodes=2)
+    assert result == {"error": "model.tensor_parallel_size 8 needs 8 GPUs on one node; the largest node has 4"}
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA2_PRESETS))
+def test_each_preset_resolves_to_its_reference_mp_value_and_4096(name):
+    expected_tp = {"7b": 1, "13b": 2, "70b": 8}[name.split("-")[2]]
+    job = parse_job(
+        {
+            "input": {"path": "x.jsonl", "prompt_column": "p"},
+            "model": {"path": "/w", "preset": name},
+            "output": {"path": "o"},
+        }
+    )
+    assert job.model.tensor_parallel_size == expected_tp
+    assert job.model.max_model_len == LLAMA2_CONTEXT_TOKENS == 4096
+    assert job.prompt.format == ("llama2-chat" if name.endswith("-chat") else "raw")
+
+
+def test_preset_overrides_are_kept_and_checked():
+    base = {"input": {"path": "x.jsonl", "prompt_column": "p"}, "output": {"path": "o"}}
+    job = parse_job(
+        {
+            **base,
+            "model": {"path": "/w", "preset": "llama-2-13b-chat", "tensor_parallel_size": 1, "max_model_len": 2048},
+            "prompt": {"format": "raw"},
+        }
+    )
+    assert (job.model.tensor_parallel_size, job.model.max_model_len, job.prompt.format) == (1, 2048, "raw")
+    with pytest.raises(SpecError, match=r"tensor_parallel_size 3 does not divide llama-2-13b's attention heads"):
+        parse_job({**base, "model": {"path": "/w", "preset": "llama-2-13b", "tensor_parallel_size": 3}})
+    with pytest.raises(SpecError, match=r"model\.max_model_len: Input should be less than or equal to 4096"):
+        parse_job({**base, "model": {"path": "/w", "preset": "llama-2-7b", "max_model_len": 8192}})
+
+
+def _cluster_config() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+
+
+def test_ray_cluster_yaml_passes_rays_own_cluster_config_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _cluster_config()
+    # What `ray up` does: fill in the provider's defaults, then validate against Ray's schema.
+    validate_config(prepare_config(config))
+    gpus = {name: node.get("resources", {}).get("GPU", 0) for name, node in config["available_node_types"].items()}
+    assert gpus[config["head_node_type"]] == 0
+    # Every preset's tensor parallel size fits on one node of some worker type.
+    assert {preset.tensor_parallel_size for preset in LLAMA2_PRESETS.values()} <= {
+        size for count in gpus.values() for size in (1, 2, 4, 8) if size <= count
+    }
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
+def test_a_typo_in_ray_cluster_yaml_fails_the_validator():
+    from jsonschema import ValidationError
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _cluster_config()
+    config["max_workerz"] = config.pop("max_workers")
+    with pytest.raises(ValidationError, match="max_workerz"):
+        validate_config(prepare_config(config))

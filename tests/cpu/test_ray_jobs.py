@@ -1,0 +1,152 @@
+"""Ray Jobs end to end: a `ray start --head` on 127.0.0.1, herd jobs submitted, followed and stopped
+through submit.py, as a scheduler would drive it. Real engine (the tiny Llama on vLLM CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cpu.conftest import tiny_model_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="hh", dir="/tmp")
+    dashboard = _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={_free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--num-cpus=2",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 60
+        while _herd("list", "--address", address).returncode != 0:
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+            time.sleep(1)
+        yield address
+    finally:
+        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _herd(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "submit.py", *arguments],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path: str | None = None) -> Path:
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"question {index}"}) + "\n" for index in range(rows))
+    )
+    job = {
+        "name": name,
+        "input": {"path": input_path or str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 8},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    (tmp_path / f"{name}.json").write_text(json.dumps(job))
+    return tmp_path / f"{name}.json"
+
+
+def _status(address: str, job_id: str) -> dict:
+    result = _herd("status", job_id, "--json", "--address", address)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.own_engine
+def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_head, tiny_model, tmp_path):
+    submitted = _herd(
+        "submit",
+        str(_job_file(tmp_path, tiny_model, 10, "cluster-ok")),
+        "--address",
+        ray_head,
+        "--python",
+        sys.executable,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 480
+    while (status := _status(ray_head, job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    logs = _herd("logs", job_id, "--address", ray_head)
+    assert (status["status"], status["exit_code"], status["herd_job"]) == ("SUCCEEDED", 0, "cluster-ok"), logs.stdout[
+        -3000:
+    ]
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 10
+    assert "herd: succeeded: 10 rows in, 10 rows out" in logs.stdout
+    assert job_id in _herd("list", "--address", ray_head).stdout
+
+
+@pytest.mark.own_engine
+def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, tiny_model, tmp_path):
+    job_file = _job_file(tmp_path, tiny_model, 1, "cluster-missing-input", input_path=str(tmp_path / "nothing-*.jsonl"))
+    result = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", sys.executable)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "input.path: no files match" in result.stdout
+
+
+@pytest.mark.own_engine
+def test_a_running_job_can_be_stopped(ray_head, tiny_model, tmp_path):
+    submitted = _herd(
+        "submit",
+        str(_job_file(tmp_path, tiny_model, 2000, "cluster-stop")),
+        "--address",
+        ray_head,
+        "--python",
+        sys.executable,
+    )
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 120
+    while _status(ray_head, job_id)["status"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert _herd("stop", job_id, "--address", ray_head).returncode == 0
+    deadline = time.monotonic() + 60
+    while (status := _status(ray_head, job_id))["status"] != "STOPPED":
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
