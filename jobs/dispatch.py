@@ -42,8 +42,14 @@ class _State:
     attempts: Counter[str] = field(default_factory=Counter)
     starting: dict[Any, Any] = field(default_factory=dict)  # ready ref -> actor
     running: dict[Any, tuple[Any, Shard]] = field(default_factory=dict)  # result ref -> (actor, shard)
-    idle: list[Any] = field(default_factory=list)
+    idle: list[Any] = field(default_factory=list)  # one entry per free slot of a replica
+    dead: set[Any] = field(default_factory=set)
     last_start_error: str = ""
+
+
+def dispatch_order(shards: list[Shard]) -> list[Shard]:
+    """Largest first: the long shards start early, the short ones fill the tail."""
+    return sorted(shards, key=lambda shard: -shard.estimated_rows)
 
 
 class Dispatcher:
@@ -55,7 +61,7 @@ class Dispatcher:
         self.outcome = DispatchOutcome()
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
-        state = _State(pending=deque(sorted(shards, key=lambda shard: -shard.estimated_rows)))
+        state = _State(pending=deque(dispatch_order(shards)))
         self._total = len(shards)
         while len(self.pool.actors) < self.pool.size:
             self.pool.start()
@@ -103,7 +109,7 @@ class Dispatcher:
             self._replace(state, actor)
             return
         log.info("replica %s is ready", name)
-        state.idle.append(actor)
+        state.idle.extend([actor] * self.pool.shards_in_flight)
 
     def _on_finished(self, state: _State, ref: Any) -> None:
         actor, shard = state.running.pop(ref)
@@ -111,7 +117,10 @@ class Dispatcher:
             result = ray.get(ref)
         except RayActorError as error:
             log.warning("the replica running shard %s died (%s); re-queuing it", shard.shard_id, _reason(error))
-            self._replace(state, actor)
+            if actor not in state.dead:  # its other in-flight shard reports the same death
+                state.dead.add(actor)
+                state.idle = [slot for slot in state.idle if slot != actor]
+                self._replace(state, actor)
             self._retry_or_fail(state, shard, f"replica died: {_reason(error)}")
             return
         except Exception as error:  # noqa: BLE001 - every other failure is this shard's

@@ -80,11 +80,25 @@ def clear_output(storage: Storage, layout: OutputLayout) -> None:
 
 
 def committed_shards(storage: Storage, layout: OutputLayout) -> dict[str, ShardRecord]:
-    """Reads the manifest alone (one small record per shard); rows are never loaded."""
-    names = [name for name in storage.list_names(layout.manifest_dir) if name.endswith(".json")]
-    contents = storage.read_many([join(layout.manifest_dir, name) for name in names])
-    records = (ShardRecord.model_validate_json(content) for content in contents.values())
-    return {record.shard_id: record for record in records}
+    """Reads the manifest alone; rows are never loaded. The per-shard records decide what is
+    committed; the index written at the end of a run saves reading them one by one."""
+    committed_ids = [
+        name.removesuffix(".json") for name in storage.list_names(layout.manifest_dir) if name.endswith(".json")
+    ]
+    indexed: dict[str, ShardRecord] = {}
+    if storage.exists(layout.manifest_index):
+        for line in storage.read_text(layout.manifest_index).splitlines():
+            record = ShardRecord.model_validate_json(line)
+            indexed[record.shard_id] = record
+    unindexed = [layout.shard_record(shard_id) for shard_id in committed_ids if shard_id not in indexed]
+    for content in storage.read_many(unindexed).values():
+        record = ShardRecord.model_validate_json(content)
+        indexed[record.shard_id] = record
+    return {shard_id: indexed[shard_id] for shard_id in committed_ids}
+
+
+def write_manifest_index(storage: Storage, layout: OutputLayout, records: dict[str, ShardRecord]) -> None:
+    storage.write_text(layout.manifest_index, "".join(record.model_dump_json() + "\n" for record in records.values()))
 
 
 def commit_shard(storage: Storage, layout: OutputLayout, record: ShardRecord) -> None:

@@ -90,6 +90,7 @@ class ReplicaPool:
         self.model = model
         self.device = cluster_device()
         self.size = size
+        self.shards_in_flight = job.resources.shards_in_flight
         self._job = job
         self._engine_factory = engine_factory
         self._actor_class = ray.remote(Replica)
@@ -118,6 +119,7 @@ class ReplicaPool:
         actor = self._actor_class.options(
             **options,
             max_restarts=0,  # the driver replaces dead replicas itself, and re-queues their shards
+            max_concurrency=self.shards_in_flight,
             runtime_env={"env_vars": self._environment},
         ).remote(self.model, self._job.storage, self._job.retry, self.device, self._engine_factory)
         if group is not None:

@@ -13,7 +13,13 @@ import ray
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage, absolute
 from jobs.dispatch import Dispatcher, DispatchOutcome
-from jobs.manifest import claim_output, commit_shard, committed_shards, remove_uncommitted_files
+from jobs.manifest import (
+    claim_output,
+    commit_shard,
+    committed_shards,
+    remove_uncommitted_files,
+    write_manifest_index,
+)
 from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool, cluster_device, replica_count
 from schemas.errors import SpecError
@@ -111,6 +117,7 @@ def run_job(
     records = {
         shard_id: record for shard_id, record in {**committed, **outcome.committed}.items() if shard_id in planned_ids
     }
+    write_manifest_index(storage, layout, records)
     removed = remove_uncommitted_files(storage, layout, records)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)

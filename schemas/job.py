@@ -156,6 +156,13 @@ class OutputSpec(StrictModel):
 
 class ResourcesSpec(StrictModel):
     replicas: int | Literal["auto"] = "auto"
+    shards_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Shards a replica holds at once: with 2, one is read and the previous one written "
+        "while the engine generates the third.",
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> ResourcesSpec:

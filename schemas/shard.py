@@ -48,8 +48,10 @@ class ShardResult(BaseModel):
     error_rows: int
     prompt_tokens: int
     completion_tokens: int
-    generate_seconds: float
-    shard_seconds: float
+    generate_seconds: float  # the engine's time on this shard
+    shard_seconds: float  # read, render, generate and write
+    started_at: float  # unix time the replica started the shard
+    finished_at: float  # unix time its files were written
     outputs: list[OutputObject]
     replica: str
 

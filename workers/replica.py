@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable
 
 from common.storage import Storage
@@ -34,10 +35,12 @@ class Replica:
         self.storage = Storage(storage, retry)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
+        # The actor runs resources.shards_in_flight shards at once; only one uses the engine.
+        self._engine_turn = threading.Lock()
 
     def ready(self) -> str:
         return self.name
 
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
-        return process_shard(shard, job, self.engine, Storage(job.storage, job.retry), self.name)
+        return process_shard(shard, job, self.engine, Storage(job.storage, job.retry), self.name, self._engine_turn)

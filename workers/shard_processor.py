@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +131,17 @@ def _encode_errors(errors: list[dict[str, Any]], job: JobSpec) -> bytes:
     return encode_errors(errors, job.output.format)
 
 
-def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, replica: str) -> ShardResult:
-    started = time.perf_counter()
+def process_shard(
+    shard: Shard,
+    job: JobSpec,
+    engine: Engine,
+    storage: Storage,
+    replica: str,
+    engine_turn: AbstractContextManager[Any] | None = None,
+) -> ShardResult:
+    """`engine_turn` is held while this shard uses the engine, so that another shard's read and
+    write (storage I/O) can overlap this one's generation in the same replica."""
+    started, started_at = time.perf_counter(), time.time()
     try:
         read = read_shard(shard, job.input, storage)
     except Exception as error:
@@ -140,11 +150,13 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         raise
     rows_in = len(read.rows) + len(read.errors)
     errors = read.errors
-    prompts = _render_all(read.rows, job, engine, shard, errors)
-    generate_started = time.perf_counter()
-    generated = _generate_all(prompts, job, engine, shard, errors)
-    generate_seconds = time.perf_counter() - generate_started
-    rows = _output_rows(generated, job, engine)
+    with engine_turn or nullcontext():
+        # The tokenizer is the engine's too: rendering and decoding stay inside the turn.
+        prompts = _render_all(read.rows, job, engine, shard, errors)
+        generate_started = time.perf_counter()
+        generated = _generate_all(prompts, job, engine, shard, errors)
+        generate_seconds = time.perf_counter() - generate_started
+        rows = _output_rows(generated, job, engine)
 
     layout = OutputLayout(job.output.path)
     token = uuid.uuid4().hex[:12]
@@ -170,6 +182,8 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         completion_tokens=sum(row["completion_tokens"] for row in rows),
         generate_seconds=generate_seconds,
         shard_seconds=time.perf_counter() - started,
+        started_at=started_at,
+        finished_at=time.time(),
         outputs=outputs,
         replica=replica,
     )

@@ -23,6 +23,7 @@ class FlakyS3Proxy:
         self.lock = threading.Lock()
         self.requests = 0
         self.failed = 0
+        self.log: list[tuple[str, str]] = []  # (method, path) of every request
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +37,7 @@ class FlakyS3Proxy:
                 body = self.rfile.read(length) if length else None
                 with proxy.lock:
                     proxy.requests += 1
+                    proxy.log.append((self.command, self.path))
                     fail = proxy.random.random() < proxy.failure_rate
                     proxy.failed += fail
                 if fail:

@@ -131,3 +131,40 @@ def test_a_typo_in_ray_cluster_yaml_fails_the_validator():
     config["max_workerz"] = config.pop("max_workers")
     with pytest.raises(ValidationError, match="max_workerz"):
         validate_config(prepare_config(config))
+
+
+def test_fake_engine_replicas_fetch_s3_weights_once_per_node(
+    ray_session, tiny_model, tmp_path, s3_endpoint, monkeypatch
+):
+    import s3fs
+
+    from jobs.replicas import ReplicaPool
+    from jobs.runner import run_job
+    from tests.cpu.fake_engine import FakeEngineFactory
+    from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    files = sorted(path.name for path in tiny_model.iterdir())
+    for name in files:
+        fs.put(str(tiny_model / name), f"herd-test/models/tiny/{name}")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"p{index}"}) + "\n" for index in range(50)))
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        job = parse_job(
+            {
+                "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
+                "model": {"path": "s3://herd-test/models/tiny", "max_model_len": 512},
+                "sampling": {"max_new_tokens": 4},
+                "output": {"path": str(tmp_path / "out")},
+                "storage": {"endpoint_url": proxy.endpoint},
+            }
+        )
+        # Both replicas run on this one node, sharing one cache (HERD_CACHE_DIR reaches the actors).
+        monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path / "cache"))
+        pool = ReplicaPool(job.model, job, size=2, engine_factory=FakeEngineFactory())
+        try:
+            outcome = run_job(job, pool=pool)
+        finally:
+            pool.shutdown()
+        fetched = [path for method, path in proxy.log if method == "GET" and "/models/tiny/" in path]
+    assert outcome.summary.replicas == 2 and outcome.exit_code == 0
+    assert sorted(path.rsplit("/", 1)[1] for path in fetched) == files

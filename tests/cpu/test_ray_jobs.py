@@ -89,6 +89,12 @@ def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path
     return tmp_path / f"{name}.json"
 
 
+def _submit(address: str, job_file: Path) -> str:
+    submitted = _herd("submit", str(job_file), "--address", address, "--python", sys.executable)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout.strip().splitlines()[-1]
+
+
 def _status(address: str, job_id: str) -> dict:
     result = _herd("status", job_id, "--json", "--address", address)
     assert result.returncode == 0, result.stderr
@@ -97,16 +103,7 @@ def _status(address: str, job_id: str) -> dict:
 
 @pytest.mark.own_engine
 def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_head, tiny_model, tmp_path):
-    submitted = _herd(
-        "submit",
-        str(_job_file(tmp_path, tiny_model, 10, "cluster-ok")),
-        "--address",
-        ray_head,
-        "--python",
-        sys.executable,
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip().splitlines()[-1]
+    job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 10, "cluster-ok"))
     deadline = time.monotonic() + 480
     while (status := _status(ray_head, job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline
@@ -131,15 +128,7 @@ def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, t
 
 @pytest.mark.own_engine
 def test_a_running_job_can_be_stopped(ray_head, tiny_model, tmp_path):
-    submitted = _herd(
-        "submit",
-        str(_job_file(tmp_path, tiny_model, 2000, "cluster-stop")),
-        "--address",
-        ray_head,
-        "--python",
-        sys.executable,
-    )
-    job_id = submitted.stdout.strip().splitlines()[-1]
+    job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 2000, "cluster-stop"))
     deadline = time.monotonic() + 120
     while _status(ray_head, job_id)["status"] != "RUNNING":
         assert time.monotonic() < deadline

@@ -1,0 +1,44 @@
+"""The baseline a user would write by hand: read the Parquet files, one LLM.generate, write Parquet.
+
+python -m bench.bare_vllm DATA_DIR MODEL_DIR OUT_FILE MAX_MODEL_LEN MAX_TOKENS  -> prints JSON figures
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    data_dir, model_dir, out_file, max_model_len, max_tokens = sys.argv[1:6]
+    started = time.perf_counter()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import glob
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from vllm import LLM, SamplingParams
+
+    table = pa.concat_tables(pq.read_table(path) for path in sorted(glob.glob(f"{data_dir}/*.parquet")))
+    prompts = table.column("prompt").to_pylist()
+    llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, max_model_len=int(max_model_len), seed=0)
+    params = [
+        SamplingParams(temperature=0.8, max_tokens=int(max_tokens), ignore_eos=True, seed=index)
+        for index in range(len(prompts))
+    ]
+    generate_started = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    generate_seconds = time.perf_counter() - generate_started
+    completions = [output.outputs[0].text for output in outputs]
+    tokens = sum(len(output.outputs[0].token_ids) for output in outputs)
+    pq.write_table(pa.table({"id": table.column("id"), "completion": completions}), out_file)
+    print(
+        "FIGURES "
+        + json.dumps({"wall_s": time.perf_counter() - started, "generate_s": generate_seconds, "tokens": tokens})
+    )
+
+
+if __name__ == "__main__":
+    main()

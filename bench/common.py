@@ -1,0 +1,107 @@
+"""What every benchmark shares: deterministic data, the models, running herd, recording results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "bench" / ".cache"
+RESULTS = REPO / "bench" / "results"
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while data engineers write prompts about weather history "
+    "science music cooking travel sport numbers why how what when where who river mountain ocean planet"
+).split()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
+
+
+def write_prompts(directory: Path, prompts: int, files: int, seed: int = 1, row_group_size: int = 512) -> Path:
+    """Prompts of mixed lengths (4 to 120 words), the same for a given (prompts, files, seed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if len(list(directory.glob("*.parquet"))) == files:
+        return directory
+    rng = random.Random(seed)
+    per_file = prompts // files
+    for file_index in range(files):
+        texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 120))) for _ in range(per_file)]
+        ids = [f"f{file_index}-{index}" for index in range(per_file)]
+        pq.write_table(
+            pa.table({"id": ids, "prompt": texts}),
+            directory / f"part-{file_index:03d}.parquet",
+            row_group_size=row_group_size,
+        )
+    return directory
+
+
+def tiny_model() -> Path:
+    sys.path.insert(0, str(REPO))
+    from tests.tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(CACHE / "tiny-llama")
+
+
+def demo_model() -> Path:
+    from workers.model_source import prepare_demo_model
+
+    return prepare_demo_model()
+
+
+def run_herd(job: dict[str, Any], work: Path) -> tuple[float, dict[str, Any], list[dict[str, Any]]]:
+    """Runs `submit.py run` as a user would; returns (wall seconds, summary, manifest records)."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "job.json").write_text(json.dumps(job))
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "submit.py", "run", str(work / "job.json"), "--overwrite"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"herd failed ({result.returncode}): {result.stderr[-3000:]}")
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.manifest import committed_shards
+    from schemas.job import RetrySpec, StorageSpec
+
+    storage = Storage(StorageSpec(**job.get("storage", {})), RetrySpec())
+    layout = OutputLayout(job["output"]["path"])
+    summary = json.loads(storage.read_text(layout.summary))
+    records = [record.model_dump() for record in committed_shards(storage, layout).values()]
+    return wall, summary, records
+
+
+def run_script(arguments: list[str]) -> tuple[float, dict[str, Any]]:
+    """Runs `python ARGUMENTS` from the repository; returns its wall time and its FIGURES line."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, *arguments], cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(arguments[:3])} failed ({result.returncode}): {result.stderr[-3000:]}")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("FIGURES "))
+    return wall, json.loads(line.removeprefix("FIGURES "))
+
+
+def record(name: str, figures: dict[str, Any], ratio_line: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"benchmark": name, "machine": machine(), **figures}, indent=2))
+    print(ratio_line)

@@ -1,0 +1,108 @@
+"""Planning cost: 1,000 Parquet files holding 10M rows, and a resume over a manifest of 100k shards.
+
+Each measurement runs in a fresh process so its peak RSS is the planner's own (interpreter and
+pyarrow included). Targets: planning < 10 s with peak RSS < 500 MB; resume planning < 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import CACHE, record, run_script
+
+
+def _inputs(files: int, rows: int) -> Path:
+    directory = CACHE / f"plan-{files}x{rows}"
+    if len(list(directory.glob("*.parquet"))) == files:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    texts = pa.array([f"prompt number {index % 997} about rivers" for index in range(rows)])
+    for index in range(files):
+        pq.write_table(pa.table({"prompt": texts}), directory / f"part-{index:04d}.parquet", row_group_size=2048)
+    return directory
+
+
+def _manifest(shards: int) -> Path:
+    root = CACHE / f"manifest-{shards}"
+    manifest = root / "manifest"
+    if manifest.exists() and len(list(manifest.iterdir())) == shards:
+        return root
+    manifest.mkdir(parents=True, exist_ok=True)
+    for index in range(shards):
+        shard_id = f"part-{index:06d}-0-1-{index:010x}"
+        (manifest / f"{shard_id}.json").write_text(
+            json.dumps(
+                {
+                    "shard_id": shard_id,
+                    "rows_in": 100,
+                    "rows_out": 100,
+                    "error_rows": 0,
+                    "prompt_tokens": 900,
+                    "completion_tokens": 6400,
+                    "generate_seconds": 1.0,
+                    "shard_seconds": 1.2,
+                    "started_at": 0.0,
+                    "finished_at": 1.2,
+                    "outputs": [{"url": f"{root}/data/{shard_id}.x.parquet", "bytes": 1000, "rows": 100}],
+                    "replica": "node:1",
+                    "attempts": 1,
+                }
+            )
+        )
+    return root
+
+
+def probe(what: str, path: str) -> None:
+    """Runs in the child process: one planning step, timed, with this process's peak RSS."""
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.manifest import committed_shards
+    from jobs.planner import plan_shards
+    from schemas.job import InputSpec, RetrySpec, StorageSpec
+
+    storage = Storage(StorageSpec(), RetrySpec())
+    started = time.perf_counter()
+    if what == "plan":
+        spec = InputSpec(path=path, prompt_column="prompt", rows_per_shard=10000)
+        count = len(plan_shards(spec, storage.expand_inputs(path), storage))
+    else:
+        count = len(committed_shards(storage, OutputLayout(path)))
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("FIGURES " + json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "count": count}))
+
+
+def _measure(what: str, path: Path) -> dict:
+    return run_script(["-c", f"from bench.plan import probe; probe({what!r}, {str(path)!r})"])[1]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench plan")
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--rows-per-file", type=int, default=10000)
+    parser.add_argument("--manifest-shards", type=int, default=100_000)
+    arguments = parser.parse_args(argv)
+    plan = _measure("plan", _inputs(arguments.files, arguments.rows_per_file))
+    resume = _measure("resume", _manifest(arguments.manifest_shards))
+    record(
+        "plan",
+        {
+            "files": arguments.files,
+            "rows": arguments.files * arguments.rows_per_file,
+            "plan": plan,
+            "manifest_shards": arguments.manifest_shards,
+            "resume": resume,
+            "targets": {"plan_seconds": 10, "plan_peak_rss_mb": 500, "resume_seconds": 5},
+        },
+        f"plan: {plan['count']} shards from {arguments.files} files in {plan['seconds']:.2f}s "
+        f"(peak RSS {plan['peak_rss_mb']:.0f} MB, target < 10 s and < 500 MB); resume over "
+        f"{resume['count']} committed shards in {resume['seconds']:.2f}s (target < 5 s)",
+    )
+    return 0

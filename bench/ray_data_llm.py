@@ -1,0 +1,55 @@
+"""The peer: the same data through Ray Data LLM on vLLM's CPU build.
+
+python -m bench.ray_data_llm DATA_DIR MODEL_DIR OUT_DIR MAX_MODEL_LEN MAX_TOKENS -> prints JSON figures.
+Every setting below was needed for Ray Data LLM to run on the CPU build on 2 cores (see issue 7).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main() -> None:
+    data_dir, model_dir, out_dir, max_model_len, max_tokens = sys.argv[1:6]
+    started = time.perf_counter()
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    ray.init(num_cpus=4, include_dashboard=False)  # logical: its list-files task waits forever with 2
+    config = vLLMEngineProcessorConfig(
+        model_source=model_dir,
+        engine_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": int(max_model_len)},
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        batch_size=256,
+        concurrency=1,
+        accelerator_type=None,
+        log_engine_metrics=False,
+        chat_template_stage=False,
+        tokenize_stage={"num_cpus": 0.25},
+        detokenize_stage={"num_cpus": 0.25},
+        placement_group_config={"bundles": [{"CPU": 1}]},
+    )
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {
+            "prompt": row["prompt"],
+            "sampling_params": {"temperature": 0.8, "max_tokens": int(max_tokens), "ignore_eos": True},
+        },
+        postprocess=lambda row: {
+            "id": row["id"],
+            "completion": row["generated_text"],
+            "tokens": row["num_generated_tokens"],
+        },
+        preprocess_map_kwargs={"num_cpus": 0.25},
+        postprocess_map_kwargs={"num_cpus": 0.25},
+    )
+    results = processor(ray.data.read_parquet(data_dir))
+    results.write_parquet(out_dir)
+    tokens = ray.data.read_parquet(out_dir).sum("tokens")
+    print("FIGURES " + json.dumps({"wall_s": time.perf_counter() - started, "tokens": tokens}))
+
+
+if __name__ == "__main__":
+    main()
