@@ -23,7 +23,15 @@ def main() -> None:
 
     table = pa.concat_tables(pq.read_table(path) for path in sorted(glob.glob(f"{data_dir}/*.parquet")))
     prompts = table.column("prompt").to_pylist()
-    llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, max_model_len=int(max_model_len), seed=0)
+    # The same engine settings as herd's on CPU (chunked prefill off: see workers/engine.py).
+    llm = LLM(
+        model=model_dir,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=int(max_model_len),
+        seed=0,
+        enable_chunked_prefill=False,
+    )
     params = [
         SamplingParams(temperature=0.8, max_tokens=int(max_tokens), ignore_eos=True, seed=index)
         for index in range(len(prompts))

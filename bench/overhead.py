@@ -63,7 +63,7 @@ def _case(label: str, model: Path, prompts: int, files: int, max_model_len: int)
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench overhead")
     parser.add_argument("--prompts", type=int, default=16384)
-    parser.add_argument("--demo-prompts", type=int, default=256)
+    parser.add_argument("--demo-prompts", type=int, default=64)
     arguments = parser.parse_args(argv)
     tiny = _case("tiny llama", tiny_model(), arguments.prompts, 8, 512)
     demo = _case("demo model", demo_model(), arguments.demo_prompts, 4, 1024)

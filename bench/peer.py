@@ -20,8 +20,8 @@ def main(argv: list[str]) -> int:
     data = write_prompts(CACHE / f"prompts-{arguments.prompts}-{files}", arguments.prompts, files)
     model = tiny_model()
     with tempfile.TemporaryDirectory() as work:
-        arguments = [str(data), str(model), f"{work}/peer", str(MAX_MODEL_LEN), str(NEW_TOKENS)]
-        peer_wall, peer = run_script(["-m", "bench.ray_data_llm", *arguments])
+        script_arguments = [str(data), str(model), f"{work}/peer", str(MAX_MODEL_LEN), str(NEW_TOKENS)]
+        peer_wall, peer = run_script(["-m", "bench.ray_data_llm", *script_arguments])
         job = {
             "input": {
                 "path": str(data),

@@ -20,7 +20,12 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False)  # logical: its list-files task waits forever with 2
     config = vLLMEngineProcessorConfig(
         model_source=model_dir,
-        engine_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": int(max_model_len)},
+        engine_kwargs={
+            "dtype": "float32",
+            "enforce_eager": True,
+            "max_model_len": int(max_model_len),
+            "enable_chunked_prefill": False,  # the same engine settings as herd's and the bare script's
+        },
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
         batch_size=256,
         concurrency=1,

@@ -23,7 +23,7 @@ from jobs.manifest import (
 from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool, cluster_device, replica_count
 from schemas.errors import SpecError
-from schemas.job import JobSpec
+from schemas.job import DEMO_MODEL, JobSpec
 from schemas.results import ExitCode, RunSummary
 from schemas.shard import ShardRecord
 from workers.replica import EngineFactory, build_vllm_engine
@@ -50,7 +50,7 @@ def ensure_ray() -> None:
 
 def with_absolute_paths(job: JobSpec) -> JobSpec:
     """Ray workers run in another directory: local paths must not depend on the driver's."""
-    model_path = job.model.path if job.model.path.startswith("demo:") else absolute(job.model.path)
+    model_path = job.model.path if job.model.path == DEMO_MODEL else absolute(job.model.path)
     return job.model_copy(
         update={
             "input": job.input.model_copy(update={"path": absolute(job.input.path)}),

@@ -13,6 +13,10 @@ from typing import Any, Protocol
 from schemas.job import ModelSpec, SamplingSpec
 
 
+class EngineDead(RuntimeError):
+    """The engine cannot serve any more requests: the replica must be replaced, its shards retried."""
+
+
 @dataclass(frozen=True)
 class Request:
     prompt_ids: list[int]
@@ -65,6 +69,10 @@ class VllmEngine:
         if device == "cpu":
             # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
             options["enforce_eager"] = True
+            # A request prefilled in chunks has its sampled token discarded, and vLLM then rewinds the
+            # request's seeded generator, which CPU generators cannot do: the engine dies
+            # ("CPU Generator does not use offset") on any batch large enough to be chunked.
+            options["enable_chunked_prefill"] = False
         options.update(spec.engine_options)
         self.llm = LLM(**options)
         self.tokenizer = self.llm.get_tokenizer()
@@ -99,11 +107,16 @@ class VllmEngine:
 
         if not requests:
             return []
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=request.prompt_ids) for request in requests],
-            [self._sampling_params(request.sampling, request.seed) for request in requests],
-            use_tqdm=False,
-        )
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=request.prompt_ids) for request in requests],
+                [self._sampling_params(request.sampling, request.seed) for request in requests],
+                use_tqdm=False,
+            )
+        except EngineDeadError as error:
+            raise EngineDead(str(error)) from error
         return [
             [
                 Sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -10,11 +11,12 @@ from collections.abc import Callable
 from common.storage import Storage
 from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
-from workers.engine import Engine, VllmEngine
+from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model
 from workers.shard_processor import process_shard
 
 EngineFactory = Callable[[str, ModelSpec, str], Engine]
+log = logging.getLogger(__name__)
 
 
 def build_vllm_engine(model_dir: str, spec: ModelSpec, device: str) -> Engine:
@@ -43,4 +45,10 @@ class Replica:
 
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
-        return process_shard(shard, job, self.engine, Storage(job.storage, job.retry), self.name, self._engine_turn)
+        try:
+            return process_shard(shard, job, self.engine, Storage(job.storage, job.retry), self.name, self._engine_turn)
+        except EngineDead as error:
+            # A dead engine does not come back: end this replica so the driver replaces it and
+            # re-queues its shards, instead of failing every later shard here.
+            log.error("the engine died (%s); stopping replica %s", error, self.name)
+            os._exit(1)

@@ -22,7 +22,7 @@ from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
 from schemas.results import output_columns
 from schemas.shard import OutputObject, Shard, ShardResult
-from workers.engine import Engine, Request, Sample, row_seed
+from workers.engine import Engine, EngineDead, Request, Sample, row_seed
 from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
 from workers.shard_io import InputRow, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
@@ -74,6 +74,8 @@ def _generate_all(
     ]
     try:
         return list(zip(prompts, engine.generate(requests), strict=True))
+    except EngineDead:
+        raise  # no row is at fault: the shard goes to another replica
     except Exception:  # noqa: BLE001 - one bad request fails vLLM's whole batch; find it below
         pass
     # Retry one by one so that only the rows that really fail become error rows.
@@ -81,6 +83,8 @@ def _generate_all(
     for prompt, request in zip(prompts, requests, strict=True):
         try:
             generated.append((prompt, engine.generate([request])[0]))
+        except EngineDead:
+            raise
         except Exception as error:  # noqa: BLE001 - reported as this row's error
             reason = f"{type(error).__name__}: {error}"
             errors.append(error_row(shard, prompt.row.row_id, prompt.row.position, "generate", reason))

@@ -13,12 +13,18 @@ import time
 from pathlib import Path
 
 from schemas.job import ModelSpec
-from workers.engine import Request, Sample
+from workers.engine import EngineDead, Request, Sample
 
 
 class FakeEngine:
     def __init__(
-        self, model_dir: str, spec: ModelSpec, seconds_per_call: float, deaths_dir: str | None, deaths: int
+        self,
+        model_dir: str,
+        spec: ModelSpec,
+        seconds_per_call: float,
+        deaths_dir: str | None,
+        deaths: int,
+        engine_dead: bool,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -27,14 +33,18 @@ class FakeEngine:
         self.seconds_per_call = seconds_per_call
         self.deaths_dir = Path(deaths_dir) if deaths_dir else None
         self.deaths = deaths
+        self.engine_dead = engine_dead
 
     def _maybe_die(self) -> None:
-        """Dies (at most `deaths` times over the whole test, counted in files) mid-shard."""
+        """Dies (at most `deaths` times over the whole test, counted in files) mid-shard: the process
+        exits, or (engine_dead) the engine fails as vLLM's does when its core process dies."""
         if self.deaths_dir is None:
             return
         self.deaths_dir.mkdir(parents=True, exist_ok=True)
         if len(list(self.deaths_dir.iterdir())) < self.deaths:
             (self.deaths_dir / f"death-{os.getpid()}").touch()
+            if self.engine_dead:
+                raise EngineDead("EngineCore encountered an issue")
             os._exit(1)
 
     def generate(self, requests: list[Request]) -> list[list[Sample]]:
@@ -55,10 +65,13 @@ class FakeEngine:
 class FakeEngineFactory:
     """Picklable, so it travels to the replica actors."""
 
-    def __init__(self, seconds_per_call: float = 0.05, deaths_dir: str | None = None, deaths: int = 0) -> None:
+    def __init__(
+        self, seconds_per_call: float = 0.05, deaths_dir: str | None = None, deaths: int = 0, engine_dead: bool = False
+    ) -> None:
         self.seconds_per_call = seconds_per_call
         self.deaths_dir = deaths_dir
         self.deaths = deaths
+        self.engine_dead = engine_dead
 
     def __call__(self, model_dir: str, spec: ModelSpec, device: str) -> FakeEngine:
-        return FakeEngine(model_dir, spec, self.seconds_per_call, self.deaths_dir, self.deaths)
+        return FakeEngine(model_dir, spec, self.seconds_per_call, self.deaths_dir, self.deaths, self.engine_dead)

@@ -131,3 +131,17 @@ def test_same_seed_reproduces_completions_and_another_seed_does_not(run_tiny, tm
     assert completions("b", seed=7, rows_per_shard=16) == first
     other = completions("c", seed=8, rows_per_shard=4)
     assert other != first
+
+
+def test_a_shard_large_enough_to_be_prefilled_in_chunks_generates_with_per_row_seeds(run_tiny, tmp_path):
+    # 600 sampled, seeded prompts in one batch: more prompt tokens than one engine step takes. vLLM's
+    # chunked prefill then rewinds seeded generators, which kills the CPU engine; herd turns it off.
+    prompts = [" ".join(WORDS[(index + k) % len(WORDS)] for k in range(40)) for index in range(600)]
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet")  # about 27,000 prompt tokens
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 600},
+        sampling={"max_new_tokens": 4, "ignore_eos": True, "temperature": 0.8, "seed": 5},
+        output={"path": str(tmp_path / "out")},
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert (outcome.summary.shards, outcome.summary.rows_out, outcome.summary.error_rows) == (1, 600, 0)

@@ -171,3 +171,27 @@ def test_credentials_never_appear_in_any_output_object(run_tiny, tmp_path, s3_en
     for name in objects:
         content = fs.cat(name)
         assert FAKE_AWS_SECRET.encode() not in content and FAKE_AWS_KEY_ID.encode() not in content, name
+
+
+def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(ray_session, tiny_model, tmp_path):
+    expected = _write_prompts(tmp_path / "in.jsonl", 60)
+    job = parse_job(
+        {
+            "input": _jsonl_input(tmp_path / "in.jsonl"),
+            "model": tiny_model_spec(tiny_model),
+            "sampling": {"max_new_tokens": 4},
+            "output": {"path": str(tmp_path / "out")},
+            "retry": {"attempts": 3, "backoff_base_s": 0.05},
+        }
+    )
+    factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, engine_dead=True)
+    pool = ReplicaPool(job.model, job, size=1, engine_factory=factory)
+    try:
+        outcome = run_job(job, pool=pool)
+    finally:
+        pool.shutdown()
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
