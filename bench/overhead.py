@@ -24,9 +24,9 @@ def _bare(data: Path, model: Path, max_model_len: int, work: Path) -> dict[str, 
     return figures
 
 
-def _herd(data: Path, model: Path, max_model_len: int, work: Path, rows_per_shard: int) -> dict[str, Any]:
-    job = {
-        "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id", "rows_per_shard": rows_per_shard},
+def _herd(data: Path, model: Path, max_model_len: int, work: Path) -> dict[str, Any]:
+    job = {  # shard size: the job default (1,024 rows)
+        "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id"},
         "model": {"path": str(model), "max_model_len": max_model_len, "dtype": "float32"},
         "sampling": {"max_new_tokens": NEW_TOKENS, "ignore_eos": True, "temperature": 0.8, "seed": 1},
         "output": {"path": str(work / "herd-out")},
@@ -43,7 +43,7 @@ def _case(label: str, model: Path, prompts: int, files: int, max_model_len: int)
     data = write_prompts(CACHE / f"prompts-{prompts}-{files}", prompts, files)
     with tempfile.TemporaryDirectory() as work:
         bare = _bare(data, model, max_model_len, Path(work))
-        herd = _herd(data, model, max_model_len, Path(work), rows_per_shard=max(1, prompts // (files * 2)))
+        herd = _herd(data, model, max_model_len, Path(work))
     assert herd["tokens"] == bare["tokens"] == prompts * NEW_TOKENS
     for side in (bare, herd):
         side["tokens_per_s_steady"] = side["tokens"] / side["generate_s"]
@@ -63,10 +63,10 @@ def _case(label: str, model: Path, prompts: int, files: int, max_model_len: int)
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench overhead")
     parser.add_argument("--prompts", type=int, default=16384)
-    parser.add_argument("--demo-prompts", type=int, default=64)
+    parser.add_argument("--demo-prompts", type=int, default=128)
     arguments = parser.parse_args(argv)
     tiny = _case("tiny llama", tiny_model(), arguments.prompts, 8, 512)
-    demo = _case("demo model", demo_model(), arguments.demo_prompts, 4, 1024)
+    demo = _case("demo model", demo_model(), arguments.demo_prompts, 2, 1024)
     record(
         "overhead",
         {"new_tokens": NEW_TOKENS, "tiny": tiny, "demo": demo, "targets": {"steady_state": 0.97, "end_to_end": 0.90}},

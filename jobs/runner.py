@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -41,11 +43,16 @@ def ensure_ray() -> None:
     """Joins the Ray named by RAY_ADDRESS, or starts an embedded local one."""
     if ray.is_initialized():
         return
+    # ray.init replaces the SIGTERM handler with one that exits at once (code 15); keep the
+    # caller's, so that the CLI can stop its replicas and exit with "interrupted".
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, log_to_driver=True)
+    if threading.current_thread() is threading.main_thread() and sigterm_handler is not None:
+        signal.signal(signal.SIGTERM, sigterm_handler)
 
 
 def with_absolute_paths(job: JobSpec) -> JobSpec:

@@ -33,7 +33,7 @@ class Sample:
 
 
 class Engine(Protocol):
-    tokenizer: Any
+    tokenizer: Any  # renders prompts; safe to use while generate() runs in another thread
     max_model_len: int
 
     def generate(self, requests: list[Request]) -> list[list[Sample]]:
@@ -75,7 +75,12 @@ class VllmEngine:
             options["enable_chunked_prefill"] = False
         options.update(spec.engine_options)
         self.llm = LLM(**options)
-        self.tokenizer = self.llm.get_tokenizer()
+        from transformers import AutoTokenizer
+
+        # Two tokenizers: the engine's decodes completions while it generates; herd's own renders and
+        # counts the next shard's prompts at the same time (one tokenizer object is not thread safe).
+        self._decoder = self.llm.get_tokenizer()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.max_model_len = spec.max_model_len
 
     def _sampling_params(self, sampling: SamplingSpec, seed: int) -> Any:
@@ -136,7 +141,7 @@ class VllmEngine:
             return completion.text
         # Otherwise decode the ids: vLLM's text can start with part of the prompt when the prompt
         # ends inside a multi-byte character.
-        return self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        return self._decoder.decode(completion.token_ids, skip_special_tokens=True)
 
 
 def _chosen_logprobs(completion: Any) -> list[float]:

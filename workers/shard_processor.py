@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -27,6 +27,14 @@ from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
 from workers.shard_io import InputRow, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
 from workers.structured import completion_is_valid
+
+
+@dataclass
+class ReplicaTurns:
+    """Locks a replica's concurrent shards take turns on: the engine, and the prompt tokenizer."""
+
+    engine: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    tokenizer: AbstractContextManager[Any] = field(default_factory=nullcontext)
 
 
 class ShardInputError(Exception):
@@ -141,10 +149,11 @@ def process_shard(
     engine: Engine,
     storage: Storage,
     replica: str,
-    engine_turn: AbstractContextManager[Any] | None = None,
+    turns: ReplicaTurns | None = None,
 ) -> ShardResult:
-    """`engine_turn` is held while this shard uses the engine, so that another shard's read and
-    write (storage I/O) can overlap this one's generation in the same replica."""
+    """`turns` lets a replica run several shards at once: one generates while another is read and
+    rendered and another is written."""
+    turns = turns or ReplicaTurns()
     started, started_at = time.perf_counter(), time.time()
     try:
         read = read_shard(shard, job.input, storage)
@@ -154,12 +163,13 @@ def process_shard(
         raise
     rows_in = len(read.rows) + len(read.errors)
     errors = read.errors
-    with engine_turn or nullcontext():
-        # The tokenizer is the engine's too: rendering and decoding stay inside the turn.
+    with turns.tokenizer:
         prompts = _render_all(read.rows, job, engine, shard, errors)
+    with turns.engine:
         generate_started = time.perf_counter()
         generated = _generate_all(prompts, job, engine, shard, errors)
         generate_seconds = time.perf_counter() - generate_started
+    with turns.tokenizer:
         rows = _output_rows(generated, job, engine)
 
     layout = OutputLayout(job.output.path)

@@ -195,3 +195,66 @@ def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(r
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
     fault_tally.record(1, expected, ids)
     assert sorted(ids) == expected
+
+
+def test_fake_engine_shards_that_fail_every_attempt_are_reported_and_the_rest_commit(ray_session, tiny_model, tmp_path):
+    _write_prompts(tmp_path / "in.jsonl", 120)
+    job = parse_job(
+        {
+            "input": _jsonl_input(tmp_path / "in.jsonl"),
+            "model": tiny_model_spec(tiny_model),
+            "sampling": {"max_new_tokens": 4},
+            "output": {"path": str(tmp_path / "out")},
+            "retry": {"attempts": 1, "max_replica_restarts": 1},
+            "resources": {"shards_in_flight": 1},
+        }
+    )
+    # The first replica's engine dies on its first shard, which has no attempt left; its replacement
+    # runs every other shard.
+    factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, engine_dead=True)
+    pool = ReplicaPool(job.model, job, size=1, engine_factory=factory)
+    try:
+        outcome = run_job(job, pool=pool)
+    finally:
+        pool.shutdown()
+    assert outcome.exit_code == ExitCode.SHARDS_FAILED
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "shards_failed"
+    [failure] = summary["shards_failed"]
+    assert "failed after 1 attempts: replica died" in failure
+    assert summary["shards_run"] == summary["shards"] - 1
+    committed = list((tmp_path / "out" / "manifest").glob("*.json"))
+    assert len(committed) == summary["shards"] - 1
+    assert len(read_rows(str(tmp_path / "out" / "data"))) == summary["rows_out"] == summary["rows_in"]
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.own_engine
+def test_sigterm_stops_the_driver_with_exit_code_130(tiny_model, tmp_path):
+    _write_prompts(tmp_path / "in.jsonl", 50)
+    (tmp_path / "job.json").write_text(
+        json.dumps(
+            {
+                "input": _jsonl_input(tmp_path / "in.jsonl"),
+                "model": tiny_model_spec(tiny_model),
+                "output": {"path": str(tmp_path / "out")},
+            }
+        )
+    )
+    ray_dir = tempfile.mkdtemp(prefix="hs", dir="/tmp")
+    os.makedirs(os.path.join(ray_dir, "ray"))
+    try:
+        driver = _run_cli(tmp_path / "job.json", ray_dir)
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "out" / "job.json").exists():  # planned, claimed, starting replicas
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(8)  # past ray.init (which swaps SIGTERM handlers), while the replica's engine starts
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGTERM)
+        log, _ = driver.communicate(timeout=120)
+    finally:
+        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert driver.returncode == 130, log[-2000:]
+    assert "herd: interrupted; committed shards are kept, re-run the same command to resume" in log
