@@ -42,10 +42,6 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def basename(url: str) -> str:
-    return posixpath.basename(url.rstrip("/"))
-
-
 @dataclass(frozen=True)
 class FileInfo:
     url: str

@@ -79,7 +79,11 @@ class Dispatcher:
                 )
                 break
             timeout = max(0.0, state.delayed[0][0] - time.monotonic()) if state.delayed else None
-            done, _ = ray.wait([*state.running, *state.starting], num_returns=1, timeout=timeout)
+            waiting = [*state.running, *state.starting]
+            done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+            if done and waiting:  # and whatever else is already finished, before assigning again
+                more, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+                done += more
             for ref in done:
                 if ref in state.starting:
                     self._on_started(state, ref)
@@ -94,7 +98,13 @@ class Dispatcher:
 
     def _assign(self, state: _State) -> None:
         while state.idle and state.pending:
-            actor, shard = state.idle.pop(), state.pending.popleft()
+            in_flight = Counter(actor for actor, _ in state.running.values())
+            # Every replica gets its first shard before any gets a second; a second (prefetched)
+            # shard is only taken when replicas still starting could not take them all.
+            index = min(range(len(state.idle)), key=lambda slot: in_flight[state.idle[slot]])
+            if in_flight[state.idle[index]] and len(state.pending) <= len(state.starting):
+                return
+            actor, shard = state.idle.pop(index), state.pending.popleft()
             state.attempts[shard.shard_id] += 1
             self.outcome.attempts += 1
             state.running[actor.process.remote(shard, self.job)] = (actor, shard)

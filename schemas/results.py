@@ -30,9 +30,6 @@ def output_columns(job: JobSpec) -> list[str]:
     return columns
 
 
-ERROR_STAGES = ("read", "render", "generate", "write")
-
-
 class RunSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

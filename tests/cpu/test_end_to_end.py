@@ -145,3 +145,14 @@ def test_a_shard_large_enough_to_be_prefilled_in_chunks_generates_with_per_row_s
     )
     assert outcome.exit_code == ExitCode.SUCCESS
     assert (outcome.summary.shards, outcome.summary.rows_out, outcome.summary.error_rows) == (1, 600, 0)
+
+
+def test_two_shards_go_to_two_replicas_not_both_to_one(run_tiny, tmp_path):
+    _write_parquet(tmp_path / "in.parquet", 8, row_group_size=4)
+    run_tiny(
+        input={"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 4},
+        sampling={"max_new_tokens": 32, "ignore_eos": True},
+        output={"path": str(tmp_path / "out")},
+    )
+    records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*.json")]
+    assert len(records) == 2 and len({record["replica"] for record in records}) == 2
