@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from schemas.results import ExitCode
 from tests.cpu.conftest import read_rows
@@ -62,15 +63,16 @@ def test_parquet_job_writes_one_row_per_sample_with_exact_token_counts(run_tiny,
     assert (tmp_path / "out" / "_SUCCESS").exists()
 
 
-def test_shards_are_spread_over_both_replicas(run_tiny, tmp_path):
-    _write_parquet(tmp_path / "in.parquet", 64, row_group_size=4)
+@pytest.mark.parametrize(("rows", "shards"), [(64, 16), (8, 2)], ids=["many shards", "as many shards as replicas"])
+def test_shards_are_spread_over_both_replicas(run_tiny, tmp_path, rows, shards):
+    _write_parquet(tmp_path / "in.parquet", rows, row_group_size=4)
     run_tiny(
         input={"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 4},
         sampling={"max_new_tokens": 48, "ignore_eos": True},
         output={"path": str(tmp_path / "out")},
     )
     records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*.json")]
-    assert len(records) == 16
+    assert len(records) == shards
     assert len({record["replica"] for record in records}) == 2
 
 
@@ -145,14 +147,3 @@ def test_a_shard_large_enough_to_be_prefilled_in_chunks_generates_with_per_row_s
     )
     assert outcome.exit_code == ExitCode.SUCCESS
     assert (outcome.summary.shards, outcome.summary.rows_out, outcome.summary.error_rows) == (1, 600, 0)
-
-
-def test_two_shards_go_to_two_replicas_not_both_to_one(run_tiny, tmp_path):
-    _write_parquet(tmp_path / "in.parquet", 8, row_group_size=4)
-    run_tiny(
-        input={"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 4},
-        sampling={"max_new_tokens": 32, "ignore_eos": True},
-        output={"path": str(tmp_path / "out")},
-    )
-    records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*.json")]
-    assert len(records) == 2 and len({record["replica"] for record in records}) == 2

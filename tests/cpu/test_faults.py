@@ -31,6 +31,24 @@ def _jsonl_input(path: Path | str) -> dict:
     return {"path": str(path), "prompt_column": "prompt", "id_column": "id", "bytes_per_shard": 1024}
 
 
+def _run_on_fake_engine(tmp_path: Path, tiny_model: Path, factory: FakeEngineFactory, replicas: int, **sections):
+    """Runs a JSONL job on a pool of fake-engine replicas built for it, then stops the pool."""
+    job = parse_job(
+        {
+            "input": _jsonl_input(tmp_path / "in.jsonl"),
+            "model": tiny_model_spec(tiny_model),
+            "sampling": {"max_new_tokens": 4},
+            "output": {"path": str(tmp_path / "out")},
+            **sections,
+        }
+    )
+    pool = ReplicaPool(job.model, job, size=replicas, engine_factory=factory)
+    try:
+        return job, run_job(job, pool=pool)
+    finally:
+        pool.shutdown()
+
+
 def _write_prompts(path: Path, count: int) -> list[str]:
     ids = [f"row-{index:04d}" for index in range(count)]
     with open(path, "w") as handle:
@@ -43,21 +61,9 @@ def test_fake_engine_replica_killed_three_times_mid_shard_loses_and_duplicates_n
     ray_session, tiny_model, tmp_path
 ):
     expected = _write_prompts(tmp_path / "in.jsonl", 200)
-    job = parse_job(
-        {
-            "input": _jsonl_input(tmp_path / "in.jsonl"),
-            "model": tiny_model_spec(tiny_model),
-            "sampling": {"max_new_tokens": 4},
-            "output": {"path": str(tmp_path / "out")},
-            "retry": {"attempts": 5, "backoff_base_s": 0.05, "max_replica_restarts": 3},
-        }
-    )
     factory = FakeEngineFactory(seconds_per_call=0.3, deaths_dir=str(tmp_path / "deaths"), deaths=3)
-    pool = ReplicaPool(job.model, job, size=2, engine_factory=factory)
-    try:
-        outcome = run_job(job, pool=pool)
-    finally:
-        pool.shutdown()
+    retry = {"attempts": 5, "backoff_base_s": 0.05, "max_replica_restarts": 3}
+    job, outcome = _run_on_fake_engine(tmp_path, tiny_model, factory, replicas=2, retry=retry)
     assert len(list((tmp_path / "deaths").iterdir())) == 3
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 3
@@ -175,21 +181,10 @@ def test_credentials_never_appear_in_any_output_object(run_tiny, tmp_path, s3_en
 
 def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(ray_session, tiny_model, tmp_path):
     expected = _write_prompts(tmp_path / "in.jsonl", 60)
-    job = parse_job(
-        {
-            "input": _jsonl_input(tmp_path / "in.jsonl"),
-            "model": tiny_model_spec(tiny_model),
-            "sampling": {"max_new_tokens": 4},
-            "output": {"path": str(tmp_path / "out")},
-            "retry": {"attempts": 3, "backoff_base_s": 0.05},
-        }
-    )
     factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, engine_dead=True)
-    pool = ReplicaPool(job.model, job, size=1, engine_factory=factory)
-    try:
-        outcome = run_job(job, pool=pool)
-    finally:
-        pool.shutdown()
+    _, outcome = _run_on_fake_engine(
+        tmp_path, tiny_model, factory, replicas=1, retry={"attempts": 3, "backoff_base_s": 0.05}
+    )
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
@@ -199,24 +194,17 @@ def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(r
 
 def test_fake_engine_shards_that_fail_every_attempt_are_reported_and_the_rest_commit(ray_session, tiny_model, tmp_path):
     _write_prompts(tmp_path / "in.jsonl", 120)
-    job = parse_job(
-        {
-            "input": _jsonl_input(tmp_path / "in.jsonl"),
-            "model": tiny_model_spec(tiny_model),
-            "sampling": {"max_new_tokens": 4},
-            "output": {"path": str(tmp_path / "out")},
-            "retry": {"attempts": 1, "max_replica_restarts": 1},
-            "resources": {"shards_in_flight": 1},
-        }
-    )
     # The first replica's engine dies on its first shard, which has no attempt left; its replacement
     # runs every other shard.
     factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, engine_dead=True)
-    pool = ReplicaPool(job.model, job, size=1, engine_factory=factory)
-    try:
-        outcome = run_job(job, pool=pool)
-    finally:
-        pool.shutdown()
+    _, outcome = _run_on_fake_engine(
+        tmp_path,
+        tiny_model,
+        factory,
+        replicas=1,
+        retry={"attempts": 1, "max_replica_restarts": 1},
+        resources={"shards_in_flight": 1},
+    )
     assert outcome.exit_code == ExitCode.SHARDS_FAILED
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "shards_failed"
