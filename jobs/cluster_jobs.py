@@ -68,17 +68,25 @@ def submit(job: JobSpec, address: str | None, python: str, overwrite: bool) -> s
         )
 
 
+def _summary(details: Any) -> dict[str, Any]:
+    """What `status` and `list` show of a Ray job."""
+    return {
+        "job_id": details.submission_id,
+        "status": str(details.status.value if hasattr(details.status, "value") else details.status),
+        "exit_code": details.driver_exit_code,
+        "herd_job": (details.metadata or {}).get("herd_job"),
+    }
+
+
 def info(address: str | None, job_id: str) -> dict[str, Any]:
     details = client(address).get_job_info(job_id)
     return {
+        **_summary(details),
         "job_id": job_id,
-        "status": str(details.status.value if hasattr(details.status, "value") else details.status),
-        "exit_code": details.driver_exit_code,
         "message": details.message,
         "entrypoint": details.entrypoint,
         "start_time": details.start_time,
         "end_time": details.end_time,
-        "herd_job": (details.metadata or {}).get("herd_job"),
     }
 
 
@@ -109,13 +117,4 @@ def stop(address: str | None, job_id: str) -> bool:
 
 
 def list_jobs(address: str | None) -> list[dict[str, Any]]:
-    return [
-        {
-            "job_id": details.submission_id,
-            "status": str(details.status.value if hasattr(details.status, "value") else details.status),
-            "exit_code": details.driver_exit_code,
-            "herd_job": (details.metadata or {}).get("herd_job"),
-        }
-        for details in client(address).list_jobs()
-        if details.submission_id
-    ]
+    return [_summary(details) for details in client(address).list_jobs() if details.submission_id]
