@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, demo_model, record, run_herd, run_script, tiny_model, write_prompts
+from bench.common import CACHE, demo_model, engine_busy_seconds, record, run_herd, run_script, tiny_model, write_prompts
 
 NEW_TOKENS = 64
 
@@ -34,7 +34,7 @@ def _herd(data: Path, model: Path, max_model_len: int, work: Path) -> dict[str, 
     wall, summary, records = run_herd(job, work)
     return {
         "wall_s": wall,
-        "generate_s": sum(record["generate_seconds"] for record in records),
+        "generate_s": engine_busy_seconds(records),
         "tokens": summary["completion_tokens"],
     }
 

@@ -31,6 +31,7 @@ def fingerprint(job: JobSpec, files: list[FileInfo]) -> dict[str, Any]:
         "max_model_len": job.model.max_model_len,
         "prompt": job.prompt.model_dump(mode="json"),
         "sampling": job.sampling.model_dump(mode="json"),
+        "optimize": job.optimize.model_dump(mode="json"),
         "output_format": job.output.format,
     }
 

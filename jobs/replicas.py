@@ -70,6 +70,9 @@ def forwarded_environment() -> dict[str, str]:
 def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:
     env = forwarded_environment()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray starts workers at nice 15, below everything else on the node; the engine is the job's
+    # work, and on a busy node the lower priority costs it (vLLM on CPU: 17% slower at nice 15).
+    env.setdefault("RAY_worker_niceness", "0")
     if device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if model.tensor_parallel_size > 1:

@@ -165,6 +165,7 @@ def _summarize(
         rows_in=rows_in,
         rows_out=total("rows_out"),
         error_rows=error_rows,
+        reused_rows=total("reused_rows"),
         prompt_tokens=total("prompt_tokens"),
         completion_tokens=total("completion_tokens"),
         tokens_per_s=round(completion_tokens_this_run / wall_seconds, 2) if wall_seconds > 0 else 0.0,

@@ -62,6 +62,11 @@ class ModelSpec(StrictModel):
     tensor_parallel_size: int = Field(default=1, ge=1)
     max_model_len: int = Field(default=LLAMA2_CONTEXT_TOKENS, ge=16, le=LLAMA2_CONTEXT_TOKENS)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    prefix_caching: bool = Field(
+        default=True,
+        description="Keep the KV cache of prompt prefixes that requests share (a system prompt, a "
+        "template's fixed text) and skip recomputing them.",
+    )
     engine_options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -77,7 +82,8 @@ class ModelSpec(StrictModel):
 
     @model_validator(mode="after")
     def _engine_options_do_not_shadow_fields(self) -> ModelSpec:
-        shadowed = {"model", "tensor_parallel_size", "max_model_len", "dtype"} & set(self.engine_options)
+        fields = {"model", "tensor_parallel_size", "max_model_len", "dtype", "enable_prefix_caching"}
+        shadowed = fields & set(self.engine_options)
         if shadowed:
             raise ValueError(f"engine_options must not set {sorted(shadowed)}; use the model fields instead")
         return self
@@ -154,6 +160,15 @@ class OutputSpec(StrictModel):
     )
 
 
+class OptimizeSpec(StrictModel):
+    dedupe_prompts: bool = Field(
+        default=False,
+        description="Generate once for rows of a shard with the same prompt and sampling settings, and "
+        "give them all its completions. Seeds then come from the prompt, not the row: identical "
+        "prompts get identical completions.",
+    )
+
+
 class ResourcesSpec(StrictModel):
     replicas: int | Literal["auto"] = "auto"
     shards_in_flight: int = Field(
@@ -193,6 +208,7 @@ class JobSpec(StrictModel):
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     output: OutputSpec
+    optimize: OptimizeSpec = Field(default_factory=OptimizeSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)

@@ -40,6 +40,7 @@ class RunSummary(BaseModel):
     rows_in: int
     rows_out: int
     error_rows: int
+    reused_rows: int  # answered from an identical prompt's generation (optimize.dedupe_prompts)
     prompt_tokens: int
     completion_tokens: int
     tokens_per_s: float  # completion tokens over the wall time of this run

@@ -46,9 +46,13 @@ class ShardResult(BaseModel):
     rows_in: int
     rows_out: int
     error_rows: int
+    reused_rows: int  # answered from an identical prompt's generation (optimize.dedupe_prompts)
     prompt_tokens: int
     completion_tokens: int
-    generate_seconds: float  # the engine's time on this shard
+    # From submitting the shard's requests to its last one finishing: the engine runs other shards'
+    # requests in the same batches, so these spans overlap between a replica's shards.
+    generate_started_at: float  # unix time
+    generate_seconds: float
     shard_seconds: float  # read, render, generate and write
     started_at: float  # unix time the replica started the shard
     finished_at: float  # unix time its files were written

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from schemas.job import ModelSpec, SamplingSpec
+from workers.continuous_batching import ContinuousFeeder, FeederStopped
 
 
 class EngineDead(RuntimeError):
@@ -37,7 +38,8 @@ class Engine(Protocol):
     max_model_len: int
 
     def generate(self, requests: list[Request]) -> list[list[Sample]]:
-        """One list of `request.sampling.n` samples per request, in request order."""
+        """One list of `request.sampling.n` samples per request, in request order. Safe to call
+        from several threads at once (a replica's shards in flight)."""
         ...
 
 
@@ -59,6 +61,7 @@ class VllmEngine:
             # CPU kernels run float32 best; bfloat16 is the GPU default for Llama 2 weights.
             "dtype": "float32" if device == "cpu" and spec.dtype == "auto" else spec.dtype,
             "seed": 0,
+            "enable_prefix_caching": spec.prefix_caching,
         }
         # Guided JSON without free whitespace: otherwise a weak model can spend every token on it.
         options["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -76,6 +79,10 @@ class VllmEngine:
         options.update(spec.engine_options)
         self.llm = LLM(**options)
         from transformers import AutoTokenizer
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        # Every shard in flight feeds the same running batch (see workers/continuous_batching.py).
+        self._feeder = ContinuousFeeder(self.llm.llm_engine, lambda error: isinstance(error, EngineDeadError))
 
         # Two tokenizers: the engine's decodes completions while it generates; herd's own renders and
         # counts the next shard's prompts at the same time (one tokenizer object is not thread safe).
@@ -112,15 +119,12 @@ class VllmEngine:
 
         if not requests:
             return []
-        from vllm.v1.engine.exceptions import EngineDeadError
-
         try:
-            outputs = self.llm.generate(
+            outputs = self._feeder.generate(
                 [TokensPrompt(prompt_token_ids=request.prompt_ids) for request in requests],
                 [self._sampling_params(request.sampling, request.seed) for request in requests],
-                use_tqdm=False,
             )
-        except EngineDeadError as error:
+        except FeederStopped as error:
             raise EngineDead(str(error)) from error
         return [
             [

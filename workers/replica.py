@@ -13,7 +13,7 @@ from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model
-from workers.shard_processor import ReplicaTurns, process_shard
+from workers.shard_processor import process_shard
 
 EngineFactory = Callable[[str, ModelSpec, str], Engine]
 log = logging.getLogger(__name__)
@@ -37,9 +37,9 @@ class Replica:
         self.storage = Storage(storage, retry)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
-        # The actor runs resources.shards_in_flight shards at once; one at a time uses the engine,
-        # and one at a time the prompt tokenizer.
-        self._turns = ReplicaTurns(engine=threading.Lock(), tokenizer=threading.Lock())
+        # The actor runs resources.shards_in_flight shards at once; the engine batches all their
+        # requests together, but they use the prompt tokenizer one at a time.
+        self._tokenizer_turn = threading.Lock()
 
     def ready(self) -> str:
         return self.name
@@ -47,7 +47,8 @@ class Replica:
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
         try:
-            return process_shard(shard, job, self.engine, Storage(job.storage, job.retry), self.name, self._turns)
+            storage = Storage(job.storage, job.retry)
+            return process_shard(shard, job, self.engine, storage, self.name, self._tokenizer_turn)
         except EngineDead as error:
             # A dead engine does not come back: end this replica so the driver replaces it and
             # re-queues its shards, instead of failing every later shard here.

@@ -7,10 +7,11 @@ because one such prompt makes vLLM reject the whole batch.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -27,14 +28,6 @@ from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
 from workers.shard_io import InputRow, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
 from workers.structured import completion_is_valid
-
-
-@dataclass
-class ReplicaTurns:
-    """Locks a replica's concurrent shards take turns on: the engine, and the prompt tokenizer."""
-
-    engine: AbstractContextManager[Any] = field(default_factory=nullcontext)
-    tokenizer: AbstractContextManager[Any] = field(default_factory=nullcontext)
 
 
 class ShardInputError(Exception):
@@ -74,29 +67,60 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
     return prompts
 
 
-def _generate_all(
-    prompts: list[_Prompt], job: JobSpec, engine: Engine, shard: Shard, errors: list
-) -> list[tuple[_Prompt, list[Sample]]]:
-    requests = [
-        Request(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling) for prompt in prompts
-    ]
+def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[Request], list[int]]:
+    """The requests to generate, and for each prompt the index of the request that answers it."""
+    requests: list[Request] = []
+    answered_by: list[int] = []
+    first_request: dict[tuple[tuple[int, ...], str], int] = {}
+    for prompt in prompts:
+        if not dedupe:
+            answered_by.append(len(requests))
+            requests.append(Request(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling))
+            continue
+        key = (tuple(prompt.ids), prompt.sampling.model_dump_json())
+        if key not in first_request:
+            first_request[key] = len(requests)
+            # Seeded by the prompt, so the answer does not depend on which row came first.
+            seed = row_seed(prompt.sampling.seed, hashlib.sha256(repr(key).encode()).hexdigest())
+            requests.append(Request(prompt.ids, seed, prompt.sampling))
+        answered_by.append(first_request[key])
+    return requests, answered_by
+
+
+def _generate_requests(requests: list[Request], engine: Engine) -> list[list[Sample] | str]:
+    """Each request's samples, or the reason it failed."""
     try:
-        return list(zip(prompts, engine.generate(requests), strict=True))
+        return list(engine.generate(requests))
     except EngineDead:
         raise  # no row is at fault: the shard goes to another replica
     except Exception:  # noqa: BLE001 - one bad request fails vLLM's whole batch; find it below
         pass
-    # Retry one by one so that only the rows that really fail become error rows.
-    generated = []
-    for prompt, request in zip(prompts, requests, strict=True):
+    # Retry one by one so that only the requests that really fail become error rows.
+    results: list[list[Sample] | str] = []
+    for request in requests:
         try:
-            generated.append((prompt, engine.generate([request])[0]))
+            results.append(engine.generate([request])[0])
         except EngineDead:
             raise
-        except Exception as error:  # noqa: BLE001 - reported as this row's error
-            reason = f"{type(error).__name__}: {error}"
-            errors.append(error_row(shard, prompt.row.row_id, prompt.row.position, "generate", reason))
-    return generated
+        except Exception as error:  # noqa: BLE001 - reported as its rows' error
+            results.append(f"{type(error).__name__}: {error}")
+    return results
+
+
+def _generate_all(
+    prompts: list[_Prompt], job: JobSpec, engine: Engine, shard: Shard, errors: list
+) -> tuple[list[tuple[_Prompt, list[Sample]]], int]:
+    """The prompts that generated, with their samples; and how many requests the engine ran."""
+    requests, answered_by = _engine_requests(prompts, job.optimize.dedupe_prompts)
+    results = _generate_requests(requests, engine)
+    generated = []
+    for prompt, index in zip(prompts, answered_by, strict=True):
+        result = results[index]
+        if isinstance(result, str):
+            errors.append(error_row(shard, prompt.row.row_id, prompt.row.position, "generate", result))
+        else:
+            generated.append((prompt, result))
+    return generated, len(requests)
 
 
 def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, engine: Engine) -> list[dict[str, Any]]:
@@ -149,11 +173,12 @@ def process_shard(
     engine: Engine,
     storage: Storage,
     replica: str,
-    turns: ReplicaTurns | None = None,
+    tokenizer_turn: AbstractContextManager[Any] | None = None,
 ) -> ShardResult:
-    """`turns` lets a replica run several shards at once: one generates while another is read and
-    rendered and another is written."""
-    turns = turns or ReplicaTurns()
+    """A replica runs several shards at once: their requests share the engine's batches while
+    others are read, rendered and written. `tokenizer_turn` is the lock they take turns on to use
+    the prompt tokenizer, which is not thread safe."""
+    tokenizer_turn = tokenizer_turn or nullcontext()
     started, started_at = time.perf_counter(), time.time()
     try:
         read = read_shard(shard, job.input, storage)
@@ -163,13 +188,12 @@ def process_shard(
         raise
     rows_in = len(read.rows) + len(read.errors)
     errors = read.errors
-    with turns.tokenizer:
+    with tokenizer_turn:
         prompts = _render_all(read.rows, job, engine, shard, errors)
-    with turns.engine:
-        generate_started = time.perf_counter()
-        generated = _generate_all(prompts, job, engine, shard, errors)
-        generate_seconds = time.perf_counter() - generate_started
-    with turns.tokenizer:
+    generate_started, generate_started_at = time.perf_counter(), time.time()
+    generated, requests = _generate_all(prompts, job, engine, shard, errors)
+    generate_seconds = time.perf_counter() - generate_started
+    with tokenizer_turn:
         rows = _output_rows(generated, job, engine)
 
     layout = OutputLayout(job.output.path)
@@ -192,8 +216,10 @@ def process_shard(
         rows_in=rows_in,
         rows_out=len(rows),
         error_rows=len(errors),
+        reused_rows=len(prompts) - requests,
         prompt_tokens=sum(len(prompt.ids) for prompt, _ in generated),
         completion_tokens=sum(row["completion_tokens"] for row in rows),
+        generate_started_at=generate_started_at,
         generate_seconds=generate_seconds,
         shard_seconds=time.perf_counter() - started,
         started_at=started_at,

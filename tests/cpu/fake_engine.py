@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class FakeEngine:
         self.deaths_dir = Path(deaths_dir) if deaths_dir else None
         self.deaths = deaths
         self.engine_dead = engine_dead
+        # One call at a time, like one engine at a fixed rate: a replica's shards in flight queue here.
+        self._busy = threading.Lock()
 
     def _maybe_die(self) -> None:
         """Dies (at most `deaths` times over the whole test, counted in files) mid-shard: the process
@@ -48,9 +51,10 @@ class FakeEngine:
             os._exit(1)
 
     def generate(self, requests: list[Request]) -> list[list[Sample]]:
-        time.sleep(self.seconds_per_call / 2)
-        self._maybe_die()
-        time.sleep(self.seconds_per_call / 2)
+        with self._busy:
+            time.sleep(self.seconds_per_call / 2)
+            self._maybe_die()
+            time.sleep(self.seconds_per_call / 2)
         results = []
         for request in requests:
             rng = random.Random(request.seed)

@@ -1,0 +1,92 @@
+"""How a replica runs its engine (real vLLM, tiny Llama): shards in flight share the running batch,
+and the engine's processes run at normal priority."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.cpu.conftest import tiny_model_spec
+
+
+def _shard_and_job(tmp_path: Path, tiny_model: Path, name: str, rows: int, new_tokens: int) -> tuple[Any, Any]:
+    from common.storage import Storage
+    from jobs.planner import plan_shards
+    from jobs.runner import list_inputs
+    from schemas import parse_job
+
+    source = tmp_path / f"{name}.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"{name} question {index}"}) + "\n" for index in range(rows)))
+    job = parse_job(
+        {
+            "input": {"path": str(source), "prompt_column": "prompt", "rows_per_shard": rows},
+            "model": tiny_model_spec(tiny_model),
+            "prompt": {"format": "raw"},
+            "sampling": {"max_new_tokens": new_tokens, "ignore_eos": True, "temperature": 0.8, "seed": 3},
+            "output": {"path": str(tmp_path / f"{name}-out")},
+        }
+    )
+    storage = Storage(job.storage, job.retry)
+    (shard,) = plan_shards(job.input, list_inputs(storage, job), storage)
+    return shard, job
+
+
+def _started_replica(pool: Any) -> Any:
+    import ray
+
+    while len(pool.actors) < pool.size:
+        pool.start()
+    replica = pool.actors[0]
+    ray.get(replica.ready.remote())
+    return replica
+
+
+def _generate_end(result: Any) -> float:
+    return result.generate_started_at + result.generate_seconds
+
+
+def test_a_short_shard_finishes_inside_a_long_one_on_the_same_replica(tiny_pool, tiny_model, tmp_path):
+    """With one LLM.generate per shard under a lock, the short shard would wait for the long one."""
+    import ray
+
+    long_shard, long_job = _shard_and_job(tmp_path, tiny_model, "long", rows=48, new_tokens=400)
+    short_shard, short_job = _shard_and_job(tmp_path, tiny_model, "short", rows=4, new_tokens=4)
+    replica = _started_replica(tiny_pool)
+
+    long_ref = replica.process.remote(long_shard, long_job)
+    time.sleep(1.0)  # reading and rendering 48 rows takes milliseconds: the long shard is generating
+    short_ref = replica.process.remote(short_shard, short_job)
+    long_result, short_result = ray.get([long_ref, short_ref])
+
+    assert long_result.rows_out == 48 and short_result.rows_out == 4
+    assert short_result.completion_tokens == 4 * 4
+    assert long_result.generate_started_at < short_result.generate_started_at < _generate_end(long_result)
+    assert _generate_end(short_result) < _generate_end(long_result)
+    # The short shard's generation was a small part of the long one's, not queued behind it.
+    assert short_result.generate_seconds < long_result.generate_seconds / 2
+
+
+def _niceness(pid: int) -> int:
+    # /proc/PID/stat: the command name is in parentheses and may hold spaces; niceness is field 19.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def test_the_replica_and_its_engine_processes_run_at_normal_priority(tiny_pool):
+    """Ray starts workers at nice 15; the engine would lose CPU to anything else on the node."""
+    import ray
+
+    name = ray.get(_started_replica(tiny_pool).ready.remote())
+    replica_pid = int(name.rsplit(":", 1)[1])
+    engine_pids = _descendants(replica_pid)
+    assert engine_pids, "vLLM's engine core runs in a child process of the replica"
+    assert {pid: _niceness(pid) for pid in [replica_pid, *engine_pids]} == dict.fromkeys([replica_pid, *engine_pids], 0)
