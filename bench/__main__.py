@@ -1,11 +1,11 @@
-"""Usage: python -m bench {overhead,peer,scale,plan,overlap} [options]"""
+"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options} [options]"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap")
+BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options")
 
 
 def main() -> int:

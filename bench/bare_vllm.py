@@ -1,6 +1,7 @@
 """The baseline a user would write by hand: read the Parquet files, one LLM.generate, write Parquet.
 
-python -m bench.bare_vllm DATA_DIR MODEL_DIR OUT_FILE MAX_MODEL_LEN MAX_TOKENS  -> prints JSON figures
+python -m bench.bare_vllm DATA_DIR MODEL_DIR OUT_FILE MAX_MODEL_LEN MAX_TOKENS [ORDER]  -> prints JSON figures
+ORDER: as-is (the default) or by-length (longest prompt first), to see whether ordering helps vLLM.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 def main() -> None:
     data_dir, model_dir, out_file, max_model_len, max_tokens = sys.argv[1:6]
+    order = sys.argv[6] if len(sys.argv) > 6 else "as-is"
     started = time.perf_counter()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import glob
@@ -22,6 +24,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     table = pa.concat_tables(pq.read_table(path) for path in sorted(glob.glob(f"{data_dir}/*.parquet")))
+    if order == "by-length":
+        table = table.take(sorted(range(table.num_rows), key=lambda row: -len(table.column("prompt")[row].as_py())))
     prompts = table.column("prompt").to_pylist()
     # The same engine settings as herd's on CPU (chunked prefill off: see workers/engine.py).
     llm = LLM(

@@ -48,36 +48,41 @@ def row_seed(job_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def vllm_options(model_dir: str, spec: ModelSpec, device: str) -> dict[str, Any]:
+    """The keyword arguments of vLLM's LLM for this model on this device."""
+    options: dict[str, Any] = {
+        "model": model_dir,
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "max_model_len": spec.max_model_len,
+        # CPU kernels run float32 best; bfloat16 is the GPU default for Llama 2 weights.
+        "dtype": "float32" if device == "cpu" and spec.dtype == "auto" else spec.dtype,
+        "seed": 0,
+        "enable_prefix_caching": spec.prefix_caching,
+    }
+    # Guided JSON without free whitespace: otherwise a weak model can spend every token on it.
+    options["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+    if device == "gpu" and spec.tensor_parallel_size > 1:
+        # The replica sits in a placement group with one bundle per GPU: vLLM's Ray executor
+        # puts one worker in each.
+        options["distributed_executor_backend"] = "ray"
+    if device == "cpu":
+        # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
+        options["enforce_eager"] = True
+        # A request prefilled in chunks has its sampled token discarded, and vLLM then rewinds the
+        # request's seeded generator, which CPU generators cannot do: the engine dies
+        # ("CPU Generator does not use offset") on any batch large enough to be chunked.
+        options["enable_chunked_prefill"] = False
+    options.update(spec.engine_options)
+    return options
+
+
 class VllmEngine:
     """One vLLM engine; tensor parallel across `tensor_parallel_size` devices of this node."""
 
     def __init__(self, model_dir: str, spec: ModelSpec, device: str) -> None:
         from vllm import LLM
 
-        options: dict[str, Any] = {
-            "model": model_dir,
-            "tensor_parallel_size": spec.tensor_parallel_size,
-            "max_model_len": spec.max_model_len,
-            # CPU kernels run float32 best; bfloat16 is the GPU default for Llama 2 weights.
-            "dtype": "float32" if device == "cpu" and spec.dtype == "auto" else spec.dtype,
-            "seed": 0,
-            "enable_prefix_caching": spec.prefix_caching,
-        }
-        # Guided JSON without free whitespace: otherwise a weak model can spend every token on it.
-        options["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
-        if device == "gpu" and spec.tensor_parallel_size > 1:
-            # The replica sits in a placement group with one bundle per GPU: vLLM's Ray executor
-            # puts one worker in each.
-            options["distributed_executor_backend"] = "ray"
-        if device == "cpu":
-            # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
-            options["enforce_eager"] = True
-            # A request prefilled in chunks has its sampled token discarded, and vLLM then rewinds the
-            # request's seeded generator, which CPU generators cannot do: the engine dies
-            # ("CPU Generator does not use offset") on any batch large enough to be chunked.
-            options["enable_chunked_prefill"] = False
-        options.update(spec.engine_options)
-        self.llm = LLM(**options)
+        self.llm = LLM(**vllm_options(model_dir, spec, device))
         from transformers import AutoTokenizer
         from vllm.v1.engine.exceptions import EngineDeadError
 

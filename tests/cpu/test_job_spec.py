@@ -27,6 +27,7 @@ def _with(section: str, **fields) -> dict:
 INVALID_SPECS = [
     ({"model": VALID["model"], "output": VALID["output"]}, "input: required field is missing"),
     (_with("input", prompt_colum="x"), "input.prompt_colum: unknown field; allowed here: bytes_per_shard"),
+    (_with("optimize", dedupe=True), "optimize.dedupe: unknown field; allowed here: dedupe_prompts"),
     (_with("input", messages_column="m"), "give exactly one prompt source: input.prompt_column, input.messages_column"),
     (_with("input", format="openai-batch"), "input.format openai-batch carries its own prompts"),
     (
@@ -109,3 +110,17 @@ def test_invalid_job_file_exits_2_with_the_reason_on_stderr(tmp_path):
     assert result.returncode == 2
     assert "sampling.n: Input should be greater than or equal to 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_engine_settings_follow_the_job_and_the_device():
+    from workers.engine import vllm_options
+
+    model = parse_job(_with("model", prefix_caching=False, tensor_parallel_size=2)).model
+    cpu = vllm_options("/models/m", model, "cpu")
+    assert cpu["enable_prefix_caching"] is False
+    # Chunked prefill kills the CPU engine with seeded requests; CUDA graphs do not exist on CPU.
+    assert cpu["enable_chunked_prefill"] is False and cpu["enforce_eager"] is True
+    assert "distributed_executor_backend" not in cpu
+    gpu = vllm_options("/models/m", model, "gpu")
+    assert gpu["distributed_executor_backend"] == "ray" and "enforce_eager" not in gpu
+    assert vllm_options("/models/m", parse_job(_with("model")).model, "gpu")["enable_prefix_caching"] is True

@@ -7,6 +7,8 @@ import json
 import math
 
 import jsonschema
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
@@ -81,6 +83,40 @@ def test_the_same_seed_gives_the_same_completions_with_one_replica_or_two(run_ti
     assert one.summary.replicas == 1
     completions = {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "two" / "data"))}
     assert {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "one" / "data"))} == completions
+
+
+def test_dedupe_generates_identical_prompts_once_and_gives_every_row_the_answer(run_tiny, tmp_path):
+    # 12 rows, 3 distinct prompts; 5-row shards, so copies of a prompt also sit in different shards.
+    table = pa.table(
+        {"id": [str(index) for index in range(12)], "prompt": [f"topic {index % 3}" for index in range(12)]}
+    )
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=5)
+
+    def run(output: str, dedupe: bool) -> tuple[object, dict[str, str]]:
+        outcome = run_tiny(
+            input={
+                "path": str(tmp_path / "in.parquet"),
+                "prompt_column": "prompt",
+                "id_column": "id",
+                "rows_per_shard": 5,
+            },
+            sampling={"max_new_tokens": 12, "ignore_eos": True, "temperature": 1.0, "seed": 5},
+            optimize={"dedupe_prompts": dedupe},
+            output={"path": str(tmp_path / output)},
+        )
+        return outcome, {row["id"]: row["completion"] for row in read_rows(str(tmp_path / output / "data"))}
+
+    deduped, completions = run("deduped", dedupe=True)
+    assert len(completions) == 12
+    by_prompt = [{completions[str(index)] for index in range(12) if index % 3 == topic} for topic in range(3)]
+    assert all(len(answers) == 1 for answers in by_prompt)  # one answer per prompt, across shards too
+    assert len(set.union(*by_prompt)) == 3
+    # Shards of rows 0-4, 5-9, 10-11 hold 3, 3 and 2 distinct prompts.
+    assert deduped.summary.reused_rows == 12 - (3 + 3 + 2)
+
+    plain, completions = run("plain", dedupe=False)
+    assert plain.summary.reused_rows == 0
+    assert len(set(completions.values())) == 12  # without it each row is seeded by its own id
 
 
 def test_stop_sequences_cut_the_completion_and_logprobs_come_per_token(run_tiny, tmp_path):

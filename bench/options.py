@@ -1,0 +1,130 @@
+"""The options beyond bare vLLM, each measured on and off side by side in one run:
+
+- model.prefix_caching: 256 questions behind one long system prompt (the demo model, model-template).
+- optimize.dedupe_prompts: 4,096 rows holding 1,024 distinct prompts, each four times (the tiny Llama).
+- ordering prompts by length within a batch: measured on bare vLLM (8,192 mixed-length prompts, the
+  tiny Llama), to decide whether herd should offer it.
+
+Reports each ratio (off / on wall time: above 1 means the option is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import (
+    CACHE,
+    WORDS,
+    demo_model,
+    engine_busy_seconds,
+    record,
+    run_herd,
+    run_script,
+    tiny_model,
+    write_prompts,
+)
+
+SYSTEM_PROMPT = (
+    "You are a careful assistant for a data team. Answer in one short sentence, in plain English, "
+    "without lists, code or markup. If the question is unclear, say what is unclear. "
+) * 6
+
+
+def _questions(directory: Path, rows: int, distinct: int, seed: int) -> Path:
+    """`rows` rows in shuffled order, drawn evenly from `distinct` different questions."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "questions.parquet"
+    if not path.exists():
+        rng = random.Random(seed)
+        texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) + "?" for _ in range(distinct)]
+        prompts = [texts[index % distinct] for index in range(rows)]
+        rng.shuffle(prompts)
+        ids = [f"q{index}" for index in range(rows)]
+        pq.write_table(pa.table({"id": ids, "prompt": prompts}), path, row_group_size=256)
+    return directory
+
+
+def _herd(job: dict[str, Any], work: Path) -> dict[str, Any]:
+    wall, summary, records = run_herd(job, work)
+    return {
+        "wall_s": wall,
+        "generate_s": engine_busy_seconds(records),
+        "rows_out": summary["rows_out"],
+        "reused_rows": summary["reused_rows"],
+    }
+
+
+def _compare(label: str, off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+    ratio = off["wall_s"] / on["wall_s"]
+    print(f"{label}: off {off['wall_s']:.1f}s, on {on['wall_s']:.1f}s: {ratio:.2f}x")
+    return {"off": off, "on": on, "speedup": ratio}
+
+
+def _prefix_caching(work: Path) -> dict[str, Any]:
+    data = _questions(CACHE / "questions-256-256", 256, 256, seed=7)
+    runs = {}
+    for enabled in (False, True):
+        job = {
+            "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id"},
+            "model": {"path": str(demo_model()), "max_model_len": 1024, "prefix_caching": enabled},
+            "prompt": {"format": "model-template", "system_prompt": SYSTEM_PROMPT},
+            "sampling": {"max_new_tokens": 8, "ignore_eos": True, "temperature": 0.8, "seed": 1},
+            "output": {"path": str(work / f"prefix-{enabled}")},
+        }
+        runs[enabled] = _herd(job, work / f"prefix-{enabled}")
+    return _compare("prefix caching (shared system prompt)", runs[False], runs[True])
+
+
+def _dedupe(work: Path) -> dict[str, Any]:
+    data = _questions(CACHE / "questions-4096-1024", 4096, 1024, seed=8)
+    runs = {}
+    for enabled in (False, True):
+        job = {
+            "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id"},
+            "model": {"path": str(tiny_model()), "max_model_len": 512, "dtype": "float32"},
+            "sampling": {"max_new_tokens": 64, "ignore_eos": True, "temperature": 0.8, "seed": 1},
+            "optimize": {"dedupe_prompts": enabled},
+            "output": {"path": str(work / f"dedupe-{enabled}")},
+        }
+        runs[enabled] = _herd(job, work / f"dedupe-{enabled}")
+    assert runs[True]["rows_out"] == runs[False]["rows_out"] == 4096
+    return _compare("dedupe (each prompt 4 times)", runs[False], runs[True])
+
+
+def _length_order(work: Path, prompts: int) -> dict[str, Any]:
+    data = write_prompts(CACHE / f"prompts-{prompts}-8", prompts, 8)
+    runs = {}
+    for order in ("as-is", "by-length"):
+        arguments = [str(data), str(tiny_model()), str(work / f"bare-{order}.parquet"), "512", "64", order]
+        wall, figures = run_script(["-m", "bench.bare_vllm", *arguments])
+        runs[order] = {"wall_s": wall, "generate_s": figures["generate_s"]}
+    # Compared on the engine's time: ordering can only change how vLLM batches.
+    off, on = runs["as-is"], runs["by-length"]
+    ratio = off["generate_s"] / on["generate_s"]
+    timings = f"as-is {off['generate_s']:.1f}s, by length {on['generate_s']:.1f}s"
+    print(f"ordering by length (bare vLLM): {timings}: {ratio:.2f}x")
+    return {"off": off, "on": on, "speedup": ratio}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench options")
+    parser.add_argument("--order-prompts", type=int, default=8192)
+    arguments = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as work:
+        prefix = _prefix_caching(Path(work))
+        dedupe = _dedupe(Path(work))
+        order = _length_order(Path(work), arguments.order_prompts)
+    record(
+        "options",
+        {"prefix_caching": prefix, "dedupe_prompts": dedupe, "order_by_length": order},
+        f"options: prefix caching {prefix['speedup']:.2f}x, dedupe (4 copies) {dedupe['speedup']:.2f}x, "
+        f"ordering by length {order['speedup']:.2f}x",
+    )
+    return 0
