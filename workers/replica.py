@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 
 from common.storage import Storage
@@ -13,7 +12,7 @@ from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model
-from workers.shard_processor import process_shard
+from workers.shard_processor import ReplicaContext, process_shard
 
 EngineFactory = Callable[[str, ModelSpec, str], Engine]
 log = logging.getLogger(__name__)
@@ -35,22 +34,21 @@ class Replica:
         engine_factory: EngineFactory = build_vllm_engine,
     ) -> None:
         self.storage = Storage(storage, retry)
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their
-        # requests together, but they use the prompt tokenizer one at a time.
-        self._tokenizer_turn = threading.Lock()
+        # requests together.
+        self.context = ReplicaContext(name=f"{socket.gethostname()}:{os.getpid()}")
 
     def ready(self) -> str:
-        return self.name
+        return self.context.name
 
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
         try:
             storage = Storage(job.storage, job.retry)
-            return process_shard(shard, job, self.engine, storage, self.name, self._tokenizer_turn)
+            return process_shard(shard, job, self.engine, storage, self.context)
         except EngineDead as error:
             # A dead engine does not come back: end this replica so the driver replaces it and
             # re-queues its shards, instead of failing every later shard here.
-            log.error("the engine died (%s); stopping replica %s", error, self.name)
+            log.error("the engine died (%s); stopping replica %s", error, self.context.name)
             os._exit(1)

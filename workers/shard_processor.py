@@ -7,11 +7,11 @@ because one such prompt makes vLLM reject the whole batch.
 
 from __future__ import annotations
 
-import hashlib
+import threading
 import time
 import uuid
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
 from schemas.results import output_columns
 from schemas.shard import OutputObject, Shard, ShardResult
+from workers.answer_cache import AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, Request, Sample, row_seed
 from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
@@ -67,24 +68,25 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
     return prompts
 
 
-def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[Request], list[int]]:
-    """The requests to generate, and for each prompt the index of the request that answers it."""
+def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[Request], list[str], list[int]]:
+    """The distinct requests, their keys, and for each prompt the index of the request answering it.
+    Without dedupe every prompt is its own request, seeded by its row id."""
     requests: list[Request] = []
+    keys: list[str] = []
     answered_by: list[int] = []
-    first_request: dict[tuple[tuple[int, ...], str], int] = {}
+    index_of: dict[str, int] = {}
     for prompt in prompts:
         if not dedupe:
             answered_by.append(len(requests))
             requests.append(Request(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling))
             continue
-        key = (tuple(prompt.ids), prompt.sampling.model_dump_json())
-        if key not in first_request:
-            first_request[key] = len(requests)
-            # Seeded by the prompt, so the answer does not depend on which row came first.
-            seed = row_seed(prompt.sampling.seed, hashlib.sha256(repr(key).encode()).hexdigest())
-            requests.append(Request(prompt.ids, seed, prompt.sampling))
-        answered_by.append(first_request[key])
-    return requests, answered_by
+        key = prompt_key(prompt.ids, prompt.sampling)
+        if key not in index_of:
+            index_of[key] = len(requests)
+            keys.append(key)
+            requests.append(Request(prompt.ids, row_seed(prompt.sampling.seed, key), prompt.sampling))
+        answered_by.append(index_of[key])
+    return requests, keys, answered_by
 
 
 def _generate_requests(requests: list[Request], engine: Engine) -> list[list[Sample] | str]:
@@ -108,19 +110,25 @@ def _generate_requests(requests: list[Request], engine: Engine) -> list[list[Sam
 
 
 def _generate_all(
-    prompts: list[_Prompt], job: JobSpec, engine: Engine, shard: Shard, errors: list
+    prompts: list[_Prompt], job: JobSpec, engine: Engine, shard: Shard, errors: list, answers: AnswerCache
 ) -> tuple[list[tuple[_Prompt, list[Sample]]], int]:
-    """The prompts that generated, with their samples; and how many requests the engine ran."""
-    requests, answered_by = _engine_requests(prompts, job.optimize.dedupe_prompts)
-    results = _generate_requests(requests, engine)
+    """The prompts that generated, with their samples; and how many of them the engine ran."""
+    dedupe = job.optimize.dedupe_prompts
+    requests, keys, answered_by = _engine_requests(prompts, dedupe)
+    results: list[list[Sample] | str | None] = [answers.get(key) for key in keys] if dedupe else [None] * len(requests)
+    to_run = [index for index, result in enumerate(results) if result is None]
+    for index, result in zip(to_run, _generate_requests([requests[index] for index in to_run], engine), strict=True):
+        results[index] = result
+        if dedupe and not isinstance(result, str):
+            answers.put(keys[index], result)
     generated = []
     for prompt, index in zip(prompts, answered_by, strict=True):
         result = results[index]
         if isinstance(result, str):
             errors.append(error_row(shard, prompt.row.row_id, prompt.row.position, "generate", result))
-        else:
+        elif result is not None:  # every request has a result by now
             generated.append((prompt, result))
-    return generated, len(requests)
+    return generated, len(to_run)
 
 
 def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, engine: Engine) -> list[dict[str, Any]]:
@@ -167,18 +175,19 @@ def _encode_errors(errors: list[dict[str, Any]], job: JobSpec) -> bytes:
     return encode_errors(errors, job.output.format)
 
 
-def process_shard(
-    shard: Shard,
-    job: JobSpec,
-    engine: Engine,
-    storage: Storage,
-    replica: str,
-    tokenizer_turn: AbstractContextManager[Any] | None = None,
-) -> ShardResult:
+@dataclass
+class ReplicaContext:
+    """What a replica's shards in flight share besides the engine."""
+
+    name: str
+    # The prompt tokenizer is not thread safe: shards take turns rendering and counting with it.
+    tokenizer_turn: AbstractContextManager[Any] = field(default_factory=threading.Lock)
+    answers: AnswerCache = field(default_factory=AnswerCache)
+
+
+def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, replica: ReplicaContext) -> ShardResult:
     """A replica runs several shards at once: their requests share the engine's batches while
-    others are read, rendered and written. `tokenizer_turn` is the lock they take turns on to use
-    the prompt tokenizer, which is not thread safe."""
-    tokenizer_turn = tokenizer_turn or nullcontext()
+    others are read, rendered and written."""
     started, started_at = time.perf_counter(), time.time()
     try:
         read = read_shard(shard, job.input, storage)
@@ -188,12 +197,12 @@ def process_shard(
         raise
     rows_in = len(read.rows) + len(read.errors)
     errors = read.errors
-    with tokenizer_turn:
+    with replica.tokenizer_turn:
         prompts = _render_all(read.rows, job, engine, shard, errors)
     generate_started, generate_started_at = time.perf_counter(), time.time()
-    generated, requests = _generate_all(prompts, job, engine, shard, errors)
+    generated, requests_run = _generate_all(prompts, job, engine, shard, errors, replica.answers)
     generate_seconds = time.perf_counter() - generate_started
-    with tokenizer_turn:
+    with replica.tokenizer_turn:
         rows = _output_rows(generated, job, engine)
 
     layout = OutputLayout(job.output.path)
@@ -216,7 +225,7 @@ def process_shard(
         rows_in=rows_in,
         rows_out=len(rows),
         error_rows=len(errors),
-        reused_rows=len(prompts) - requests,
+        reused_rows=len(prompts) - requests_run,
         prompt_tokens=sum(len(prompt.ids) for prompt, _ in generated),
         completion_tokens=sum(row["completion_tokens"] for row in rows),
         generate_started_at=generate_started_at,
@@ -225,5 +234,5 @@ def process_shard(
         started_at=started_at,
         finished_at=time.time(),
         outputs=outputs,
-        replica=replica,
+        replica=replica.name,
     )

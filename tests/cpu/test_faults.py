@@ -22,6 +22,7 @@ from tests.cpu import fault_tally
 from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, tiny_model_spec
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
+from tests.cpu.process_tree import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,6 +188,44 @@ def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(r
     )
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
+
+
+def test_a_killed_vllm_engine_core_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
+    """The real engine: its core process is SIGKILLed while the replica's shards share its batch."""
+    import threading
+
+    import ray
+
+    expected = _write_prompts(tmp_path / "in.jsonl", 600)
+    while len(tiny_pool.actors) < tiny_pool.size:
+        tiny_pool.start()
+    victim = tiny_pool.actors[0]
+    victim_pid = int(ray.get(victim.ready.remote()).rsplit(":", 1)[1])
+    engine_pids = descendants(victim_pid)
+    outcomes = []
+    job = threading.Thread(
+        target=lambda: outcomes.append(
+            run_tiny(
+                input=_jsonl_input(tmp_path / "in.jsonl"),
+                sampling={"max_new_tokens": 48, "ignore_eos": True, "temperature": 0.8, "seed": 2},
+                output={"path": str(tmp_path / "out")},
+            )
+        )
+    )
+    job.start()
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out" / "manifest").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # once a shard has committed, every replica is generating
+    for pid in engine_pids:
+        os.kill(pid, signal.SIGKILL)
+    job.join(timeout=600)
+    [outcome] = outcomes
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    assert victim not in tiny_pool.actors and len(tiny_pool.actors) == tiny_pool.size
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
     fault_tally.record(1, expected, ids)
     assert sorted(ids) == expected

@@ -109,10 +109,12 @@ def test_dedupe_generates_identical_prompts_once_and_gives_every_row_the_answer(
     deduped, completions = run("deduped", dedupe=True)
     assert len(completions) == 12
     by_prompt = [{completions[str(index)] for index in range(12) if index % 3 == topic} for topic in range(3)]
-    assert all(len(answers) == 1 for answers in by_prompt)  # one answer per prompt, across shards too
+    # One answer per prompt, across shards and replicas too (the seed comes from the prompt).
+    assert all(len(answers) == 1 for answers in by_prompt)
     assert len(set.union(*by_prompt)) == 3
-    # Shards of rows 0-4, 5-9, 10-11 hold 3, 3 and 2 distinct prompts.
-    assert deduped.summary.reused_rows == 12 - (3 + 3 + 2)
+    # Shards of rows 0-4, 5-9, 10-11 hold 3, 3 and 2 distinct prompts: at least their copies are
+    # reused; copies in later shards on the same replica are too (see test_replica_engine.py).
+    assert 12 - (3 + 3 + 2) <= deduped.summary.reused_rows <= 12 - 3
 
     plain, completions = run("plain", dedupe=False)
     assert plain.summary.reused_rows == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cpu.conftest import tiny_model_spec
+from tests.cpu.process_tree import descendants, niceness
 
 
 def _shard_and_job(tmp_path: Path, tiny_model: Path, name: str, rows: int, new_tokens: int) -> tuple[Any, Any]:
@@ -68,25 +69,43 @@ def test_a_short_shard_finishes_inside_a_long_one_on_the_same_replica(tiny_pool,
     assert short_result.generate_seconds < long_result.generate_seconds / 2
 
 
-def _niceness(pid: int) -> int:
-    # /proc/PID/stat: the command name is in parentheses and may hold spaces; niceness is field 19.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children + [grandchild for child in children for grandchild in _descendants(child)]
-
-
 def test_the_replica_and_its_engine_processes_run_at_normal_priority(tiny_pool):
     """Ray starts workers at nice 15; the engine would lose CPU to anything else on the node."""
     import ray
 
     name = ray.get(_started_replica(tiny_pool).ready.remote())
     replica_pid = int(name.rsplit(":", 1)[1])
-    engine_pids = _descendants(replica_pid)
+    engine_pids = descendants(replica_pid)
     assert engine_pids, "vLLM's engine core runs in a child process of the replica"
-    assert {pid: _niceness(pid) for pid in [replica_pid, *engine_pids]} == dict.fromkeys([replica_pid, *engine_pids], 0)
+    assert {pid: niceness(pid) for pid in [replica_pid, *engine_pids]} == dict.fromkeys([replica_pid, *engine_pids], 0)
+
+
+def test_dedupe_answers_copies_in_later_shards_from_the_replicas_earlier_generations(tiny_pool, tiny_model, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from common.storage import Storage
+    from jobs.planner import plan_shards
+    from jobs.runner import list_inputs
+    from schemas import parse_job
+
+    # Rows cycle through 3 prompts; 5-row shards: rows 0-4, 5-9 and 10-11.
+    prompts = [f"cache check {tmp_path.name} prompt {index % 3}" for index in range(12)]
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet", row_group_size=5)
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 5},
+            "model": tiny_model_spec(tiny_model),
+            "sampling": {"max_new_tokens": 6, "temperature": 0.7, "seed": 4},
+            "optimize": {"dedupe_prompts": True},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    storage = Storage(job.storage, job.retry)
+    shards = sorted(plan_shards(job.input, list_inputs(storage, job), storage), key=lambda shard: shard.start)
+    replica = _started_replica(tiny_pool)
+    results = [ray.get(replica.process.remote(shard, job)) for shard in shards]
+    # The first shard generates its 3 prompts once; the later shards' rows are all answered from it.
+    assert [result.reused_rows for result in results] == [2, 5, 2]
+    assert [result.rows_out for result in results] == [5, 5, 2]
