@@ -13,10 +13,12 @@ import itertools
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+ENGINE_CHECK_SECONDS = 1.0  # how often a waiting caller checks that the engine's process is alive
 
 
 class FeederStopped(RuntimeError):
@@ -43,11 +45,14 @@ class ContinuousFeeder:
     `engine` is vLLM's LLMEngine (add_request, step, abort_request, has_unfinished_requests); it is
     touched only by the loop thread, since it is not thread safe. `is_fatal(error)` tells an error
     of the whole engine (every group fails, and every later call) from one step's failure.
+    `engine_gone()` tells whether the engine's own process has exited: vLLM's synchronous client
+    notices that, but never wakes a step that waits for output, so waiting callers check it.
     """
 
-    def __init__(self, engine: Any, is_fatal: Any) -> None:
+    def __init__(self, engine: Any, is_fatal: Callable[[BaseException], bool], engine_gone: Callable[[], bool]) -> None:
         self._engine = engine
         self._is_fatal = is_fatal
+        self._engine_gone = engine_gone
         self._incoming: queue.SimpleQueue[_Group] = queue.SimpleQueue()
         self._running: dict[str, _Group] = {}  # request id -> its group
         self._ids = itertools.count()
@@ -66,7 +71,10 @@ class ContinuousFeeder:
             if self._fatal is not None:
                 raise FeederStopped(f"the engine died: {self._fatal}") from self._fatal
             self._incoming.put(group)
-        group.done.wait()
+        while not group.done.wait(timeout=ENGINE_CHECK_SECONDS):
+            if self._engine_gone():
+                # The loop thread stays blocked in that step; the replica ends on this error anyway.
+                raise FeederStopped("the engine's process exited")
         if group.error is not None:
             raise group.error
         return [group.outputs[request_id] for request_id in group.request_ids]

@@ -87,13 +87,22 @@ class VllmEngine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         # Every shard in flight feeds the same running batch (see workers/continuous_batching.py).
-        self._feeder = ContinuousFeeder(self.llm.llm_engine, lambda error: isinstance(error, EngineDeadError))
+        self._feeder = ContinuousFeeder(
+            self.llm.llm_engine,
+            is_fatal=lambda error: isinstance(error, EngineDeadError),
+            engine_gone=self._engine_process_exited,
+        )
 
         # Two tokenizers: the engine's decodes completions while it generates; herd's own renders and
         # counts the next shard's prompts at the same time (one tokenizer object is not thread safe).
         self._decoder = self.llm.get_tokenizer()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.max_model_len = spec.max_model_len
+
+    def _engine_process_exited(self) -> bool:
+        # Set by vLLM's monitor thread when the engine core process dies (multiprocess client only).
+        resources = getattr(self.llm.llm_engine.engine_core, "resources", None)
+        return bool(getattr(resources, "engine_dead", False))
 
     def _sampling_params(self, sampling: SamplingSpec, seed: int) -> Any:
         from vllm import SamplingParams
