@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,10 @@ def _herd(job: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
-def _compare(label: str, off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+def _off_and_on(label: str, work: Path, job_with: Callable[[bool, str], dict[str, Any]]) -> dict[str, Any]:
+    """Runs herd with the option off, then on (job_with(enabled, output path)); compares wall times."""
+    off, on = (_herd(job_with(enabled, str(work / f"{enabled}")), work / f"{enabled}") for enabled in (False, True))
+    assert off["rows_out"] == on["rows_out"]
     ratio = off["wall_s"] / on["wall_s"]
     print(f"{label}: off {off['wall_s']:.1f}s, on {on['wall_s']:.1f}s: {ratio:.2f}x")
     return {"off": off, "on": on, "speedup": ratio}
@@ -69,33 +73,32 @@ def _compare(label: str, off: dict[str, Any], on: dict[str, Any]) -> dict[str, A
 
 def _prefix_caching(work: Path) -> dict[str, Any]:
     data = _questions(CACHE / "questions-256-256", 256, 256, seed=7)
-    runs = {}
-    for enabled in (False, True):
-        job = {
+    return _off_and_on(
+        "prefix caching (shared system prompt)",
+        work / "prefix",
+        lambda enabled, output: {
             "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id"},
             "model": {"path": str(demo_model()), "max_model_len": 1024, "prefix_caching": enabled},
             "prompt": {"format": "model-template", "system_prompt": SYSTEM_PROMPT},
             "sampling": {"max_new_tokens": 8, "ignore_eos": True, "temperature": 0.8, "seed": 1},
-            "output": {"path": str(work / f"prefix-{enabled}")},
-        }
-        runs[enabled] = _herd(job, work / f"prefix-{enabled}")
-    return _compare("prefix caching (shared system prompt)", runs[False], runs[True])
+            "output": {"path": output},
+        },
+    )
 
 
 def _dedupe(work: Path) -> dict[str, Any]:
     data = _questions(CACHE / "questions-4096-1024", 4096, 1024, seed=8)
-    runs = {}
-    for enabled in (False, True):
-        job = {
+    return _off_and_on(
+        "dedupe (each prompt 4 times)",
+        work / "dedupe",
+        lambda enabled, output: {
             "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id"},
             "model": {"path": str(tiny_model()), "max_model_len": 512, "dtype": "float32"},
             "sampling": {"max_new_tokens": 64, "ignore_eos": True, "temperature": 0.8, "seed": 1},
             "optimize": {"dedupe_prompts": enabled},
-            "output": {"path": str(work / f"dedupe-{enabled}")},
-        }
-        runs[enabled] = _herd(job, work / f"dedupe-{enabled}")
-    assert runs[True]["rows_out"] == runs[False]["rows_out"] == 4096
-    return _compare("dedupe (each prompt 4 times)", runs[False], runs[True])
+            "output": {"path": output},
+        },
+    )
 
 
 def _length_order(work: Path, prompts: int) -> dict[str, Any]:
