@@ -1,7 +1,8 @@
 """optimize.dedupe_prompts: identical prompts are generated once per replica, not once per row.
 
 A replica keeps the samples of the prompts it generated (keyed by the prompt's token ids and its
-sampling settings, seed included), so a copy in a later shard is answered without the engine.
+sampling settings, seed included), so a copy in a later shard, or in another shard in flight, is
+answered without the engine.
 Seeds then derive from the prompt, never the row, which makes the answer the same whichever
 replica or shard generates it first.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 
 from schemas.job import SamplingSpec
 from workers.engine import Sample
@@ -25,24 +27,36 @@ def prompt_key(prompt_ids: list[int], sampling: SamplingSpec) -> str:
     return digest.hexdigest()
 
 
+Answer = list[Sample] | str  # the samples, or why generating them failed
+
+
 class AnswerCache:
-    """The most recently used answers, shared by a replica's shards in flight."""
+    """The most recently used answers of a replica, shared by its shards in flight. A prompt another
+    shard is generating right now is waited for, not generated again."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self._capacity = capacity
-        self._answers: OrderedDict[str, list[Sample]] = OrderedDict()
+        self._answers: OrderedDict[str, Future[Answer]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> list[Sample] | None:
+    def claim(self, key: str) -> tuple[Future[Answer], bool]:
+        """The answer to come, and whether the caller is the one to generate it (it asked first)."""
         with self._lock:
-            samples = self._answers.get(key)
-            if samples is not None:
+            answer = self._answers.get(key)
+            if answer is not None:
                 self._answers.move_to_end(key)
-            return samples
-
-    def put(self, key: str, samples: list[Sample]) -> None:
-        with self._lock:
-            self._answers[key] = samples
-            self._answers.move_to_end(key)
+                return answer, False
+            answer = Future()
+            self._answers[key] = answer
             while len(self._answers) > self._capacity:
-                self._answers.popitem(last=False)
+                self._answers.popitem(last=False)  # its waiters hold their own reference
+            return answer, True
+
+    def fulfil(self, key: str, answer: Future[Answer], result: Answer) -> None:
+        """Gives a claimed answer to everyone waiting for it. A failure is not kept: the next shard
+        with this prompt tries again."""
+        answer.set_result(result)
+        if isinstance(result, str):
+            with self._lock:
+                if self._answers.get(key) is answer:
+                    del self._answers[key]

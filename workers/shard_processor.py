@@ -23,7 +23,7 @@ from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
 from schemas.results import output_columns
 from schemas.shard import OutputObject, Shard, ShardResult
-from workers.answer_cache import AnswerCache, prompt_key
+from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, Request, Sample, row_seed
 from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
@@ -115,12 +115,22 @@ def _generate_all(
     """The prompts that generated, with their samples; and how many of them the engine ran."""
     dedupe = job.optimize.dedupe_prompts
     requests, keys, answered_by = _engine_requests(prompts, dedupe)
-    results: list[list[Sample] | str | None] = [answers.get(key) for key in keys] if dedupe else [None] * len(requests)
-    to_run = [index for index, result in enumerate(results) if result is None]
-    for index, result in zip(to_run, _generate_requests([requests[index] for index in to_run], engine), strict=True):
-        results[index] = result
-        if dedupe and not isinstance(result, str):
-            answers.put(keys[index], result)
+    claims = [answers.claim(key) for key in keys]
+    to_run = [index for index, (_, mine) in enumerate(claims) if mine] if dedupe else list(range(len(requests)))
+    results: list[Answer | None] = [None] * len(requests)
+    try:
+        generated_now = _generate_requests([requests[index] for index in to_run], engine)
+        for index, result in zip(to_run, generated_now, strict=True):
+            results[index] = result
+    finally:
+        # Always, so that no other shard waits forever for an answer this one claimed.
+        for index in to_run if dedupe else []:
+            answer, _ = claims[index]
+            answers.fulfil(keys[index], answer, results[index] or "the shard generating it failed")
+    # Only after generating its own: waiting first could deadlock two shards on each other's prompts.
+    for index, (answer, mine) in enumerate(claims):
+        if not mine:
+            results[index] = answer.result()
     generated = []
     for prompt, index in zip(prompts, answered_by, strict=True):
         result = results[index]

@@ -80,32 +80,55 @@ def test_the_replica_and_its_engine_processes_run_at_normal_priority(tiny_pool):
     assert {pid: niceness(pid) for pid in [replica_pid, *engine_pids]} == dict.fromkeys([replica_pid, *engine_pids], 0)
 
 
-def test_dedupe_answers_copies_in_later_shards_from_the_replicas_earlier_generations(tiny_pool, tiny_model, tmp_path):
+def _dedupe_job_and_shards(tmp_path: Path, tiny_model: Path, prompts: list[str], new_tokens: int) -> tuple[Any, list]:
+    """A dedupe job over `prompts` in 5-row shards, and its shards in file order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
 
     from common.storage import Storage
     from jobs.planner import plan_shards
     from jobs.runner import list_inputs
     from schemas import parse_job
 
-    # Rows cycle through 3 prompts; 5-row shards: rows 0-4, 5-9 and 10-11.
-    prompts = [f"cache check {tmp_path.name} prompt {index % 3}" for index in range(12)]
     pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet", row_group_size=5)
     job = parse_job(
         {
             "input": {"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 5},
             "model": tiny_model_spec(tiny_model),
-            "sampling": {"max_new_tokens": 6, "temperature": 0.7, "seed": 4},
+            "sampling": {"max_new_tokens": new_tokens, "ignore_eos": True, "temperature": 0.7, "seed": 4},
             "optimize": {"dedupe_prompts": True},
             "output": {"path": str(tmp_path / "out")},
         }
     )
     storage = Storage(job.storage, job.retry)
-    shards = sorted(plan_shards(job.input, list_inputs(storage, job), storage), key=lambda shard: shard.start)
+    return job, sorted(plan_shards(job.input, list_inputs(storage, job), storage), key=lambda shard: shard.start)
+
+
+def test_dedupe_answers_copies_in_later_shards_from_the_replicas_earlier_generations(tiny_pool, tiny_model, tmp_path):
+    import ray
+
+    # Rows cycle through 3 prompts; 5-row shards: rows 0-4, 5-9 and 10-11.
+    prompts = [f"cache check {tmp_path.name} prompt {index % 3}" for index in range(12)]
+    job, shards = _dedupe_job_and_shards(tmp_path, tiny_model, prompts, new_tokens=6)
     replica = _started_replica(tiny_pool)
     results = [ray.get(replica.process.remote(shard, job)) for shard in shards]
     # The first shard generates its 3 prompts once; the later shards' rows are all answered from it.
     assert [result.reused_rows for result in results] == [2, 5, 2]
     assert [result.rows_out for result in results] == [5, 5, 2]
+
+
+def test_dedupe_waits_for_a_prompt_another_shard_in_flight_is_generating(tiny_pool, tiny_model, tmp_path):
+    import ray
+
+    from tests.cpu.conftest import read_rows
+
+    prompts = [f"in flight {tmp_path.name} prompt {index % 3}" for index in range(10)]
+    job, (first, second) = _dedupe_job_and_shards(tmp_path, tiny_model, prompts, new_tokens=300)
+    replica = _started_replica(tiny_pool)
+    # The second shard claims its prompts while the first is still generating them (300 tokens).
+    results = ray.get([replica.process.remote(first, job), replica.process.remote(second, job)])
+    assert results[1].generate_started_at < _generate_end(results[0])
+    assert sum(result.reused_rows for result in results) == 10 - 3
+    rows = read_rows(str(tmp_path / "out" / "data"))
+    answers = {(prompts[index], row["completion"]) for index, row in enumerate(rows)}
+    assert len(rows) == 10 and len(answers) == 3
