@@ -163,8 +163,8 @@ class OutputSpec(StrictModel):
 class OptimizeSpec(StrictModel):
     dedupe_prompts: bool = Field(
         default=False,
-        description="Generate once for rows of a shard with the same prompt and sampling settings, and "
-        "give them all its completions. Seeds then come from the prompt, not the row: identical "
+        description="Generate once for rows with the same prompt and sampling settings (per replica), "
+        "and give them all its completions. Seeds then come from the prompt, not the row: identical "
         "prompts get identical completions.",
     )
 

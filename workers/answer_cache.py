@@ -2,9 +2,8 @@
 
 A replica keeps the samples of the prompts it generated (keyed by the prompt's token ids and its
 sampling settings, seed included), so a copy in a later shard, or in another shard in flight, is
-answered without the engine.
-Seeds then derive from the prompt, never the row, which makes the answer the same whichever
-replica or shard generates it first.
+answered without the engine. Seeds then derive from the prompt, never the row, which makes the
+answer the same whichever replica or shard generates it first.
 """
 
 from __future__ import annotations
@@ -53,10 +52,19 @@ class AnswerCache:
             return answer, True
 
     def fulfil(self, key: str, answer: Future[Answer], result: Answer) -> None:
-        """Gives a claimed answer to everyone waiting for it. A failure is not kept: the next shard
-        with this prompt tries again."""
+        """Gives a claimed answer to everyone waiting for it. A failed row is not kept: the next
+        shard with this prompt tries again."""
         answer.set_result(result)
         if isinstance(result, str):
-            with self._lock:
-                if self._answers.get(key) is answer:
-                    del self._answers[key]
+            self._forget(key, answer)
+
+    def abandon(self, key: str, answer: Future[Answer], error: BaseException) -> None:
+        """The shard that claimed it failed as a whole (a dead engine): its waiters fail the same way,
+        so their shards are retried rather than their rows reported as errors."""
+        answer.set_exception(error)
+        self._forget(key, answer)
+
+    def _forget(self, key: str, answer: Future[Answer]) -> None:
+        with self._lock:
+            if self._answers.get(key) is answer:
+                del self._answers[key]

@@ -120,13 +120,15 @@ def _generate_all(
     results: list[Answer | None] = [None] * len(requests)
     try:
         generated_now = _generate_requests([requests[index] for index in to_run], engine)
-        for index, result in zip(to_run, generated_now, strict=True):
-            results[index] = result
-    finally:
-        # Always, so that no other shard waits forever for an answer this one claimed.
+    except BaseException as error:
+        # No other shard may wait forever for an answer this one claimed.
         for index in to_run if dedupe else []:
-            answer, _ = claims[index]
-            answers.fulfil(keys[index], answer, results[index] or "the shard generating it failed")
+            answers.abandon(keys[index], claims[index][0], error)
+        raise
+    for index, result in zip(to_run, generated_now, strict=True):
+        results[index] = result
+        if dedupe:
+            answers.fulfil(keys[index], claims[index][0], result)
     # Only after generating its own: waiting first could deadlock two shards on each other's prompts.
     for index, (answer, mine) in enumerate(claims):
         if not mine:
