@@ -82,6 +82,17 @@ def tiny_pool(ray_session: None, tiny_model: Path, tmp_path_factory: pytest.Temp
     pool.shutdown()
 
 
+def started_replica(pool: Any) -> tuple[Any, int]:
+    """The pool's first replica, once it is up, and its process id."""
+    import ray
+
+    while len(pool.actors) < pool.size:
+        pool.start()
+    replica = pool.actors[0]
+    name = ray.get(replica.ready.remote())  # "host:pid"
+    return replica, int(name.rsplit(":", 1)[1])
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

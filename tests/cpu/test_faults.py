@@ -19,7 +19,7 @@ from jobs.runner import run_job
 from schemas import parse_job
 from schemas.results import ExitCode
 from tests.cpu import fault_tally
-from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, tiny_model_spec
+from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, started_replica, tiny_model_spec
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 from tests.cpu.process_tree import descendants
@@ -197,13 +197,8 @@ def test_a_killed_vllm_engine_core_ends_its_replica_and_its_shards_finish_elsewh
     """The real engine: its core process is SIGKILLed while the replica's shards share its batch."""
     import threading
 
-    import ray
-
     expected = _write_prompts(tmp_path / "in.jsonl", 600)
-    while len(tiny_pool.actors) < tiny_pool.size:
-        tiny_pool.start()
-    victim = tiny_pool.actors[0]
-    victim_pid = int(ray.get(victim.ready.remote()).rsplit(":", 1)[1])
+    victim, victim_pid = started_replica(tiny_pool)
     engine_pids = descendants(victim_pid)
     outcomes = []
     job = threading.Thread(

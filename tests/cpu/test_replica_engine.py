@@ -8,14 +8,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.cpu.conftest import tiny_model_spec
+from tests.cpu.conftest import started_replica, tiny_model_spec
 from tests.cpu.process_tree import descendants, niceness
 
 
-def _shard_and_job(tmp_path: Path, tiny_model: Path, name: str, rows: int, new_tokens: int) -> tuple[Any, Any]:
+def _planned_shards(job: Any) -> list[Any]:
+    """The job's shards, in file order."""
     from common.storage import Storage
     from jobs.planner import plan_shards
     from jobs.runner import list_inputs
+
+    storage = Storage(job.storage, job.retry)
+    return sorted(plan_shards(job.input, list_inputs(storage, job), storage), key=lambda shard: shard.start)
+
+
+def _shard_and_job(tmp_path: Path, tiny_model: Path, name: str, rows: int, new_tokens: int) -> tuple[Any, Any]:
     from schemas import parse_job
 
     source = tmp_path / f"{name}.jsonl"
@@ -29,19 +36,8 @@ def _shard_and_job(tmp_path: Path, tiny_model: Path, name: str, rows: int, new_t
             "output": {"path": str(tmp_path / f"{name}-out")},
         }
     )
-    storage = Storage(job.storage, job.retry)
-    (shard,) = plan_shards(job.input, list_inputs(storage, job), storage)
+    (shard,) = _planned_shards(job)
     return shard, job
-
-
-def _started_replica(pool: Any) -> Any:
-    import ray
-
-    while len(pool.actors) < pool.size:
-        pool.start()
-    replica = pool.actors[0]
-    ray.get(replica.ready.remote())
-    return replica
 
 
 def _generate_end(result: Any) -> float:
@@ -54,7 +50,7 @@ def test_a_short_shard_finishes_inside_a_long_one_on_the_same_replica(tiny_pool,
 
     long_shard, long_job = _shard_and_job(tmp_path, tiny_model, "long", rows=48, new_tokens=400)
     short_shard, short_job = _shard_and_job(tmp_path, tiny_model, "short", rows=4, new_tokens=4)
-    replica = _started_replica(tiny_pool)
+    replica, _ = started_replica(tiny_pool)
 
     long_ref = replica.process.remote(long_shard, long_job)
     time.sleep(1.0)  # reading and rendering 48 rows takes milliseconds: the long shard is generating
@@ -71,10 +67,7 @@ def test_a_short_shard_finishes_inside_a_long_one_on_the_same_replica(tiny_pool,
 
 def test_the_replica_and_its_engine_processes_run_at_normal_priority(tiny_pool):
     """Ray starts workers at nice 15; the engine would lose CPU to anything else on the node."""
-    import ray
-
-    name = ray.get(_started_replica(tiny_pool).ready.remote())
-    replica_pid = int(name.rsplit(":", 1)[1])
+    _, replica_pid = started_replica(tiny_pool)
     engine_pids = descendants(replica_pid)
     assert engine_pids, "vLLM's engine core runs in a child process of the replica"
     assert {pid: niceness(pid) for pid in [replica_pid, *engine_pids]} == dict.fromkeys([replica_pid, *engine_pids], 0)
@@ -85,9 +78,6 @@ def _dedupe_job_and_shards(tmp_path: Path, tiny_model: Path, prompts: list[str],
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from common.storage import Storage
-    from jobs.planner import plan_shards
-    from jobs.runner import list_inputs
     from schemas import parse_job
 
     pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet", row_group_size=5)
@@ -100,8 +90,7 @@ def _dedupe_job_and_shards(tmp_path: Path, tiny_model: Path, prompts: list[str],
             "output": {"path": str(tmp_path / "out")},
         }
     )
-    storage = Storage(job.storage, job.retry)
-    return job, sorted(plan_shards(job.input, list_inputs(storage, job), storage), key=lambda shard: shard.start)
+    return job, _planned_shards(job)
 
 
 def test_dedupe_answers_copies_in_later_shards_from_the_replicas_earlier_generations(tiny_pool, tiny_model, tmp_path):
@@ -110,7 +99,7 @@ def test_dedupe_answers_copies_in_later_shards_from_the_replicas_earlier_generat
     # Rows cycle through 3 prompts; 5-row shards: rows 0-4, 5-9 and 10-11.
     prompts = [f"cache check {tmp_path.name} prompt {index % 3}" for index in range(12)]
     job, shards = _dedupe_job_and_shards(tmp_path, tiny_model, prompts, new_tokens=6)
-    replica = _started_replica(tiny_pool)
+    replica, _ = started_replica(tiny_pool)
     results = [ray.get(replica.process.remote(shard, job)) for shard in shards]
     # The first shard generates its 3 prompts once; the later shards' rows are all answered from it.
     assert [result.reused_rows for result in results] == [2, 5, 2]
@@ -124,7 +113,7 @@ def test_dedupe_waits_for_a_prompt_another_shard_in_flight_is_generating(tiny_po
 
     prompts = [f"in flight {tmp_path.name} prompt {index % 3}" for index in range(10)]
     job, (first, second) = _dedupe_job_and_shards(tmp_path, tiny_model, prompts, new_tokens=300)
-    replica = _started_replica(tiny_pool)
+    replica, _ = started_replica(tiny_pool)
     # The second shard claims its prompts while the first is still generating them (300 tokens).
     results = ray.get([replica.process.remote(first, job), replica.process.remote(second, job)])
     assert results[1].generate_started_at < _generate_end(results[0])
