@@ -66,26 +66,30 @@ def command_plan(arguments: argparse.Namespace) -> int:
     from common.layout import OutputLayout
     from common.storage import Storage
     from jobs.manifest import committed_shards
-    from jobs.planner import plan_shards
-    from jobs.runner import list_inputs, with_absolute_paths
+    from jobs.planner import list_inputs, plan_shards, with_absolute_paths
+    from schemas.shard import TO_END_OF_FILE
 
     job = with_absolute_paths(job)
     storage = Storage(job.storage, job.retry)
-    files = list_inputs(storage, job)
-    shards = plan_shards(job.input, files, storage)
+    inputs = list_inputs(storage, job)
+    shards = plan_shards(job.input, inputs.files, storage, job.prompt)
     committed = committed_shards(storage, OutputLayout(job.output.path))
     for shard in shards:
         state = "committed" if shard.shard_id in committed else "to run"
-        print(f"{shard.shard_id}\t{shard.format}\t{shard.start}-{shard.end}\t~{shard.estimated_rows} rows\t{state}")
+        unit = "rows" if shard.format == "parquet" else "bytes" if shard.compression is None else "bytes decompressed"
+        end = "end" if shard.end == TO_END_OF_FILE else shard.end
+        print(f"{shard.shard_id}\t{shard.format}\t{unit} {shard.start}-{end}\t~{shard.estimated_rows} rows\t{state}")
+    for label, why in inputs.ignored:
+        print(f"herd: not an input: {label} ({why})", file=sys.stderr)
     to_run = sum(shard.shard_id not in committed for shard in shards)
-    print(f"herd: {len(files)} files, {len(shards)} shards, {to_run} to run", file=sys.stderr)
+    print(f"herd: {len(inputs.files)} files, {len(shards)} shards, {to_run} to run", file=sys.stderr)
     return 0
 
 
 def command_submit(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
     from jobs import cluster_jobs
-    from jobs.runner import with_absolute_paths
+    from jobs.planner import with_absolute_paths
 
     # Local paths are read on the cluster's nodes (a shared file system); s3:// is the usual case.
     job = with_absolute_paths(job)

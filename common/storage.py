@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 
@@ -19,10 +20,13 @@ from common.retry import call_with_retry
 from schemas.job import RetrySpec, StorageSpec
 
 if TYPE_CHECKING:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-INPUT_EXTENSIONS = (".parquet", ".pq", ".jsonl", ".ndjson", ".json")
+T = TypeVar("T")
+
+# Reads of input files ask S3 for this much at a time: s3fs's default (50 MB) would fetch far past
+# the columns a shard needs.
+_INPUT_BLOCK_BYTES = 1 << 20
 
 
 def is_remote(url: str) -> bool:
@@ -84,20 +88,19 @@ class Storage:
         return f"s3://{path}" if original.startswith("s3://") else path
 
     def expand_inputs(self, pattern: str) -> list[FileInfo]:
-        """The input files a path, directory or glob names, sorted, so planning is deterministic."""
+        """Every file a path, directory or glob names (folders are walked), sorted, so that planning
+        is deterministic. Which of them are input is the planner's to decide."""
         fs, path = self._fs(pattern)
 
         def listing() -> list[FileInfo]:
-            if any(char in path for char in "*?["):
-                found = fs.glob(path, detail=True)
-            elif fs.isdir(path):
-                found = {
-                    name: info
-                    for name, info in fs.find(path, detail=True).items()
-                    if name.lower().endswith(INPUT_EXTENSIONS)
-                }
-            else:
-                found = {path: fs.info(path)}
+            is_glob = any(char in path for char in "*?[")
+            matched = fs.glob(path, detail=True) if is_glob else {path: fs.info(path)}
+            found = {}
+            for name, info in matched.items():
+                if info.get("type") == "directory":
+                    found.update(fs.find(name, detail=True))
+                else:
+                    found[name] = info
             return [
                 FileInfo(
                     url=self._url_like(pattern, name),
@@ -110,6 +113,29 @@ class Storage:
 
         return self._retry(f"list {pattern}", listing)
 
+    def has_entries(self, directory: str) -> bool:
+        """Whether anything at all lies under `directory` (a file there counts too)."""
+        fs, path = self._fs(directory)
+        if not is_remote(directory):
+
+            def local_check() -> bool:
+                if not os.path.exists(path):
+                    return False
+                if not os.path.isdir(path):
+                    return True
+                with os.scandir(path) as entries:
+                    return any(True for _ in entries)
+
+            return self._retry(f"list {directory}", local_check)
+
+        def remote_check() -> bool:
+            try:
+                return bool(fs.ls(path, detail=False))
+            except FileNotFoundError:
+                return False
+
+        return self._retry(f"list {directory}", remote_check)
+
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
         fs, path = self._fs(url)
         return self._retry(f"read {url}", lambda: fs.cat_file(path, start=start, end=end))
@@ -117,25 +143,28 @@ class Storage:
     def read_text(self, url: str) -> str:
         return self.read_bytes(url).decode("utf-8")
 
+    def _open_input(self, url: str):  # noqa: ANN202 - an fsspec file object
+        fs, path = self._fs(url)
+        if is_remote(url):
+            return fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="readahead")
+        return fs.open(path, "rb")
+
     def parquet_metadata(self, url: str) -> pq.FileMetaData:
         import pyarrow.parquet as pq
 
-        fs, path = self._fs(url)
-
         def read() -> pq.FileMetaData:
-            with fs.open(path, "rb") as handle:
+            with self._open_input(url) as handle:
                 return pq.ParquetFile(handle).metadata
 
         return self._retry(f"read the Parquet footer of {url}", read)
 
-    def read_parquet_row_groups(self, url: str, row_groups: list[int]) -> pa.Table:
-        import pyarrow.parquet as pq
+    def read_stream(self, url: str, consume: Callable[[Any], T]) -> T:
+        """Calls `consume` with the file open for reading (fetched a block at a time), under the
+        retry policy: a failure part way starts `consume` again on a fresh handle."""
 
-        fs, path = self._fs(url)
-
-        def read() -> pa.Table:
-            with fs.open(path, "rb") as handle:
-                return pq.ParquetFile(handle).read_row_groups(row_groups)
+        def read() -> T:
+            with self._open_input(url) as handle:
+                return consume(handle)
 
         return self._retry(f"read {url}", read)
 
@@ -210,8 +239,7 @@ class Storage:
         return {url: contents[path] for url, path in zip(urls, paths, strict=True)}
 
     def delete(self, urls: list[str]) -> None:
+        """Deletes these files (never a folder: herd removes only files it wrote, one by one)."""
         for url in urls:
             fs, path = self._fs(url)
-            self._retry(
-                f"delete {url}", lambda fs=fs, path=path: fs.rm(path, recursive=True) if fs.exists(path) else None
-            )
+            self._retry(f"delete {url}", lambda fs=fs, path=path: fs.rm_file(path) if fs.exists(path) else None)

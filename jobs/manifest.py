@@ -8,13 +8,21 @@ no record names (left by an attempt that died) are deleted before the run is mar
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage, join
 from schemas.errors import SpecError
 from schemas.job import JobSpec
-from schemas.shard import ShardRecord
+from schemas.shard import PLANNER_VERSION, ShardRecord
+
+# The names herd gives what it writes under data/, errors/ and manifest/; nothing else there is
+# ever deleted by herd. A shard id ends with -<start>-<end>-<10 hex digits>.
+_SHARD_ID = r"[A-Za-z0-9_-]*-\d+-(?:\d+|end)-[0-9a-f]{10}"
+_SHARD_FILE = re.compile(rf"(?:{_SHARD_ID})\.[0-9a-f]{{12}}\.(?:parquet|jsonl)")
+_RECORD_FILE = re.compile(rf"(?:{_SHARD_ID})\.json|_index\.jsonl")
+_TEMPORARY_FILE = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # a local write that died before its rename
 
 
 class OutputInUse(SpecError):
@@ -25,6 +33,7 @@ def fingerprint(job: JobSpec, files: list[FileInfo]) -> dict[str, Any]:
     """What decides the output's content. Resources are left out: changing replicas or tensor
     parallelism does not change what is generated."""
     return {
+        "planner": PLANNER_VERSION,
         "inputs": [{"url": info.url, "size": info.size, "version": info.version} for info in files],
         "input": job.input.model_dump(mode="json", exclude={"path"}),
         "model": job.model.path,
@@ -47,44 +56,62 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def claim_output(storage: Storage, layout: OutputLayout, job: JobSpec, files: list[FileInfo], overwrite: bool) -> None:
-    """Records this job as the owner of the output, or refuses if another job's results are there."""
+    """Records this job as the owner of the output, or refuses if another job's results are there,
+    or if the path holds anything that herd did not write."""
     current = fingerprint(job, files)
     if storage.exists(layout.job_record):
         previous = json.loads(storage.read_text(layout.job_record)).get("fingerprint", {})
-        if previous != current:
-            if not overwrite:
-                raise OutputInUse(
-                    f"{layout.root} holds the output of a different job (changed: "
-                    f"{', '.join(_changes(previous, current))}); use another output path, or "
-                    "--overwrite to replace it"
-                )
+        if previous != current and not overwrite:
+            raise OutputInUse(_refusal(layout, previous, current))
+        if overwrite:
             clear_output(storage, layout)
-        elif overwrite:
-            clear_output(storage, layout)
-    elif overwrite:
-        clear_output(storage, layout)
+    elif storage.has_entries(layout.root):
+        raise OutputInUse(
+            f"{layout.root} is not empty and holds no herd job.json: herd writes only into an empty path "
+            "or one holding its own job's output, and never deletes files it did not write; choose "
+            "another output path"
+        )
     record = {"job": job.name, "fingerprint": current, "spec": job.model_dump(mode="json")}
     storage.write_text(layout.job_record, json.dumps(record, indent=2, sort_keys=True))
 
 
-def clear_output(storage: Storage, layout: OutputLayout) -> None:
-    storage.delete(
-        [
-            layout.success_marker,
-            layout.summary,
-            layout.manifest_dir,
-            layout.data_dir,
-            layout.errors_dir,
-            layout.job_record,
-        ]
+def _refusal(layout: OutputLayout, previous: dict[str, Any], current: dict[str, Any]) -> str:
+    if previous.get("planner") != current["planner"]:
+        return (
+            f"{layout.root} holds an output planned by another version of herd (planner "
+            f"{previous.get('planner', 1)}; this one plans version {current['planner']}: Parquet shards are "
+            "row ranges now), and its shards cannot be mixed with this plan's; use --overwrite to replace "
+            "it, or another output path"
+        )
+    return (
+        f"{layout.root} holds the output of a different job (changed: {', '.join(_changes(previous, current))}); "
+        "use another output path, or --overwrite to replace it"
     )
+
+
+def clear_output(storage: Storage, layout: OutputLayout) -> None:
+    """Deletes what herd wrote here, and only that: files of other origins in the same folders stay."""
+    own = [
+        join(directory, name)
+        for directory, pattern in (
+            (layout.data_dir, _SHARD_FILE),
+            (layout.errors_dir, _SHARD_FILE),
+            (layout.manifest_dir, _RECORD_FILE),
+        )
+        for name in storage.list_names(directory)
+        if pattern.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name)
+    ]
+    # job.json last: until it goes, a crash here leaves an output herd still recognises as its own.
+    storage.delete([*own, layout.success_marker, layout.summary, layout.job_record])
 
 
 def committed_shards(storage: Storage, layout: OutputLayout) -> dict[str, ShardRecord]:
     """Reads the manifest alone; rows are never loaded. The per-shard records decide what is
     committed; the index written at the end of a run saves reading them one by one."""
     committed_ids = [
-        name.removesuffix(".json") for name in storage.list_names(layout.manifest_dir) if name.endswith(".json")
+        name.removesuffix(".json")
+        for name in storage.list_names(layout.manifest_dir)
+        if name.endswith(".json") and _RECORD_FILE.fullmatch(name)
     ]
     indexed: dict[str, ShardRecord] = {}
     if storage.exists(layout.manifest_index):
@@ -106,14 +133,17 @@ def commit_shard(storage: Storage, layout: OutputLayout, record: ShardRecord) ->
     storage.write_text(layout.shard_record(record.shard_id), record.model_dump_json())
 
 
-def remove_uncommitted_files(storage: Storage, layout: OutputLayout, records: dict[str, ShardRecord]) -> int:
-    """Deletes data and error files that no record names (an attempt died before its commit)."""
+def remove_uncommitted_files(storage: Storage, layout: OutputLayout) -> int:
+    """Deletes data and error files of herd's that no manifest record names (an attempt died before
+    its commit). The records are listed afresh from storage, not taken from what this driver believes
+    it committed: a commit whose write landed although the client saw an error keeps its files."""
+    records = committed_shards(storage, layout)
     named = {output.url.rstrip("/").rsplit("/", 1)[-1] for record in records.values() for output in record.outputs}
     stray = [
         join(directory, name)
         for directory in (layout.data_dir, layout.errors_dir)
         for name in storage.list_names(directory)
-        if name not in named
+        if name not in named and (_SHARD_FILE.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name))
     ]
     storage.delete(stray)
     return len(stray)

@@ -1,17 +1,42 @@
-"""Plans shards from file metadata only: Parquet footers (row groups) and JSONL sizes (byte ranges).
+"""Plans shards from file metadata only: Parquet footers, JSONL sizes, compressed files' headers.
 
 No row is read here, so planning a large input costs one footer read per Parquet file. The plan is
 deterministic: the same files and settings give the same shards with the same ids.
+
+- Parquet: row ranges of at most `rows_per_shard` rows (and `bytes_per_shard` bytes of the columns
+  read), whatever the writer's row groups: small groups are joined, a large one is cut into equal
+  slices (read through the node's spill cache, see workers/spill_cache.py).
+- JSONL: byte ranges; a line belongs to the range its first byte is in.
+- Compressed JSONL: byte ranges of the decompressed stream, whose size is read from the gzip or zstd
+  header where it is written there, else estimated; the last range reaches to the end of the file.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import posixpath
+import struct
+from dataclasses import dataclass, field
 
-from common.storage import FileInfo, Storage
+from common.storage import FileInfo, Storage, absolute
 from schemas.errors import SpecError
-from schemas.job import InputSpec
-from schemas.shard import Shard
+from schemas.input_files import compression_of, format_from_name, hive_partition, is_hidden
+from schemas.job import DEMO_MODEL, InputSpec, JobSpec, PromptSpec
+from schemas.shard import TO_END_OF_FILE, Shard
+
+log = logging.getLogger(__name__)
+
+# Without a size in its header, a compressed file is assumed to hold this many times its bytes.
+_ASSUMED_COMPRESSION_RATIO = 4
+# Planning ranks JSONL shards by their bytes over a typical line's length.
+_TYPICAL_LINE_BYTES = 200
+
+
+@dataclass
+class InputFiles:
+    files: list[FileInfo]
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file label, why it is not read)
 
 
 def input_root(pattern: str) -> str:
@@ -29,70 +54,222 @@ def file_label(url: str, root: str) -> str:
     return url[len(root.rstrip("/")) + 1 :]
 
 
-def _parquet_shards(info: FileInfo, label: str, input_spec: InputSpec, storage: Storage) -> list[Shard]:
-    try:
-        metadata = storage.parquet_metadata(info.url)
-    except Exception as error:
-        raise SpecError(f"{label}: not a readable Parquet file ({error})") from None
-    columns = set(metadata.schema.names)
-    needed = [
-        column
-        for column in (
-            input_spec.prompt_column,
-            input_spec.messages_column,
-            input_spec.id_column,
-            *input_spec.keep_columns,
-        )
-        if column is not None
-    ]
-    missing = [column for column in needed if column not in columns]
-    if missing:
-        raise SpecError(f"{label}: column(s) {missing} named in the job are not in the file; it has {sorted(columns)}")
+def select_inputs(input_spec: InputSpec, listed: list[FileInfo]) -> InputFiles:
+    """The listed files herd reads, and every other one with the reason, so that none is skipped
+    without a word. A file named on its own must be readable; in a folder or a glob, bookkeeping
+    files (_SUCCESS, .crc) and files of other types are passed over and reported."""
+    root = input_root(input_spec.path)
+    if len(listed) == 1 and listed[0].url.rstrip("/") == input_spec.path.rstrip("/"):
+        input_spec.format_of(listed[0].url)  # raises a SpecError naming the file when it cannot be read
+        return InputFiles(listed)
+    selected = InputFiles([])
+    for info in listed:
+        label = file_label(info.url, root)
+        if is_hidden(label):
+            selected.ignored.append((label, "hidden (a name starting with _ or .: Spark/Hadoop bookkeeping)"))
+        elif input_spec.format == "auto" and format_from_name(label) is None:
+            selected.ignored.append((label, "not .parquet/.pq or .jsonl/.ndjson/.json (optionally .gz/.bz2/.zst)"))
+        else:
+            selected.files.append(info)
+    return selected
 
-    shards, group_start, rows_in_shard, first_row, row = [], 0, 0, 0, 0
-    for group in range(metadata.num_row_groups):
-        rows_in_shard += metadata.row_group(group).num_rows
-        row += metadata.row_group(group).num_rows
-        if rows_in_shard >= input_spec.rows_per_shard or group == metadata.num_row_groups - 1:
-            if rows_in_shard:
-                shards.append(
-                    Shard(
-                        file_url=info.url,
-                        file_label=label,
-                        format="parquet",
-                        start=group_start,
-                        end=group + 1,
-                        first_row=first_row,
-                        estimated_rows=rows_in_shard,
-                    )
-                )
-            group_start, first_row, rows_in_shard = group + 1, row, 0
+
+def with_absolute_paths(job: JobSpec) -> JobSpec:
+    """Ray workers run in another directory: local paths must not depend on the driver's."""
+    model_path = job.model.path if job.model.path == DEMO_MODEL else absolute(job.model.path)
+    return job.model_copy(
+        update={
+            "input": job.input.model_copy(update={"path": absolute(job.input.path)}),
+            "output": job.output.model_copy(update={"path": absolute(job.output.path)}),
+            "model": job.model.model_copy(update={"path": model_path}),
+        }
+    )
+
+
+def list_inputs(storage: Storage, job: JobSpec) -> InputFiles:
+    """The input files, or a SpecError that says why they cannot be listed, before any engine starts.
+    Files that are listed but not read (bookkeeping, other types) are logged by name."""
+    try:
+        listed = storage.expand_inputs(job.input.path)
+    except Exception as error:
+        raise SpecError(f"input.path: cannot list {job.input.path}: {type(error).__name__}: {error}") from None
+    if not listed:
+        raise SpecError(f"input.path: no files match {job.input.path!r}")
+    inputs = select_inputs(job.input, listed)
+    for label, why in inputs.ignored:
+        log.warning("not an input: %s (%s)", label, why)
+    if not inputs.files:
+        raise SpecError(
+            f"input.path: none of the {len(listed)} file(s) under {job.input.path!r} is an input file "
+            f"({'; '.join(f'{label}: {why}' for label, why in inputs.ignored[:5])})"
+        )
+    return inputs
+
+
+def plan_shards(
+    input_spec: InputSpec, files: list[FileInfo], storage: Storage, prompt: PromptSpec | None = None
+) -> list[Shard]:
+    root = input_root(input_spec.path)
+    template_columns = prompt.template_columns() if prompt is not None else set()
+    shards: list[Shard] = []
+    for info in files:
+        label = file_label(info.url, root)
+        base = {
+            "file_url": info.url,
+            "file_label": label,
+            "file_size": info.size,
+            "file_version": info.version,
+            "partition": hive_partition(label),
+        }
+        if input_spec.format_of(info.url) == "parquet":
+            shards.extend(_parquet_shards(info, base, input_spec, template_columns, storage))
+        elif compression_of(info.url) is not None:
+            shards.extend(_compressed_jsonl_shards(info, base, input_spec, storage))
+        else:
+            shards.extend(_jsonl_shards(info, base, input_spec))
     return shards
 
 
-def _jsonl_shards(info: FileInfo, label: str, input_spec: InputSpec) -> list[Shard]:
+def _parquet_shards(
+    info: FileInfo, base: dict, input_spec: InputSpec, template_columns: set[str], storage: Storage
+) -> list[Shard]:
+    label = base["file_label"]
+    try:
+        metadata = storage.parquet_metadata(info.url)
+        columns = set(metadata.schema.to_arrow_schema().names)
+    except Exception as error:
+        raise SpecError(f"{label}: not a readable Parquet file ({error})") from None
+    available = columns | set(base["partition"])
+    missing = [column for column in input_spec.columns_read(set()) if column not in available]
+    if missing:
+        raise SpecError(f"{label}: column(s) {missing} named in the job are not in the file; it has {sorted(columns)}")
+    # Template names that are not columns are left to the template (it may test `is defined`).
+    read = [column for column in input_spec.columns_read(template_columns) if column in columns]
+    if not read:  # a template of partition values only: any one column still counts the rows
+        read = [metadata.schema.to_arrow_schema().names[0]]
+    base = {**base, "format": "parquet", "columns": tuple(read)}
+
+    shards: list[Shard] = []
+    joined: list[tuple[int, int, int]] = []  # whole small groups waiting to form a shard: (group, first row, rows)
+    joined_bytes = 0
+
+    def flush() -> None:
+        nonlocal joined_bytes
+        if joined:
+            first, start, _ = joined[0]
+            last, last_start, last_rows = joined[-1]
+            end = last_start + last_rows
+            shards.append(
+                Shard(
+                    **base,
+                    start=start,
+                    end=end,
+                    row_groups=(first, last + 1),
+                    group_first_row=start,
+                    estimated_rows=end - start,
+                )
+            )
+        joined.clear()
+        joined_bytes = 0
+
+    row = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        rows = row_group.num_rows
+        group_bytes = sum(
+            row_group.column(index).total_uncompressed_size
+            for index in range(row_group.num_columns)
+            if row_group.column(index).path_in_schema.split(".")[0] in read
+        )
+        # How many of this group's rows fit a shard, by count and by the bytes of the columns read.
+        cap = max(1, min(input_spec.rows_per_shard, input_spec.bytes_per_shard * rows // max(group_bytes, 1)))
+        if rows > cap:
+            flush()
+            slices = math.ceil(rows / cap)
+            for index in range(slices):
+                start, end = row + rows * index // slices, row + rows * (index + 1) // slices
+                shards.append(
+                    Shard(
+                        **base,
+                        start=start,
+                        end=end,
+                        row_groups=(group, group + 1),
+                        group_first_row=row,
+                        whole_row_groups=False,
+                        estimated_rows=end - start,
+                    )
+                )
+        elif rows:
+            joined_rows = sum(entry[2] for entry in joined)
+            if (
+                joined_rows + rows > input_spec.rows_per_shard
+                or joined_bytes + group_bytes > input_spec.bytes_per_shard
+            ):
+                flush()
+            joined.append((group, row, rows))
+            joined_bytes += group_bytes
+        row += rows
+    flush()
+    return shards
+
+
+def _jsonl_shards(info: FileInfo, base: dict, input_spec: InputSpec) -> list[Shard]:
     step = input_spec.bytes_per_shard
-    # Without reading rows the row count is unknown; size / a typical line length ranks shards.
     return [
         Shard(
-            file_url=info.url,
-            file_label=label,
+            **base,
             format="jsonl",
             start=start,
             end=min(start + step, info.size),
-            estimated_rows=max(1, (min(start + step, info.size) - start) // 200),
+            estimated_rows=max(1, (min(start + step, info.size) - start) // _TYPICAL_LINE_BYTES),
         )
         for start in range(0, info.size, step)
     ]
 
 
-def plan_shards(input_spec: InputSpec, files: list[FileInfo], storage: Storage) -> list[Shard]:
-    root = input_root(input_spec.path)
-    shards: list[Shard] = []
-    for info in files:
-        label = file_label(info.url, root)
-        if input_spec.format_of(info.url) == "parquet":
-            shards.extend(_parquet_shards(info, label, input_spec, storage))
-        else:
-            shards.extend(_jsonl_shards(info, label, input_spec))
-    return shards
+def _compressed_jsonl_shards(info: FileInfo, base: dict, input_spec: InputSpec, storage: Storage) -> list[Shard]:
+    if info.size == 0:
+        return []
+    codec = compression_of(info.url)
+    estimate = _decompressed_size(info, codec, storage)
+    step = input_spec.bytes_per_shard
+    count = max(1, math.ceil(estimate / step))
+    return [
+        Shard(
+            **base,
+            format="jsonl",
+            compression=codec,
+            start=index * step,
+            end=TO_END_OF_FILE if index == count - 1 else (index + 1) * step,
+            estimated_rows=max(1, min(step, max(estimate - index * step, 0)) // _TYPICAL_LINE_BYTES),
+        )
+        for index in range(count)
+    ]
+
+
+def _decompressed_size(info: FileInfo, codec: str | None, storage: Storage) -> int:
+    """gzip ends with the size modulo 4 GiB (of its last member); zstd frames may start with it."""
+    assumed = info.size * _ASSUMED_COMPRESSION_RATIO
+    if codec == "gzip" and info.size >= 18:
+        (size,) = struct.unpack("<I", storage.read_bytes(info.url, info.size - 4, info.size))
+        # Several members, or more than 4 GiB, make the field too small: fall back to the guess.
+        return size if size >= info.size else assumed
+    if codec == "zstd" and info.size >= 18:
+        header = storage.read_bytes(info.url, 0, 18)
+        size = _zstd_content_size(header)
+        return size if size is not None else assumed
+    return assumed
+
+
+def _zstd_content_size(header: bytes) -> int | None:
+    """The Frame_Content_Size field of a zstd frame header (RFC 8878 3.1.1.1), when present."""
+    if header[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = header[4]
+    size_flag, single_segment, dictionary_flag = descriptor >> 6, (descriptor >> 5) & 1, descriptor & 3
+    position = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dictionary_flag]
+    width = (1 if single_segment else 0, 2, 4, 8)[size_flag]
+    if width == 0:
+        return None
+    value = int.from_bytes(header[position : position + width], "little")
+    return value + 256 if width == 2 else value

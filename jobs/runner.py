@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ray
 
 from common.layout import OutputLayout
-from common.storage import FileInfo, Storage, absolute
+from common.storage import Storage
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.manifest import (
     claim_output,
@@ -22,10 +22,10 @@ from jobs.manifest import (
     remove_uncommitted_files,
     write_manifest_index,
 )
-from jobs.planner import plan_shards
+from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.replicas import ReplicaPool, cluster_device, replica_count
 from schemas.errors import SpecError
-from schemas.job import DEMO_MODEL, JobSpec
+from schemas.job import JobSpec
 from schemas.results import ExitCode, RunSummary
 from schemas.shard import ShardRecord
 from workers.replica import EngineFactory, build_vllm_engine
@@ -55,29 +55,6 @@ def ensure_ray() -> None:
         signal.signal(signal.SIGTERM, sigterm_handler)
 
 
-def with_absolute_paths(job: JobSpec) -> JobSpec:
-    """Ray workers run in another directory: local paths must not depend on the driver's."""
-    model_path = job.model.path if job.model.path == DEMO_MODEL else absolute(job.model.path)
-    return job.model_copy(
-        update={
-            "input": job.input.model_copy(update={"path": absolute(job.input.path)}),
-            "output": job.output.model_copy(update={"path": absolute(job.output.path)}),
-            "model": job.model.model_copy(update={"path": model_path}),
-        }
-    )
-
-
-def list_inputs(storage: Storage, job: JobSpec) -> list[FileInfo]:
-    """The input files, or a SpecError that says why they cannot be listed, before any engine starts."""
-    try:
-        files = storage.expand_inputs(job.input.path)
-    except Exception as error:  # noqa: BLE001 - missing, denied, no credentials: all the user's to fix
-        raise SpecError(f"input.path: cannot list {job.input.path}: {type(error).__name__}: {error}") from None
-    if not files:
-        raise SpecError(f"input.path: no files match {job.input.path!r}")
-    return files
-
-
 def run_job(
     job: JobSpec,
     overwrite: bool = False,
@@ -90,10 +67,13 @@ def run_job(
     storage = Storage(job.storage, job.retry)
     layout = OutputLayout(job.output.path)
 
-    files = list_inputs(storage, job)
-    shards = plan_shards(job.input, files, storage)
-    if not shards:
-        raise SpecError(f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows")
+    files = list_inputs(storage, job).files
+    shards = plan_shards(job.input, files, storage, job.prompt)
+    if not shards and job.input.require_rows:
+        raise SpecError(
+            f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
+            "(input.require_rows is set)"
+        )
     try:
         claim_output(storage, layout, job, files, overwrite)
     except SpecError:
@@ -125,7 +105,7 @@ def run_job(
         shard_id: record for shard_id, record in {**committed, **outcome.committed}.items() if shard_id in planned_ids
     }
     write_manifest_index(storage, layout, records)
-    removed = remove_uncommitted_files(storage, layout, records)
+    removed = remove_uncommitted_files(storage, layout)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
     summary = _summarize(

@@ -13,6 +13,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import SpecError, format_validation_error
+from schemas.input_files import FileFormat, format_from_name
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS, valid_tensor_parallel_sizes
 
 DEMO_MODEL = "demo:smollm2-135m-instruct"
@@ -23,51 +24,104 @@ class StrictModel(BaseModel):
 
 
 class InputSpec(StrictModel):
-    path: str = Field(description="A file, a directory or a glob; local or s3://.")
-    format: Literal["auto", "parquet", "jsonl", "openai-batch", "llama2-hosted"] = "auto"
-    prompt_column: str | None = None
-    messages_column: str | None = None
-    id_column: str | None = None
-    keep_columns: list[str] = Field(default_factory=list)
-    rows_per_shard: int = Field(default=1024, ge=1)
-    bytes_per_shard: int = Field(default=4 * 1024 * 1024, ge=1024)
+    path: str = Field(
+        description="A file, a directory (every input file below it) or a glob; local or s3://.",
+        examples=["s3://bucket/prompts/*/"],
+    )
+    format: Literal["auto", "parquet", "jsonl", "openai-batch", "llama2-hosted"] = Field(
+        default="auto",
+        description="auto: from each file's extension (.parquet/.pq; .jsonl/.ndjson/.json, optionally "
+        ".gz/.bz2/.zst); openai-batch: OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
+    )
+    prompt_column: str | None = Field(
+        default=None, description="The text to complete; give this, messages_column, or prompt.template."
+    )
+    messages_column: str | None = Field(
+        default=None,
+        description="A list of {role: system|user|assistant, content} per row (chat formats only).",
+    )
+    id_column: str | None = Field(
+        default=None, description='The row id; without it rows get "<file>:<row>" (see What a job writes).'
+    )
+    keep_columns: list[str] = Field(
+        default_factory=list,
+        description="Input columns (or Hive partition keys of the path) copied into every output row.",
+    )
+    rows_per_shard: int = Field(
+        default=1024, ge=1, description="Parquet: shards are row ranges of about this many rows."
+    )
+    bytes_per_shard: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="JSONL: shards are byte ranges of this size (lines are never split); Parquet: a "
+        "shard also holds at most this many bytes of the columns read.",
+    )
+    require_rows: bool = Field(
+        default=False,
+        description="Fail (exit 2) when the input holds no rows; by default an empty input is a "
+        "successful run with an empty output.",
+    )
 
     @property
     def is_request_file(self) -> bool:
         """OpenAI batch and hosted Llama 2 files carry their prompts and parameters in each request."""
         return self.format in ("openai-batch", "llama2-hosted")
 
-    def format_of(self, file_path: str) -> Literal["parquet", "jsonl"]:
+    def format_of(self, file_path: str) -> FileFormat:
         """How the file's bytes are read: request files are JSON lines too."""
         if self.format != "auto":
             return "parquet" if self.format == "parquet" else "jsonl"
-        lowered = file_path.lower()
-        if lowered.endswith((".parquet", ".pq")):
-            return "parquet"
-        if lowered.endswith((".jsonl", ".ndjson", ".json")):
-            return "jsonl"
-        raise SpecError(
-            f"input.format: cannot infer the format of {file_path!r} from its extension; "
-            "set input.format to parquet or jsonl"
-        )
+        found = format_from_name(file_path)
+        if found is None:
+            raise SpecError(
+                f"input.format: cannot infer the format of {file_path!r} from its extension; "
+                "set input.format to parquet or jsonl"
+            )
+        return found
+
+    def columns_read(self, template_columns: set[str]) -> list[str]:
+        """The columns a row needs, in a stable order: everything else in a file is never read."""
+        named = [
+            self.prompt_column,
+            self.messages_column,
+            self.id_column,
+            *self.keep_columns,
+            *sorted(template_columns),
+        ]
+        return list(dict.fromkeys(column for column in named if column is not None))
 
 
 class ModelSpec(StrictModel):
-    path: str = Field(description=f"A local directory or s3:// URL of a Hugging Face checkpoint, or {DEMO_MODEL}.")
+    path: str = Field(
+        description=f"A local directory or s3:// URL of a Hugging Face checkpoint, or {DEMO_MODEL}.",
+        examples=["/models/Llama-2-7b-chat-hf"],
+    )
     preset: Literal[tuple(LLAMA2_PRESETS)] | None = Field(  # type: ignore[valid-type]
         default=None,
         description="A Llama 2 model: sets tensor_parallel_size (the reference MP value), max_model_len "
         "4096 and, for chat variants, the llama2-chat prompt format, unless the job sets them.",
     )
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    max_model_len: int = Field(default=LLAMA2_CONTEXT_TOKENS, ge=16, le=LLAMA2_CONTEXT_TOKENS)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="GPUs per replica (CPUs on the CPU build); a preset sets 1 / 2 / 8."
+    )
+    max_model_len: int = Field(
+        default=LLAMA2_CONTEXT_TOKENS,
+        ge=16,
+        le=LLAMA2_CONTEXT_TOKENS,
+        description="Context length in tokens (prompt + generation); at most 4096, Llama 2's context.",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto: float32 on CPU, the checkpoint's own dtype on GPU."
+    )
     prefix_caching: bool = Field(
         default=True,
         description="Keep the KV cache of prompt prefixes that requests share (a system prompt, a "
         "template's fixed text) and skip recomputing them.",
     )
-    engine_options: dict[str, Any] = Field(default_factory=dict)
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to vllm.LLM as they are, e.g. {gpu_memory_utilization: 0.9, max_num_seqs: 256}.",
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_fits_the_heads(self) -> ModelSpec:
@@ -90,8 +144,12 @@ class ModelSpec(StrictModel):
 
 
 class PromptSpec(StrictModel):
-    format: Literal["raw", "llama2-chat", "model-template"] = "raw"
-    system_prompt: str | None = None
+    format: Literal["raw", "llama2-chat", "model-template"] = Field(
+        default="raw",
+        description="raw: the text as it is (base models); llama2-chat: Meta's exact Llama 2 chat format, "
+        "built as token ids; model-template: the tokenizer's own chat template.",
+    )
+    system_prompt: str | None = Field(default=None, description="A system message for every row (chat formats only).")
     template: str | None = Field(
         default=None,
         description="A Jinja2 template over the input columns that builds the prompt text (sandboxed).",
@@ -104,13 +162,21 @@ class PromptSpec(StrictModel):
     @model_validator(mode="after")
     def _template_parses(self) -> PromptSpec:
         if self.template is not None:
-            import jinja2
-
-            try:
-                jinja2.Environment().parse(self.template)
-            except jinja2.TemplateSyntaxError as error:
-                raise ValueError(f"template does not parse: {error.message} (line {error.lineno})") from None
+            self.template_columns()
         return self
+
+    def template_columns(self) -> set[str]:
+        """The names the template reads from a row."""
+        if self.template is None:
+            return set()
+        import jinja2
+        import jinja2.meta
+
+        try:
+            tree = jinja2.Environment().parse(self.template)
+        except jinja2.TemplateSyntaxError as error:
+            raise ValueError(f"template does not parse: {error.message} (line {error.lineno})") from None
+        return jinja2.meta.find_undeclared_variables(tree)
 
     @model_validator(mode="after")
     def _system_prompt_needs_chat(self) -> PromptSpec:
@@ -120,43 +186,74 @@ class PromptSpec(StrictModel):
 
 
 class StructuredSpec(StrictModel):
-    """Guided decoding: the completion is constrained to a JSON schema, a regex or a list of choices."""
+    """Guided decoding: the completion is constrained to a JSON schema, any JSON object, a regex or a
+    list of choices."""
 
-    json_schema: dict[str, Any] | None = None
-    regex: str | None = None
-    choices: list[str] | None = Field(default=None, min_length=1)
+    json_schema: dict[str, Any] | None = Field(default=None, description="A JSON schema (compact JSON is generated).")
+    json_object: bool = Field(default=False, description="Any JSON object (OpenAI's response_format json_object).")
+    regex: str | None = Field(default=None, description='A regular expression, e.g. "[A-Z]{3}".')
+    choices: list[str] | None = Field(default=None, min_length=1, description="One of a list of strings.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StructuredSpec:
         given = [name for name in ("json_schema", "regex", "choices") if getattr(self, name) is not None]
+        given += ["json_object"] if self.json_object else []
         if len(given) != 1:
-            raise ValueError(f"give exactly one of json_schema, regex or choices (got {given or 'none'})")
+            raise ValueError(f"give exactly one of json_schema, json_object, regex or choices (got {given or 'none'})")
         return self
 
 
 class SamplingSpec(StrictModel):
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=1)
-    max_new_tokens: int = Field(default=256, ge=1, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
-    seed: int = Field(default=0, ge=0)
-    n: int = Field(default=1, ge=1, le=64)
-    stop: list[str] = Field(default_factory=list)
-    ignore_eos: bool = False
-    do_sample: bool = Field(default=True, description="false means greedy decoding")
-    return_full_text: bool = False
-    logprobs: bool = Field(default=False, description="add token_logprobs: each generated token's log probability")
-    structured: StructuredSpec | None = None
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="Randomness; 0 is greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass, in (0, 1].")
+    top_k: int | None = Field(default=None, ge=1, description="Keep the k most likely tokens; null disables.")
+    max_new_tokens: int = Field(
+        default=256,
+        ge=1,
+        validation_alias=AliasChoices("max_new_tokens", "max_tokens"),
+        description="Also accepted as max_tokens; must leave room for a prompt in max_model_len.",
+    )
+    seed: int = Field(
+        default=0, ge=0, description="Each row's seed derives from this and the row id: re-runs reproduce completions."
+    )
+    n: int = Field(
+        default=1, ge=1, le=64, description="Samples per prompt, each its own output row (sample_index 0..n-1)."
+    )
+    stop: list[str] = Field(default_factory=list, description="Stop sequences, not included in the completion.")
+    ignore_eos: bool = Field(default=False, description="Keep generating after EOS, up to max_new_tokens.")
+    do_sample: bool = Field(default=True, description="false means greedy decoding, whatever the temperature.")
+    return_full_text: bool = Field(default=False, description="Prepend the (decoded) prompt to each completion.")
+    logprobs: bool = Field(default=False, description="Add token_logprobs: each generated token's log probability.")
+    structured: StructuredSpec | None = Field(
+        default=None,
+        description="Guided decoding; adds structured_valid, false when a completion does not parse or "
+        "match (e.g. cut by max_new_tokens): such rows are kept, never dropped.",
+    )
 
     @property
     def effective_temperature(self) -> float:
         return self.temperature if self.do_sample else 0.0
 
+    @model_validator(mode="after")
+    def _engine_accepts(self) -> SamplingSpec:
+        """What vLLM would refuse for every request, refused here before any engine starts."""
+        if self.n > 1 and self.effective_temperature == 0:
+            raise ValueError(
+                f"n {self.n} needs sampling: greedy decoding (temperature 0 or do_sample false) gives "
+                "one answer, so vLLM refuses n > 1; set temperature > 0, or n 1"
+            )
+        if any(stop == "" for stop in self.stop):
+            raise ValueError("stop: an empty stop sequence would end every completion at once")
+        return self
+
 
 class OutputSpec(StrictModel):
-    path: str
+    path: str = Field(
+        description="A local directory or s3://bucket/prefix: empty, or holding this job's earlier output.",
+        examples=["s3://bucket/herd/out/my-job"],
+    )
     format: Literal["parquet", "jsonl", "openai"] = Field(
-        default="parquet", description="openai: OpenAI Batch result lines, one per request, with n choices"
+        default="parquet", description="openai: OpenAI Batch result lines, one per request, with n choices."
     )
 
 
@@ -170,7 +267,10 @@ class OptimizeSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
-    replicas: int | Literal["auto"] = "auto"
+    replicas: int | Literal["auto"] = Field(
+        default="auto",
+        description="auto: one per tensor_parallel_size GPUs in the cluster (1 on the CPU build); or a number.",
+    )
     shards_in_flight: int = Field(
         default=2,
         ge=1,
@@ -189,31 +289,38 @@ class ResourcesSpec(StrictModel):
 class StorageSpec(StrictModel):
     """Where S3 lives; credentials come only from the usual AWS_* variables, never from here."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible endpoint (MinIO, moto...); AWS_ENDPOINT_URL works too."
+    )
+    region: str | None = Field(
+        default=None,
+        description="The bucket's region. Credentials come only from AWS_* variables or the node's role.",
+    )
 
 
 class RetrySpec(StrictModel):
-    attempts: int = Field(default=3, ge=1, le=100)
-    backoff_base_s: float = Field(default=0.5, ge=0.0)
-    backoff_cap_s: float = Field(default=30.0, ge=0.0)
-    jitter: float = Field(default=0.5, ge=0.0, le=1.0)
-    max_replica_restarts: int = Field(default=4, ge=0)
+    """The one retry policy, for storage calls and for shards."""
+
+    attempts: int = Field(default=3, ge=1, le=100, description="Tries per storage call and per shard.")
+    backoff_base_s: float = Field(default=0.5, ge=0.0, description="The first delay; doubles each retry.")
+    backoff_cap_s: float = Field(default=30.0, ge=0.0, description="The longest delay.")
+    jitter: float = Field(default=0.5, ge=0.0, le=1.0, description="Randomness of each delay (0.5: +-50%).")
+    max_replica_restarts: int = Field(default=4, ge=0, description="Dead replicas replaced per run before giving up.")
 
 
 class JobSpec(StrictModel):
-    name: str = "herd-job"
-    input: InputSpec
-    model: ModelSpec
-    prompt: PromptSpec = Field(default_factory=PromptSpec)
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
-    output: OutputSpec
-    optimize: OptimizeSpec = Field(default_factory=OptimizeSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
-    retry: RetrySpec = Field(default_factory=RetrySpec)
+    name: str = Field(default="herd-job", description="Shown in logs and summary.json.")
+    input: InputSpec = Field(description="The prompt files and how to read them.")
+    model: ModelSpec = Field(description="The checkpoint and how the engine runs it.")
+    prompt: PromptSpec = Field(default_factory=PromptSpec, description="How a row becomes a prompt.")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="How completions are generated.")
+    output: OutputSpec = Field(description="Where the results go, and in which format.")
+    optimize: OptimizeSpec = Field(default_factory=OptimizeSpec, description="Options that trade results for speed.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Replicas and their shards.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Where S3 lives.")
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="The one retry policy.")
     max_error_fraction: float = Field(
-        default=0.1, ge=0.0, le=1.0, description="Fail the job when more rows than this fail."
+        default=0.1, ge=0.0, le=1.0, description="The job exits 3 when more than this fraction of rows failed."
     )
 
     @model_validator(mode="before")
@@ -251,6 +358,11 @@ class JobSpec(StrictModel):
         if self.input.is_request_file:
             if sources:
                 raise ValueError(f"input.format {self.input.format} carries its own prompts; remove {sources}")
+            if self.input.id_column is not None or self.input.keep_columns:
+                raise ValueError(
+                    f"input.format {self.input.format} has no columns: remove input.id_column and "
+                    "input.keep_columns (OpenAI requests are identified by their custom_id)"
+                )
         elif len(sources) != 1:
             raise ValueError(
                 "give exactly one prompt source: input.prompt_column, input.messages_column or prompt.template"

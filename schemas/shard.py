@@ -5,7 +5,18 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.input_files import Compression
+
+# Bumped whenever the same input would be cut into different shards: an output planned by another
+# version cannot be resumed by this one (its shard ids would not match), so the fingerprint holds it.
+# 1: Parquet shards were whole row groups. 2: row ranges; compressed JSONL in decompressed byte ranges.
+PLANNER_VERSION = 2
+
+# The last shard of a compressed file reaches to its end, wherever that is: the decompressed size is
+# only estimated when planning.
+TO_END_OF_FILE = 2**62
 
 
 class Shard(BaseModel):
@@ -16,17 +27,30 @@ class Shard(BaseModel):
 
     file_url: str
     file_label: str  # the file's name relative to the input root, used in row ids
+    file_size: int  # bytes stored when planned: reads are clamped to it
+    file_version: str  # ETag or mtime when planned
     format: Literal["parquet", "jsonl"]
-    start: int  # parquet: first row group; jsonl: first byte
+    compression: Compression | None = None  # jsonl only: ranges are in the decompressed stream
+    start: int  # parquet: first row in the file; jsonl: first byte (of the decompressed stream)
     end: int  # exclusive
-    first_row: int = 0  # parquet: index in the file of the shard's first row
+    # Parquet: the row groups holding [start, end), and the file row of the first one's first row.
+    row_groups: tuple[int, int] = (0, 0)
+    group_first_row: int = 0
+    # False when [start, end) is part of one row group larger than a shard: it is read through the
+    # node's spill cache, so that the row group is fetched from storage once for all its shards.
+    whole_row_groups: bool = True
+    columns: tuple[str, ...] = ()  # parquet: the columns read (the rest of the file never is)
+    # Hive-style `key=value` folders of the file's path: columns every row of the file gets.
+    partition: dict[str, str] = Field(default_factory=dict)
     estimated_rows: int
 
     @property
     def shard_id(self) -> str:
-        digest = hashlib.sha256(f"{self.file_url}|{self.format}|{self.start}|{self.end}".encode()).hexdigest()
+        kind = f"{self.format}-rows" if self.format == "parquet" else self.format
+        digest = hashlib.sha256(f"{self.file_url}|{kind}|{self.start}|{self.end}".encode()).hexdigest()
         stem = "".join(char if char.isalnum() or char in "-_" else "_" for char in self.file_label)
-        return f"{stem[-48:]}-{self.start}-{self.end}-{digest[:10]}"
+        end = "end" if self.end == TO_END_OF_FILE else self.end
+        return f"{stem[-48:]}-{self.start}-{end}-{digest[:10]}"
 
 
 class OutputObject(BaseModel):

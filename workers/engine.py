@@ -112,6 +112,7 @@ class VllmEngine:
         if sampling.structured is not None:
             structured = StructuredOutputsParams(
                 json=sampling.structured.json_schema,
+                json_object=sampling.structured.json_object or None,
                 regex=sampling.structured.regex,
                 choice=sampling.structured.choices,
             )
@@ -154,12 +155,17 @@ class VllmEngine:
         ]
 
     def _text(self, completion: Any, sampling: SamplingSpec) -> str:
-        if sampling.stop:
-            # Only vLLM's own text is cut at the stop string (the ids still hold the stop token).
-            return completion.text
-        # Otherwise decode the ids: vLLM's text can start with part of the prompt when the prompt
-        # ends inside a multi-byte character.
-        return self._decoder.decode(completion.token_ids, skip_special_tokens=True)
+        return completion_text(completion.token_ids, sampling.stop, self._decoder)
+
+
+def completion_text(token_ids: list[int], stop: list[str], decoder: Any) -> str:
+    """The generated ids decoded on their own, as the Llama 2 reference's tokenizer.decode does (no
+    leading SentencePiece space), then cut before the first stop sequence. vLLM's own incremental
+    text keeps that space, and can start with part of the prompt when the prompt ends inside a
+    multi-byte character; so a row's text never depends on whether a stop list was given."""
+    text = decoder.decode(token_ids, skip_special_tokens=True)
+    cut = min((index for index in (text.find(sequence) for sequence in stop) if index != -1), default=len(text))
+    return text[:cut]
 
 
 def _chosen_logprobs(completion: Any) -> list[float]:

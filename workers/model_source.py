@@ -9,34 +9,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from common.node_cache import cache_root, exclusive
 from common.storage import Storage
 from schemas.job import DEMO_MODEL
 
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HERD_CACHE_DIR", Path.home() / ".cache" / "herd"))
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def resolve_model(path: str, storage: Storage) -> str:
@@ -52,7 +34,7 @@ def resolve_model(path: str, storage: Storage) -> str:
 
 def _fetch_from_storage(url: str, storage: Storage) -> Path:
     target = cache_root() / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    with _exclusive(target.with_suffix(".lock")):
+    with exclusive(target.with_suffix(".lock")):
         if (target / ".complete").exists():
             return target
         prefix = url.rstrip("/")
@@ -76,7 +58,7 @@ def _demo_gguf_directory() -> Path:
 def prepare_demo_model() -> Path:
     """Converts SmolLM2-135M-Instruct from its GGUF file into a float32 HF checkpoint, once."""
     target = cache_root() / "models" / "smollm2-135m-instruct"
-    with _exclusive(target.with_suffix(".lock")):
+    with exclusive(target.with_suffix(".lock")):
         if (target / ".complete").exists():
             return target
         import torch

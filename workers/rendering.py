@@ -105,10 +105,12 @@ def source_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSp
     """The prompt source of a plain input row: its prompt column, its messages, or the template."""
     if prompt.template is not None:
         try:
-            text = _compiled_template(prompt.template).render(**row)
+            # The row as one mapping, not keywords: a column may be called `self`.
+            text = _compiled_template(prompt.template).render(row)
         except UndefinedError as error:
             raise RenderError(f"prompt.template: {error}; the row has columns {sorted(row)}") from None
-        except TemplateError as error:
+        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, RecursionError) as error:
+            # What an expression can raise for one row's values, e.g. {{ 10 // n }} with n = 0.
             raise RenderError(f"prompt.template: {type(error).__name__}: {error}") from None
         return PromptSource(text=_text(text, "prompt.template"))
     if input_spec.messages_column is not None:

@@ -56,12 +56,19 @@ def _openai_overrides(body: dict[str, Any]) -> dict[str, Any]:
         overrides["stop"] = [stop] if isinstance(stop, str) else stop
     if body.get("logprobs"):
         overrides["logprobs"] = True
-    response_format = body.get("response_format") or {}
-    if response_format.get("type") == "json_schema":
+    response_format = body.get("response_format") or {"type": "text"}
+    if not isinstance(response_format, dict):
+        raise RequestError('body.response_format: expected an object such as {"type": "json_object"}')
+    kind = response_format.get("type")
+    if kind == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise RequestError("body.response_format.json_schema.schema: expected a JSON schema object")
         overrides["structured"] = {"json_schema": schema}
+    elif kind == "json_object":
+        overrides["structured"] = {"json_object": True}
+    elif kind != "text":
+        raise RequestError(f"body.response_format.type: expected text, json_object or json_schema, got {kind!r}")
     return overrides
 
 

@@ -18,6 +18,7 @@ from schemas.job import InputSpec
 from schemas.results import ERROR_COLUMNS
 from schemas.shard import Shard
 from workers.request_formats import PromptSource, RequestError, requests_in_line
+from workers.spill_cache import decompressed_copy, row_group_copy
 
 _JSONL_TAIL_CHUNK = 64 * 1024
 
@@ -51,8 +52,10 @@ def _row_id(shard: Shard, position: int, values: dict[str, Any], input_spec: Inp
 
 def read_shard(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
     if shard.format == "parquet":
-        return _read_parquet(shard, input_spec, storage)
-    return _read_jsonl(shard, input_spec, storage)
+        result = _read_parquet(shard, input_spec, storage)
+    else:
+        result = _read_jsonl(shard, input_spec, storage)
+    return _check_id_column(shard, result, input_spec)
 
 
 def _check_id_column(shard: Shard, result: ShardRows, input_spec: InputSpec) -> ShardRows:
@@ -71,19 +74,100 @@ def _check_id_column(shard: Shard, result: ShardRows, input_spec: InputSpec) -> 
     return result
 
 
+def _add_row(result: ShardRows, shard: Shard, position: int, values: dict[str, Any], input_spec: InputSpec) -> None:
+    # Partition values from the path, unless the file has a column of the same name.
+    values = {**shard.partition, **values} if shard.partition else values
+    result.rows.append(InputRow(_row_id(shard, position, values, input_spec), position, values))
+
+
 def _read_parquet(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
-    table = storage.read_parquet_row_groups(shard.file_url, list(range(shard.start, shard.end)))
+    if shard.whole_row_groups:
+        batches = _parquet_rows(storage, shard.file_url, shard.row_groups, shard.columns, 0, shard.end - shard.start)
+    else:
+        copy = str(row_group_copy(shard, storage))
+        groups, skip = _groups_holding(copy, shard.start - shard.group_first_row, shard.end - shard.group_first_row)
+        batches = _parquet_rows(storage, copy, groups, shard.columns, skip, shard.end - shard.start)
     result = ShardRows()
-    for offset, values in enumerate(table.to_pylist()):
-        position = shard.first_row + offset
-        result.rows.append(InputRow(_row_id(shard, position, values, input_spec), position, values))
-    return _check_id_column(shard, result, input_spec)
+    position = shard.start
+    for batch in batches:
+        for values in _batch_rows(batch, shard, position, result):
+            if values is not None:
+                _add_row(result, shard, position, values, input_spec)
+            position += 1
+    return result
+
+
+def _groups_holding(path: str, first: int, end: int) -> tuple[tuple[int, int], int]:
+    """The row groups of a local Parquet file that hold rows [first, end), and how many rows of the
+    first of them come before `first`."""
+    metadata = pq.ParquetFile(path).metadata
+    low, skip, row = None, 0, 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        if low is None and row + rows > first:
+            low, skip = group, first - row
+        row += rows
+        if row >= end:
+            return (low if low is not None else group, group + 1), skip
+    return (low if low is not None else metadata.num_row_groups, metadata.num_row_groups), skip
+
+
+def _parquet_rows(
+    storage: Storage, url: str, row_groups: tuple[int, int], columns: tuple[str, ...], skip: int, take: int
+) -> list[pa.RecordBatch]:
+    """Rows [skip, skip + take) of the row groups, counted from the first group's first row. Pages
+    are fetched as they are decoded (no pre-buffering), so a row group is never held whole."""
+
+    def read(handle: Any) -> list[pa.RecordBatch]:
+        kept: list[pa.RecordBatch] = []
+        position = 0
+        parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
+        for batch in parquet.iter_batches(
+            batch_size=1024, row_groups=list(range(*row_groups)), columns=list(columns), use_threads=False
+        ):
+            low, high = max(skip - position, 0), min(skip + take - position, batch.num_rows)
+            if high > low:
+                kept.append(batch.slice(low, high - low))
+            position += batch.num_rows
+            if position >= skip + take:
+                break
+        return kept
+
+    return storage.read_stream(url, read)
+
+
+def _batch_rows(batch: pa.RecordBatch, shard: Shard, first: int, result: ShardRows) -> list[dict[str, Any] | None]:
+    """The batch's rows as dicts; a row whose values Python cannot hold (a date out of range, say)
+    becomes an error row, and None in its place."""
+    try:
+        return batch.to_pylist()
+    except (pa.ArrowException, ValueError, OverflowError):
+        pass
+    rows: list[dict[str, Any] | None] = []
+    for offset in range(batch.num_rows):
+        try:
+            rows.append(batch.slice(offset, 1).to_pylist()[0])
+        except (pa.ArrowException, ValueError, OverflowError) as error:
+            position = first + offset
+            reason = f"a value cannot be read: {type(error).__name__}: {error}"
+            result.errors.append(error_row(shard, f"{shard.file_label}:{position}", position, "read", reason))
+            rows.append(None)
+    return rows
 
 
 def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
-    """A shard owns the lines that start inside [start, end); it reads past `end` to finish its last one."""
+    """A shard owns the lines that start inside [start, end); it reads past `end` to finish its last
+    one. A compressed file is read from the node's decompressed copy."""
+    if shard.compression is not None:
+        copy = decompressed_copy(shard, storage)
+        source, size = str(copy), copy.stat().st_size
+    else:
+        source, size = shard.file_url, shard.file_size
+    end = min(shard.end, size)
     read_from = max(0, shard.start - 1)
-    data = storage.read_bytes(shard.file_url, read_from, shard.end)
+    if read_from >= end:
+        return ShardRows()
+    data = storage.read_bytes(source, read_from, end)
     if shard.start > 0:
         # Skip the line that began before the range (it belongs to the previous shard), keeping the
         # newline at start-1 so that a line starting exactly at `start` is ours.
@@ -94,44 +178,51 @@ def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardR
         data = data[cut + 1 :]
     else:
         data_start = 0
-    if data_start >= shard.end:
+    if data_start >= end:
         return ShardRows()
-    data = _finish_last_line(data, shard, storage)
+    data = _finish_last_line(data, source, end, size, storage)
 
     result = ShardRows()
     offset = data_start
     for raw_line in data.split(b"\n"):
         position = offset
         offset += len(raw_line) + 1
-        if position >= shard.end:
+        if position >= end:
             break
         if not raw_line.strip():
             continue
-        fallback_id = f"{shard.file_label}:{position}"
-        try:
-            values = json.loads(raw_line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            result.errors.append(error_row(shard, fallback_id, position, "read", f"malformed JSON line: {error}"))
-            continue
-        if not isinstance(values, dict):
-            result.errors.append(
-                error_row(shard, fallback_id, position, "read", f"expected a JSON object, got {type(values).__name__}")
-            )
-            continue
-        if input_spec.is_request_file:
-            _append_requests(result, shard, position, values, input_spec.format)
-        else:
-            result.rows.append(InputRow(_row_id(shard, position, values, input_spec), position, values))
-    return _check_id_column(shard, result, input_spec)
+        _parse_line(result, shard, position, raw_line, input_spec)
+    return result
+
+
+def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes, input_spec: InputSpec) -> None:
+    fallback_id = f"{shard.file_label}:{position}"
+    try:
+        # Bytes, so that json detects a UTF-8 BOM; a CRLF line's \r is whitespace to it.
+        values = json.loads(raw_line)
+    except (ValueError, RecursionError, UnicodeDecodeError) as error:
+        # ValueError: malformed, or an integer of more than 4,300 digits; RecursionError: nested too deep.
+        reason = f"malformed JSON line: {type(error).__name__}: {str(error)[:200]}"
+        result.errors.append(error_row(shard, fallback_id, position, "read", reason))
+        return
+    if not isinstance(values, dict):
+        reason = f"expected a JSON object, got {type(values).__name__}"
+        result.errors.append(error_row(shard, fallback_id, position, "read", reason))
+        return
+    if input_spec.is_request_file:
+        _append_requests(result, shard, position, values, input_spec.format)
+    else:
+        _add_row(result, shard, position, values, input_spec)
 
 
 def _append_requests(result: ShardRows, shard: Shard, position: int, line: dict[str, Any], input_format: str) -> None:
     try:
         requests = requests_in_line(line, input_format)
-    except RequestError as error:
+    except Exception as error:  # noqa: BLE001 - whatever a malformed request makes parsing raise is its row's error
         fallback_id = line.get("custom_id") if isinstance(line.get("custom_id"), str) else None
+        reason = str(error) if isinstance(error, RequestError) else f"{type(error).__name__}: {error}"
         result.errors.append(
-            error_row(shard, fallback_id or f"{shard.file_label}:{position}", position, "read", str(error))
+            error_row(shard, fallback_id or f"{shard.file_label}:{position}", position, "read", reason)
         )
         return
     for index, request in enumerate(requests):
@@ -139,10 +230,12 @@ def _append_requests(result: ShardRows, shard: Shard, position: int, line: dict[
         result.rows.append(InputRow(row_id, position, {}, request.source, request.overrides))
 
 
-def _finish_last_line(data: bytes, shard: Shard, storage: Storage) -> bytes:
-    position = shard.end
-    while not data.endswith(b"\n"):
-        more = storage.read_bytes(shard.file_url, position, position + _JSONL_TAIL_CHUNK)
+def _finish_last_line(data: bytes, source: str, end: int, size: int, storage: Storage) -> bytes:
+    """Reads on from `end` to the end of the line in progress; never past the file's last byte (an
+    S3 range read beyond it is an error, not an empty answer)."""
+    position = end
+    while not data.endswith(b"\n") and position < size:
+        more = storage.read_bytes(source, position, min(position + _JSONL_TAIL_CHUNK, size))
         if not more:
             break
         newline = more.find(b"\n")

@@ -64,6 +64,9 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
         except RenderError as error:
             errors.append(error_row(shard, row.row_id, row.position, "render", str(error)))
             continue
+        except Exception as error:  # noqa: BLE001 - what one row's values make a tokenizer raise is that row's error
+            errors.append(error_row(shard, row.row_id, row.position, "render", f"{type(error).__name__}: {error}"))
+            continue
         prompts.append(_Prompt(row, ids, sampling, chat=source.messages is not None or not source.whole_prompt))
     return prompts
 

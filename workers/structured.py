@@ -19,7 +19,13 @@ def completion_is_valid(text: str, structured: StructuredSpec) -> bool:
     import jsonschema
 
     try:
-        jsonschema.validate(json.loads(text), structured.json_schema)
-    except (json.JSONDecodeError, jsonschema.ValidationError):
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    if structured.json_object:
+        return isinstance(value, dict)
+    try:
+        jsonschema.validate(value, structured.json_schema)
+    except jsonschema.ValidationError:
         return False
     return True

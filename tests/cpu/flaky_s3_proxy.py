@@ -23,6 +23,7 @@ class FlakyS3Proxy:
         self.lock = threading.Lock()
         self.requests = 0
         self.failed = 0
+        self.bytes_read = 0  # body bytes of the GET answers passed on
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
         proxy = self
 
@@ -63,6 +64,9 @@ class FlakyS3Proxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
+                if self.command == "GET":
+                    with proxy.lock:
+                        proxy.bytes_read += len(payload)
                 connection.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle

@@ -18,11 +18,6 @@ from schemas import SpecError, parse_job
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _empty_file(tmp: Path) -> str:
-    (tmp / "empty.jsonl").write_text("")
-    return str(tmp / "empty.jsonl")
-
-
 def _parquet_without_prompt(tmp: Path) -> str:
     pq.write_table(pa.table({"text": ["hello"]}), tmp / "in.parquet")
     return str(tmp / "in.parquet")
@@ -48,8 +43,15 @@ def _unknown_extension(tmp: Path) -> str:
     return str(tmp / "prompts.txt")
 
 
+def _only_foreign_files(tmp: Path) -> str:
+    (tmp / "inputs").mkdir()
+    (tmp / "inputs" / "notes.txt").write_text("hello\n")
+    (tmp / "inputs" / "_SUCCESS").write_text("")
+    return str(tmp / "inputs")
+
+
 INPUT_CASES = [
-    (_empty_file, "hold no rows"),
+    (_only_foreign_files, "none of the 2 file(s) under"),
     (_parquet_without_prompt, "in.parquet: column(s) ['prompt'] named in the job are not in the file"),
     (_truncated_parquet, "in.parquet: not a readable Parquet file"),
     (_no_match, "input.path: no files match"),

@@ -31,6 +31,13 @@ BAD_ROWS = [
     ({"id": "dup", "prompt": "a duplicated id, first"}, None),
     ({"id": "dup", "prompt": "a duplicated id, second"}, None),
     ({"id": "ok-2", "prompt": "another fine prompt"}, None),
+    ('{"id": "bigint", "prompt": "x", "count": ' + "9" * 5000 + "}", "malformed JSON line: ValueError"),
+    (
+        '{"id": "deep", "prompt": "x", "tree": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "malformed JSON line: RecursionError",
+    ),
+    ({"id": "self-column", "prompt": "a column called self", "self": 1}, None),
+    ({"id": "a-list", "prompt": ["not", "text"]}, "prompt: expected text, got list"),
 ]
 
 
@@ -48,12 +55,41 @@ def test_bad_rows_become_error_rows_and_the_shard_still_commits(run_tiny, tmp_pa
     expected_errors = [reason for _, reason in BAD_ROWS if reason]
     assert len(good) + len(errors) == len(BAD_ROWS)
     # Duplicate ids are two input rows: both are answered, in input order.
-    assert [row["id"] for row in good] == ["ok-1", "unicode", "dup", "dup", "ok-2"]
+    assert [row["id"] for row in good] == ["ok-1", "unicode", "dup", "dup", "ok-2", "self-column"]
     assert len(errors) == len(expected_errors)
     for error, reason in zip(errors, expected_errors, strict=True):
         assert reason in error["reason"]
         assert error["file"] == "in.jsonl" and error["stage"] in ("read", "render")
     assert outcome.summary.rows_in == len(BAD_ROWS)
+
+
+TEMPLATE_ROWS = [
+    ({"id": "fine", "topic": "rivers", "n": 2}, None),
+    ({"id": "zero", "topic": "lakes", "n": 0}, "prompt.template: ZeroDivisionError"),
+    ({"id": "text", "topic": "seas", "n": "two"}, "prompt.template: TypeError"),
+    ({"id": "self", "topic": "ponds", "n": 5, "self": "a column called self"}, None),
+    ({"id": "no-topic", "n": 1}, "prompt.template: 'topic' is undefined"),
+]
+
+
+def test_a_template_that_raises_for_one_row_makes_only_that_row_an_error(run_tiny, tmp_path):
+    _write_jsonl(tmp_path / "in.jsonl", [row for row, _ in TEMPLATE_ROWS])
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "id_column": "id"},
+        prompt={"format": "raw", "template": "Write about {{ topic }} in {{ 10 // n }} parts."},
+        sampling={"max_new_tokens": 4},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=1.0,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    good = read_rows(str(tmp_path / "out" / "data"))
+    errors = read_rows(str(tmp_path / "out" / "errors"))
+    assert [row["id"] for row in good] == [row["id"] for row, reason in TEMPLATE_ROWS if reason is None]
+    assert [(error["id"], error["stage"]) for error in errors] == [
+        (row["id"], "render") for row, reason in TEMPLATE_ROWS if reason
+    ]
+    for error, reason in zip(errors, [reason for _, reason in TEMPLATE_ROWS if reason], strict=True):
+        assert reason in error["reason"] and error["file"] == "in.jsonl"
 
 
 def test_too_many_row_errors_fail_the_job_with_its_own_exit_code(run_tiny, tmp_path):

@@ -32,7 +32,15 @@ INVALID_SPECS = [
     (_with("input", format="openai-batch"), "input.format openai-batch carries its own prompts"),
     (
         _with("sampling", structured={"regex": "a", "choices": ["b"]}),
-        "give exactly one of json_schema, regex or choices",
+        "give exactly one of json_schema, json_object, regex or choices",
+    ),
+    (_with("sampling", n=3, temperature=0), "sampling: n 3 needs sampling: greedy decoding"),
+    (_with("sampling", n=2, do_sample=False), "sampling: n 2 needs sampling"),
+    (_with("sampling", temperature=3), "sampling.temperature: Input should be less than or equal to 2"),
+    (_with("sampling", stop=["", "x"]), "stop: an empty stop sequence would end every completion at once"),
+    (
+        _with("input", format="openai-batch", prompt_column=None, id_column="id"),
+        "input.format openai-batch has no columns: remove input.id_column",
     ),
     (
         _with("input", format="csv"),

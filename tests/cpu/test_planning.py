@@ -1,20 +1,54 @@
-"""Planning from metadata, and the JSONL byte-range rule that gives every line to exactly one shard."""
+"""Planning from metadata, and reading shards back: every row exactly once, whatever the file's layout.
+
+These run the planner and the shard reader directly (no engine): the files are the ones real tools
+write (pandas' single huge row group, compressed JSONL, Hive folders, Spark's bookkeeping files).
+"""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from common.storage import Storage
-from jobs.planner import plan_shards
+from jobs.planner import plan_shards, select_inputs
 from schemas import SpecError
-from schemas.job import InputSpec, RetrySpec, StorageSpec
+from schemas.job import InputSpec, PromptSpec, RetrySpec, StorageSpec
+from schemas.shard import TO_END_OF_FILE
+from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 from workers.shard_io import read_shard
 
 STORAGE = Storage(StorageSpec(), RetrySpec())
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _own_spill_cache(tmp_path, monkeypatch):
+    # Each test starts with an empty node cache: a copy left by another test would hide reads.
+    monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path / "node-cache"))
+
+
+def _plan(spec: InputSpec, storage: Storage = STORAGE, prompt: PromptSpec | None = None):
+    return plan_shards(spec, select_inputs(spec, storage.expand_inputs(spec.path)).files, storage, prompt)
+
+
+def _read_all(spec: InputSpec, shards, storage: Storage = STORAGE):
+    rows, errors = [], []
+    for shard in shards:
+        read = read_shard(shard, spec, storage)
+        rows += read.rows
+        errors += read.errors
+    return rows, errors
 
 
 def _lines(count: int) -> list[str]:
@@ -27,40 +61,243 @@ def test_jsonl_byte_ranges_give_every_line_to_exactly_one_shard(tmp_path, bytes_
     lines = _lines(400)
     (tmp_path / "in.jsonl").write_text("\n".join(lines))  # no newline after the last line
     spec = InputSpec(path=str(tmp_path / "in.jsonl"), prompt_column="prompt", bytes_per_shard=bytes_per_shard)
-    shards = plan_shards(spec, STORAGE.expand_inputs(spec.path), STORAGE)
-    prompts = [row.values["prompt"] for shard in shards for row in read_shard(shard, spec, STORAGE).rows]
-    assert prompts == [json.loads(line)["prompt"] for line in lines if line]
+    rows, _ = _read_all(spec, _plan(spec))
+    assert [row.values["prompt"] for row in rows] == [json.loads(line)["prompt"] for line in lines if line]
+
+
+def test_jsonl_on_s3_without_a_final_newline_reads_every_line_in_several_shards(tmp_path, s3_endpoint):
+    import s3fs
+
+    lines = _lines(300)
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).pipe("herd-test/no-final-newline/in.jsonl", "\n".join(lines).encode())
+    storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec(attempts=1))
+    spec = InputSpec(path="s3://herd-test/no-final-newline/in.jsonl", prompt_column="prompt", bytes_per_shard=1024)
+    shards = _plan(spec, storage)
+    assert len(shards) > 3
+    rows, errors = _read_all(spec, shards, storage)
+    assert not errors
+    assert [row.values["prompt"] for row in rows] == [json.loads(line)["prompt"] for line in lines if line]
 
 
 def test_the_same_input_plans_the_same_shard_ids(tmp_path):
     (tmp_path / "in.jsonl").write_text("\n".join(_lines(300)))
-    spec = InputSpec(path=str(tmp_path / "*.jsonl"), prompt_column="prompt", bytes_per_shard=2048)
-    first = [shard.shard_id for shard in plan_shards(spec, STORAGE.expand_inputs(spec.path), STORAGE)]
-    again = [shard.shard_id for shard in plan_shards(spec, STORAGE.expand_inputs(spec.path), STORAGE)]
-    assert first == again and len(set(first)) == len(first) > 1
+    pd.DataFrame({"prompt": [f"p{index}" for index in range(3000)]}).to_parquet(tmp_path / "in.parquet")
+    spec = InputSpec(path=str(tmp_path / "*"), prompt_column="prompt", bytes_per_shard=2048, rows_per_shard=100)
+    first = [shard.shard_id for shard in _plan(spec)]
+    again = [shard.shard_id for shard in _plan(spec)]
+    assert first == again and len(set(first)) == len(first) > 30
 
 
-def test_parquet_row_groups_are_grouped_up_to_rows_per_shard(tmp_path):
+def test_small_row_groups_are_joined_into_shards_of_at_most_rows_per_shard(tmp_path):
     pq.write_table(
         pa.table({"prompt": [f"p{index}" for index in range(100)]}), tmp_path / "a.parquet", row_group_size=10
     )
     spec = InputSpec(path=str(tmp_path), prompt_column="prompt", rows_per_shard=25)
-    shards = plan_shards(spec, STORAGE.expand_inputs(spec.path), STORAGE)
-    assert [(shard.start, shard.end, shard.first_row) for shard in shards] == [
-        (0, 3, 0),
-        (3, 6, 30),
-        (6, 9, 60),
-        (9, 10, 90),
+    shards = _plan(spec)
+    assert [(shard.start, shard.end, shard.row_groups) for shard in shards] == [
+        (start, start + 20, (start // 10, start // 10 + 2)) for start in range(0, 100, 20)
     ]
-    ids = [row.row_id for shard in shards for row in read_shard(shard, spec, STORAGE).rows]
-    assert ids == [f"a.parquet:{index}" for index in range(100)]
+    assert all(shard.whole_row_groups for shard in shards)
+    rows, _ = _read_all(spec, shards)
+    assert [row.row_id for row in rows] == [f"a.parquet:{index}" for index in range(100)]
+
+
+def test_a_pandas_file_of_one_row_group_is_cut_into_row_ranges_with_the_ids_of_small_groups(tmp_path):
+    frame = pd.DataFrame({"prompt": [f"question {index}" for index in range(3000)], "topic": ["t"] * 3000})
+    (tmp_path / "one-group").mkdir()
+    (tmp_path / "small-groups").mkdir()
+    frame.to_parquet(tmp_path / "one-group" / "in.parquet")  # pandas: one row group of 3,000 rows
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "small-groups" / "in.parquet", row_group_size=100)
+    assert pq.ParquetFile(tmp_path / "one-group" / "in.parquet").metadata.num_row_groups == 1
+
+    ids = {}
+    for layout in ("one-group", "small-groups"):
+        spec = InputSpec(path=str(tmp_path / layout), prompt_column="prompt", rows_per_shard=256)
+        shards = _plan(spec)
+        assert len(shards) >= 12 and max(shard.end - shard.start for shard in shards) <= 256
+        rows, errors = _read_all(spec, shards)
+        assert not errors
+        ids[layout] = [(row.row_id, row.values["prompt"]) for row in rows]
+    assert ids["one-group"] == ids["small-groups"]
+    assert [row_id for row_id, _ in ids["one-group"]] == [f"in.parquet:{index}" for index in range(3000)]
+
+
+def test_parquet_shards_are_also_capped_by_the_bytes_of_the_columns_read(tmp_path):
+    # 4 KB prompts: 64 KB a shard is 16 rows, although rows_per_shard allows 1,000. The unread
+    # column is far larger and does not count.
+    pd.DataFrame(
+        {"prompt": [f"{index} " + "x" * 4096 for index in range(400)], "unread": ["y" * 20000] * 400}
+    ).to_parquet(tmp_path / "in.parquet")
+    spec = InputSpec(path=str(tmp_path / "in.parquet"), prompt_column="prompt", bytes_per_shard=64 * 1024)
+    shards = _plan(spec)
+    assert 15 <= max(shard.end - shard.start for shard in shards) <= 16
+    assert all(shard.columns == ("prompt",) for shard in shards)
+
+
+def test_reading_a_row_group_cut_into_16_shards_fetches_its_columns_about_once(tmp_path, s3_endpoint):
+    import s3fs
+
+    rows = 64_000
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    rng = random.Random(0)
+    frame = pd.DataFrame(
+        {
+            "unread": [f"{index:08d}" * 40 for index in range(rows)],  # never needed: never fetched
+            "prompt": [" ".join(rng.choice(words) for _ in range(20)) + str(index) for index in range(rows)],
+        }
+    )
+    frame.to_parquet(tmp_path / "in.parquet")
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).put(str(tmp_path / "in.parquet"), "herd-test/one-group/in.parquet")
+    metadata = pq.ParquetFile(tmp_path / "in.parquet").metadata
+    assert metadata.num_row_groups == 1
+    column_bytes = metadata.row_group(0).column(1).total_compressed_size
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        spec = InputSpec(path="s3://herd-test/one-group/in.parquet", prompt_column="prompt", rows_per_shard=4000)
+        shards = _plan(spec, storage)
+        assert len(shards) == 16
+        planned = proxy.bytes_read
+        read, _ = _read_all(spec, shards, storage)
+        fetched = proxy.bytes_read - planned
+    assert [row.values["prompt"] for row in read] == frame["prompt"].tolist()
+    assert fetched <= 1.5 * column_bytes, (fetched, column_bytes)
+
+
+def test_reading_memory_does_not_grow_with_the_row_group_size(tmp_path):
+    """Peak RSS of a process that plans and reads every shard of 200,000 rows (about 200 MB of
+    prompts in memory), once as one row group and once as groups of 1,000 rows."""
+    frame = pd.DataFrame({"prompt": [f"{index} " + "words and more words " * 50 for index in range(200_000)]})
+    frame.to_parquet(tmp_path / "one-group.parquet")
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "small-groups.parquet", row_group_size=1000)
+    del frame
+    # VmHWM, not ru_maxrss: the latter keeps the parent's (pytest's) peak across fork and exec.
+    script = (
+        "import sys\n"
+        "from common.storage import Storage\n"
+        "from jobs.planner import plan_shards\n"
+        "from schemas.job import InputSpec, RetrySpec, StorageSpec\n"
+        "from workers.shard_io import read_shard\n"
+        "def peak_kb():\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    return int(status.split('VmHWM:')[1].split()[0])\n"
+        "storage = Storage(StorageSpec(), RetrySpec())\n"
+        "spec = InputSpec(path=sys.argv[1], prompt_column='prompt')\n"
+        "base = peak_kb()\n"
+        "shards = plan_shards(spec, storage.expand_inputs(spec.path), storage)\n"
+        "rows = sum(len(read_shard(shard, spec, storage).rows) for shard in shards)\n"
+        "assert rows == 200_000, rows\n"
+        "print(peak_kb() - base)\n"
+    )
+    growth = {}
+    for name in ("one-group", "small-groups"):
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / f"{name}.parquet")],
+            cwd=REPO,
+            env={**os.environ, "HERD_CACHE_DIR": str(tmp_path / f"cache-{name}")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        growth[name] = int(result.stdout.split()[-1]) / 1024  # MB
+    # Holding the row group whole would add about 200 MB.
+    assert growth["one-group"] < growth["small-groups"] + 60, growth
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"),
+    [(".jsonl.gz", gzip.compress), (".jsonl.bz2", bz2.compress), (".ndjson.zst", None), (".json.gz", gzip.compress)],
+)
+def test_compressed_jsonl_is_read_in_several_shards_with_the_ids_of_the_plain_file(tmp_path, suffix, compress):
+    # A BOM before the first line and CRLF line ends, as Windows tools write them.
+    lines = [json.dumps({"prompt": f"question {index} " + "é" * (index % 5)}) for index in range(3000)]
+    text = ("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8")
+    compressed = compress(text) if compress else pa.compress(text, codec="zstd", asbytes=True)
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed" / f"in{suffix}").write_bytes(compressed)
+    (tmp_path / "plain" / "in.jsonl").write_bytes(text)
+
+    results = {}
+    for folder in ("packed", "plain"):
+        spec = InputSpec(path=str(tmp_path / folder), prompt_column="prompt", bytes_per_shard=8 * 1024)
+        shards = _plan(spec)
+        assert len(shards) > 2  # bz2 has no size field: its plan is a guess from the compressed size
+        rows, errors = _read_all(spec, shards)
+        assert not errors
+        results[folder] = [(row.row_id.split(":")[1], row.values["prompt"]) for row in rows]
+    assert results["packed"] == results["plain"]
+    assert [prompt for _, prompt in results["packed"]] == [json.loads(line)["prompt"] for line in lines]
+
+
+def test_a_compressed_file_larger_than_planned_is_read_to_its_end(tmp_path):
+    # bz2 has no size field: the plan guesses, and the last shard runs to the end of the file.
+    lines = [json.dumps({"prompt": "same words " * 20 + str(index)}) for index in range(5000)]
+    (tmp_path / "in.jsonl.bz2").write_bytes(bz2.compress("\n".join(lines).encode()))
+    spec = InputSpec(path=str(tmp_path / "in.jsonl.bz2"), prompt_column="prompt", bytes_per_shard=4096)
+    shards = _plan(spec)
+    assert shards[-1].end == TO_END_OF_FILE
+    rows, _ = _read_all(spec, shards)
+    assert [row.values["prompt"] for row in rows] == [json.loads(line)["prompt"] for line in lines]
+
+
+def test_hive_partition_folders_become_columns_rows_can_keep_and_templates_use(tmp_path):
+    for date in ("2026-11-24", "2026-11-25"):
+        for lang in ("en", "fr"):
+            folder = tmp_path / "prompts" / f"date={date}" / f"lang={lang}"
+            folder.mkdir(parents=True)
+            pd.DataFrame({"topic": [f"{date}-{lang}-{index}" for index in range(3)]}).to_parquet(
+                folder / "part-0.parquet"
+            )
+    spec = InputSpec(path=str(tmp_path / "prompts"), keep_columns=["date", "lang"], rows_per_shard=2)
+    prompt = PromptSpec(template="In {{ lang }} on {{ date }}: {{ topic }}")
+    shards = _plan(spec, prompt=prompt)
+    rows, errors = _read_all(spec, shards)
+    assert not errors and len(rows) == 12
+    assert {(row.values["date"], row.values["lang"]) for row in rows} == {
+        (date, lang) for date in ("2026-11-24", "2026-11-25") for lang in ("en", "fr")
+    }
+    assert all(row.values["topic"].startswith(f"{row.values['date']}-{row.values['lang']}") for row in rows)
+    assert rows[0].row_id == "date=2026-11-24/lang=en/part-0.parquet:0"
+
+
+def test_a_folder_written_by_spark_reads_its_parts_and_reports_the_other_files(tmp_path):
+    folder = tmp_path / "spark-output"
+    folder.mkdir()
+    pd.DataFrame({"prompt": ["a", "b"]}).to_parquet(folder / "part-00000-abc.snappy.parquet")
+    pd.DataFrame({"prompt": []}, dtype=str).to_parquet(folder / "part-00001-abc.snappy.parquet")  # an empty part
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".part-00000-abc.snappy.parquet.crc").write_bytes(b"crc")
+    (folder / "README.txt").write_text("what this is")
+    spec = InputSpec(path=str(folder), prompt_column="prompt")
+    inputs = select_inputs(spec, STORAGE.expand_inputs(spec.path))
+    assert [Path(info.url).name for info in inputs.files] == [
+        "part-00000-abc.snappy.parquet",
+        "part-00001-abc.snappy.parquet",
+    ]
+    assert sorted(label for label, _ in inputs.ignored) == [
+        ".part-00000-abc.snappy.parquet.crc",
+        "README.txt",
+        "_SUCCESS",
+    ]
+    rows, _ = _read_all(spec, plan_shards(spec, inputs.files, STORAGE))
+    assert [row.values["prompt"] for row in rows] == ["a", "b"]
+
+
+def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
+    for day in ("2026-11-24", "2026-11-25"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "prompts.jsonl.gz").write_bytes(gzip.compress(json.dumps({"prompt": day}).encode() + b"\n"))
+    spec = InputSpec(path=str(tmp_path / "*/"), prompt_column="prompt")
+    rows, _ = _read_all(spec, _plan(spec))
+    assert [row.values["prompt"] for row in rows] == ["2026-11-24", "2026-11-25"]
 
 
 def test_a_missing_parquet_column_is_refused_before_any_generation(tmp_path):
     pq.write_table(pa.table({"text": ["a"]}), tmp_path / "a.parquet")
     spec = InputSpec(path=str(tmp_path / "a.parquet"), prompt_column="prompt")
     with pytest.raises(SpecError, match=r"a.parquet: column\(s\) \['prompt'\] named in the job are not in the file"):
-        plan_shards(spec, STORAGE.expand_inputs(spec.path), STORAGE)
+        _plan(spec)
 
 
 def test_a_truncated_parquet_file_is_refused_naming_the_file(tmp_path):
@@ -69,4 +306,4 @@ def test_a_truncated_parquet_file_is_refused_naming_the_file(tmp_path):
     (tmp_path / "a.parquet").write_bytes(data[: len(data) // 2])
     spec = InputSpec(path=str(tmp_path / "a.parquet"), prompt_column="prompt")
     with pytest.raises(SpecError, match=r"a\.parquet: not a readable Parquet file"):
-        plan_shards(spec, STORAGE.expand_inputs(spec.path), STORAGE)
+        _plan(spec)

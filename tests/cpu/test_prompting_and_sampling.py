@@ -9,10 +9,11 @@ import math
 import jsonschema
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
-from schemas import parse_job
+from schemas import SpecError, parse_job
 from schemas.results import ExitCode
 from tests.cpu.conftest import read_rows, tiny_model_spec
 
@@ -46,7 +47,7 @@ def test_a_template_builds_prompts_from_columns_and_a_missing_column_is_a_row_er
     assert "prompt.template: 'topic' is undefined" in error["reason"]
 
 
-def test_n_samples_differ_when_sampling_and_are_identical_when_greedy(run_tiny, tmp_path):
+def test_n_samples_differ_when_sampling_and_n_with_greedy_decoding_is_refused_up_front(run_tiny, tmp_path):
     _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"tell a story number {index}"} for index in range(4)])
 
     def samples(output: str, **sampling) -> dict[str, list[str]]:
@@ -62,8 +63,10 @@ def test_n_samples_differ_when_sampling_and_are_identical_when_greedy(run_tiny, 
 
     sampled = samples("sampled", temperature=1.0, seed=11)
     assert len(sampled) == 4 and all(len(set(texts)) == 4 for texts in sampled.values())
-    greedy = samples("greedy", do_sample=False)
-    assert all(len(texts) == 4 and len(set(texts)) == 1 for texts in greedy.values())
+    # vLLM refuses n > 1 with greedy decoding for every request: the spec says so before any engine.
+    with pytest.raises(SpecError, match="n 4 needs sampling"):
+        samples("greedy", do_sample=False)
+    assert not (tmp_path / "greedy").exists()
 
 
 def test_the_same_seed_gives_the_same_completions_with_one_replica_or_two(run_tiny, tiny_model, tmp_path):
@@ -144,6 +147,27 @@ def test_stop_sequences_cut_the_completion_and_logprobs_come_per_token(run_tiny,
     assert first["finish_reason"] == "stop"
     assert stop not in first["completion"]
     assert free_rows[0]["completion"].startswith(first["completion"])
+    # A stop list that never matches changes no text: completions are decoded one way with or without it.
+    run_tiny(
+        input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        sampling={"max_new_tokens": 24, "do_sample": False, "ignore_eos": True, "stop": ["\u2603 never"]},
+        output={"path": str(tmp_path / "never")},
+    )
+    assert [row["completion"] for row in read_rows(str(tmp_path / "never" / "data"))] == [
+        row["completion"] for row in free_rows
+    ]
+
+
+def test_completions_are_the_ids_decoded_as_the_llama2_reference_does_with_or_without_stop(llama2_tokenizer):
+    from workers.engine import completion_text
+
+    ids = llama2_tokenizer.encode("Paris is the capital of France.", add_special_tokens=False)
+    assert llama2_tokenizer.convert_ids_to_tokens(ids[0]).startswith("\u2581")  # SentencePiece's leading space
+    plain = completion_text(ids, [], llama2_tokenizer)
+    assert plain == llama2_tokenizer.decode(ids, skip_special_tokens=True) == "Paris is the capital of France."
+    assert completion_text(ids, ["never there"], llama2_tokenizer) == plain
+    assert completion_text(ids, [" capital", " is"], llama2_tokenizer) == "Paris"
+    assert completion_text([*ids, llama2_tokenizer.eos_token_id], ["."], llama2_tokenizer) == plain[:-1]
 
 
 SCHEMA = {
@@ -240,6 +264,41 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once(run_tiny, tmp_pat
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
         text = body["choices"][0]["message"]["content"] if index % 2 else body["choices"][0]["text"]
         assert isinstance(text, str)
+
+
+def test_openai_json_mode_is_honoured_with_guided_json_and_bad_response_formats_are_row_errors(run_tiny, tmp_path):
+    def request(custom_id, response_format):
+        body = {"messages": [{"role": "user", "content": f"describe {custom_id} as JSON"}], "max_tokens": 40}
+        return {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**body, "response_format": response_format},
+        }
+
+    requests = [
+        request("json-1", {"type": "json_object"}),
+        request("json-2", {"type": "json_object"}),
+        request("text", {"type": "text"}),
+        request("xml", {"type": "xml"}),
+        request("string", "json"),
+    ]
+    _write_jsonl(tmp_path / "batch.jsonl", requests)
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "batch.jsonl"), "format": "openai-batch"},
+        prompt={"format": "llama2-chat"},
+        output={"path": str(tmp_path / "out"), "format": "jsonl"},
+        max_error_fraction=1.0,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    rows = {row["id"]: row for row in read_rows(str(tmp_path / "out" / "data"))}
+    errors = {error["id"]: error["reason"] for error in read_rows(str(tmp_path / "out" / "errors"))}
+    assert set(rows) == {"json-1", "json-2", "text"}
+    # Guided JSON: the random test model starts every object with "{" only because it is made to.
+    assert all(rows[name]["completion"].startswith("{") for name in ("json-1", "json-2"))
+    assert all(isinstance(rows[name]["structured_valid"], bool) for name in ("json-1", "json-2"))
+    assert "body.response_format.type: expected text, json_object or json_schema, got 'xml'" in errors["xml"]
+    assert "body.response_format: expected an object" in errors["string"]
 
 
 def test_hosted_llama2_request_bodies_are_accepted(run_tiny, tmp_path):

@@ -15,11 +15,10 @@ from tests.cpu.process_tree import descendants, niceness
 def _planned_shards(job: Any) -> list[Any]:
     """The job's shards, in file order."""
     from common.storage import Storage
-    from jobs.planner import plan_shards
-    from jobs.runner import list_inputs
+    from jobs.planner import list_inputs, plan_shards
 
     storage = Storage(job.storage, job.retry)
-    return sorted(plan_shards(job.input, list_inputs(storage, job), storage), key=lambda shard: shard.start)
+    return sorted(plan_shards(job.input, list_inputs(storage, job).files, storage), key=lambda shard: shard.start)
 
 
 def _shard_and_job(tmp_path: Path, tiny_model: Path, name: str, rows: int, new_tokens: int) -> tuple[Any, Any]:

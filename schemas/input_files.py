@@ -1,0 +1,52 @@
+"""Which files are input, and how each is read: the one place that knows the extensions."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Literal
+
+FileFormat = Literal["parquet", "jsonl"]
+Compression = Literal["gzip", "bz2", "zstd"]
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+COMPRESSION_SUFFIXES: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+
+
+def compression_of(path: str) -> Compression | None:
+    lowered = path.lower()
+    for suffix, codec in COMPRESSION_SUFFIXES.items():
+        if lowered.endswith(suffix):
+            return codec
+    return None
+
+
+def format_from_name(path: str) -> FileFormat | None:
+    """parquet or jsonl from the name (a compression suffix after a JSONL one is allowed), or None."""
+    lowered = path.lower()
+    if lowered.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    codec = compression_of(lowered)
+    if codec is not None:
+        lowered = lowered[: lowered.rfind(".")]
+    if lowered.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    return None
+
+
+def is_hidden(relative_path: str) -> bool:
+    """Spark, Hive and Hadoop mark bookkeeping files (_SUCCESS, .crc, _temporary/) by a leading _ or ."""
+    return any(part.startswith(("_", ".")) for part in relative_path.split("/") if part)
+
+
+def hive_partition(relative_path: str) -> dict[str, str]:
+    """`date=2026-11-25/lang=en/part-0.parquet` -> {"date": "2026-11-25", "lang": "en"}. Values stay
+    text, with Hive's %XX escapes undone."""
+    from urllib.parse import unquote
+
+    values = {}
+    for folder in posixpath.dirname(relative_path).split("/"):
+        key, equals, value = folder.partition("=")
+        if equals and key:
+            values[unquote(key)] = unquote(value)
+    return values
