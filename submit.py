@@ -14,6 +14,7 @@ import sys
 from typing import NoReturn
 
 from schemas import SpecError, load_job
+from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.results import ExitCode, RunSummary
 
 
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="submit.py",
         description="herd: offline batch generation with vLLM on Ray. Exit codes: 0 success, "
         "1 unexpected error, 2 invalid spec or input, 3 row errors over max_error_fraction, "
-        "4 shards failed after retries, 130 interrupted (re-run to resume).",
+        "4 shards failed after retries, 5 output busy (another run holds it), 6 storage unavailable "
+        "after retries (run again later), 130 interrupted (re-run to resume).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -207,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         return arguments.handler(arguments)
     except SpecError as error:
         _fail(ExitCode.INVALID, str(error))
+    except OutputBusy as error:
+        _fail(ExitCode.OUTPUT_BUSY, str(error))
+    except StorageUnavailable as error:
+        _fail(ExitCode.STORAGE_UNAVAILABLE, f"{error} (storage unavailable after every retry; run again later)")
     except KeyboardInterrupt:
         _fail(ExitCode.INTERRUPTED, "interrupted; committed shards are kept, re-run the same command to resume")
     except Exception as error:

@@ -1,11 +1,11 @@
-"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options} [options]"""
+"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options,bigfile} [options]"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options")
+BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options", "bigfile")
 
 
 def main() -> int:

@@ -32,6 +32,11 @@ class OutputLayout:
         return join(self.root, "_SUCCESS")
 
     @property
+    def lease(self) -> str:
+        """Who runs on this output now (see jobs/lease.py)."""
+        return join(self.root, "_lease.json")
+
+    @property
     def job_record(self) -> str:
         """The spec and fingerprint of the job that owns this output."""
         return join(self.root, "job.json")

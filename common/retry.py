@@ -9,29 +9,37 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from schemas.errors import SpecError, StorageUnavailable
 from schemas.job import RetrySpec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# Words that S3 and its look-alikes put in throttling and server-side errors (s3fs keeps the
-# botocore message in the OSError it raises).
-# s3fs turns 503 into EBUSY and throttling into EAGAIN.
-_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED}
-_TRANSIENT_MARKERS = (
+# What S3 and its look-alikes answer when a request may succeed if tried again: throttling and
+# server-side failures (botocore's error codes, and the HTTP statuses behind them).
+_TRANSIENT_CODES = {
     "SlowDown",
-    "Throttl",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
     "ServiceUnavailable",
     "InternalError",
-    "Service Unavailable",
     "RequestTimeout",
-    "503",
-    "500",
-    "502",
-    "504",
-    "Connection",
-    "timed out",
-)
+    "RequestTimeTooSkewed",
+    "OperationAborted",
+}
+_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+# s3fs turns 503 into EBUSY, throttling into EAGAIN, InternalError into EREMOTEIO.
+_TRANSIENT_ERRNOS = {
+    errno.EBUSY,
+    errno.EAGAIN,
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.EREMOTEIO,
+}
 
 
 def backoff_seconds(policy: RetrySpec, attempt: int, rng: random.Random | None = None) -> float:
@@ -41,16 +49,39 @@ def backoff_seconds(policy: RetrySpec, attempt: int, rng: random.Random | None =
     return max(0.0, delay - spread + (rng or random).random() * 2 * spread)
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it was raised from (s3fs keeps botocore's error as the cause)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def is_transient(error: BaseException) -> bool:
-    """Throttling, 5xx and dropped connections are worth retrying; missing files and denials are not."""
-    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    if isinstance(error, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
-        return True
-    text = f"{type(error).__name__} {error}"
-    return any(marker in text for marker in _TRANSIENT_MARKERS)
+    """Throttling, 5xx and dropped connections are worth retrying; missing files and denials are not.
+    Decided from botocore's error codes and HTTP statuses, exception types and errno, never from the
+    words of a message."""
+    for cause in _causes(error):
+        if isinstance(cause, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return False
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES
+        if isinstance(cause, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(cause, OSError) and cause.errno in _TRANSIENT_ERRNOS:
+            return True
+        # botocore's and aiohttp's connection failures (their classes, not their messages).
+        module = type(cause).__module__
+        if module.startswith(("botocore", "aiohttp", "urllib3")) and any(
+            word in type(cause).__name__ for word in ("Connection", "Timeout", "ServerDisconnected", "Endpoint")
+        ):
+            return True
+    return False
 
 
 def call_with_retry(
@@ -69,3 +100,10 @@ def call_with_retry(
             log.warning("%s failed (%s); retry %d/%d in %.2fs", what, error, attempt, policy.attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")
+
+
+def storage_problem(message: str, error: BaseException) -> Exception:
+    """The error to raise for a storage failure before generation: the user's to fix (SpecError,
+    exit 2) unless it is one that may pass (StorageUnavailable, its own exit code)."""
+    text = f"{message}: {type(error).__name__}: {error}"
+    return StorageUnavailable(text) if is_transient(error) else SpecError(text)

@@ -12,10 +12,12 @@ import posixpath
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 
+from common.node_cache import exclusive
 from common.retry import call_with_retry
 from schemas.job import RetrySpec, StorageSpec
 
@@ -44,6 +46,10 @@ def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return posixpath.join(base, *parts)
     return os.path.join(base, *parts)
+
+
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object exists already, or changed since it was read."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class Storage:
                 FileInfo(
                     url=self._url_like(pattern, name),
                     size=int(info.get("size") or 0),
-                    version=str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""),
+                    version=_version(info),
                 )
                 for name, info in sorted(found.items())
                 if info.get("type", "file") == "file"
@@ -113,8 +119,8 @@ class Storage:
 
         return self._retry(f"list {pattern}", listing)
 
-    def has_entries(self, directory: str) -> bool:
-        """Whether anything at all lies under `directory` (a file there counts too)."""
+    def has_entries(self, directory: str, ignoring: set[str] | frozenset[str] = frozenset()) -> bool:
+        """Whether anything but the names `ignoring` lies under `directory` (a file there counts too)."""
         fs, path = self._fs(directory)
         if not is_remote(directory):
 
@@ -124,17 +130,23 @@ class Storage:
                 if not os.path.isdir(path):
                     return True
                 with os.scandir(path) as entries:
-                    return any(True for _ in entries)
+                    return any(entry.name not in ignoring for entry in entries)
 
             return self._retry(f"list {directory}", local_check)
 
         def remote_check() -> bool:
             try:
-                return bool(fs.ls(path, detail=False))
+                names = fs.ls(path, detail=False)
             except FileNotFoundError:
                 return False
+            return any(posixpath.basename(name.rstrip("/")) not in ignoring for name in names)
 
         return self._retry(f"list {directory}", remote_check)
+
+    def version_of(self, url: str) -> str:
+        """The file's version now (ETag, or modification time), as FileInfo.version has it."""
+        fs, path = self._fs(url)
+        return self._retry(f"check {url}", lambda: _version(fs.info(path)))
 
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
         fs, path = self._fs(url)
@@ -191,6 +203,97 @@ class Storage:
     def write_text(self, url: str, text: str) -> int:
         return self.write_atomic(url, text.encode("utf-8"))
 
+    # Conditional writes (the output lease): S3's If-None-Match / If-Match, which AWS, MinIO and moto
+    # honour; on local disk a hard link that fails if the name exists, and a compare-and-swap under an
+    # flock. A version is the object's ETag on S3, a hash of the content on disk.
+
+    def create_exclusive(self, url: str, text: str) -> str:
+        """Creates `url` holding `text` unless it exists (PreconditionFailed); returns its version."""
+        data = text.encode("utf-8")
+        fs, path = self._fs(url)
+        if is_remote(url):
+            bucket, key = path.split("/", 1)
+            answer = self._retry(
+                f"create {url}",
+                lambda: _conditional(fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"),
+            )
+            return answer["ETag"]
+
+        def create() -> str:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, path)  # fails when the name exists: the create is exclusive
+            except FileExistsError:
+                raise PreconditionFailed(f"{url} exists") from None
+            finally:
+                os.unlink(temporary)
+            return _content_version(data)
+
+        return self._retry(f"create {url}", create)
+
+    def read_versioned(self, url: str) -> tuple[str, str]:
+        """The text of `url` and its version (FileNotFoundError when it does not exist)."""
+        fs, path = self._fs(url)
+        if is_remote(url):
+
+            def get() -> tuple[str, str]:
+                # The ETag first: if the object changes in between, the version is the older one, and a
+                # write conditional on it fails, as it should.
+                version = fs.info(path)["ETag"]
+                return fs.cat_file(path).decode("utf-8"), version
+
+            return self._retry(f"read {url}", get)
+
+        def read() -> tuple[str, str]:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            return data.decode("utf-8"), _content_version(data)
+
+        return self._retry(f"read {url}", read)
+
+    def replace_if_unchanged(self, url: str, version: str, text: str) -> str:
+        """Writes `text` to `url` only if its version is still `version` (else PreconditionFailed);
+        returns the new version."""
+        data = text.encode("utf-8")
+        fs, path = self._fs(url)
+        if is_remote(url):
+            bucket, key = path.split("/", 1)
+            answer = self._retry(
+                f"write {url}",
+                lambda: _conditional(fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version),
+            )
+            return answer["ETag"]
+
+        def swap() -> str:
+            with exclusive(Path(f"{path}.lock")):
+                try:
+                    with open(path, "rb") as handle:
+                        current = _content_version(handle.read())
+                except FileNotFoundError:
+                    current = None
+                if current != version:
+                    raise PreconditionFailed(f"{url} changed")
+                self.write_atomic(url, data)
+            return _content_version(data)
+
+        return self._retry(f"write {url}", swap)
+
+    def delete_if_unchanged(self, url: str, version: str) -> bool:
+        """Deletes `url` if its version is still `version`; says whether it did."""
+        try:
+            _, current = self.read_versioned(url)
+        except FileNotFoundError:
+            return False
+        if current != version:
+            return False
+        self.delete([url])
+        return True
+
     def exists(self, url: str) -> bool:
         fs, path = self._fs(url)
         return self._retry(f"check {url}", lambda: fs.exists(path))
@@ -243,3 +346,26 @@ class Storage:
         for url in urls:
             fs, path = self._fs(url)
             self._retry(f"delete {url}", lambda fs=fs, path=path: fs.rm_file(path) if fs.exists(path) else None)
+
+
+def _content_version(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _conditional(call: Callable[..., Any], method: str, **request: Any) -> Any:
+    """An S3 call with a condition; a lost condition (HTTP 412) is PreconditionFailed, not an OSError."""
+    try:
+        return call(method, **request)
+    except OSError as error:
+        cause = error.__cause__
+        code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
+        if isinstance(error, FileExistsError) or code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise PreconditionFailed(str(error)) from None
+        raise
+
+
+def _version(info: dict[str, Any]) -> str:
+    """What changes when a file's content does: the S3 ETag, or the local modification time."""
+    return str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")

@@ -20,9 +20,10 @@ from ray.exceptions import RayActorError
 
 from common.retry import backoff_seconds
 from jobs.replicas import ReplicaPool
+from schemas.errors import OutputBusy
 from schemas.job import JobSpec
 from schemas.shard import Shard, ShardRecord
-from workers.shard_processor import ShardInputError
+from workers.shard_io import ShardInputError
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class Dispatcher:
         record = ShardRecord(**result.model_dump(), attempts=state.attempts[shard.shard_id])
         try:
             self.commit(record)
+        except OutputBusy:
+            raise  # another run took the output over: this one stops
         except Exception as error:  # noqa: BLE001 - storage gave up after the retry policy
             self._retry_or_fail(state, shard, f"could not commit: {_reason(error)}")
             return

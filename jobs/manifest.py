@@ -8,6 +8,7 @@ no record names (left by an attempt that died) are deleted before the run is mar
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from typing import Any
 
@@ -29,15 +30,51 @@ class OutputInUse(SpecError):
     """The output holds results of a different job; mixing them would corrupt both."""
 
 
-def fingerprint(job: JobSpec, files: list[FileInfo]) -> dict[str, Any]:
-    """What decides the output's content. Resources are left out: changing replicas or tensor
-    parallelism does not change what is generated."""
+# Engine settings that change how fast or in how much memory a job runs, not what it generates.
+_ENGINE_OPTIONS_NOT_IN_FINGERPRINT = frozenset(
+    {
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "swap_space",
+        "cpu_offload_gb",
+        "enforce_eager",
+        "disable_log_stats",
+        "block_size",
+        "enable_chunked_prefill",
+        "max_seq_len_to_capture",
+        "num_gpu_blocks_override",
+        "max_parallel_loading_workers",
+        "distributed_executor_backend",
+        "pipeline_parallel_size",
+        "disable_custom_all_reduce",
+        "preemption_mode",
+        "scheduling_policy",
+        "async_scheduling",
+    }
+)
+
+
+def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[str, Any]:
+    """Everything that decides the output's content. Left out: resources (replicas, tensor
+    parallelism), engine settings of speed and memory, and input settings that do not change rows."""
+    from workers.model_source import model_identity
+
     return {
         "planner": PLANNER_VERSION,
         "inputs": [{"url": info.url, "size": info.size, "version": info.version} for info in files],
-        "input": job.input.model_dump(mode="json", exclude={"path"}),
-        "model": job.model.path,
-        "max_model_len": job.model.max_model_len,
+        "input": job.input.model_dump(mode="json", exclude={"path", "new_files", "require_rows"}),
+        "model": {
+            "path": job.model.path,
+            "identity": model_identity(job.model.path, storage),
+            "dtype": job.model.dtype,
+            "max_model_len": job.model.max_model_len,
+            "engine_options": {
+                name: value
+                for name, value in sorted(job.model.engine_options.items())
+                if name not in _ENGINE_OPTIONS_NOT_IN_FINGERPRINT
+            },
+        },
         "prompt": job.prompt.model_dump(mode="json"),
         "sampling": job.sampling.model_dump(mode="json"),
         "optimize": job.optimize.model_dump(mode="json"),
@@ -55,24 +92,67 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changed
 
 
-def claim_output(storage: Storage, layout: OutputLayout, job: JobSpec, files: list[FileInfo], overwrite: bool) -> None:
-    """Records this job as the owner of the output, or refuses if another job's results are there,
-    or if the path holds anything that herd did not write."""
-    current = fingerprint(job, files)
+def claim_output(
+    storage: Storage, layout: OutputLayout, job: JobSpec, files: list[FileInfo], overwrite: bool
+) -> list[str]:
+    """Records this job as the owner of the output, or refuses if another job's results are there, or
+    if the path holds anything that herd did not write. Returns the input files that are new since the
+    last run (input.new_files: process), which is then a run over those files only."""
+    current = fingerprint(job, files, storage)
+    runs: list[dict[str, Any]] = []
+    added: list[str] = []
     if storage.exists(layout.job_record):
-        previous = json.loads(storage.read_text(layout.job_record)).get("fingerprint", {})
-        if previous != current and not overwrite:
-            raise OutputInUse(_refusal(layout, previous, current))
+        stored = json.loads(storage.read_text(layout.job_record))
+        previous, runs = stored.get("fingerprint", {}), stored.get("runs", [])
         if overwrite:
             clear_output(storage, layout)
-    elif storage.has_entries(layout.root):
+            runs = []
+        elif previous != current:
+            added = _only_new_files(previous, current) if job.input.new_files == "process" else None
+            if added is None:
+                raise OutputInUse(_refusal(layout, previous, current))
+    elif storage.has_entries(
+        layout.root, ignoring={posixpath.basename(layout.lease) + suffix for suffix in ("", ".lock")}
+    ):
         raise OutputInUse(
             f"{layout.root} is not empty and holds no herd job.json: herd writes only into an empty path "
             "or one holding its own job's output, and never deletes files it did not write; choose "
             "another output path"
         )
-    record = {"job": job.name, "fingerprint": current, "spec": job.model_dump(mode="json")}
+    _write_job_record(storage, layout, job, current, runs)
+    return added
+
+
+def _write_job_record(
+    storage: Storage, layout: OutputLayout, job: JobSpec, current: dict[str, Any], runs: list[dict[str, Any]]
+) -> None:
+    record = {"job": job.name, "fingerprint": current, "spec": job.model_dump(mode="json"), "runs": runs}
     storage.write_text(layout.job_record, json.dumps(record, indent=2, sort_keys=True))
+
+
+def record_run(storage: Storage, layout: OutputLayout, run: dict[str, Any]) -> None:
+    """Adds this run to job.json's history (when, which files it added, what it did)."""
+    stored = json.loads(storage.read_text(layout.job_record))
+    stored["runs"] = [*stored.get("runs", []), run]
+    storage.write_text(layout.job_record, json.dumps(stored, indent=2, sort_keys=True))
+
+
+def _file_changes(previous: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Input files (changed, vanished, added) between two fingerprints."""
+    before = {entry["url"]: entry for entry in previous.get("inputs", [])}
+    after = {entry["url"]: entry for entry in current.get("inputs", [])}
+    changed = [url for url in before if url in after and before[url] != after[url]]
+    vanished = [url for url in before if url not in after]
+    added = [url for url in after if url not in before]
+    return changed, vanished, added
+
+
+def _only_new_files(previous: dict[str, Any], current: dict[str, Any]) -> list[str] | None:
+    """The added files, if nothing but added files tells the two fingerprints apart; else None."""
+    if {**previous, "inputs": None} != {**current, "inputs": None}:
+        return None
+    changed, vanished, added = _file_changes(previous, current)
+    return None if changed or vanished else added
 
 
 def _refusal(layout: OutputLayout, previous: dict[str, Any], current: dict[str, Any]) -> str:
@@ -83,8 +163,18 @@ def _refusal(layout: OutputLayout, previous: dict[str, Any], current: dict[str, 
             "row ranges now), and its shards cannot be mixed with this plan's; use --overwrite to replace "
             "it, or another output path"
         )
+    changes = [change for change in _changes(previous, current) if change != "inputs"]
+    changed, vanished, added = _file_changes(previous, current)
+    files = [
+        f"{what}: {', '.join(urls[:5])}{' ...' if len(urls) > 5 else ''}"
+        for what, urls in (("input files changed", changed), ("vanished", vanished), ("added", added))
+        if urls
+    ]
+    hint = ""
+    if added and not (changed or vanished or changes):
+        hint = "; set input.new_files: process to run the added files into this output"
     return (
-        f"{layout.root} holds the output of a different job (changed: {', '.join(_changes(previous, current))}); "
+        f"{layout.root} holds the output of a different job (changed: {'; '.join(changes + files)}){hint}; "
         "use another output path, or --overwrite to replace it"
     )
 

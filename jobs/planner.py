@@ -19,6 +19,7 @@ import posixpath
 import struct
 from dataclasses import dataclass, field
 
+from common.retry import is_transient, storage_problem
 from common.storage import FileInfo, Storage, absolute
 from schemas.errors import SpecError
 from schemas.input_files import compression_of, format_from_name, hive_partition, is_hidden
@@ -92,7 +93,7 @@ def list_inputs(storage: Storage, job: JobSpec) -> InputFiles:
     try:
         listed = storage.expand_inputs(job.input.path)
     except Exception as error:
-        raise SpecError(f"input.path: cannot list {job.input.path}: {type(error).__name__}: {error}") from None
+        raise storage_problem(f"input.path: cannot list {job.input.path}", error) from None
     if not listed:
         raise SpecError(f"input.path: no files match {job.input.path!r}")
     inputs = select_inputs(job.input, listed)
@@ -138,6 +139,8 @@ def _parquet_shards(
         metadata = storage.parquet_metadata(info.url)
         columns = set(metadata.schema.to_arrow_schema().names)
     except Exception as error:
+        if is_transient(error):
+            raise storage_problem(f"{label}: cannot read its Parquet footer", error) from None
         raise SpecError(f"{label}: not a readable Parquet file ({error})") from None
     available = columns | set(base["partition"])
     missing = [column for column in input_spec.columns_read(set()) if column not in available]

@@ -9,25 +9,29 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import ray
 
 from common.layout import OutputLayout
-from common.storage import Storage
+from common.retry import storage_problem
+from common.storage import FileInfo, Storage
 from jobs.dispatch import Dispatcher, DispatchOutcome
+from jobs.lease import Lease, acquire_lease
 from jobs.manifest import (
     claim_output,
     commit_shard,
     committed_shards,
+    record_run,
     remove_uncommitted_files,
     write_manifest_index,
 )
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.replicas import ReplicaPool, cluster_device, replica_count
-from schemas.errors import SpecError
+from schemas.errors import OutputBusy, SpecError
 from schemas.job import JobSpec
-from schemas.results import ExitCode, RunSummary
-from schemas.shard import ShardRecord
+from schemas.results import ExitCode, RunSummary, RunTotals
+from schemas.shard import Shard, ShardRecord
 from workers.replica import EngineFactory, build_vllm_engine
 
 log = logging.getLogger(__name__)
@@ -75,15 +79,42 @@ def run_job(
             "(input.require_rows is set)"
         )
     try:
-        claim_output(storage, layout, job, files, overwrite)
-    except SpecError:
+        lease = acquire_lease(storage, layout, job.output.lease_ttl_s)
+    except (SpecError, OutputBusy):
         raise
-    except Exception as error:  # noqa: BLE001 - any storage failure here means the output is unusable
-        raise SpecError(f"output.path: cannot write to {job.output.path}: {type(error).__name__}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
+        raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
+    try:
+        return _run_holding_the_lease(
+            job, overwrite, pool, engine_factory, storage, layout, files, shards, lease, started
+        )
+    finally:
+        lease.release()
+
+
+def _run_holding_the_lease(
+    job: JobSpec,
+    overwrite: bool,
+    pool: ReplicaPool | None,
+    engine_factory: EngineFactory,
+    storage: Storage,
+    layout: OutputLayout,
+    files: list[FileInfo],
+    shards: list[Shard],
+    lease: Lease,
+    started: float,
+) -> RunOutcome:
+    files_added = claim_output(storage, layout, job, files, overwrite)
+    if files_added:
+        log.info("%d input file(s) new since the last run: %s", len(files_added), ", ".join(files_added[:5]))
     committed = committed_shards(storage, layout)
     planned_ids = {shard.shard_id for shard in shards}
     todo = [shard for shard in shards if shard.shard_id not in committed]
     log.info("%d shards planned, %d already committed, %d to run", len(shards), len(shards) - len(todo), len(todo))
+
+    def commit(record: ShardRecord) -> None:
+        lease.check()  # a run whose lease was taken over commits nothing more
+        commit_shard(storage, layout, record)
 
     outcome = DispatchOutcome()
     replicas = 0
@@ -96,22 +127,37 @@ def run_job(
             raise SpecError("the replica pool given serves a different model configuration")
         replicas = pool.size
         try:
-            outcome = Dispatcher(job, pool, lambda record: commit_shard(storage, layout, record)).run(todo)
+            outcome = Dispatcher(job, pool, commit).run(todo)
         finally:
             if own_pool:
                 pool.shutdown()
 
+    lease.check()
+    # The manifest as stored decides what is done, not what this driver saw: a commit whose write
+    # landed although its answer was lost counts, and keeps its files.
     records = {
-        shard_id: record for shard_id, record in {**committed, **outcome.committed}.items() if shard_id in planned_ids
+        shard_id: record for shard_id, record in committed_shards(storage, layout).items() if shard_id in planned_ids
     }
+    landed = [shard_id for shard_id in outcome.failed if shard_id in records]
+    if landed:
+        log.info("%d shard(s) whose commit seemed to fail were committed after all (its answer was lost)", len(landed))
+        outcome.failed = {shard_id: why for shard_id, why in outcome.failed.items() if shard_id not in records}
     write_manifest_index(storage, layout, records)
     removed = remove_uncommitted_files(storage, layout)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
-    summary = _summarize(
-        job, records, outcome, len(shards), len(shards) - len(todo), replicas, time.perf_counter() - started
-    )
+    wall = time.perf_counter() - started
+    summary = _summarize(job, records, outcome, len(shards), len(shards) - len(todo), replicas, wall, files_added)
     exit_code = _exit_code(summary)
+    record_run(
+        storage,
+        layout,
+        {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": summary.status,
+            **summary.this_run.model_dump(),
+        },
+    )
     storage.write_text(layout.summary, json.dumps(summary.model_dump(mode="json"), indent=2))
     if exit_code == ExitCode.SUCCESS:
         storage.write_text(layout.success_marker, "")
@@ -126,11 +172,12 @@ def _summarize(
     skipped: int,
     replicas: int,
     wall_seconds: float,
+    files_added: list[str],
 ) -> RunSummary:
-    def total(field: str) -> int:
-        return sum(getattr(record, field) for record in records.values())
+    def total(field: str, among: dict[str, ShardRecord] = records) -> int:
+        return sum(getattr(record, field) for record in among.values())
 
-    completion_tokens_this_run = sum(record.completion_tokens for record in outcome.committed.values())
+    completion_tokens_this_run = total("completion_tokens", outcome.committed)
     rows_in, error_rows = total("rows_in"), total("error_rows")
     status = "succeeded"
     if outcome.failed:
@@ -157,6 +204,14 @@ def _summarize(
         attempts=outcome.attempts,
         replicas=replicas,
         replicas_replaced=outcome.replicas_replaced,
+        this_run=RunTotals(
+            files_added=files_added,
+            shards_run=len(outcome.committed),
+            rows_in=total("rows_in", outcome.committed),
+            rows_out=total("rows_out", outcome.committed),
+            error_rows=total("error_rows", outcome.committed),
+            completion_tokens=completion_tokens_this_run,
+        ),
     )
 
 

@@ -9,6 +9,15 @@ class SpecError(ValueError):
     """The job spec or its inputs are invalid; the message is meant for the user as it is."""
 
 
+class StorageUnavailable(Exception):
+    """Storage kept failing in ways that may pass (throttling, 5xx, dropped connections) after every
+    retry; the job itself may be fine: run it again later."""
+
+
+class OutputBusy(Exception):
+    """Another run holds the output's lease, or took it over from this one; the message says who."""
+
+
 def _allowed_fields(model: type[BaseModel], location: tuple) -> list[str]:
     """The field names allowed at the mapping that holds `location`'s last element."""
     current: type[BaseModel] | None = model

@@ -56,6 +56,12 @@ class InputSpec(StrictModel):
         description="JSONL: shards are byte ranges of this size (lines are never split); Parquet: a "
         "shard also holds at most this many bytes of the columns read.",
     )
+    new_files: Literal["refuse", "process"] = Field(
+        default="refuse",
+        description="A re-run into the same output whose input path now matches more files (every earlier "
+        "file unchanged): refuse it as a different job, or process only the new files' shards and keep "
+        "everything committed (the daily-new-folder pipeline).",
+    )
     require_rows: bool = Field(
         default=False,
         description="Fail (exit 2) when the input holds no rows; by default an empty input is a "
@@ -250,10 +256,16 @@ class SamplingSpec(StrictModel):
 class OutputSpec(StrictModel):
     path: str = Field(
         description="A local directory or s3://bucket/prefix: empty, or holding this job's earlier output.",
-        examples=["s3://bucket/herd/out/my-job"],
+        examples=["s3://bucket/out/my-job"],
     )
     format: Literal["parquet", "jsonl", "openai"] = Field(
         default="parquet", description="openai: OpenAI Batch result lines, one per request, with n choices."
+    )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        ge=5.0,
+        description="A run renews its lease on the output every third of this; a lease not renewed for "
+        "this long (or held by a dead process of the same host) is taken over by the next run.",
     )
 
 

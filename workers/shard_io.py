@@ -50,11 +50,23 @@ def _row_id(shard: Shard, position: int, values: dict[str, Any], input_spec: Inp
     return f"{shard.file_label}:{position}"
 
 
+class ShardInputError(Exception):
+    """The shard's file cannot be read as planned (truncated, missing, rewritten): retrying won't help."""
+
+
 def read_shard(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
     if shard.format == "parquet":
         result = _read_parquet(shard, input_spec, storage)
     else:
         result = _read_jsonl(shard, input_spec, storage)
+    # Checked after reading: rows of a file rewritten while the job runs are never mixed with the
+    # rows its other shards read before.
+    now = storage.version_of(shard.file_url)
+    if now != shard.file_version:
+        raise ShardInputError(
+            f"{shard.file_label} changed since the job was planned (version {shard.file_version}, now {now}): "
+            "its shards fail rather than mix two versions of the file; re-run the job"
+        )
     return _check_id_column(shard, result, input_spec)
 
 

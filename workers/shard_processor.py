@@ -27,12 +27,8 @@ from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, Request, Sample, row_seed
 from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
-from workers.shard_io import InputRow, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
+from workers.shard_io import InputRow, ShardInputError, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
 from workers.structured import completion_is_valid
-
-
-class ShardInputError(Exception):
-    """The shard's file cannot be read at all (truncated Parquet, missing object): retrying won't help."""
 
 
 @dataclass
@@ -206,6 +202,8 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     started, started_at = time.perf_counter(), time.time()
     try:
         read = read_shard(shard, job.input, storage)
+    except ShardInputError:
+        raise
     except Exception as error:
         if isinstance(error, (OSError, pa.ArrowInvalid)) and not is_transient(error):
             raise ShardInputError(f"{shard.file_label}: cannot read rows {shard.start}-{shard.end}: {error}") from None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -16,14 +18,25 @@ SLOW_DOWN = (
 
 
 class FlakyS3Proxy:
-    def __init__(self, upstream: str, failure_rate: float, seed: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        failure_rate: float,
+        seed: int = 0,
+        drop_answer: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        """`drop_answer(method, path)`: for the requests it picks, the request is applied upstream
+        and then the connection is dropped without an answer (an ambiguous write)."""
         self.upstream = urlparse(upstream)
+        self.drop_answer = drop_answer
+        self.dropped = 0
         self.failure_rate = failure_rate
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests = 0
         self.failed = 0
         self.bytes_read = 0  # body bytes of the GET answers passed on
+        self.bytes_read_by_path: Counter[str] = Counter()  # the same, by object path (no query)
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
         proxy = self
 
@@ -54,6 +67,12 @@ class FlakyS3Proxy:
                 connection.request(self.command, self.path, body=body, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()
+                if proxy.drop_answer is not None and proxy.drop_answer(self.command, self.path):
+                    with proxy.lock:
+                        proxy.dropped += 1
+                    connection.close()
+                    self.close_connection = True
+                    return
                 self.send_response(response.status)
                 for name, value in response.getheaders():
                     if name.lower() not in ("content-length", "transfer-encoding", "connection"):
@@ -67,6 +86,7 @@ class FlakyS3Proxy:
                 if self.command == "GET":
                     with proxy.lock:
                         proxy.bytes_read += len(payload)
+                        proxy.bytes_read_by_path[self.path.split("?")[0]] += len(payload)
                 connection.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle

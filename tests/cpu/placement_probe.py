@@ -40,7 +40,8 @@ def main(config: dict) -> dict:
         count = replica_count(job, cluster_device())
     except SpecError as error:
         return {"error": str(error)}
-    pool = ReplicaPool(job.model, job, count, FakeEngineFactory())
+    # Slow enough that a replica ready a moment after the other still finds shards left.
+    pool = ReplicaPool(job.model, job, count, FakeEngineFactory(seconds_per_call=0.5))
     storage = Storage(job.storage, job.retry)
     shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
     layout = OutputLayout(job.output.path)

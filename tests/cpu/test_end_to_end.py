@@ -76,6 +76,34 @@ def test_shards_are_spread_over_both_replicas(run_tiny, tmp_path, rows, shards):
     assert len({record["replica"] for record in records}) == 2
 
 
+def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_row_once(run_tiny, tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "prompts" / "date=2026-11-25"  # a Hive folder: its value is a column to keep
+    folder.mkdir(parents=True)
+    pd.DataFrame({"prompt": _prompts(3000)}).to_parquet(folder / "part-0.parquet")
+    assert pq.ParquetFile(folder / "part-0.parquet").metadata.num_row_groups == 1
+    outcome = run_tiny(
+        input={
+            "path": str(tmp_path / "prompts"),
+            "prompt_column": "prompt",
+            "keep_columns": ["date"],
+            "rows_per_shard": 256,
+        },
+        sampling={"max_new_tokens": 1},
+        output={"path": str(tmp_path / "out")},
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.shards >= 12
+    records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*-*.json")]
+    assert len({record["replica"] for record in records}) == 2
+    rows = read_rows(str(tmp_path / "out" / "data"))
+    assert sorted(row["id"] for row in rows) == sorted(
+        f"date=2026-11-25/part-0.parquet:{index}" for index in range(3000)
+    )
+    assert {row["date"] for row in rows} == {"2026-11-25"}
+
+
 def test_jsonl_job_keeps_input_order_and_respects_max_new_tokens(run_tiny, tmp_path):
     prompts = _prompts(30)
     with open(tmp_path / "in.jsonl", "w") as handle:

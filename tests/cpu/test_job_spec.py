@@ -132,3 +132,11 @@ def test_engine_settings_follow_the_job_and_the_device():
     gpu = vllm_options("/models/m", model, "gpu")
     assert gpu["distributed_executor_backend"] == "ray" and "enforce_eager" not in gpu
     assert vllm_options("/models/m", parse_job(_with("model")).model, "gpu")["enable_prefix_caching"] is True
+
+
+def test_the_readme_job_reference_is_the_one_the_models_generate():
+    from schemas.reference import readme_with_reference, undocumented_fields
+
+    readme = (REPO / "README.md").read_text()
+    assert readme_with_reference(readme) == readme, "run: python -m schemas.reference --update README.md"
+    assert undocumented_fields() == []

@@ -1,6 +1,7 @@
 """herd writes only where it may and deletes only what it wrote; an empty input is an empty success.
 
-None of these start an engine: the inputs hold no rows, or the output is refused first.
+None of these start an engine: the inputs hold no rows, or the output is refused first. The model
+path only needs to exist (the output's fingerprint records its files).
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from jobs.runner import run_job
 from schemas import SpecError, parse_job
 from schemas.results import ExitCode
 
-NO_ENGINE = {"path": "/no/engine/is/started"}
+MODEL = {}
+
+
+@pytest.fixture(autouse=True)
+def _model(tiny_model):
+    MODEL["path"] = str(tiny_model)
 
 
 def _job(input_path: Path, output_path: Path, **input_fields) -> dict:
     return {
         "input": {"path": str(input_path), "prompt_column": "prompt", **input_fields},
-        "model": NO_ENGINE,
+        "model": dict(MODEL),
         "output": {"path": str(output_path)},
     }
 

@@ -19,18 +19,38 @@ def test_backoff_doubles_up_to_the_cap_within_the_jitter():
     assert min(delays) >= 1.0 and max(delays) <= 3.0 and len(set(delays)) > 100
 
 
-def test_transient_errors_are_retried_and_permanent_ones_are_not():
-    assert is_transient(OSError("An error occurred (SlowDown) when calling the PutObject operation"))
+def _s3_error(code: str, status: int, translated: OSError) -> OSError:
+    """An error as s3fs raises it: a Python exception caused by botocore's ClientError."""
+    from botocore.exceptions import ClientError
+
+    translated.__cause__ = ClientError(
+        {"Error": {"Code": code, "Message": "..."}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+    return translated
+
+
+def test_transient_errors_are_classified_by_code_type_and_errno_not_by_message():
+    import errno
+
+    from botocore.exceptions import EndpointConnectionError
+
+    assert is_transient(_s3_error("SlowDown", 503, OSError(errno.EBUSY, "Please reduce your request rate")))
+    assert is_transient(_s3_error("InternalError", 500, OSError(errno.EREMOTEIO, "We encountered an internal error")))
+    assert is_transient(_s3_error("SomethingNew", 502, OSError(errno.EIO, "Bad Gateway")))
+    assert is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
     assert is_transient(ConnectionResetError())
+    assert is_transient(OSError(errno.ETIMEDOUT, "timed out"))
+    assert not is_transient(_s3_error("AccessDenied", 403, PermissionError("Access Denied")))
+    assert not is_transient(_s3_error("InvalidRange", 416, OSError(errno.EINVAL, "503 in the key name is not a 503")))
     assert not is_transient(FileNotFoundError("s3://bucket/missing"))
-    assert not is_transient(PermissionError("Access Denied"))
+    assert not is_transient(OSError("An error occurred (SlowDown): only words, no code"))
 
     calls = []
 
     def flaky():
         calls.append(1)
         if len(calls) < 3:
-            raise OSError("503 Service Unavailable")
+            raise ConnectionResetError("dropped")
         return "ok"
 
     policy = RetrySpec(attempts=3, backoff_base_s=0.0)
