@@ -51,7 +51,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     _interrupt_on_sigterm()
     from jobs.runner import run_job
 
-    outcome = run_job(job, overwrite=arguments.overwrite)
+    outcome = run_job(job, overwrite=arguments.overwrite, retry_errors=arguments.retry_errors)
     _print_summary(outcome.summary)
     if outcome.exit_code == ExitCode.ERRORS_OVER_THRESHOLD:
         print(
@@ -89,18 +89,39 @@ def command_plan(arguments: argparse.Namespace) -> int:
 
 def command_submit(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
+    from common.storage import Storage
     from jobs import cluster_jobs
-    from jobs.planner import with_absolute_paths
+    from jobs.planner import list_inputs, with_absolute_paths
 
     # Local paths are read on the cluster's nodes (a shared file system); s3:// is the usual case.
     job = with_absolute_paths(job)
-    job_id = cluster_jobs.submit(job, arguments.address, arguments.python, arguments.overwrite)
-    print(job_id)
+    try:
+        files = list_inputs(Storage(job.storage, job.retry), job).files
+        inputs = [{"url": info.url, "size": info.size, "version": info.version} for info in files]
+    except SpecError:
+        inputs = []  # not visible from here (a path on the cluster's disks): the job's settings identify it
+    submission = cluster_jobs.submit(job, arguments.address, arguments.python, arguments.overwrite, inputs)
+    print(submission.job_id)
+    if submission.state == "succeeded":
+        print(f"herd: job {submission.job_id} already succeeded; nothing to run", file=sys.stderr)
+        return 0
+    if submission.state == "running":
+        print(f"herd: job {submission.job_id} is already running; following it", file=sys.stderr)
     if not arguments.wait:
         return 0
-    cluster_jobs.print_logs(arguments.address, job_id, follow=True)
-    final = cluster_jobs.wait(arguments.address, job_id)
-    print(f"herd: job {job_id} {final['status']} (exit code {final['exit_code']})", file=sys.stderr)
+    _interrupt_on_sigterm()
+    try:
+        cluster_jobs.print_logs(arguments.address, submission.job_id, follow=True)
+        final = cluster_jobs.wait(arguments.address, submission.job_id)
+    except KeyboardInterrupt:
+        if arguments.detach:
+            print(f"herd: stopped following {submission.job_id}; it goes on (--detach)", file=sys.stderr)
+        else:
+            # A scheduler that kills its task means the job: stop it rather than leave it running unseen.
+            cluster_jobs.stop(arguments.address, submission.job_id)
+            print(f"herd: interrupted; stopped the Ray job {submission.job_id}", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    print(f"herd: job {submission.job_id} {final['status']} (exit code {final['exit_code']})", file=sys.stderr)
     if final["exit_code"] is not None:
         return int(final["exit_code"])
     return int(ExitCode.INTERRUPTED if final["status"] == "STOPPED" else ExitCode.FAILED)
@@ -166,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace the output of a different job at the output path"
     )
+    run.add_argument(
+        "--retry-errors",
+        nargs="?",
+        const="generate",
+        choices=["generate", "all"],
+        help="also run again the error rows of committed shards: those of stage generate (the default when "
+        "the flag is given alone), or all of them; every row stays exactly once",
+    )
     run.set_defaults(handler=command_run)
 
     plan = commands.add_parser("plan", help="validate the job and list its shards without generating")
@@ -177,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("job")
     submit.add_argument("--output", help="write here instead of the job's output.path")
     submit.add_argument("--overwrite", action="store_true", help="as for run")
-    submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's own exit code")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the logs and exit with the job's own exit code; SIGTERM or Ctrl-C stops the Ray job",
+    )
+    submit.add_argument(
+        "--detach", action="store_true", help="with --wait: on SIGTERM or Ctrl-C stop following, leave the job running"
+    )
     submit.add_argument("--python", default="python", help="the Python on the cluster that has herd installed")
     _add_address(submit)
     submit.set_defaults(handler=command_submit)

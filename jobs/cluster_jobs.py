@@ -8,6 +8,7 @@ the job through runtime_env (a variable exported on the submitting side does not
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,12 @@ from schemas.job import JobSpec
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _CODE = ("schemas", "jobs", "workers", "common", "submit.py")
 SUBMITTED_JOB_FILE = "herd-job.json"
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    state: str  # submitted | running (an earlier submission, followed) | succeeded (nothing to run)
 
 
 def auth_headers() -> dict[str, str]:
@@ -57,15 +65,63 @@ def _working_directory(job: JobSpec) -> Iterator[str]:
         yield directory
 
 
-def submit(job: JobSpec, address: str | None, python: str, overwrite: bool) -> str:
+def submission_prefix(job: JobSpec, inputs: list[dict[str, Any]], overwrite: bool) -> str:
+    """The stem of the Ray submission ids of this job: the same job (name, output, settings, input
+    files as listed) submitted again finds its earlier attempts under it."""
+    identity = {
+        "name": job.name,
+        "output": job.output.path,
+        "spec": job.model_dump(mode="json", exclude={"resources"}),
+        "inputs": inputs,
+        "overwrite": overwrite,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    name = "".join(char if char.isalnum() or char in "-_" else "-" for char in job.name)[:40]
+    return f"herd-{name}-{digest}"
+
+
+def _attempts(jobs_client: JobSubmissionClient, prefix: str) -> list[Any]:
+    """Earlier submissions of the same job, oldest first (ids end with -<attempt>)."""
+
+    def attempt(details: Any) -> int:
+        suffix = details.submission_id.removeprefix(prefix + "-")
+        return int(suffix) if suffix.isdigit() else 0
+
+    found = [
+        details
+        for details in jobs_client.list_jobs()
+        if details.submission_id and details.submission_id.startswith(prefix + "-")
+    ]
+    return sorted(found, key=attempt)
+
+
+def submit(job: JobSpec, address: str | None, python: str, overwrite: bool, inputs: list[dict[str, Any]]) -> Submission:
+    """Submits the job, unless the same job is running (then it is followed) or has succeeded (then
+    nothing runs). A failed or stopped one is submitted again, as its next attempt."""
     jobs_client = client(address)
+    prefix = submission_prefix(job, inputs, overwrite)
+    earlier = _attempts(jobs_client, prefix)
+    if earlier:
+        last = earlier[-1]
+        if last.status in (JobStatus.PENDING, JobStatus.RUNNING):
+            return Submission(last.submission_id, "running")
+        if last.status == JobStatus.SUCCEEDED:
+            return Submission(last.submission_id, "succeeded")
+    submission_id = f"{prefix}-{len(earlier) + 1}"
     entrypoint = f"{python} submit.py run {SUBMITTED_JOB_FILE}" + (" --overwrite" if overwrite else "")
     with _working_directory(job) as directory:
-        return jobs_client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env={"working_dir": directory, "env_vars": forwarded_environment()},
-            metadata={"herd_job": job.name},
-        )
+        try:
+            jobs_client.submit_job(
+                submission_id=submission_id,
+                entrypoint=entrypoint,
+                runtime_env={"working_dir": directory, "env_vars": forwarded_environment()},
+                metadata={"herd_job": job.name},
+            )
+        except RuntimeError as error:
+            if "already exists" not in str(error):  # Ray says so in words only
+                raise
+            return Submission(submission_id, "running")  # a submit of the same job a moment before us
+    return Submission(submission_id, "submitted")
 
 
 def _summary(details: Any) -> dict[str, Any]:

@@ -228,12 +228,17 @@ def remove_uncommitted_files(storage: Storage, layout: OutputLayout) -> int:
     its commit). The records are listed afresh from storage, not taken from what this driver believes
     it committed: a commit whose write landed although the client saw an error keeps its files."""
     records = committed_shards(storage, layout)
-    named = {output.url.rstrip("/").rsplit("/", 1)[-1] for record in records.values() for output in record.outputs}
+    # By folder and name: an attempt's data and error files share a name in two folders, and a retry
+    # of error rows keeps the one and replaces the other. (Not by whole path: the output's root may be
+    # spelled differently from one run to the next.)
+    named = {
+        tuple(output.url.rstrip("/").rsplit("/", 2)[-2:]) for record in records.values() for output in record.outputs
+    }
     stray = [
         join(directory, name)
-        for directory in (layout.data_dir, layout.errors_dir)
+        for directory, folder in ((layout.data_dir, "data"), (layout.errors_dir, "errors"))
         for name in storage.list_names(directory)
-        if name not in named and (_SHARD_FILE.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name))
+        if (folder, name) not in named and (_SHARD_FILE.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name))
     ]
     storage.delete(stray)
     return len(stray)

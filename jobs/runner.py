@@ -31,7 +31,7 @@ from jobs.replicas import ReplicaPool, cluster_device, replica_count
 from schemas.errors import OutputBusy, SpecError
 from schemas.job import JobSpec
 from schemas.results import ExitCode, RunSummary, RunTotals
-from schemas.shard import Shard, ShardRecord
+from schemas.shard import ErrorRetry, Shard, ShardRecord
 from workers.replica import EngineFactory, build_vllm_engine
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,11 @@ def run_job(
     overwrite: bool = False,
     pool: ReplicaPool | None = None,
     engine_factory: EngineFactory = build_vllm_engine,
+    retry_errors: str | None = None,
 ) -> RunOutcome:
-    """`pool` lets several jobs on the same model share warm engines (tests, notebooks)."""
+    """`pool` lets several jobs on the same model share warm engines (tests, notebooks).
+    `retry_errors` ("generate" or "all") also runs again the error rows of those stages in shards
+    committed earlier."""
     started = time.perf_counter()
     job = with_absolute_paths(job)
     storage = Storage(job.storage, job.retry)
@@ -86,7 +89,7 @@ def run_job(
         raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
     try:
         return _run_holding_the_lease(
-            job, overwrite, pool, engine_factory, storage, layout, files, shards, lease, started
+            job, overwrite, pool, engine_factory, storage, layout, files, shards, lease, started, retry_errors
         )
     finally:
         lease.release()
@@ -103,6 +106,7 @@ def _run_holding_the_lease(
     shards: list[Shard],
     lease: Lease,
     started: float,
+    retry_errors: str | None,
 ) -> RunOutcome:
     files_added = claim_output(storage, layout, job, files, overwrite)
     if files_added:
@@ -111,9 +115,17 @@ def _run_holding_the_lease(
     planned_ids = {shard.shard_id for shard in shards}
     todo = [shard for shard in shards if shard.shard_id not in committed]
     log.info("%d shards planned, %d already committed, %d to run", len(shards), len(shards) - len(todo), len(todo))
+    if retry_errors is not None:
+        retried = _error_retries(shards, committed, retry_errors)
+        log.info("%d committed shard(s) with error rows to run again (stages: %s)", len(retried), retry_errors)
+        todo += retried
 
     def commit(record: ShardRecord) -> None:
         lease.check()  # a run whose lease was taken over commits nothing more
+        if record.shard_id in committed and storage.exists(layout.manifest_index):
+            # A record rewritten (--retry-errors) makes the index stale: until this run writes it
+            # anew, a resume reads the records themselves.
+            storage.delete([layout.manifest_index])
         commit_shard(storage, layout, record)
 
     outcome = DispatchOutcome()
@@ -162,6 +174,17 @@ def _run_holding_the_lease(
     if exit_code == ExitCode.SUCCESS:
         storage.write_text(layout.success_marker, "")
     return RunOutcome(summary, exit_code)
+
+
+RETRY_STAGES = {"generate": ("generate",), "all": ("read", "render", "generate")}
+
+
+def _error_retries(shards: list[Shard], committed: dict[str, ShardRecord], stages: str) -> list[Shard]:
+    return [
+        shard.model_copy(update={"retry": ErrorRetry(stages=RETRY_STAGES[stages], previous=committed[shard.shard_id])})
+        for shard in shards
+        if shard.shard_id in committed and committed[shard.shard_id].error_rows
+    ]
 
 
 def _summarize(

@@ -43,6 +43,8 @@ class Shard(BaseModel):
     # Hive-style `key=value` folders of the file's path: columns every row of the file gets.
     partition: dict[str, str] = Field(default_factory=dict)
     estimated_rows: int
+    # Set when a committed shard's error rows are run again (run --retry-errors); not part of the id.
+    retry: ErrorRetry | None = None
 
     @property
     def shard_id(self) -> str:
@@ -88,3 +90,15 @@ class ShardRecord(ShardResult):
     """One manifest entry: the result plus how many attempts it took. Its presence means 'done'."""
 
     attempts: int
+
+
+class ErrorRetry(BaseModel):
+    """Which error rows of a committed shard to run again, and the record they were committed in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stages: tuple[str, ...]  # error rows of these stages are run again; the others are kept as they are
+    previous: ShardRecord
+
+
+Shard.model_rebuild()

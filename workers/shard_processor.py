@@ -25,6 +25,7 @@ from schemas.results import output_columns
 from schemas.shard import OutputObject, Shard, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, Request, Sample, row_seed
+from workers.error_retry import earlier_data_outputs, narrow_to_retried
 from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
 from workers.shard_io import InputRow, ShardInputError, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
@@ -208,6 +209,9 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         if isinstance(error, (OSError, pa.ArrowInvalid)) and not is_transient(error):
             raise ShardInputError(f"{shard.file_label}: cannot read rows {shard.start}-{shard.end}: {error}") from None
         raise
+    kept_errors: list[dict[str, Any]] = []
+    if shard.retry is not None:
+        kept_errors = narrow_to_retried(read, shard, job, storage)
     rows_in = len(read.rows) + len(read.errors)
     errors = read.errors
     with replica.tokenizer_turn:
@@ -222,25 +226,27 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     token = uuid.uuid4().hex[:12]
     extension = "jsonl" if job.output.format == "openai" else job.output.format
     data_url = layout.data_file(shard.shard_id, token, extension)
-    outputs = [
-        OutputObject(
-            url=data_url, bytes=storage.write_atomic(data_url, _encode_output(generated, rows, job)), rows=len(rows)
-        )
-    ]
+    outputs = earlier_data_outputs(shard) if shard.retry is not None else []
+    if rows or shard.retry is None:
+        size = storage.write_atomic(data_url, _encode_output(generated, rows, job))
+        outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))
+    errors = kept_errors + errors
     if errors:
-        errors.sort(key=lambda error: error["row"])
+        errors.sort(key=lambda error: (error["row"] is None, error["row"] or 0))
         errors_url = layout.errors_file(shard.shard_id, token, extension)
         size = storage.write_atomic(errors_url, _encode_errors(errors, job))
         outputs.append(OutputObject(url=errors_url, bytes=size, rows=len(errors)))
 
+    previous = shard.retry.previous if shard.retry is not None else None
     return ShardResult(
         shard_id=shard.shard_id,
-        rows_in=rows_in,
-        rows_out=len(rows),
+        rows_in=previous.rows_in if previous else rows_in,
+        rows_out=len(rows) + (previous.rows_out if previous else 0),
         error_rows=len(errors),
-        reused_rows=len(prompts) - requests_run,
-        prompt_tokens=sum(len(prompt.ids) for prompt, _ in generated),
-        completion_tokens=sum(row["completion_tokens"] for row in rows),
+        reused_rows=len(prompts) - requests_run + (previous.reused_rows if previous else 0),
+        prompt_tokens=sum(len(prompt.ids) for prompt, _ in generated) + (previous.prompt_tokens if previous else 0),
+        completion_tokens=sum(row["completion_tokens"] for row in rows)
+        + (previous.completion_tokens if previous else 0),
         generate_started_at=generate_started_at,
         generate_seconds=generate_seconds,
         shard_seconds=time.perf_counter() - started,

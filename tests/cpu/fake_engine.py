@@ -16,6 +16,8 @@ from pathlib import Path
 from schemas.job import ModelSpec
 from workers.engine import EngineDead, Request, Sample
 
+REFUSED_MARK = "flaky"
+
 
 class FakeEngine:
     def __init__(
@@ -26,8 +28,12 @@ class FakeEngine:
         deaths_dir: str | None,
         deaths: int,
         engine_dead: bool,
+        refuse_marked_while: str | None = None,
     ) -> None:
         from transformers import AutoTokenizer
+
+        # Requests whose prompt holds REFUSED_MARK fail while this file exists (a passing fault).
+        self.refuse_marked_while = refuse_marked_while
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.max_model_len = spec.max_model_len
@@ -51,6 +57,9 @@ class FakeEngine:
             os._exit(1)
 
     def generate(self, requests: list[Request]) -> list[list[Sample]]:
+        refusing = self.refuse_marked_while is not None and os.path.exists(self.refuse_marked_while)
+        if refusing and any(REFUSED_MARK in self.tokenizer.decode(request.prompt_ids) for request in requests):
+            raise RuntimeError("fake engine: this request fails while the test says so")
         with self._busy:
             time.sleep(self.seconds_per_call / 2)
             self._maybe_die()
@@ -70,12 +79,26 @@ class FakeEngineFactory:
     """Picklable, so it travels to the replica actors."""
 
     def __init__(
-        self, seconds_per_call: float = 0.05, deaths_dir: str | None = None, deaths: int = 0, engine_dead: bool = False
+        self,
+        seconds_per_call: float = 0.05,
+        deaths_dir: str | None = None,
+        deaths: int = 0,
+        engine_dead: bool = False,
+        refuse_marked_while: str | None = None,
     ) -> None:
+        self.refuse_marked_while = refuse_marked_while
         self.seconds_per_call = seconds_per_call
         self.deaths_dir = deaths_dir
         self.deaths = deaths
         self.engine_dead = engine_dead
 
     def __call__(self, model_dir: str, spec: ModelSpec, device: str) -> FakeEngine:
-        return FakeEngine(model_dir, spec, self.seconds_per_call, self.deaths_dir, self.deaths, self.engine_dead)
+        return FakeEngine(
+            model_dir,
+            spec,
+            self.seconds_per_call,
+            self.deaths_dir,
+            self.deaths,
+            self.engine_dead,
+            self.refuse_marked_while,
+        )

@@ -17,3 +17,30 @@ def niceness(pid: int) -> int:
     # /proc/PID/stat: the command name is in parentheses and may hold spaces; niceness is field 19.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[16])
+
+
+def end_processes_mentioning(text: str) -> None:
+    """SIGKILLs, by pid, every process whose command line holds `text` (a test's own temporary
+    directory or port), and every process they started: never anything by name."""
+    import os
+    import signal
+
+    matched = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    matched.append(int(entry.name))
+            except OSError:
+                continue  # ended meanwhile, or not ours to read
+    doomed = set(matched)
+    for pid in matched:
+        try:
+            doomed.update(descendants(pid))
+        except OSError:
+            continue
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue

@@ -18,6 +18,7 @@ import pytest
 
 from schemas import SpecError, parse_job
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS
+from tests.cpu.process_tree import end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ def _probe(tmp_path: Path, tiny_model: Path, tp: int, gpus_per_node: int, nodes:
             timeout=300,
         )
     finally:
-        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        end_processes_mentioning(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
     line = next((line for line in result.stdout.splitlines() if line.startswith("PROBE ")), None)
     assert line, result.stdout[-2000:] + result.stderr[-3000:]

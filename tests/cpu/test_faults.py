@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from tests.cpu import fault_tally
 from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, started_replica, tiny_model_spec
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
-from tests.cpu.process_tree import descendants
+from tests.cpu.process_tree import descendants, end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,7 +119,7 @@ def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committ
             time.sleep(0.2)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        end_processes_mentioning(ray_dir)
         committed = {path.name: path.read_text() for path in (output / "manifest").glob("*.json")}
         assert not (output / "_SUCCESS").exists()
 
@@ -126,8 +127,11 @@ def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committ
         log, _ = rerun.communicate(timeout=600)
         assert rerun.returncode == 0, log[-3000:]
     finally:
-        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        end_processes_mentioning(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
+    # The killed driver's lease was taken over at once (its process is gone), not after the ttl.
+    assert f"taking over the output's lease, held by {socket.gethostname()} pid {driver.pid}" in log
+    assert "its process" in log and "on this host is gone" in log
     summary = json.loads((output / "summary.json").read_text())
     assert summary["shards_skipped"] >= len(committed)
     assert summary["shards_run"] == summary["shards"] - summary["shards_skipped"]
@@ -276,7 +280,51 @@ def test_sigterm_stops_the_driver_with_exit_code_130(tiny_model, tmp_path):
         driver.send_signal(signal.SIGTERM)
         log, _ = driver.communicate(timeout=120)
     finally:
-        subprocess.run(["pkill", "-9", "-f", ray_dir], check=False)
+        end_processes_mentioning(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert driver.returncode == 130, log[-2000:]
     assert "herd: interrupted; committed shards are kept, re-run the same command to resume" in log
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "openai"])
+def test_fake_engine_retry_errors_runs_failed_rows_again_and_keeps_every_row_once(
+    ray_session, tiny_model, tmp_path, output_format
+):
+    from tests.cpu.fake_engine import REFUSED_MARK
+
+    rows = [{"id": f"row-{index:03d}", "prompt": f"question {index}"} for index in range(40)]
+    for index in (3, 17, 18, 31):
+        rows[index]["prompt"] += f" {REFUSED_MARK}"  # fails while the marker file exists
+    rows[25]["prompt"] = None  # a render error: not a passing fault
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    marker = tmp_path / "engine-refuses"
+    marker.touch()
+    factory = FakeEngineFactory(seconds_per_call=0.01, refuse_marked_while=str(marker))
+    job = parse_job(
+        {
+            "input": _jsonl_input(tmp_path / "in.jsonl"),
+            "model": tiny_model_spec(tiny_model),
+            "sampling": {"max_new_tokens": 4},
+            "output": {"path": str(tmp_path / "out"), "format": output_format},
+            "max_error_fraction": 1.0,
+        }
+    )
+    pool = ReplicaPool(job.model, job, size=1, engine_factory=factory)
+    try:
+        first = run_job(job, pool=pool)
+        assert first.summary.error_rows == 5
+        marker.unlink()  # the fault has passed
+        retried = run_job(job, pool=pool, retry_errors="generate")
+        again = run_job(job, pool=pool, retry_errors="all")  # the render error fails the same way again
+    finally:
+        pool.shutdown()
+
+    def ids(folder: str) -> list[str]:
+        return [row.get("custom_id", row.get("id")) for row in read_rows(str(tmp_path / "out" / folder))]
+
+    assert retried.exit_code == again.exit_code == ExitCode.SUCCESS
+    assert retried.summary.error_rows == again.summary.error_rows == 1
+    assert ids("errors") == ["row-025"]
+    assert sorted(ids("data")) == sorted(row["id"] for index, row in enumerate(rows) if index != 25)
+    assert retried.summary.rows_in == again.summary.rows_in == 40
+    assert retried.summary.rows_out == 39

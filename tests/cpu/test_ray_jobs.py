@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cpu.conftest import tiny_model_spec
+from tests.cpu.process_tree import end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +60,7 @@ def ray_head():
             time.sleep(1)
         yield address
     finally:
-        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+        end_processes_mentioning(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -126,16 +128,64 @@ def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, t
     assert "input.path: no files match" in result.stdout
 
 
-@pytest.mark.own_engine
-def test_a_running_job_can_be_stopped(ray_head, tiny_model, tmp_path):
-    job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 2000, "cluster-stop"))
-    deadline = time.monotonic() + 120
-    while _status(ray_head, job_id)["status"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(1)
-    assert _herd("stop", job_id, "--address", ray_head).returncode == 0
-    deadline = time.monotonic() + 60
-    while (status := _status(ray_head, job_id))["status"] != "STOPPED":
+def _wait_for_status(address: str, job_id: str, wanted: tuple[str, ...], seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while (status := _status(address, job_id))["status"] not in wanted:
         assert time.monotonic() < deadline, status
         time.sleep(1)
+    return status
+
+
+def _submit_wait(address: str, job_file: Path) -> subprocess.Popen:
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "submit.py",
+            "submit",
+            str(job_file),
+            "--wait",
+            "--address",
+            address,
+            "--python",
+            sys.executable,
+        ],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.own_engine
+def test_submitting_the_same_job_again_follows_it_and_after_success_runs_nothing(ray_head, tiny_model, tmp_path):
+    job_file = _job_file(tmp_path, tiny_model, 40, "cluster-retried")
+    first = _submit_wait(ray_head, job_file)
+    job_id = first.stdout.readline().strip()
+    _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
+    # A scheduler's retry while the first attempt runs: the same Ray job, followed to its end.
+    second = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", sys.executable)
+    _, first_err = first.communicate(timeout=600)
+    assert first.returncode == second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
+    assert second.stdout.strip().splitlines()[0] == job_id
+    assert f"job {job_id} is already running; following it" in second.stderr
+    # Once it succeeded, submitting it again runs nothing.
+    third = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", sys.executable)
+    assert third.returncode == 0 and f"job {job_id} already succeeded; nothing to run" in third.stderr
+    listed = [line for line in _herd("list", "--address", ray_head).stdout.splitlines() if "cluster-retried" in line]
+    assert len(listed) == 1, listed
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 40
+
+
+@pytest.mark.own_engine
+def test_sigterm_to_submit_wait_stops_the_ray_job_it_follows(ray_head, tiny_model, tmp_path):
+    follower = _submit_wait(ray_head, _job_file(tmp_path, tiny_model, 2000, "cluster-killed"))
+    job_id = follower.stdout.readline().strip()
+    _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
+    follower.send_signal(signal.SIGTERM)  # what Airflow does to a task it kills
+    _, errors = follower.communicate(timeout=60)
+    assert follower.returncode == 130, errors[-2000:]
+    assert f"stopped the Ray job {job_id}" in errors
+    _wait_for_status(ray_head, job_id, ("STOPPED",), 60)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
