@@ -15,7 +15,7 @@ from typing import Any
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage, join
 from schemas.errors import SpecError
-from schemas.job import JobSpec
+from schemas.job import JobSpec, without_secrets
 from schemas.shard import PLANNER_VERSION, ShardRecord
 
 # The names herd gives what it writes under data/, errors/ and manifest/; nothing else there is
@@ -69,11 +69,13 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
             "identity": model_identity(job.model.path, storage),
             "dtype": job.model.dtype,
             "max_model_len": job.model.max_model_len,
-            "engine_options": {
-                name: value
-                for name, value in sorted(job.model.engine_options.items())
-                if name not in _ENGINE_OPTIONS_NOT_IN_FINGERPRINT
-            },
+            "engine_options": without_secrets(
+                {
+                    name: value
+                    for name, value in sorted(job.model.engine_options.items())
+                    if name not in _ENGINE_OPTIONS_NOT_IN_FINGERPRINT
+                }
+            ),
         },
         "prompt": job.prompt.model_dump(mode="json"),
         "sampling": job.sampling.model_dump(mode="json"),
@@ -126,7 +128,8 @@ def claim_output(
 def _write_job_record(
     storage: Storage, layout: OutputLayout, job: JobSpec, current: dict[str, Any], runs: list[dict[str, Any]]
 ) -> None:
-    record = {"job": job.name, "fingerprint": current, "spec": job.model_dump(mode="json"), "runs": runs}
+    spec = without_secrets(job.model_dump(mode="json"))
+    record = {"job": job.name, "fingerprint": current, "spec": spec, "runs": runs}
     storage.write_text(layout.job_record, json.dumps(record, indent=2, sort_keys=True))
 
 

@@ -19,10 +19,30 @@ from schemas.errors import SpecError
 from schemas.job import JobSpec, ModelSpec
 from workers.replica import EngineFactory, Replica, build_vllm_engine
 
-# Prefixes and names of variables that configure the engine or storage endpoints (never secrets:
-# credentials reach local workers by inheritance and cluster nodes through their own roles).
-_FORWARDED_PREFIXES = ("VLLM_", "HF_", "HERD_", "TRANSFORMERS_")
-_FORWARDED_NAMES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+# The variables that configure the engine, its caches or storage endpoints and hold no secret: an
+# allow-list, since Ray shows every actor's and job's runtime_env to anyone on the cluster (the
+# dashboard, `ray list actors --detail`). Credentials (HF_TOKEN, AWS keys, VLLM_API_KEY) reach local
+# workers by inheritance and cluster nodes through their own environment or instance role.
+FORWARDED_VARIABLES = frozenset(
+    {
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "VLLM_LOGGING_LEVEL",
+        "VLLM_ATTENTION_BACKEND",
+        "VLLM_USE_MODELSCOPE",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "TRANSFORMERS_CACHE",
+        "TOKENIZERS_PARALLELISM",
+        "HERD_CACHE_DIR",
+        "AWS_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+    }
+)
 
 
 def cluster_device() -> str:
@@ -60,11 +80,7 @@ def _engine_identity(model: ModelSpec) -> dict[str, Any]:
 
 def forwarded_environment() -> dict[str, str]:
     """This process's engine and endpoint settings, to hand to processes Ray starts elsewhere."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if name.startswith(_FORWARDED_PREFIXES) or name in _FORWARDED_NAMES
-    }
+    return {name: value for name, value in os.environ.items() if name in FORWARDED_VARIABLES}
 
 
 def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ Every model forbids unknown fields so that a typo fails loudly instead of being 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -383,6 +384,24 @@ class JobSpec(StrictModel):
         if self.input.messages_column is not None and self.prompt.format == "raw":
             raise ValueError("input.messages_column needs prompt.format llama2-chat or model-template")
         return self
+
+
+_SECRET_WORDS = frozenset({"token", "secret", "password", "passwd", "key", "apikey", "credential", "credentials"})
+
+
+def _names_a_secret(key: object) -> bool:
+    """hf_token, api_key, aws_secret_access_key: yes; tokenizer_revision: no (whole words only)."""
+    return any(word in _SECRET_WORDS for word in re.split(r"[^a-z]+", str(key).lower()))
+
+
+def without_secrets(value: Any) -> Any:
+    """`value` with what any key that names a secret (hf_token, api_key...) holds replaced, for what
+    herd writes down (job.json, logs): a secret belongs in the node's environment, not in records."""
+    if isinstance(value, dict):
+        return {key: "<redacted>" if _names_a_secret(key) else without_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    return value
 
 
 def load_job(path: str | Path, output_override: str | None = None) -> JobSpec:

@@ -64,8 +64,9 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _herd(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _herd(*arguments: str, timeout: float = 600, **extra_environment: str) -> subprocess.CompletedProcess:
     environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    environment.update(extra_environment)
     return subprocess.run(
         [sys.executable, "submit.py", *arguments],
         cwd=REPO,
@@ -91,8 +92,8 @@ def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path
     return tmp_path / f"{name}.json"
 
 
-def _submit(address: str, job_file: Path) -> str:
-    submitted = _herd("submit", str(job_file), "--address", address, "--python", sys.executable)
+def _submit(address: str, job_file: Path, **environment: str) -> str:
+    submitted = _herd("submit", str(job_file), "--address", address, "--python", sys.executable, **environment)
     assert submitted.returncode == 0, submitted.stderr
     return submitted.stdout.strip().splitlines()[-1]
 
@@ -105,7 +106,8 @@ def _status(address: str, job_id: str) -> dict:
 
 @pytest.mark.own_engine
 def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_head, tiny_model, tmp_path):
-    job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 10, "cluster-ok"))
+    secret = "hf_leak_test_submitted_0123456789"
+    job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 10, "cluster-ok"), HF_TOKEN=secret)
     deadline = time.monotonic() + 480
     while (status := _status(ray_head, job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline
@@ -118,6 +120,16 @@ def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_he
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 10
     assert "herd: succeeded: 10 rows in, 10 rows out" in logs.stdout
     assert job_id in _herd("list", "--address", ray_head).stdout
+    # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors
+
+    from jobs.cluster_jobs import auth_headers
+
+    runtime_env = JobSubmissionClient(ray_head, headers=auth_headers()).get_job_info(job_id).runtime_env
+    assert "env_vars" in runtime_env and secret not in json.dumps(runtime_env)
+    actors = list_actors(address=ray_head, detail=True, raise_on_missing_output=False)
+    assert actors and not any(secret in (actor.serialized_runtime_env or "") for actor in actors)
 
 
 @pytest.mark.own_engine
