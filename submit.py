@@ -87,6 +87,16 @@ def command_plan(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_inspect(arguments: argparse.Namespace) -> int:
+    from jobs.output_state import describe_state, output_state
+    from schemas.job import StorageSpec
+
+    endpoint = arguments.endpoint_url
+    state = output_state(arguments.output, StorageSpec(endpoint_url=endpoint) if endpoint else None)
+    print(json.dumps(state, indent=2) if arguments.json else describe_state(state))
+    return 0
+
+
 def command_submit(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
     from common.storage import Storage
@@ -201,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("job")
     plan.add_argument("--output", help="check this output path for committed shards instead")
     plan.set_defaults(handler=command_plan)
+
+    inspect = commands.add_parser(
+        "inspect", help="the state of an output (local or s3://): its job, committed and missing shards, a run now"
+    )
+    inspect.add_argument("output", help="the output path of a job")
+    inspect.add_argument("--json", action="store_true", help="print the state as JSON (default: text)")
+    inspect.add_argument(
+        "--endpoint-url", help="the S3 endpoint to reach it through (default: $AWS_ENDPOINT_URL, else the job's)"
+    )
+    inspect.set_defaults(handler=command_inspect)
 
     submit = commands.add_parser("submit", help="submit the job to a Ray cluster (Ray Jobs API); prints the job id")
     submit.add_argument("job")

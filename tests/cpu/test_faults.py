@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from common.storage import Storage
+from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
 from schemas import parse_job
@@ -122,6 +124,25 @@ def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committ
         end_processes_mentioning(ray_dir)
         committed = {path.name: path.read_text() for path in (output / "manifest").glob("*.json")}
         assert not (output / "_SUCCESS").exists()
+        # What the output says of itself now: exactly the shards not committed are missing, and the
+        # lease left behind is held by a process that is gone.
+        inspected = subprocess.run(
+            [sys.executable, "submit.py", "inspect", str(output), "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert inspected.returncode == 0, inspected.stderr
+        state = json.loads(inspected.stdout)
+        job = parse_job(json.loads((tmp_path / "job.yaml").read_text()))
+        storage = Storage(job.storage, job.retry)
+        planned = {shard.shard_id for shard in plan_shards(job.input, storage.expand_inputs(job.input.path), storage)}
+        committed_ids = {name.removesuffix(".json") for name in committed}
+        assert {shard["shard"] for shard in state["shards"]["missing"]} == planned - committed_ids
+        assert state["shards"]["committed"] == len(committed_ids) and state["shards"]["planned"] == len(planned)
+        assert state["run_in_progress"]["live"] is False
+        assert "on this host is gone" in state["run_in_progress"]["stale_because"]
 
         rerun = _run_cli(tmp_path / "job.yaml", ray_dir)
         log, _ = rerun.communicate(timeout=600)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from schemas.results import ExitCode
 from tests.cpu.conftest import read_rows
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 from workers.shard_io import ShardInputError, read_shard
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_jsonl(path: Path, prompts: list[str]) -> None:
@@ -149,3 +153,31 @@ def test_a_commit_whose_answer_was_lost_keeps_its_files_and_counts_as_done(run_t
     assert second.summary.shards_run == 0 and second.summary.shards_skipped == len(records)
     ids = [row["id"] for row in read_rows("s3://herd-test/ambiguous/out/data", s3_endpoint)]
     assert len(ids) == len(set(ids)) == 30
+
+    # `inspect` on S3: complete now; with two records gone (as after a crash), exactly those are missing.
+    def inspect() -> dict:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "submit.py",
+                "inspect",
+                "s3://herd-test/ambiguous/out",
+                "--json",
+                "--endpoint-url",
+                s3_endpoint,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    state = inspect()
+    assert state["succeeded"] and state["shards"]["missing"] == [] and state["run_in_progress"] is None
+    assert state["rows"] == {"in": 30, "out": 30, "errors": 0} and len(state["runs"]) == 2
+    gone = sorted(record["shard_id"] for record in records)[:2]
+    fs.rm([f"herd-test/ambiguous/out/manifest/{shard_id}.json" for shard_id in gone])
+    fs.rm("herd-test/ambiguous/out/manifest/_index.jsonl")
+    assert sorted(shard["shard"] for shard in inspect()["shards"]["missing"]) == gone
