@@ -17,9 +17,32 @@ from schemas import SpecError, load_job
 from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.results import ExitCode, RunSummary
 
+# "text" or "json" (--log-format): in json, every line herd prints is one JSON object.
+_LOG_FORMAT = {"value": "text"}
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "event": "log",
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        return json.dumps(line)
+
+
+def _say(message: str, stream: object = None, **fields: object) -> None:
+    """One herd line: `herd: message`, or a JSON object with --log-format json."""
+    if _LOG_FORMAT["value"] == "json":
+        print(json.dumps({"event": fields.pop("event", "message"), "message": message, **fields}), file=stream)
+    else:
+        print(f"herd: {message}", file=stream)
+
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
-    print(f"herd: {message}", file=sys.stderr)
+    _say(message, sys.stderr, event="error", exit_code=int(code))
     sys.exit(int(code))
 
 
@@ -33,6 +56,9 @@ def _interrupt_on_sigterm() -> None:
 
 
 def _print_summary(summary: RunSummary) -> None:
+    if _LOG_FORMAT["value"] == "json":
+        print(json.dumps({"event": "summary", **summary.model_dump(mode="json")}))
+        return
     print(
         f"herd: {summary.status}: {summary.rows_in} rows in, {summary.rows_out} rows out, "
         f"{summary.error_rows} error rows\n"
@@ -49,15 +75,24 @@ def _print_summary(summary: RunSummary) -> None:
 def command_run(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
     _interrupt_on_sigterm()
+    from jobs.progress import Progress
     from jobs.runner import run_job
 
-    outcome = run_job(job, overwrite=arguments.overwrite, retry_errors=arguments.retry_errors)
+    on_terminal = sys.stderr.isatty()
+    mode = "json" if arguments.log_format == "json" else "live" if on_terminal else "lines"
+    outcome = run_job(
+        job,
+        overwrite=arguments.overwrite,
+        retry_errors=arguments.retry_errors,
+        progress=Progress(mode, every_s=arguments.progress_every),
+        quiet=not arguments.verbose,
+    )
     _print_summary(outcome.summary)
     if outcome.exit_code == ExitCode.ERRORS_OVER_THRESHOLD:
-        print(
-            f"herd: {outcome.summary.error_rows} of {outcome.summary.rows_in} rows failed, over "
+        _say(
+            f"{outcome.summary.error_rows} of {outcome.summary.rows_in} rows failed, over "
             f"max_error_fraction {job.max_error_fraction}; see {outcome.summary.output}/errors",
-            file=sys.stderr,
+            sys.stderr,
         )
     return int(outcome.exit_code)
 
@@ -205,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run again the error rows of committed shards: those of stage generate (the default when "
         "the flag is given alone), or all of them; every row stays exactly once",
     )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream the replicas' own output (vLLM, Ray, transformers) here; by default it goes to a log "
+        "file per replica and only herd's lines are shown",
+    )
+    run.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when not on a terminal: print a progress line this often (default: 30)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: every line herd prints is a JSON object (default: text)",
+    )
     run.set_defaults(handler=command_run)
 
     plan = commands.add_parser("plan", help="validate the job and list its shards without generating")
@@ -260,7 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s herd %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    _LOG_FORMAT["value"] = getattr(arguments, "log_format", "text")
+    handler = logging.StreamHandler()
+    if _LOG_FORMAT["value"] == "json":
+        handler.setFormatter(_JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s herd %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         return arguments.handler(arguments)
     except SpecError as error:

@@ -24,6 +24,11 @@ class OutputLayout:
         return join(self.root, "manifest")
 
     @property
+    def logs_dir(self) -> str:
+        """Replicas' logs, for a local output (an s3:// output's stay on each node: see jobs/replicas.py)."""
+        return join(self.root, "logs")
+
+    @property
     def summary(self) -> str:
         return join(self.root, "summary.json")
 

@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from common.retry import backoff_seconds
+from jobs.progress import Progress
 from jobs.replicas import ReplicaPool
 from schemas.errors import OutputBusy
 from schemas.job import JobSpec
@@ -54,12 +55,24 @@ def dispatch_order(shards: list[Shard]) -> list[Shard]:
 
 
 class Dispatcher:
-    def __init__(self, job: JobSpec, pool: ReplicaPool, commit: Callable[[ShardRecord], None]) -> None:
+    def __init__(
+        self,
+        job: JobSpec,
+        pool: ReplicaPool,
+        commit: Callable[[ShardRecord], None],
+        progress: Progress | None = None,
+    ) -> None:
         self.job = job
         self.pool = pool
         self.commit = commit
         self.policy = job.retry
         self.outcome = DispatchOutcome()
+        self.progress = progress
+        self._ready: set[Any] = set()
+
+    def _replicas_changed(self) -> None:
+        if self.progress is not None:
+            self.progress.replicas(len(self._ready))
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         state = _State(pending=deque(dispatch_order(shards)))
@@ -121,15 +134,24 @@ class Dispatcher:
             return
         log.info("replica %s is ready", name)
         state.idle.extend([actor] * self.pool.shards_in_flight)
+        self._ready.add(actor)
+        self._replicas_changed()
 
     def _on_finished(self, state: _State, ref: Any) -> None:
         actor, shard = state.running.pop(ref)
         try:
             result = ray.get(ref)
         except RayActorError as error:
-            log.warning("the replica running shard %s died (%s); re-queuing it", shard.shard_id, _reason(error))
+            log.warning(
+                "the replica running shard %s died (%s); re-queuing it%s",
+                shard.shard_id,
+                _reason(error),
+                self.pool.last_log_lines(actor),
+            )
             if actor not in state.dead:  # its other in-flight shard reports the same death
                 state.dead.add(actor)
+                self._ready.discard(actor)
+                self._replicas_changed()
                 state.idle = [slot for slot in state.idle if slot != actor]
                 self._replace(state, actor)
             self._retry_or_fail(state, shard, f"replica died: {_reason(error)}")
@@ -151,6 +173,8 @@ class Dispatcher:
             self._retry_or_fail(state, shard, f"could not commit: {_reason(error)}")
             return
         self.outcome.committed[shard.shard_id] = record
+        if self.progress is not None:
+            self.progress.committed(record, shard)
         log.info(
             "[%d/%d] %s: %d rows out, %d errors, %d tokens in %.1fs (%s)",
             len(self.outcome.committed),
@@ -167,6 +191,8 @@ class Dispatcher:
         attempts = state.attempts[shard.shard_id]
         if attempts >= self.policy.attempts:
             self.outcome.failed[shard.shard_id] = f"failed after {attempts} attempts: {reason}"
+            if self.progress is not None:
+                self.progress.failed()
             return
         not_before = time.monotonic() + backoff_seconds(self.policy, attempts)
         heapq.heappush(state.delayed, (not_before, self.outcome.attempts, shard))

@@ -8,6 +8,7 @@ environment on a cluster.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -15,6 +16,9 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from common.layout import OutputLayout
+from common.node_cache import cache_root
+from common.storage import is_remote, join
 from schemas.errors import SpecError
 from schemas.job import JobSpec, ModelSpec
 from workers.replica import EngineFactory, Replica, build_vllm_engine
@@ -100,13 +104,34 @@ def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:
     return env
 
 
+def replica_log_file(job: JobSpec, number: int) -> str:
+    """Where replica `number` of a run writes its output: under the output's logs/ for a local output,
+    else in the node's cache (`~/.cache/herd/logs/<job>-<output digest>/`)."""
+    name = f"replica-{number}-{os.getpid()}.log"
+    if not is_remote(job.output.path):
+        return join(OutputLayout(job.output.path).logs_dir, name)
+    digest = hashlib.sha256(job.output.path.encode()).hexdigest()[:8]
+    slug = "".join(char if char.isalnum() or char in "-_" else "-" for char in job.name)
+    return str(cache_root() / "logs" / f"{slug}-{digest}" / name)
+
+
 class ReplicaPool:
     """Replica actors for one model configuration; reusable across jobs that use the same model."""
 
     def __init__(
-        self, model: ModelSpec, job: JobSpec, size: int, engine_factory: EngineFactory = build_vllm_engine
+        self,
+        model: ModelSpec,
+        job: JobSpec,
+        size: int,
+        engine_factory: EngineFactory = build_vllm_engine,
+        quiet: bool = False,
     ) -> None:
+        """`quiet`: each replica's output (vLLM's, transformers') goes to its own log file instead
+        of Ray's worker logs and the driver's terminal; see replica_log_file."""
         self.model = model
+        self._quiet = quiet
+        self._log_files: dict[Any, str] = {}
+        self._started = 0
         self.device = cluster_device()
         self.size = size
         self.shards_in_flight = job.resources.shards_in_flight
@@ -140,11 +165,37 @@ class ReplicaPool:
             max_restarts=0,  # the driver replaces dead replicas itself, and re-queues their shards
             max_concurrency=self.shards_in_flight,
             runtime_env={"env_vars": self._environment},
-        ).remote(self.model, self._job.storage, self._job.retry, self.device, self._engine_factory)
+        ).remote(
+            self.model,
+            self._job.storage,
+            self._job.retry,
+            self.device,
+            self._engine_factory,
+            self._next_log_file() if self._quiet else None,
+        )
+        if self._quiet:
+            self._log_files[actor] = replica_log_file(self._job, self._started)
         if group is not None:
             self._placement_groups[actor] = group
         self.actors.append(actor)
         return actor
+
+    def _next_log_file(self) -> str:
+        self._started += 1
+        return replica_log_file(self._job, self._started)
+
+    def last_log_lines(self, actor: Any, count: int = 5) -> str:
+        """The end of a replica's log, to say why it died (readable where the replica ran here)."""
+        path = self._log_files.get(actor)
+        if path is None:
+            return ""
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.path.getsize(path) - 8192))
+                lines = handle.read().decode("utf-8", errors="replace").splitlines()[-count:]
+        except OSError:
+            return f"; its log: {path}"
+        return f"; its log ({path}) ends:\n    " + "\n    ".join(lines)
 
     def placement_group_of(self, actor: Any) -> PlacementGroup | None:
         return self._placement_groups.get(actor)

