@@ -101,25 +101,63 @@ def command_plan(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
     from common.layout import OutputLayout
     from common.storage import Storage
+    from jobs.dry_run import dry_run
     from jobs.manifest import committed_shards
     from jobs.planner import list_inputs, plan_shards, with_absolute_paths
     from schemas.shard import TO_END_OF_FILE
 
     job = with_absolute_paths(job)
     storage = Storage(job.storage, job.retry)
-    inputs = list_inputs(storage, job)
-    shards = plan_shards(job.input, inputs.files, storage, job.prompt)
+    report = dry_run(
+        job,
+        storage,
+        sample_rows=arguments.sample,
+        tokens_per_s=arguments.tokens_per_s,
+        calibrate=arguments.calibrate,
+        gpu_hour_cost=arguments.gpu_hour_cost,
+    )
     committed = committed_shards(storage, OutputLayout(job.output.path))
-    for shard in shards:
-        state = "committed" if shard.shard_id in committed else "to run"
-        unit = "rows" if shard.format == "parquet" else "bytes" if shard.compression is None else "bytes decompressed"
-        end = "end" if shard.end == TO_END_OF_FILE else shard.end
-        print(f"{shard.shard_id}\t{shard.format}\t{unit} {shard.start}-{end}\t~{shard.estimated_rows} rows\t{state}")
-    for label, why in inputs.ignored:
-        print(f"herd: not an input: {label} ({why})", file=sys.stderr)
-    to_run = sum(shard.shard_id not in committed for shard in shards)
-    print(f"herd: {len(inputs.files)} files, {len(shards)} shards, {to_run} to run", file=sys.stderr)
-    return 0
+    if arguments.shards:
+        for shard in plan_shards(job.input, list_inputs(storage, job).files, storage, job.prompt):
+            state = "committed" if shard.shard_id in committed else "to run"
+            unit = "rows" if shard.format == "parquet" else "bytes" if shard.compression is None else "bytes unpacked"
+            end = "end" if shard.end == TO_END_OF_FILE else shard.end
+            print(
+                f"{shard.shard_id}\t{shard.format}\t{unit} {shard.start}-{end}\t~{shard.estimated_rows} rows\t{state}"
+            )
+    report["shards_committed"] = len(committed)
+    if arguments.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_describe_plan(report))
+    for problem in report["problems"]:
+        _say(f"problem: {problem}", sys.stderr)
+    return int(ExitCode.INVALID) if report["problems"] else 0
+
+
+def _describe_plan(report: dict) -> str:
+    rows = f"{report['rows']:,}" if report["rows_exact"] else f"about {report['rows']:,}"
+    tokens = report["generated_tokens"]
+    lines = [
+        f"herd: {report['files']} file(s), {report['shards']} shard(s) ({report['shards_committed']} already "
+        f"committed), {rows} rows",
+        f"herd: {report['sampled_rows']} rows sampled: prompts of {report['prompt_tokens']['mean']} tokens on "
+        f"average (longest {report['prompt_tokens']['max']}), {report['prompts_over_context_in_sample']} over the "
+        "context",
+        f"herd: about {report['prompt_tokens']['estimated_total']:,} prompt tokens; generated tokens at most "
+        f"{tokens['upper_bound']:,}, expected {tokens['expected']:,} (from {tokens['expected_from']})",
+    ]
+    for name in report["files_not_read"]:
+        lines.append(f"herd: not an input: {name}")
+    if report["hours"] is not None:
+        cost = f", {report['cost']:,.2f} at the given GPU-hour cost" if report["cost"] is not None else ""
+        lines.append(
+            f"herd: at {report['tokens_per_s']:,.0f} generated tokens/s per replica on {report['replicas']} "
+            f"replica(s): {report['hours']:.2f} hours{cost}"
+        )
+    else:
+        lines.append("herd: give --tokens-per-s or --calibrate N for the run time and cost")
+    return "\n".join(lines)
 
 
 def command_inspect(arguments: argparse.Namespace) -> int:
@@ -216,9 +254,15 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _subcommand(commands: argparse._SubParsersAction, name: str, **options: object) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows each option's default."""
+    return commands.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="submit.py",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="herd: offline batch generation with vLLM on Ray. Exit codes: 0 success, "
         "1 unexpected error, 2 invalid spec or input, 3 row errors over max_error_fraction, "
         "4 shards failed after retries, 5 output busy (another run holds it), 6 storage unavailable "
@@ -226,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a job on an embedded local Ray, or the Ray at RAY_ADDRESS")
+    run = _subcommand(commands, "run", help="run a job on an embedded local Ray, or the Ray at RAY_ADDRESS")
     run.add_argument("job", help="the job file (YAML or JSON)")
     run.add_argument("--output", help="write here instead of the job's output.path (local or s3://)")
     run.add_argument(
@@ -261,13 +305,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=command_run)
 
-    plan = commands.add_parser("plan", help="validate the job and list its shards without generating")
+    plan = _subcommand(
+        commands,
+        "plan",
+        help="a dry run: check everything that can be checked before generating, estimate tokens, time and "
+        "cost; exit 2 on any problem (no Ray, no engine unless --calibrate)",
+    )
     plan.add_argument("job")
     plan.add_argument("--output", help="check this output path for committed shards instead")
+    plan.add_argument("--sample", type=int, default=200, help="rows to read, render and count")
+    plan.add_argument("--tokens-per-s", type=float, help="generated tokens per second of one replica, to estimate time")
+    plan.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N sampled rows on the real engine here to measure tokens per row and per second",
+    )
+    plan.add_argument("--gpu-hour-cost", type=float, help="price of one GPU hour, to estimate the cost")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--shards", action="store_true", help="also list every shard")
     plan.set_defaults(handler=command_plan)
 
-    inspect = commands.add_parser(
-        "inspect", help="the state of an output (local or s3://): its job, committed and missing shards, a run now"
+    inspect = _subcommand(
+        commands,
+        "inspect",
+        help="the state of an output (local or s3://): its job, committed and missing shards, a run now",
     )
     inspect.add_argument("output", help="the output path of a job")
     inspect.add_argument("--json", action="store_true", help="print the state as JSON (default: text)")
@@ -276,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(handler=command_inspect)
 
-    submit = commands.add_parser("submit", help="submit the job to a Ray cluster (Ray Jobs API); prints the job id")
+    submit = _subcommand(commands, "submit", help="submit the job to a Ray cluster (Ray Jobs API); prints the job id")
     submit.add_argument("job")
     submit.add_argument("--output", help="write here instead of the job's output.path")
     submit.add_argument("--overwrite", action="store_true", help="as for run")
@@ -297,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("logs", command_logs, "print a submitted job's logs"),
         ("stop", command_stop, "stop a submitted job"),
     ):
-        command = commands.add_parser(name, help=helptext)
+        command = _subcommand(commands, name, help=helptext)
         command.add_argument("job_id")
         _add_address(command)
         command.set_defaults(handler=handler)
@@ -306,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             command.add_argument("--follow", action="store_true", help="stream until the job ends")
 
-    listing = commands.add_parser("list", help="list the jobs submitted to the cluster")
+    listing = _subcommand(commands, "list", help="list the jobs submitted to the cluster")
     _add_address(listing)
     listing.set_defaults(handler=command_list)
     return parser

@@ -158,7 +158,9 @@ class Storage:
     def _open_input(self, url: str):  # noqa: ANN202 - an fsspec file object
         fs, path = self._fs(url)
         if is_remote(url):
-            return fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="readahead")
+            # No read-ahead: pyarrow asks for what it decodes (buffered, a block at a time), and a
+            # read-ahead would fetch past each column chunk into columns the job never reads.
+            return fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none")
         return fs.open(path, "rb")
 
     def parquet_metadata(self, url: str) -> pq.FileMetaData:

@@ -96,7 +96,7 @@ def describe_state(state: dict[str, Any]) -> str:
         lines.append(f"running:  no; a stale lease, {lease['holder']}: {lease['stale_because']}")
     lines.append(
         f"shards:   {shards['committed']} of {shards['planned']} committed, {len(shards['missing'])} missing"
-        + (" (complete: _SUCCESS written)" if state["succeeded"] else "")
+        + ("; _SUCCESS present" if state["succeeded"] else "")
     )
     rows = state["rows"]
     lines.append(f"rows:     {rows['in']} in, {rows['out']} out, {rows['errors']} error rows (committed shards)")

@@ -21,6 +21,7 @@ from common.node_cache import cache_root
 from common.storage import is_remote, join
 from schemas.errors import SpecError
 from schemas.job import JobSpec, ModelSpec
+from workers.engine import engine_environment
 from workers.replica import EngineFactory, Replica, build_vllm_engine
 
 # The variables that configure the engine, its caches or storage endpoints and hold no secret: an
@@ -93,14 +94,8 @@ def _actor_environment(model: ModelSpec, device: str) -> dict[str, str]:
     # Ray starts workers at nice 15, below everything else on the node; the engine is the job's
     # work, and on a busy node the lower priority costs it (vLLM on CPU: 17% slower at nice 15).
     env.setdefault("RAY_worker_niceness", "0")
-    if device == "cpu":
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if model.tensor_parallel_size > 1:
-            # vLLM's CPU workers each bind OpenMP threads to their own cores; inside an actor they
-            # cannot discover a NUMA layout, so give one core per tensor-parallel rank.
-            env.setdefault(
-                "VLLM_CPU_OMP_THREADS_BIND", "|".join(str(core) for core in range(model.tensor_parallel_size))
-            )
+    for name, value in engine_environment(model, device).items():
+        env.setdefault(name, value)
     return env
 
 

@@ -48,6 +48,20 @@ def row_seed(job_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def engine_environment(spec: ModelSpec, device: str) -> dict[str, str]:
+    """Settings vLLM reads from the environment, for an engine of this model on this device."""
+    environment: dict[str, str] = {}
+    if device == "cpu":
+        # vLLM on CPU reserves most of the memory for its KV cache unless told; 1 GiB serves a node
+        # shared with other processes (the test models need far less).
+        environment["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        if spec.tensor_parallel_size > 1:
+            # vLLM's CPU workers each bind OpenMP threads to their own cores; inside an actor they
+            # cannot discover a NUMA layout, so give one core per tensor-parallel rank.
+            environment["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(core) for core in range(spec.tensor_parallel_size))
+    return environment
+
+
 def vllm_options(model_dir: str, spec: ModelSpec, device: str) -> dict[str, Any]:
     """The keyword arguments of vLLM's LLM for this model on this device."""
     options: dict[str, Any] = {
@@ -98,6 +112,10 @@ class VllmEngine:
         self._decoder = self.llm.get_tokenizer()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.max_model_len = spec.max_model_len
+
+    def close(self) -> None:
+        """Stops the engine's processes now (rather than at interpreter exit)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def _engine_process_exited(self) -> bool:
         # Set by vLLM's monitor thread when the engine core process dies (multiprocess client only).

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import posixpath
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +52,55 @@ def model_identity(path: str, storage: Storage) -> dict[str, Any]:
     }
 
 
-def _fetch_from_storage(url: str, storage: Storage) -> Path:
-    target = cache_root() / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
+# What a tokenizer needs of a checkpoint (herd's dry run loads no weights).
+_TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "tokenizer.model",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "config.json",
+    }
+)
+
+
+def _fetch_from_storage(url: str, storage: Storage, only: frozenset[str] | None = None) -> Path:
+    """The checkpoint's files (or `only` those) in this node's cache, fetched once per node. The cache
+    is keyed by the objects' versions (ETags): a changed checkpoint under the same URL is fetched again.
+    Each file is streamed to disk, never held whole in memory (a 70B shard is about 10 GB)."""
+    prefix = url.rstrip("/")
+    listed = [info for info in storage.expand_inputs(prefix) if posixpath.dirname(info.url) == prefix]
+    files = [info for info in listed if only is None or posixpath.basename(info.url) in only]
+    if not any(info.url.endswith("/config.json") for info in files):
+        raise FileNotFoundError(f"model.path {url}: no config.json there")
+    identity = "|".join(f"{info.url}={info.version}" for info in files)
+    kind = "tokenizers" if only is not None else "models"
+    target = cache_root() / kind / hashlib.sha256(identity.encode()).hexdigest()[:16]
     with exclusive(target.with_suffix(".lock")):
         if (target / ".complete").exists():
             return target
-        prefix = url.rstrip("/")
-        names = storage.list_names(prefix)
-        if "config.json" not in names:
-            raise FileNotFoundError(f"model.path {url}: no config.json there")
         target.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            (target / name).write_bytes(storage.read_bytes(f"{prefix}/{name}"))
+        for info in files:
+            destination = target / posixpath.basename(info.url)
+
+            def copy(handle: Any, destination: Path = destination) -> None:
+                with open(destination, "wb") as sink:
+                    shutil.copyfileobj(handle, sink, 8 << 20)
+
+            storage.read_stream(info.url, copy)
         (target / ".complete").write_text(url)
     return target
+
+
+def tokenizer_directory(path: str, storage: Storage) -> str:
+    """A local directory with the model's tokenizer files (for a dry run: the weights are not fetched)."""
+    if path == DEMO_MODEL:
+        return str(prepare_demo_model())
+    if path.startswith("s3://"):
+        return str(_fetch_from_storage(path, storage, only=_TOKENIZER_FILES))
+    return path
 
 
 def _demo_gguf_directory() -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from collections.abc import Callable
 
 from common.storage import Storage
@@ -13,6 +12,7 @@ from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model
+from workers.output_capture import send_output_to
 from workers.shard_processor import ReplicaContext, process_shard
 
 EngineFactory = Callable[[str, ModelSpec, str], Engine]
@@ -21,18 +21,6 @@ log = logging.getLogger(__name__)
 
 def build_vllm_engine(model_dir: str, spec: ModelSpec, device: str) -> Engine:
     return VllmEngine(model_dir, spec, device)
-
-
-def _send_output_to(log_file: str) -> None:
-    """This process's stdout and stderr, and so those of the engine processes it starts, go to
-    `log_file` (file descriptors, not only Python's streams: vLLM's engine core writes to them too)."""
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os.dup2(descriptor, 1)
-    os.dup2(descriptor, 2)
-    os.close(descriptor)
 
 
 class Replica:
@@ -48,7 +36,7 @@ class Replica:
         log_file: str | None = None,
     ) -> None:
         if log_file is not None:
-            _send_output_to(log_file)
+            send_output_to(log_file)
         self.storage = Storage(storage, retry)
         self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their

@@ -51,3 +51,15 @@ def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answer
     capital = next(row for row in rows if row["id"] == "q001")
     assert "Paris" in capital["completion"]
     assert (tmp_path / "out" / "_SUCCESS").exists()
+    # The dry run's estimate of generated tokens, calibrated on 16 rows, is within 2x of this run's.
+    generated = json.loads((tmp_path / "out" / "summary.json").read_text())["completion_tokens"]
+    plan = subprocess.run(
+        [sys.executable, "submit.py", "plan", "examples/quickstart.yaml", "--calibrate", "16", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    expected = json.loads(plan.stdout)["generated_tokens"]["expected"]
+    assert generated / 2 <= expected <= generated * 2, (expected, generated)

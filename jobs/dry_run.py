@@ -1,0 +1,179 @@
+"""`submit.py plan`: will the job work, how long will it take, what will it cost; before any GPU time.
+
+Without --calibrate this imports neither Ray nor vLLM nor torch: it lists and plans the inputs (every
+file readable, every named column in every Parquet file), reads a sample of rows, renders and counts
+them with the model's own tokenizer (a fast tokenizer, loaded without torch), and estimates from
+there. --calibrate N also runs N sample rows on the real engine, in this process, to measure how many
+tokens a row really generates and how fast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from common.storage import Storage
+from jobs.planner import list_inputs, plan_shards
+from schemas.job import JobSpec
+from schemas.shard import Shard
+from workers.rendering import fit_to_context, render_token_ids, source_from_row
+from workers.shard_io import read_shard
+
+_EXAMPLES = 5
+
+
+def _sample(job: JobSpec, shards: list[Shard], storage: Storage, rows: int) -> tuple[list[Any], list[dict], float]:
+    """Up to `rows` rows, from the start of each file first; and, for JSONL, how
+    many rows the shards read held per row the planner estimated (it guesses from bytes)."""
+    firsts: dict[str, Shard] = {}
+    for shard in shards:
+        firsts.setdefault(shard.file_url, shard)
+    # Every file's first shard (a problem in any file shows), then the rest in order.
+    order = [*firsts.values(), *(shard for shard in shards if firsts[shard.file_url] is not shard)]
+    sampled: list[Any] = []
+    errors: list[dict] = []
+    held, estimated = 0, 0
+    for shard in order:
+        if len(sampled) >= rows:
+            break
+        read = read_shard(shard, job.input, storage)
+        sampled += read.rows[: rows - len(sampled)]
+        errors += read.errors
+        if shard.format == "jsonl":
+            held += len(read.rows) + len(read.errors)
+            estimated += shard.estimated_rows
+    return sampled, errors, held / estimated if estimated else 1.0
+
+
+def _tokenizer(job: JobSpec, storage: Storage) -> Any:
+    from transformers import PreTrainedTokenizerFast  # the fast tokenizer alone: no torch
+
+    from workers.model_source import tokenizer_directory
+
+    return PreTrainedTokenizerFast.from_pretrained(tokenizer_directory(job.model.path, storage))
+
+
+def dry_run(
+    job: JobSpec,
+    storage: Storage,
+    sample_rows: int = 200,
+    tokens_per_s: float | None = None,
+    calibrate: int = 0,
+    gpu_hour_cost: float | None = None,
+) -> dict[str, Any]:
+    inputs = list_inputs(storage, job)
+    shards = plan_shards(job.input, inputs.files, storage, job.prompt)
+    problems: list[str] = []
+    rows, errors, jsonl_ratio = _sample(job, shards, storage, sample_rows)
+    for error in errors[:_EXAMPLES]:
+        problems.append(f"{error['file']} row {error['row']}: {error['reason']}")
+    tokenizer = _tokenizer(job, storage)
+
+    prompt_tokens: list[int] = []
+    over_context, render_failures = [], []
+    rendered_rows: list[tuple[Any, list[int]]] = []
+    for row in rows:
+        try:
+            source = row.source or source_from_row(row.values, job.input, job.prompt)
+            ids = render_token_ids(source, job.prompt, tokenizer)
+        except Exception as error:  # noqa: BLE001 - any row that cannot render is a problem to show
+            render_failures.append(f"{row.row_id}: {error}")
+            continue
+        prompt_tokens.append(len(ids))
+        try:
+            ids = fit_to_context(ids, job.sampling.max_new_tokens, job.model.max_model_len, job.prompt)
+        except ValueError as error:
+            over_context.append(f"{row.row_id}: {error}")
+            continue
+        rendered_rows.append((row, ids))
+    if over_context:
+        problems.append(
+            f"{len(over_context)} of {len(rows)} sampled prompts do not fit the context, e.g. {over_context[0]}"
+        )
+    if render_failures:
+        problems.append(
+            f"{len(render_failures)} of {len(rows)} sampled rows cannot be rendered, e.g. {render_failures[0]}"
+        )
+    duplicates = [row_id for row_id, count in Counter(row.row_id for row in rows).items() if count > 1]
+    if duplicates:
+        problems.append(f"ids are not unique in the sample: {', '.join(duplicates[:_EXAMPLES])}")
+
+    exact = all(shard.format == "parquet" for shard in shards)
+    total_rows = sum(
+        shard.estimated_rows if shard.format == "parquet" else round(shard.estimated_rows * jsonl_ratio)
+        for shard in shards
+    )
+    if len(rows) < sample_rows:  # the sample ran out: every row was read, and counted
+        exact, total_rows = True, len(rows) + len(errors)
+    samples_per_row = job.sampling.n
+    upper = total_rows * samples_per_row * job.sampling.max_new_tokens
+    mean_prompt = sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else 0.0
+    calibration = _calibrate(job, rendered_rows[:calibrate]) if calibrate and rendered_rows else None
+    expected = round(total_rows * calibration["completion_tokens_per_row"]) if calibration else upper
+    rate = calibration["tokens_per_s"] if calibration and tokens_per_s is None else tokens_per_s
+    replicas = job.resources.replicas if job.resources.replicas != "auto" else 1
+    hours = expected / (rate * replicas) / 3600 if rate else None
+    return {
+        "files": len(inputs.files),
+        "files_not_read": [f"{label} ({why})" for label, why in inputs.ignored],
+        "shards": len(shards),
+        "rows": total_rows,
+        "rows_exact": exact,
+        "sampled_rows": len(rows),
+        "prompt_tokens": {
+            "mean": round(mean_prompt, 1),
+            "max": max(prompt_tokens, default=0),
+            "estimated_total": round(mean_prompt * total_rows),
+        },
+        "prompts_over_context_in_sample": len(over_context),
+        "generated_tokens": {
+            "upper_bound": upper,
+            "expected": expected,
+            "expected_from": "calibration" if calibration else "the upper bound (run --calibrate N to measure)",
+        },
+        "calibration": calibration,
+        "tokens_per_s": rate,
+        "replicas": replicas,
+        "hours": round(hours, 3) if hours is not None else None,
+        "cost": round(hours * replicas * job.model.tensor_parallel_size * gpu_hour_cost, 2)
+        if hours is not None and gpu_hour_cost is not None
+        else None,
+        "problems": problems,
+    }
+
+
+def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str, Any]:
+    """Runs these rows on the real engine here: what a row generates, and how fast."""
+    import os
+
+    from common.node_cache import cache_root
+    from workers.engine import Request, VllmEngine, engine_environment, row_seed
+    from workers.model_source import resolve_model
+    from workers.output_capture import output_sent_to
+
+    device = "cpu" if not _has_gpu() else "gpu"
+    for name, value in engine_environment(job.model, device).items():
+        os.environ.setdefault(name, value)  # as a replica's engine gets them
+    log_file = str(cache_root() / "logs" / f"calibrate-{os.getpid()}.log")
+    with output_sent_to(log_file):  # vLLM's own lines stay out of the plan's output
+        engine = VllmEngine(resolve_model(job.model.path, Storage(job.storage, job.retry)), job.model, device)
+        requests = [Request(ids, row_seed(job.sampling.seed, row.row_id), job.sampling) for row, ids in rendered]
+        started = time.perf_counter()
+        samples = engine.generate(requests)
+        seconds = time.perf_counter() - started
+        engine.close()
+    tokens = sum(len(sample.token_ids) for result in samples for sample in result)
+    return {
+        "rows": len(rendered),
+        "completion_tokens_per_row": tokens / len(rendered),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "device": device,
+        "engine_log": log_file,
+    }
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

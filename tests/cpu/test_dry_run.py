@@ -1,0 +1,116 @@
+"""`submit.py plan`: everything that can be checked before generating, and the estimates; no Ray,
+no vLLM, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.cpu.conftest import tiny_model_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plan(
+    tmp_path: Path, tiny_model: Path, input_section: dict, *flags: str, **sections
+) -> subprocess.CompletedProcess:
+    job = {
+        "input": input_section,
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 16},
+        "output": {"path": str(tmp_path / "out")},
+        **sections,
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    return subprocess.run(
+        [sys.executable, "submit.py", "plan", str(tmp_path / "job.json"), *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_plan_imports_neither_ray_nor_vllm_nor_torch_and_counts_parquet_rows_exactly(tmp_path, tiny_model):
+    pq.write_table(pa.table({"prompt": [f"question number {index}" for index in range(1500)]}), tmp_path / "a.parquet")
+    (tmp_path / "job.json").write_text(
+        json.dumps(
+            {
+                "input": {"path": str(tmp_path / "a.parquet"), "prompt_column": "prompt"},
+                "model": tiny_model_spec(tiny_model),
+                "sampling": {"max_new_tokens": 16, "n": 2},
+                "output": {"path": str(tmp_path / "out")},
+            }
+        )
+    )
+    script = (
+        "import contextlib, io, json, sys\n"
+        "import submit\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    code = submit.main(['plan', {str(tmp_path / 'job.json')!r}, '--json', '--tokens-per-s', '100', "
+        "'--gpu-hour-cost', '2'])\n"
+        "print(json.dumps({'code': code, 'plan': json.loads(out.getvalue()), "
+        "'loaded': [name for name in ('ray', 'vllm', 'torch') if name in sys.modules]}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["loaded"] == [] and answer["code"] == 0
+    plan = answer["plan"]
+    assert (plan["rows"], plan["rows_exact"], plan["sampled_rows"]) == (1500, True, 200)
+    assert plan["generated_tokens"]["upper_bound"] == 1500 * 2 * 16
+    assert plan["hours"] == round(1500 * 2 * 16 / 100 / 3600, 3) and plan["cost"] == round(plan["hours"] * 2, 2)
+    assert plan["prompt_tokens"]["mean"] > 0 and plan["problems"] == []
+
+
+def _missing_column_in_a_second_file(tmp_path: Path) -> dict:
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"text": ["c"]}), tmp_path / "part-1.parquet")
+    return {"path": str(tmp_path), "prompt_column": "prompt"}
+
+
+def _prompt_over_the_context(tmp_path: Path) -> dict:
+    rows = [{"prompt": "short"}, {"prompt": "many words " * 400}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"}
+
+
+def _duplicate_ids(tmp_path: Path) -> dict:
+    rows = [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "a", "prompt": "z"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "id_column": "id"}
+
+
+def _rows_that_cannot_render(tmp_path: Path) -> dict:
+    rows = [{"prompt": "fine"}, {"prompt": None}, {"prompt": 7}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"}
+
+
+def _malformed_lines(tmp_path: Path) -> dict:
+    (tmp_path / "in.jsonl").write_text('{"prompt": "fine"}\n{"prompt": "broken\n')
+    return {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"}
+
+
+PROBLEMS = [
+    (_missing_column_in_a_second_file, "part-1.parquet: column(s) ['prompt'] named in the job are not in the file"),
+    (_prompt_over_the_context, "1 of 2 sampled prompts do not fit the context"),
+    (_duplicate_ids, "ids are not unique in the sample: a"),
+    (_rows_that_cannot_render, "2 of 3 sampled rows cannot be rendered"),
+    (_malformed_lines, "malformed JSON line"),
+]
+
+
+@pytest.mark.parametrize(("make_input", "message"), PROBLEMS, ids=[make.__name__ for make, _ in PROBLEMS])
+def test_plan_exits_2_naming_each_problem_it_finds_before_generation(tmp_path, tiny_model, make_input, message):
+    result = _plan(tmp_path, tiny_model, make_input(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
