@@ -170,6 +170,20 @@ def command_inspect(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(arguments: argparse.Namespace) -> int:
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.report import write_report
+    from schemas.job import RetrySpec, StorageSpec
+
+    layout = OutputLayout(arguments.output)
+    storage = Storage(StorageSpec(endpoint_url=arguments.endpoint_url), RetrySpec())
+    if not storage.exists(layout.summary):
+        raise SpecError(f"{arguments.output}: no summary.json here; a report needs a finished run")
+    _say(f"report written to {write_report(storage, layout)}")
+    return 0
+
+
 def command_submit(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
     from common.storage import Storage
@@ -338,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint-url", help="the S3 endpoint to reach it through (default: $AWS_ENDPOINT_URL, else the job's)"
     )
     inspect.set_defaults(handler=command_inspect)
+
+    report = _subcommand(commands, "report", help="build report.html (plots of the run) again for an output")
+    report.add_argument("output", help="the output path of a job (local or s3://)")
+    report.add_argument("--endpoint-url", help="the S3 endpoint to reach it through (default: $AWS_ENDPOINT_URL)")
+    report.set_defaults(handler=command_report)
 
     submit = _subcommand(commands, "submit", help="submit the job to a Ray cluster (Ray Jobs API); prints the job id")
     submit.add_argument("job")

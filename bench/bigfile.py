@@ -49,18 +49,15 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _busy_fraction(records: list) -> float:
-    """Per replica, the union of its shards' [started, finished] spans over the whole run; averaged."""
+    """Per replica, the time it had a shard in hand over the whole run; averaged."""
+    from jobs.run_stats import by_replica, covered_seconds
+
     first = min(shard.started_at for shard in records)
     last = max(shard.finished_at for shard in records)
-    fractions = []
-    for replica in {shard.replica for shard in records}:
-        spans = sorted((shard.started_at, shard.finished_at) for shard in records if shard.replica == replica)
-        busy, covered = 0.0, float("-inf")
-        for start, end in spans:
-            if end > covered:
-                busy += end - max(start, covered)
-                covered = end
-        fractions.append(busy / (last - first))
+    fractions = [
+        covered_seconds((shard.started_at, shard.finished_at) for shard in own) / (last - first)
+        for own in by_replica(records).values()
+    ]
     return sum(fractions) / len(fractions)
 
 

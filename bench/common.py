@@ -93,13 +93,11 @@ def run_herd(job: dict[str, Any], work: Path) -> tuple[float, dict[str, Any], li
 def engine_busy_seconds(records: list[dict[str, Any]]) -> float:
     """How long some shard was generating: the union of the shards' generate spans (a replica's
     shards share the engine's batches, so their spans overlap and cannot be summed). One replica."""
-    spans = sorted((r["generate_started_at"], r["generate_started_at"] + r["generate_seconds"]) for r in records)
-    busy, covered_until = 0.0, float("-inf")
-    for start, end in spans:
-        if end > covered_until:
-            busy += end - max(start, covered_until)
-            covered_until = end
-    return busy
+    from jobs.run_stats import covered_seconds
+
+    return covered_seconds(
+        (r["generate_started_at"], r["generate_started_at"] + r["generate_seconds"]) for r in records
+    )
 
 
 def run_script(arguments: list[str]) -> tuple[float, dict[str, Any]]:

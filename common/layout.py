@@ -33,6 +33,11 @@ class OutputLayout:
         return join(self.root, "summary.json")
 
     @property
+    def report(self) -> str:
+        """A page about the run, with plots (see jobs/report.py)."""
+        return join(self.root, "report.html")
+
+    @property
     def success_marker(self) -> str:
         return join(self.root, "_SUCCESS")
 

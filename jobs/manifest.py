@@ -23,6 +23,7 @@ from schemas.shard import PLANNER_VERSION, ShardRecord
 _SHARD_ID = r"[A-Za-z0-9_-]*-\d+-(?:\d+|end)-[0-9a-f]{10}"
 _SHARD_FILE = re.compile(rf"(?:{_SHARD_ID})\.[0-9a-f]{{12}}\.(?:parquet|jsonl)")
 _RECORD_FILE = re.compile(rf"(?:{_SHARD_ID})\.json|_index\.jsonl")
+_REPLICA_LOG = re.compile(r"replica-\d+-\d+\.log")
 _TEMPORARY_FILE = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # a local write that died before its rename
 
 
@@ -190,12 +191,13 @@ def clear_output(storage: Storage, layout: OutputLayout) -> None:
             (layout.data_dir, _SHARD_FILE),
             (layout.errors_dir, _SHARD_FILE),
             (layout.manifest_dir, _RECORD_FILE),
+            (layout.logs_dir, _REPLICA_LOG),
         )
         for name in storage.list_names(directory)
         if pattern.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name)
     ]
     # job.json last: until it goes, a crash here leaves an output herd still recognises as its own.
-    storage.delete([*own, layout.success_marker, layout.summary, layout.job_record])
+    storage.delete([*own, layout.success_marker, layout.summary, layout.report, layout.job_record])
 
 
 def committed_shards(storage: Storage, layout: OutputLayout) -> dict[str, ShardRecord]:

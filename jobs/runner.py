@@ -29,6 +29,8 @@ from jobs.manifest import (
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.progress import Progress
 from jobs.replicas import ReplicaPool, cluster_device, replica_count
+from jobs.report import write_report
+from jobs.run_stats import error_reasons, errors_by_stage, tokens_per_s_by_replica, top_error_reasons
 from schemas.errors import OutputBusy, SpecError
 from schemas.job import JobSpec
 from schemas.results import ExitCode, RunSummary, RunTotals
@@ -195,6 +197,10 @@ def _run_holding_the_lease(
         },
     )
     storage.write_text(layout.summary, json.dumps(summary.model_dump(mode="json"), indent=2))
+    try:
+        write_report(storage, layout)
+    except Exception as error:  # noqa: BLE001 - the report is for people; the run's outcome stands without it
+        log.warning("could not write %s: %s: %s", layout.report, type(error).__name__, error)
     if exit_code == ExitCode.SUCCESS:
         storage.write_text(layout.success_marker, "")
     return RunOutcome(summary, exit_code)
@@ -225,6 +231,8 @@ def _summarize(
         return sum(getattr(record, field) for record in among.values())
 
     completion_tokens_this_run = total("completion_tokens", outcome.committed)
+    reasons = error_reasons(records.values())
+    finished = [record.finished_at for record in outcome.committed.values()]
     rows_in, error_rows = total("rows_in"), total("error_rows")
     status = "succeeded"
     if outcome.failed:
@@ -251,6 +259,10 @@ def _summarize(
         attempts=outcome.attempts,
         replicas=replicas,
         replicas_replaced=outcome.replicas_replaced,
+        errors_by_stage=errors_by_stage(reasons),
+        top_error_reasons=top_error_reasons(reasons),
+        tokens_per_s_by_replica=tokens_per_s_by_replica(outcome.committed.values()),
+        time_to_first_shard_s=round(min(finished) - (time.time() - wall_seconds), 2) if finished else None,
         this_run=RunTotals(
             files_added=files_added,
             shards_run=len(outcome.committed),

@@ -20,6 +20,13 @@ OUTPUT_COLUMNS = (
 ERROR_COLUMNS = ("id", "file", "row", "stage", "reason")
 
 
+def reason_key(error: dict) -> str:
+    """An error row's stage and reason, with its numbers as N: "render: prompt is N tokens; ..."."""
+    import re
+
+    return f"{error['stage']}: {re.sub(r'[0-9]+', 'N', str(error['reason']))[:160]}"
+
+
 def output_columns(job: JobSpec) -> list[str]:
     """The columns of this job's output files; the optional ones only when the job can fill them."""
     columns = ["id", *job.input.keep_columns, *OUTPUT_COLUMNS]
@@ -68,6 +75,10 @@ class RunSummary(BaseModel):
     replicas: int
     replicas_replaced: int
     this_run: RunTotals
+    errors_by_stage: dict[str, int]  # read | render | generate -> error rows
+    top_error_reasons: list[dict[str, object]]  # {stage, reason, rows}, most rows first (numbers as N)
+    tokens_per_s_by_replica: dict[str, float]  # this run: generated tokens over the time each generated
+    time_to_first_shard_s: float | None  # this run: from its start to its first committed shard
 
 
 class ExitCode(IntEnum):

@@ -84,6 +84,8 @@ class ShardResult(BaseModel):
     finished_at: float  # unix time its files were written
     outputs: list[OutputObject]
     replica: str
+    # Error rows by "stage: reason" (numbers in the reason replaced by N, so that alike reasons count together).
+    error_reasons: dict[str, int] = Field(default_factory=dict)
 
 
 class ShardRecord(ShardResult):

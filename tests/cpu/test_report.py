@@ -1,0 +1,94 @@
+"""report.html after a real run: every plot holds the run's data, and a real browser shows it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from schemas.results import ExitCode
+
+REPO = Path(__file__).resolve().parents[2]
+PLOTS = ["throughput", "replicas", "lengths", "finish-reasons", "attempts"]
+
+
+def test_every_run_writes_a_self_contained_report_that_a_browser_shows_with_every_plot(run_tiny, tmp_path):
+    rows = [{"id": f"r{index}", "prompt": f"tell me about number {index}"} for index in range(48)]
+    rows[5]["prompt"] = None  # two error rows, for the error section
+    rows[9]["prompt"] = ""
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    outcome = run_tiny(
+        input={
+            "path": str(tmp_path / "in.jsonl"),
+            "prompt_column": "prompt",
+            "id_column": "id",
+            "bytes_per_shard": 1024,
+        },
+        sampling={"max_new_tokens": 12},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["errors_by_stage"] == {"render": 2}
+    assert sum(item["rows"] for item in summary["top_error_reasons"]) == 2
+    assert set(summary["tokens_per_s_by_replica"]) == {record.replica for record in outcome_records(tmp_path)}
+    assert summary["time_to_first_shard_s"] > 0
+
+    page = (tmp_path / "out" / "report.html").read_text()
+    # Self-contained: images inline, nothing fetched, no script.
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page) and "<script" not in page
+    for plot in PLOTS:
+        assert re.search(rf'<img id="{plot}" alt="[^"]+" src="data:image/png;base64,', page), plot
+    # Each plot's data is the run's: the finish reasons add up to the output rows, the attempts to the shards.
+    assert f"<td>length</td><td>{summary['rows_out']}</td>" in page
+    assert f"<td>1</td><td>{summary['shards']}</td>" in page
+    assert "r5" in page and "prompt: expected text, got nothing (null)" in page
+
+    # The same page, built again from the output alone.
+    (tmp_path / "out" / "report.html").unlink()
+    rebuilt = subprocess.run(
+        [sys.executable, "submit.py", "report", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "out" / "report.html").exists()
+
+    # A real browser opens it without console errors, and the screenshot shows the plots.
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium comes with `bash scripts/install.sh test`"
+    screenshot = tmp_path / "report.png"
+    browser = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={screenshot}",
+            "--window-size=1200,2600",
+            (tmp_path / "out" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert screenshot.exists(), browser.stderr[-2000:]
+    assert "CONSOLE" not in browser.stderr and "Uncaught" not in browser.stderr, browser.stderr[-2000:]
+    from PIL import Image
+
+    image = Image.open(screenshot).convert("RGB")
+    # Five plots drawn: far more non-white, non-grey pixels (coloured lines and bars) than text alone gives.
+    coloured = sum(1 for r, g, b in image.getdata() if max(r, g, b) - min(r, g, b) > 60)
+    assert coloured > 5000, coloured
+
+
+def outcome_records(tmp_path: Path):
+    from schemas.shard import ShardRecord
+
+    return [
+        ShardRecord.model_validate_json(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*-*.json")
+    ]
