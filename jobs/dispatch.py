@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from common.retry import backoff_seconds
 from jobs.progress import Progress
@@ -28,13 +28,18 @@ from workers.shard_io import ShardInputError
 
 log = logging.getLogger(__name__)
 
+# How long the cluster may take to declare dead the node of a replica that stopped answering (Ray's
+# health checks: a few seconds); past it, the replica's end counts as a crash.
+_NODE_VERDICT_S = 30.0
+
 
 @dataclass
 class DispatchOutcome:
     committed: dict[str, ShardRecord] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # shard id -> why
     attempts: int = 0
-    replicas_replaced: int = 0
+    replicas_replaced: int = 0  # all replacements, lost nodes included
+    replica_crashes: int = 0  # those that count against retry.max_replica_restarts (not lost nodes)
 
 
 @dataclass
@@ -43,6 +48,8 @@ class _State:
     delayed: list[tuple[float, int, Shard]] = field(default_factory=list)  # (not before, tiebreak, shard)
     attempts: Counter[str] = field(default_factory=Counter)
     starting: dict[Any, Any] = field(default_factory=dict)  # ready ref -> actor
+    start_deadlines: dict[Any, float] = field(default_factory=dict)  # ready ref -> monotonic deadline
+    nodes: dict[Any, str] = field(default_factory=dict)  # actor -> the id of the node it runs on
     running: dict[Any, tuple[Any, Shard]] = field(default_factory=dict)  # result ref -> (actor, shard)
     idle: list[Any] = field(default_factory=list)  # one entry per free slot of a replica
     dead: set[Any] = field(default_factory=set)
@@ -80,7 +87,7 @@ class Dispatcher:
         while len(self.pool.actors) < self.pool.size:
             self.pool.start()
         for actor in self.pool.actors:
-            state.starting[actor.ready.remote()] = actor
+            self._await_start(state, actor)
         while state.pending or state.delayed or state.running:
             self._release_due_retries(state)
             self._assign(state)
@@ -92,7 +99,10 @@ class Dispatcher:
                     state, f"no replica is left to run it (last start error: {state.last_start_error or 'none'})"
                 )
                 break
-            timeout = max(0.0, state.delayed[0][0] - time.monotonic()) if state.delayed else None
+            # Bounded: until the next retry is due or the next replica's start deadline passes.
+            due = [state.delayed[0][0]] if state.delayed else []
+            due += list(state.start_deadlines.values())
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
             waiting = [*state.running, *state.starting]
             done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
             if done and waiting:  # and whatever else is already finished, before assigning again
@@ -103,7 +113,24 @@ class Dispatcher:
                     self._on_started(state, ref)
                 else:
                     self._on_finished(state, ref)
+            self._give_up_on_slow_starts(state)
         return self.outcome
+
+    def _await_start(self, state: _State, actor: Any) -> None:
+        ref = actor.ready.remote()
+        state.starting[ref] = actor
+        state.start_deadlines[ref] = time.monotonic() + self.job.resources.replica_start_timeout_s
+
+    def _give_up_on_slow_starts(self, state: _State) -> None:
+        now = time.monotonic()
+        for ref, deadline in list(state.start_deadlines.items()):
+            if deadline <= now and ref in state.starting:
+                actor = state.starting.pop(ref)
+                del state.start_deadlines[ref]
+                limit = self.job.resources.replica_start_timeout_s
+                state.last_start_error = f"not ready within resources.replica_start_timeout_s ({limit:g}s)"
+                log.warning("a replica was %s; replacing it%s", state.last_start_error, self.pool.last_log_lines(actor))
+                self._replace(state, actor, crashed=True)
 
     def _release_due_retries(self, state: _State) -> None:
         now = time.monotonic()
@@ -125,13 +152,15 @@ class Dispatcher:
 
     def _on_started(self, state: _State, ref: Any) -> None:
         actor = state.starting.pop(ref)
+        state.start_deadlines.pop(ref, None)
         try:
-            name = ray.get(ref)
+            name, node = ray.get(ref)  # ready: the answer is there, this does not wait
         except Exception as error:  # noqa: BLE001 - the engine could not start; reported below
             state.last_start_error = _reason(error)
             log.warning("a replica failed to start: %s", state.last_start_error)
-            self._replace(state, actor)
+            self._replace(state, actor, crashed=not self._node_lost(state, actor))
             return
+        state.nodes[actor] = node
         log.info("replica %s is ready", name)
         state.idle.extend([actor] * self.pool.shards_in_flight)
         self._ready.add(actor)
@@ -153,7 +182,12 @@ class Dispatcher:
                 self._ready.discard(actor)
                 self._replicas_changed()
                 state.idle = [slot for slot in state.idle if slot != actor]
-                self._replace(state, actor)
+                lost = getattr(error, "preempted", False) or self._node_lost(
+                    state, actor, wait_s=_NODE_VERDICT_S if isinstance(error, ActorUnavailableError) else 0.0
+                )
+                if lost:
+                    log.warning("its node is gone (preempted or lost): a replacement does not count as a crash")
+                self._replace(state, actor, crashed=not lost)
             self._retry_or_fail(state, shard, f"replica died: {_reason(error)}")
             return
         except Exception as error:  # noqa: BLE001 - every other failure is this shard's
@@ -197,14 +231,32 @@ class Dispatcher:
         not_before = time.monotonic() + backoff_seconds(self.policy, attempts)
         heapq.heappush(state.delayed, (not_before, self.outcome.attempts, shard))
 
-    def _replace(self, state: _State, actor: Any) -> None:
+    @staticmethod
+    def _node_lost(state: _State, actor: Any, wait_s: float = 0.0) -> bool:
+        """Whether the node the replica ran on has left the cluster (spot loss, preemption). An actor
+        that cannot be reached (rather than one whose process ended, which its node reports at once)
+        may be on a node the cluster has not yet declared dead: wait up to `wait_s` for the verdict."""
+        node = state.nodes.get(actor)
+        if node is None:
+            return False
+        deadline = time.monotonic() + wait_s
+        while True:
+            if not any(entry["NodeID"] == node and entry.get("Alive") for entry in ray.nodes()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+    def _replace(self, state: _State, actor: Any, crashed: bool = True) -> None:
+        """A replica in its place. Crashes count against retry.max_replica_restarts; a lost node does
+        not (spot capacity comes and goes; herd did nothing wrong)."""
         self.pool.forget(actor)
-        if self.outcome.replicas_replaced >= self.policy.max_replica_restarts:
+        if crashed and self.outcome.replica_crashes >= self.policy.max_replica_restarts:
             log.warning("not replacing the replica: retry.max_replica_restarts reached")
             return
         self.outcome.replicas_replaced += 1
-        replacement = self.pool.start()
-        state.starting[replacement.ready.remote()] = replacement
+        self.outcome.replica_crashes += int(crashed)
+        self._await_start(state, self.pool.start())
 
     def _fail_all(self, state: _State, reason: str) -> None:
         for shard in [*state.pending, *(item[2] for item in state.delayed)]:

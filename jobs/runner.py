@@ -95,41 +95,42 @@ def run_job(
         raise
     except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
         raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
+    run = _Run(job, storage, layout, files, shards, lease, started)
+    options = _Options(overwrite, pool, engine_factory, retry_errors, progress, quiet)
     try:
-        return _run_holding_the_lease(
-            job,
-            overwrite,
-            pool,
-            engine_factory,
-            storage,
-            layout,
-            files,
-            shards,
-            lease,
-            started,
-            retry_errors,
-            progress,
-            quiet,
-        )
+        return _run_holding_the_lease(run, options)
     finally:
         lease.release()
 
 
-def _run_holding_the_lease(
-    job: JobSpec,
-    overwrite: bool,
-    pool: ReplicaPool | None,
-    engine_factory: EngineFactory,
-    storage: Storage,
-    layout: OutputLayout,
-    files: list[FileInfo],
-    shards: list[Shard],
-    lease: Lease,
-    started: float,
-    retry_errors: str | None,
-    progress: Progress | None,
-    quiet: bool,
-) -> RunOutcome:
+@dataclass(frozen=True)
+class _Run:
+    """What a run has decided before it generates: the job, where it writes, what it plans."""
+
+    job: JobSpec
+    storage: Storage
+    layout: OutputLayout
+    files: list[FileInfo]
+    shards: list[Shard]
+    lease: Lease
+    started: float  # time.perf_counter() at the start
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How the caller wants it run (see run_job)."""
+
+    overwrite: bool
+    pool: ReplicaPool | None
+    engine_factory: EngineFactory
+    retry_errors: str | None
+    progress: Progress | None
+    quiet: bool
+
+
+def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
+    job, storage, layout, files, shards, lease = run.job, run.storage, run.layout, run.files, run.shards, run.lease
+    overwrite, pool, progress, quiet = options.overwrite, options.pool, options.progress, options.quiet
     files_added = claim_output(storage, layout, job, files, overwrite)
     if files_added:
         log.info("%d input file(s) new since the last run: %s", len(files_added), ", ".join(files_added[:5]))
@@ -137,9 +138,9 @@ def _run_holding_the_lease(
     planned_ids = {shard.shard_id for shard in shards}
     todo = [shard for shard in shards if shard.shard_id not in committed]
     log.info("%d shards planned, %d already committed, %d to run", len(shards), len(shards) - len(todo), len(todo))
-    if retry_errors is not None:
-        retried = _error_retries(shards, committed, retry_errors)
-        log.info("%d committed shard(s) with error rows to run again (stages: %s)", len(retried), retry_errors)
+    if options.retry_errors is not None:
+        retried = _error_retries(shards, committed, options.retry_errors)
+        log.info("%d committed shard(s) with error rows to run again (stages: %s)", len(retried), options.retry_errors)
         todo += retried
 
     def commit(record: ShardRecord) -> None:
@@ -156,7 +157,9 @@ def _run_holding_the_lease(
         ensure_ray(quiet)
         own_pool = pool is None
         if pool is None:
-            pool = ReplicaPool(job.model, job, replica_count(job, cluster_device()), engine_factory, quiet=quiet)
+            pool = ReplicaPool(
+                job.model, job, replica_count(job, cluster_device()), options.engine_factory, quiet=quiet
+            )
         elif not pool.serves(job.model):
             raise SpecError("the replica pool given serves a different model configuration")
         replicas = pool.size
@@ -184,7 +187,7 @@ def _run_holding_the_lease(
     removed = remove_uncommitted_files(storage, layout)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - run.started
     summary = _summarize(job, records, outcome, len(shards), len(shards) - len(todo), replicas, wall, files_added)
     exit_code = _exit_code(summary)
     record_run(

@@ -292,6 +292,13 @@ class ResourcesSpec(StrictModel):
         "while the engine generates the third.",
     )
 
+    replica_start_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A replica not ready within this (its node placed, the weights loaded: 70B takes "
+        "minutes) is replaced; after retry.max_replica_restarts the job fails saying so.",
+    )
+
     @model_validator(mode="after")
     def _positive(self) -> ResourcesSpec:
         if self.replicas != "auto" and self.replicas < 1:

@@ -43,8 +43,11 @@ class Replica:
         # requests together.
         self.context = ReplicaContext(name=f"{socket.gethostname()}:{os.getpid()}")
 
-    def ready(self) -> str:
-        return self.context.name
+    def ready(self) -> tuple[str, str]:
+        """Its name (host:pid), and the id of its node (to tell a lost node from a crash)."""
+        import ray
+
+        return self.context.name, ray.get_runtime_context().get_node_id()
 
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.

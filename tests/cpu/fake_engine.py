@@ -29,8 +29,11 @@ class FakeEngine:
         deaths: int,
         engine_dead: bool,
         refuse_marked_while: str | None = None,
+        start_seconds: float = 0.0,
     ) -> None:
         from transformers import AutoTokenizer
+
+        time.sleep(start_seconds)  # loading weights, or a node that never gets them
 
         # Requests whose prompt holds REFUSED_MARK fail while this file exists (a passing fault).
         self.refuse_marked_while = refuse_marked_while
@@ -85,8 +88,10 @@ class FakeEngineFactory:
         deaths: int = 0,
         engine_dead: bool = False,
         refuse_marked_while: str | None = None,
+        start_seconds: float = 0.0,
     ) -> None:
         self.refuse_marked_while = refuse_marked_while
+        self.start_seconds = start_seconds
         self.seconds_per_call = seconds_per_call
         self.deaths_dir = deaths_dir
         self.deaths = deaths

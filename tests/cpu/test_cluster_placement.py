@@ -23,9 +23,17 @@ from tests.cpu.process_tree import end_processes_mentioning
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _probe(tmp_path: Path, tiny_model: Path, tp: int, gpus_per_node: int, nodes: int) -> dict:
+def _probe(
+    tmp_path: Path,
+    tiny_model: Path,
+    tp: int = 1,
+    gpus_per_node: int = 1,
+    nodes: int = 1,
+    probe: str = "placement_probe",
+    rows: int = 300,
+) -> dict:
     (tmp_path / "in.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"prompt {index}"}) + "\n" for index in range(300))
+        "".join(json.dumps({"prompt": f"prompt {index}"}) + "\n" for index in range(rows))
     )
     config = {
         "tp": tp,
@@ -40,7 +48,7 @@ def _probe(tmp_path: Path, tiny_model: Path, tp: int, gpus_per_node: int, nodes:
     os.makedirs(os.path.join(ray_dir, "ray"))
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "tests.cpu.placement_probe", str(tmp_path / "config.json")],
+            [sys.executable, "-m", f"tests.cpu.{probe}", str(tmp_path / "config.json")],
             cwd=REPO,
             env={**os.environ, "RAY_TMPDIR": ray_dir},
             capture_output=True,
@@ -65,6 +73,15 @@ def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(tmp_path, tiny
     assert result["bundle_gpus"] == [[1, 1], [1, 1]]
     assert all(len(nodes) == 1 for nodes in result["bundle_nodes"])
     assert result["bundle_nodes"][0] != result["bundle_nodes"][1]
+
+
+def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(tmp_path, tiny_model):
+    result = _probe(tmp_path, tiny_model, probe="node_loss_probe", rows=1600)
+    assert result["failed"] == {} and result["committed"] == result["shards"] > 10, result
+    # The lost node's replica was replaced although retry.max_replica_restarts is 0: a lost node is
+    # not a crash of herd's.
+    assert result["replicas_replaced"] >= 1 and result["replica_crashes"] == 0, result
+    assert result["replicas_used"] >= 3
 
 
 def test_fake_engine_tp8_on_4_gpu_nodes_fails_fast_saying_what_is_missing(tmp_path, tiny_model):

@@ -349,3 +349,25 @@ def test_fake_engine_retry_errors_runs_failed_rows_again_and_keeps_every_row_onc
     assert sorted(ids("data")) == sorted(row["id"] for index, row in enumerate(rows) if index != 25)
     assert retried.summary.rows_in == again.summary.rows_in == 40
     assert retried.summary.rows_out == 39
+
+
+def test_fake_engine_replicas_that_never_get_ready_are_replaced_then_the_job_fails_saying_why(
+    ray_session, tiny_model, tmp_path
+):
+    _write_prompts(tmp_path / "in.jsonl", 20)
+    started = time.monotonic()
+    _, outcome = _run_on_fake_engine(
+        tmp_path,
+        tiny_model,
+        FakeEngineFactory(start_seconds=600),  # weights that never finish loading
+        replicas=1,
+        retry={"max_replica_restarts": 1},
+        resources={"replica_start_timeout_s": 3},
+    )
+    assert time.monotonic() - started < 60  # bounded: two starts of 3 s, not 600 s
+    assert outcome.exit_code == ExitCode.SHARDS_FAILED
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.shards_run == 0
+    assert all(
+        "not ready within resources.replica_start_timeout_s (3s)" in failure
+        for failure in outcome.summary.shards_failed
+    )

@@ -19,7 +19,7 @@ from jobs.lease import LeaseLost, acquire_lease
 from schemas.errors import OutputBusy
 from schemas.job import RetrySpec, StorageSpec
 from schemas.results import ExitCode
-from tests.cpu.conftest import read_rows
+from tests.cpu.conftest import read_rows, tiny_model_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,11 +95,12 @@ def test_a_run_whose_lease_was_taken_over_stops_at_its_next_renewal(output):
 
 
 def test_two_runs_started_at_once_on_one_output_one_runs_and_the_other_exits_busy(run_tiny, tmp_path, tiny_model):
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"row {index}"}) + "\n" for index in range(40)))
+    # Enough work that the first run still holds the output while the second one starts up.
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"row {index}"}) + "\n" for index in range(400)))
     job = {
         "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
-        "model": {"path": str(tiny_model), "max_model_len": 512},
-        "sampling": {"max_new_tokens": 64, "ignore_eos": True},
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 200, "ignore_eos": True},
         "output": {"path": str(tmp_path / "out")},
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
@@ -123,5 +124,5 @@ def test_two_runs_started_at_once_on_one_output_one_runs_and_the_other_exits_bus
     assert f"output busy: held by {socket.gethostname()} pid {os.getpid()}" in second.stderr
     assert outcomes[0].exit_code == ExitCode.SUCCESS
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
-    assert len(ids) == len(set(ids)) == 40
+    assert len(ids) == len(set(ids)) == 400
     assert not (tmp_path / "out" / "_lease.json").exists()  # released at the end

@@ -122,14 +122,30 @@ def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_he
     assert job_id in _herd("list", "--address", ray_head).stdout
     # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
     from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_actors
 
     from jobs.cluster_jobs import auth_headers
 
     runtime_env = JobSubmissionClient(ray_head, headers=auth_headers()).get_job_info(job_id).runtime_env
     assert "env_vars" in runtime_env and secret not in json.dumps(runtime_env)
-    actors = list_actors(address=ray_head, detail=True, raise_on_missing_output=False)
-    assert actors and not any(secret in (actor.serialized_runtime_env or "") for actor in actors)
+    # Ray's state API, as anyone on the cluster reads it (a token-authenticated client).
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys\n"
+            "from ray.util.state import list_actors\n"
+            "actors = list_actors(address=sys.argv[1], detail=True, raise_on_missing_output=False)\n"
+            "print(json.dumps([actor.serialized_runtime_env or '' for actor in actors]))\n",
+            ray_head,
+        ],
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    runtime_envs = json.loads(listing.stdout.splitlines()[-1])
+    assert runtime_envs and not any(secret in runtime_env for runtime_env in runtime_envs)
 
 
 @pytest.mark.own_engine
