@@ -15,22 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import CACHE, WORDS, record, tiny_model
+from bench.common import CACHE, WORDS, moto_s3, record, tiny_model
 
 FAKE_ENGINE_SECONDS_PER_SHARD = 0.05
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _write_file(path: Path, rows: int, row_group_size: int) -> None:
@@ -61,7 +54,7 @@ def _busy_fraction(records: list) -> float:
     return sum(fractions) / len(fractions)
 
 
-def _run(layout: str, url: str, endpoint: str, proxy, work: Path) -> dict:
+def _run(layout: str, url: str, proxy) -> dict:
     import ray
 
     from jobs.replicas import ReplicaPool
@@ -110,44 +103,33 @@ def main(argv: list[str]) -> int:
     arguments = parser.parse_args(argv)
     import ray
     import s3fs
-    from moto.server import ThreadedMotoServer
 
     from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
     results = {}
-    try:
-        with tempfile.TemporaryDirectory() as work, FlakyS3Proxy(endpoint, failure_rate=0.0) as proxy:
-            os.environ["HERD_CACHE_DIR"] = str(Path(work) / "node-cache")  # a fresh spill cache
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-            fs = s3fs.S3FileSystem(endpoint_url=endpoint)
-            fs.mkdir("bench")
-            for layout, group_rows in (("one-group", arguments.rows), ("groups-of-65536", 65536)):
-                local = CACHE / f"bigfile-{arguments.rows}-{layout}.parquet"
-                CACHE.mkdir(parents=True, exist_ok=True)
-                _write_file(local, arguments.rows, group_rows)
-                metadata = pq.ParquetFile(local).metadata
-                columns_bytes = sum(
-                    metadata.row_group(group).column(column).total_compressed_size
-                    for group in range(metadata.num_row_groups)
-                    for column in range(metadata.num_columns)
-                )  # both columns (id, prompt) are read
-                fs.put(str(local), f"bench/in-{layout}/prompts.parquet")
-                result = _run(layout, f"s3://bench/in-{layout}/prompts.parquet", endpoint, proxy, Path(work))
-                result["row_groups"] = metadata.num_row_groups
-                result["file_bytes"] = local.stat().st_size
-                result["fetched_over_columns"] = result["bytes_fetched"] / columns_bytes
-                results[layout] = result
-                print(layout, result, flush=True)
-            ray.shutdown()
-    finally:
-        server.stop()
+    with moto_s3() as endpoint, tempfile.TemporaryDirectory() as work, FlakyS3Proxy(endpoint, 0.0) as proxy:
+        os.environ["HERD_CACHE_DIR"] = str(Path(work) / "node-cache")  # a fresh spill cache
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+        fs.mkdir("bench")
+        for layout, group_rows in (("one-group", arguments.rows), ("groups-of-65536", 65536)):
+            local = CACHE / f"bigfile-{arguments.rows}-{layout}.parquet"
+            CACHE.mkdir(parents=True, exist_ok=True)
+            _write_file(local, arguments.rows, group_rows)
+            metadata = pq.ParquetFile(local).metadata
+            columns_bytes = sum(
+                metadata.row_group(group).column(column).total_compressed_size
+                for group in range(metadata.num_row_groups)
+                for column in range(metadata.num_columns)
+            )  # both columns (id, prompt) are read
+            fs.put(str(local), f"bench/in-{layout}/prompts.parquet")
+            result = _run(layout, f"s3://bench/in-{layout}/prompts.parquet", proxy)
+            result["row_groups"] = metadata.num_row_groups
+            result["file_bytes"] = local.stat().st_size
+            result["fetched_over_columns"] = result["bytes_fetched"] / columns_bytes
+            results[layout] = result
+            print(layout, result, flush=True)
+        ray.shutdown()
     one, small = results["one-group"], results["groups-of-65536"]
     record(
         "bigfile",

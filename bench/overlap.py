@@ -7,18 +7,10 @@ spans) over the span from the first shard's start to the last shard's end. Targe
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import tempfile
 from pathlib import Path
 
-from bench.common import CACHE, engine_busy_seconds, record, run_herd, tiny_model, write_prompts
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from bench.common import CACHE, engine_busy_seconds, moto_s3, record, run_herd, tiny_model, write_prompts
 
 
 def _busy_fraction(records: list[dict]) -> float:
@@ -32,16 +24,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shards", type=int, default=32)
     arguments = parser.parse_args(argv)
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
+    with moto_s3() as endpoint:
         data = write_prompts(CACHE / f"prompts-{arguments.prompts}-8", arguments.prompts, 8)
         fs = s3fs.S3FileSystem(endpoint_url=endpoint)
         fs.mkdir("bench")
@@ -64,8 +48,6 @@ def main(argv: list[str]) -> int:
                 }
                 _, _, records = run_herd(job, Path(work) / f"job-{in_flight}")
                 busy[in_flight] = _busy_fraction(records)
-    finally:
-        server.stop()
     record(
         "overlap",
         {

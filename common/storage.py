@@ -212,14 +212,9 @@ class Storage:
     def create_exclusive(self, url: str, text: str) -> str:
         """Creates `url` holding `text` unless it exists (PreconditionFailed); returns its version."""
         data = text.encode("utf-8")
-        fs, path = self._fs(url)
+        _, path = self._fs(url)
         if is_remote(url):
-            bucket, key = path.split("/", 1)
-            answer = self._retry(
-                f"create {url}",
-                lambda: _conditional(fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"),
-            )
-            return answer["ETag"]
+            return self._conditional_put(url, data, IfNoneMatch="*")
 
         def create() -> str:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -237,6 +232,16 @@ class Storage:
             return _content_version(data)
 
         return self._retry(f"create {url}", create)
+
+    def _conditional_put(self, url: str, data: bytes, **condition: str) -> str:
+        """One PUT with an S3 condition (If-None-Match or If-Match); returns the new ETag."""
+        fs, path = self._fs(url)
+        bucket, key = path.split("/", 1)
+        answer = self._retry(
+            f"write {url}",
+            lambda: _conditional(fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, **condition),
+        )
+        return answer["ETag"]
 
     def read_versioned(self, url: str) -> tuple[str, str]:
         """The text of `url` and its version (FileNotFoundError when it does not exist)."""
@@ -262,14 +267,9 @@ class Storage:
         """Writes `text` to `url` only if its version is still `version` (else PreconditionFailed);
         returns the new version."""
         data = text.encode("utf-8")
-        fs, path = self._fs(url)
+        _, path = self._fs(url)
         if is_remote(url):
-            bucket, key = path.split("/", 1)
-            answer = self._retry(
-                f"write {url}",
-                lambda: _conditional(fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version),
-            )
-            return answer["ETag"]
+            return self._conditional_put(url, data, IfMatch=version)
 
         def swap() -> str:
             with exclusive(Path(f"{path}.lock")):
