@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.vllm_internals import final_outputs_only
+
 log = logging.getLogger(__name__)
 ENGINE_CHECK_SECONDS = 1.0  # how often a waiting caller checks that the engine's process is alive
 
@@ -94,11 +96,9 @@ class ContinuousFeeder:
         self._fail_waiting()
 
     def _admit(self, group: _Group) -> None:
-        from vllm.sampling_params import RequestOutputKind
-
         try:
             for prompt, params in zip(group.prompts, group.params, strict=True):
-                params.output_kind = RequestOutputKind.FINAL_ONLY  # only finished requests come back
+                params.output_kind = final_outputs_only()  # only finished requests come back
                 request_id = str(next(self._ids))
                 self._engine.add_request(request_id, prompt, params)
                 group.request_ids.append(request_id)

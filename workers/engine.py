@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from schemas.job import ModelSpec, SamplingSpec
 from workers.continuous_batching import ContinuousFeeder, FeederStopped
+from workers.vllm_internals import engine_dead_error, engine_process_died, shut_down, step_engine
 
 
 class EngineDead(RuntimeError):
@@ -98,13 +99,13 @@ class VllmEngine:
 
         self.llm = LLM(**vllm_options(model_dir, spec, device))
         from transformers import AutoTokenizer
-        from vllm.v1.engine.exceptions import EngineDeadError
 
         # Every shard in flight feeds the same running batch (see workers/continuous_batching.py).
+        dead = engine_dead_error()
         self._feeder = ContinuousFeeder(
-            self.llm.llm_engine,
-            is_fatal=lambda error: isinstance(error, EngineDeadError),
-            engine_gone=self._engine_process_exited,
+            step_engine(self.llm),
+            is_fatal=lambda error: isinstance(error, dead),
+            engine_gone=lambda: engine_process_died(self.llm),
         )
 
         # Two tokenizers: the engine's decodes completions while it generates; herd's own renders and
@@ -115,12 +116,7 @@ class VllmEngine:
 
     def close(self) -> None:
         """Stops the engine's processes now (rather than at interpreter exit)."""
-        self.llm.llm_engine.engine_core.shutdown()
-
-    def _engine_process_exited(self) -> bool:
-        # Set by vLLM's monitor thread when the engine core process dies (multiprocess client only).
-        resources = getattr(self.llm.llm_engine.engine_core, "resources", None)
-        return bool(getattr(resources, "engine_dead", False))
+        shut_down(self.llm)
 
     def _sampling_params(self, sampling: SamplingSpec, seed: int) -> Any:
         from vllm import SamplingParams

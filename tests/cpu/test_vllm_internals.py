@@ -1,0 +1,61 @@
+"""Each place herd reaches past vLLM's documented API (workers/vllm_internals.py), checked on the real
+engine: an upgrade that moves one fails here, by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Run in a process of its own: vLLM starts its engine core with spawn, which needs a main guard.
+PROBE = """
+import json, os, sys, time
+from schemas.job import ModelSpec, SamplingSpec
+from workers import vllm_internals
+from workers.engine import Request, VllmEngine, engine_environment
+
+if __name__ == "__main__":
+    spec = ModelSpec(path=sys.argv[1], max_model_len=512, dtype="float32")
+    os.environ.update(engine_environment(spec, "cpu"))
+    engine = VllmEngine(sys.argv[1], spec, "cpu")
+    stepper = vllm_internals.step_engine(engine.llm)
+    found = {
+        "methods": [name for name in vllm_internals.ENGINE_METHODS if callable(getattr(stepper, name, None))],
+        "dead_error_is_exception": issubclass(vllm_internals.engine_dead_error(), Exception),
+        "final_only": str(vllm_internals.final_outputs_only()),
+        "alive_is_not_dead": vllm_internals.engine_process_died(engine.llm) is False,
+        # Continuous feeding over these: one request through the engine.
+        "generated": len(
+            engine.generate([Request([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])[0][0].token_ids
+        ),
+    }
+    vllm_internals.shut_down(engine.llm)
+    found["shut_down"] = True
+    print("FOUND " + json.dumps(found), flush=True)
+"""
+
+
+@pytest.mark.own_engine
+def test_every_vllm_internal_herd_touches_is_where_herd_expects_it(tiny_model, tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "probe.py"), str(tiny_model)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = next((line for line in result.stdout.splitlines() if line.startswith("FOUND ")), None)
+    assert line, result.stderr[-3000:]
+    found = json.loads(line.removeprefix("FOUND "))
+    assert found["methods"] == ["add_request", "step", "has_unfinished_requests", "abort_request"]
+    assert found["dead_error_is_exception"] and found["alive_is_not_dead"]
+    assert found["final_only"].endswith("FINAL_ONLY")
+    assert found["generated"] == 3 and found["shut_down"]
