@@ -112,11 +112,23 @@ class Lease:
             try:
                 self.version = self.storage.replace_if_unchanged(self.url, self.version, self._record())
             except PreconditionFailed:
+                if self._still_ours():  # our renewal landed, though its answer was lost
+                    continue
                 self.lost = "the lease was taken over by another run (it was not renewed within its ttl)"
                 log.error("%s; this run stops", self.lost)
                 return
             except Exception as error:  # noqa: BLE001 - a storage hiccup: the next renewal tries again
                 log.warning("could not renew the output's lease (%s); trying again", error)
+
+    def _still_ours(self) -> bool:
+        try:
+            text, version = self.storage.read_versioned(self.url)
+        except Exception:  # noqa: BLE001 - unreadable now: not known to be ours
+            return False
+        if json.loads(text).get("owner") != self.owner:
+            return False
+        self.version = version
+        return True
 
     def check(self) -> None:
         """Raises LeaseLost once another run has taken the lease over: nothing more may be written."""
