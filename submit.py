@@ -1,4 +1,5 @@
-"""herd's command line: run a job here, plan it, or submit and follow it on a Ray cluster.
+"""herd's command line: run a job here, plan it (a dry run), submit and follow it on a Ray cluster,
+and look at any output afterwards (inspect, report).
 
 Only the standard library, pydantic and yaml are imported at start; Ray, vLLM and torch load when
 a command needs them, so `--help` and spec validation stay instant.
