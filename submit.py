@@ -371,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--detach", action="store_true", help="with --wait: on SIGTERM or Ctrl-C stop following, leave the job running"
     )
-    submit.add_argument("--python", default="python", help="the Python on the cluster that has herd installed")
+    submit.add_argument(
+        "--python",
+        help="the Python on the head that has herd installed (default: ~/herd/.venv/bin/python, where "
+        "ray_cluster.yaml installs it, else python3); a head without herd says so",
+    )
     _add_address(submit)
     submit.set_defaults(handler=command_submit)
 

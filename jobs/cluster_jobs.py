@@ -65,6 +65,26 @@ def _working_directory(job: JobSpec) -> Iterator[str]:
         yield directory
 
 
+# Where ray_cluster.yaml installs herd on every node.
+CLUSTER_PYTHON = "$HOME/herd/.venv/bin/python"
+
+
+def driver_command(python: str | None, overwrite: bool) -> str:
+    """The shell command the head runs: `submit.py run` with the Python that has herd (the one given,
+    else the cluster file's install, else python3), after checking that it does, so that a head
+    without herd says what to do instead of failing on an import."""
+    chosen = python or f"$( [ -x {CLUSTER_PYTHON} ] && echo {CLUSTER_PYTHON} || echo python3 )"
+    run = f"submit.py run {SUBMITTED_JOB_FILE}" + (" --overwrite" if overwrite else "")
+    message = (
+        "herd: $PYTHON on the head has no herd installed (no ray, pydantic or yaml there): pass --python "
+        f"with the path of the Python where herd is installed (ray_cluster.yaml puts it at {CLUSTER_PYTHON})"
+    )
+    return (
+        f'PYTHON={chosen}; "$PYTHON" -c "import ray, pydantic, yaml" 2>/dev/null '
+        f'|| {{ echo "{message}" >&2; exit 2; }}; exec "$PYTHON" {run}'
+    )
+
+
 def submission_prefix(job: JobSpec, inputs: list[dict[str, Any]], overwrite: bool) -> str:
     """The stem of the Ray submission ids of this job: the same job (name, output, settings, input
     files as listed) submitted again finds its earlier attempts under it."""
@@ -95,7 +115,9 @@ def _attempts(jobs_client: JobSubmissionClient, prefix: str) -> list[Any]:
     return sorted(found, key=attempt)
 
 
-def submit(job: JobSpec, address: str | None, python: str, overwrite: bool, inputs: list[dict[str, Any]]) -> Submission:
+def submit(
+    job: JobSpec, address: str | None, python: str | None, overwrite: bool, inputs: list[dict[str, Any]]
+) -> Submission:
     """Submits the job, unless the same job is running (then it is followed) or has succeeded (then
     nothing runs). A failed or stopped one is submitted again, as its next attempt."""
     jobs_client = client(address)
@@ -108,7 +130,7 @@ def submit(job: JobSpec, address: str | None, python: str, overwrite: bool, inpu
         if last.status == JobStatus.SUCCEEDED:
             return Submission(last.submission_id, "succeeded")
     submission_id = f"{prefix}-{len(earlier) + 1}"
-    entrypoint = f"{python} submit.py run {SUBMITTED_JOB_FILE}" + (" --overwrite" if overwrite else "")
+    entrypoint = driver_command(python, overwrite)
     with _working_directory(job) as directory:
         try:
             jobs_client.submit_job(

@@ -217,3 +217,14 @@ def test_sigterm_to_submit_wait_stops_the_ray_job_it_follows(ray_head, tiny_mode
     assert f"stopped the Ray job {job_id}" in errors
     _wait_for_status(ray_head, job_id, ("STOPPED",), 60)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_head_python_without_herd_fails_saying_to_pass_python(ray_head, tiny_model, tmp_path):
+    # A Python with none of herd's packages, as a cluster's default `python` is.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    job_file = _job_file(tmp_path, tiny_model, 1, "cluster-no-herd")
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    result = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", bare)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"herd: {bare} on the head has no herd installed" in result.stdout
+    assert "pass --python" in result.stdout and "No module named" not in result.stdout
