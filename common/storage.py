@@ -188,18 +188,7 @@ class Storage:
             # One PUT of the whole object: S3 shows it complete or not at all.
             self._retry(f"write {url}", lambda: fs.pipe_file(path, data))
             return len(data)
-        directory = os.path.dirname(path)
-
-        def write_then_rename() -> None:
-            os.makedirs(directory, exist_ok=True)
-            temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-
-        self._retry(f"write {url}", write_then_rename)
+        self._retry(f"write {url}", lambda: os.replace(_durable_temporary(path, data), path))
         return len(data)
 
     def write_text(self, url: str, text: str) -> int:
@@ -217,12 +206,7 @@ class Storage:
             return self._conditional_put(url, data, IfNoneMatch="*")
 
         def create() -> str:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            temporary = _durable_temporary(path, data)
             try:
                 os.link(temporary, path)  # fails when the name exists: the create is exclusive
             except FileExistsError:
@@ -371,3 +355,16 @@ def _conditional(call: Callable[..., Any], method: str, **request: Any) -> Any:
 def _version(info: dict[str, Any]) -> str:
     """What changes when a file's content does: the S3 ETag, or the local modification time."""
     return str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
+
+
+def _durable_temporary(path: str, data: bytes) -> str:
+    """`data` on disk, synced, under a temporary name beside `path` (.NAME.<32 hex>.tmp: what
+    herd's clean-up recognises as its own), ready to be renamed or linked into place."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return temporary

@@ -96,8 +96,7 @@ def submission_prefix(job: JobSpec, inputs: list[dict[str, Any]], overwrite: boo
         "overwrite": overwrite,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    name = "".join(char if char.isalnum() or char in "-_" else "-" for char in job.name)[:40]
-    return f"herd-{name}-{digest}"
+    return f"herd-{job.slug[:40]}-{digest}"
 
 
 def _attempts(jobs_client: JobSubmissionClient, prefix: str) -> list[Any]:

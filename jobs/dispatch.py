@@ -75,11 +75,11 @@ class Dispatcher:
         self.policy = job.retry
         self.outcome = DispatchOutcome()
         self.progress = progress
-        self._ready: set[Any] = set()
 
-    def _replicas_changed(self) -> None:
+    def _replicas_changed(self, state: _State) -> None:
         if self.progress is not None:
-            self.progress.replicas(len(self._ready))
+            # Up: started (its node is known) and not dead since.
+            self.progress.replicas(len(state.nodes.keys() - state.dead))
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         state = _State(pending=deque(dispatch_order(shards)))
@@ -158,13 +158,12 @@ class Dispatcher:
         except Exception as error:  # noqa: BLE001 - the engine could not start; reported below
             state.last_start_error = _reason(error)
             log.warning("a replica failed to start: %s", state.last_start_error)
-            self._replace(state, actor, crashed=not self._node_lost(state, actor))
+            self._replace(state, actor)
             return
         state.nodes[actor] = node
         log.info("replica %s is ready", name)
         state.idle.extend([actor] * self.pool.shards_in_flight)
-        self._ready.add(actor)
-        self._replicas_changed()
+        self._replicas_changed(state)
 
     def _on_finished(self, state: _State, ref: Any) -> None:
         actor, shard = state.running.pop(ref)
@@ -179,8 +178,7 @@ class Dispatcher:
             )
             if actor not in state.dead:  # its other in-flight shard reports the same death
                 state.dead.add(actor)
-                self._ready.discard(actor)
-                self._replicas_changed()
+                self._replicas_changed(state)
                 state.idle = [slot for slot in state.idle if slot != actor]
                 lost = getattr(error, "preempted", False) or self._node_lost(
                     state, actor, wait_s=_NODE_VERDICT_S if isinstance(error, ActorUnavailableError) else 0.0

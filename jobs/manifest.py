@@ -228,16 +228,16 @@ def commit_shard(storage: Storage, layout: OutputLayout, record: ShardRecord) ->
     storage.write_text(layout.shard_record(record.shard_id), record.model_dump_json())
 
 
-def remove_uncommitted_files(storage: Storage, layout: OutputLayout) -> int:
+def remove_uncommitted_files(storage: Storage, layout: OutputLayout, records: dict[str, ShardRecord]) -> int:
     """Deletes data and error files of herd's that no manifest record names (an attempt died before
-    its commit). The records are listed afresh from storage, not taken from what this driver believes
-    it committed: a commit whose write landed although the client saw an error keeps its files."""
-    records = committed_shards(storage, layout)
+    its commit). `records` must be the manifest as listed from storage (committed_shards), not what
+    this driver believes it committed: a commit whose write landed although the client saw an error
+    keeps its files."""
     # By folder and name: an attempt's data and error files share a name in two folders, and a retry
     # of error rows keeps the one and replaces the other. (Not by whole path: the output's root may be
     # spelled differently from one run to the next.)
     named = {
-        tuple(output.url.rstrip("/").rsplit("/", 2)[-2:]) for record in records.values() for output in record.outputs
+        (output.folder, posixpath.basename(output.url)) for record in records.values() for output in record.outputs
     }
     stray = [
         join(directory, name)

@@ -106,8 +106,7 @@ def replica_log_file(job: JobSpec, number: int) -> str:
     if not is_remote(job.output.path):
         return join(OutputLayout(job.output.path).logs_dir, name)
     digest = hashlib.sha256(job.output.path.encode()).hexdigest()[:8]
-    slug = "".join(char if char.isalnum() or char in "-_" else "-" for char in job.name)
-    return str(cache_root() / "logs" / f"{slug}-{digest}" / name)
+    return str(cache_root() / "logs" / f"{job.slug}-{digest}" / name)
 
 
 class ReplicaPool:
@@ -155,6 +154,7 @@ class ReplicaPool:
             }
         else:
             group, options = None, {"num_cpus": tp}
+        log_file = self._next_log_file() if self._quiet else None
         actor = self._actor_class.options(
             **options,
             max_restarts=0,  # the driver replaces dead replicas itself, and re-queues their shards
@@ -166,10 +166,10 @@ class ReplicaPool:
             self._job.retry,
             self.device,
             self._engine_factory,
-            self._next_log_file() if self._quiet else None,
+            log_file,
         )
-        if self._quiet:
-            self._log_files[actor] = replica_log_file(self._job, self._started)
+        if log_file is not None:
+            self._log_files[actor] = log_file
         if group is not None:
             self._placement_groups[actor] = group
         self.actors.append(actor)

@@ -17,7 +17,9 @@ from common.layout import OutputLayout
 from common.storage import Storage
 from jobs.manifest import committed_shards
 from jobs.run_stats import by_replica, covered_seconds
+from schemas.results import reason_key
 from schemas.shard import ShardRecord
+from workers.shard_io import decode_errors
 
 # Rows of the data files read for the length distributions: enough for a histogram, bounded.
 _SAMPLED_ROWS = 100_000
@@ -98,7 +100,7 @@ def _sampled_rows(storage: Storage, records: list[ShardRecord]) -> list[dict[str
     rows: list[dict[str, Any]] = []
     for record in records:
         for output in record.outputs:
-            if len(rows) >= _SAMPLED_ROWS or output.url.rstrip("/").rsplit("/", 2)[-2] != "data":
+            if len(rows) >= _SAMPLED_ROWS or output.folder != "data":
                 continue
             data = storage.read_bytes(output.url)
             if output.url.endswith(".parquet"):
@@ -172,36 +174,19 @@ def _attempts(records: list[ShardRecord]) -> tuple[str | None, str]:
 
 def _error_examples(storage: Storage, records: list[ShardRecord], summary: dict[str, Any]) -> str:
     """The top reasons (from the summary) with a few example rows each (from the error files)."""
-    import re
-
     top = summary.get("top_error_reasons", [])
     if not top:
         return "<p>No error rows.</p>"
     examples: dict[str, list[list[Any]]] = {f"{item['stage']}: {item['reason']}": [] for item in top}
     for record in records:
         for output in record.outputs:
-            if output.url.rstrip("/").rsplit("/", 2)[-2] != "errors":
+            if output.folder != "errors":
                 continue
-            data = storage.read_bytes(output.url)
-            if output.url.endswith(".parquet"):
-                import pyarrow.parquet as pq
-
-                errors = pq.read_table(io.BytesIO(data)).to_pylist()
-            else:
-                errors = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-            for error in errors:
-                if "stage" not in error:  # OpenAI error lines
-                    code = error["error"]["code"].removeprefix("herd_").removesuffix("_error")
-                    error = {
-                        "id": error["custom_id"],
-                        "file": "",
-                        "row": "",
-                        "stage": code,
-                        "reason": error["error"]["message"],
-                    }
-                key = f"{error['stage']}: {re.sub(r'[0-9]+', 'N', str(error['reason']))[:160]}"
+            for error in decode_errors(storage.read_bytes(output.url), output.url, ""):
+                key = reason_key(error)
                 if key in examples and len(examples[key]) < _EXAMPLE_ERRORS:
-                    examples[key].append([error["id"], error["file"], error["row"], error["reason"]])
+                    row = "" if error["row"] is None else error["row"]
+                    examples[key].append([error["id"], error["file"], row, error["reason"]])
     parts = []
     for item in top:
         key = f"{item['stage']}: {item['reason']}"
@@ -218,13 +203,19 @@ section { margin-bottom: 1.5em; } img { max-width: 100%; } pre { background: #f6
 """
 
 
-def build_report(storage: Storage, layout: OutputLayout) -> str:
+def build_report(
+    storage: Storage,
+    layout: OutputLayout,
+    records: list[ShardRecord] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> str:
+    """`records` and `summary` as a run that just wrote them has them; read from the output if not."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to PNG bytes
-    summary = json.loads(storage.read_text(layout.summary))
+    summary = summary if summary is not None else json.loads(storage.read_text(layout.summary))
     stored = json.loads(storage.read_text(layout.job_record))
-    records = list(committed_shards(storage, layout).values())
+    records = records if records is not None else list(committed_shards(storage, layout).values())
     rows = _sampled_rows(storage, records)
     figures = [
         ("throughput", "Throughput over time", *_throughput(records)),
@@ -261,6 +252,11 @@ def build_report(storage: Storage, layout: OutputLayout) -> str:
     )
 
 
-def write_report(storage: Storage, layout: OutputLayout) -> str:
-    storage.write_text(layout.report, build_report(storage, layout))
+def write_report(
+    storage: Storage,
+    layout: OutputLayout,
+    records: list[ShardRecord] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> str:
+    storage.write_text(layout.report, build_report(storage, layout, records, summary))
     return layout.report

@@ -176,15 +176,14 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     lease.check()
     # The manifest as stored decides what is done, not what this driver saw: a commit whose write
     # landed although its answer was lost counts, and keeps its files.
-    records = {
-        shard_id: record for shard_id, record in committed_shards(storage, layout).items() if shard_id in planned_ids
-    }
+    stored = committed_shards(storage, layout)
+    records = {shard_id: record for shard_id, record in stored.items() if shard_id in planned_ids}
     landed = [shard_id for shard_id in outcome.failed if shard_id in records]
     if landed:
         log.info("%d shard(s) whose commit seemed to fail were committed after all (its answer was lost)", len(landed))
         outcome.failed = {shard_id: why for shard_id, why in outcome.failed.items() if shard_id not in records}
     write_manifest_index(storage, layout, records)
-    removed = remove_uncommitted_files(storage, layout)
+    removed = remove_uncommitted_files(storage, layout, stored)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
     wall = time.perf_counter() - run.started
@@ -201,7 +200,7 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     )
     storage.write_text(layout.summary, json.dumps(summary.model_dump(mode="json"), indent=2))
     try:
-        write_report(storage, layout)
+        write_report(storage, layout, list(stored.values()), summary.model_dump(mode="json"))
     except Exception as error:  # noqa: BLE001 - the report is for people; the run's outcome stands without it
         log.warning("could not write %s: %s: %s", layout.report, type(error).__name__, error)
     if exit_code == ExitCode.SUCCESS:

@@ -343,6 +343,11 @@ class JobSpec(StrictModel):
         default=0.1, ge=0.0, le=1.0, description="The job exits 3 when more than this fraction of rows failed."
     )
 
+    @property
+    def slug(self) -> str:
+        """The job's name as it can stand in a file name or an id: letters, digits, - and _."""
+        return "".join(char if char.isalnum() or char in "-_" else "-" for char in self.name)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, raw: Any) -> Any:

@@ -62,6 +62,11 @@ class OutputObject(BaseModel):
     bytes: int
     rows: int
 
+    @property
+    def folder(self) -> str:
+        """data or errors: the folder of the output it lies in (whatever the root is spelled like)."""
+        return self.url.rstrip("/").rsplit("/", 2)[-2]
+
 
 class ShardResult(BaseModel):
     """What a replica sends back for one committed shard: small stats, never rows."""

@@ -279,5 +279,25 @@ def encode_errors(errors: list[dict[str, Any]], file_format: str) -> bytes:
     return encode_rows(errors, list(ERROR_COLUMNS), file_format)
 
 
+def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]]:
+    """An error file's rows in herd's own shape (id, file, row, stage, reason), whatever the output
+    format wrote. OpenAI error lines keep the custom_id and the stage (in the code), not the row."""
+    if url.endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    return [
+        line
+        if "stage" in line
+        else {
+            "id": line["custom_id"],
+            "file": file_label,
+            "row": None,
+            "stage": line["error"]["code"].removeprefix("herd_").removesuffix("_error"),
+            "reason": line["error"]["message"],
+        }
+        for line in lines
+    ]
+
+
 def encode_jsonl(records: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records).encode("utf-8")

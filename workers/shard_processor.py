@@ -212,7 +212,7 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         raise
     kept_errors: list[dict[str, Any]] = []
     if shard.retry is not None:
-        kept_errors = narrow_to_retried(read, shard, job, storage)
+        kept_errors = narrow_to_retried(read, shard, storage)
     rows_in = len(read.rows) + len(read.errors)
     errors = read.errors
     with replica.tokenizer_turn:
