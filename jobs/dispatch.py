@@ -3,6 +3,11 @@
 Dynamic dispatch, largest shards first: a fast replica simply takes more shards, and the small
 ones fill the tail. A shard whose replica died goes back to the queue for another replica; it is
 recorded only when a replica returns its result, so it is never counted twice.
+
+A replica goes through three waits, each bounded: for its node (its placement group placed; an
+autoscaler may be adding the node: resources.capacity_timeout_s), for its engine (ready:
+resources.replica_start_timeout_s), and, while it holds shards, for progress (heartbeats:
+resources.stall_timeout_s).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from common.retry import backoff_seconds
+from jobs.capacity import cluster_shape, describe
 from jobs.progress import Progress
 from jobs.replicas import ReplicaPool
 from schemas.errors import OutputBusy
 from schemas.job import JobSpec
 from schemas.shard import Shard, ShardRecord
+from workers.replica import HEALTH_GROUP
 from workers.shard_io import ShardInputError
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,13 @@ log = logging.getLogger(__name__)
 # How long the cluster may take to declare dead the node of a replica that stopped answering (Ray's
 # health checks: a few seconds); past it, the replica's end counts as a crash.
 _NODE_VERDICT_S = 30.0
+# The longest the driver sleeps between looks at its deadlines, heartbeats and waiting replicas.
+_TICK_S = 1.0
+# How long a replica waits for its node before the log says so, and how often it says so again.
+_WAITING_NOTICE_S = 3.0
+_WAITING_LOG_EVERY_S = 30.0
+# A ready result is fetched at once; this only bounds a fetch from a node that vanished meanwhile.
+_FETCH_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -40,6 +54,7 @@ class DispatchOutcome:
     attempts: int = 0
     replicas_replaced: int = 0  # all replacements, lost nodes included
     replica_crashes: int = 0  # those that count against retry.max_replica_restarts (not lost nodes)
+    no_capacity: bool = False  # no replica could be placed within resources.capacity_timeout_s
 
 
 @dataclass
@@ -47,9 +62,16 @@ class _State:
     pending: deque[Shard]
     delayed: list[tuple[float, int, Shard]] = field(default_factory=list)  # (not before, tiebreak, shard)
     attempts: Counter[str] = field(default_factory=Counter)
+    placing: dict[Any, Any] = field(default_factory=dict)  # placement group ready ref -> actor
+    placing_since: dict[Any, float] = field(default_factory=dict)  # placement ref -> monotonic time
+    place_deadlines: dict[Any, float] = field(default_factory=dict)  # placement ref -> capacity deadline
+    next_waiting_log: float = 0.0
     starting: dict[Any, Any] = field(default_factory=dict)  # ready ref -> actor
     start_deadlines: dict[Any, float] = field(default_factory=dict)  # ready ref -> monotonic deadline
     nodes: dict[Any, str] = field(default_factory=dict)  # actor -> the id of the node it runs on
+    names: dict[Any, str] = field(default_factory=dict)  # actor -> host:pid
+    heartbeats: dict[Any, tuple[Any, float]] = field(default_factory=dict)  # actor -> (ref, sent at)
+    last_heartbeat: dict[Any, float] = field(default_factory=dict)  # actor -> when the last one was sent
     running: dict[Any, tuple[Any, Shard]] = field(default_factory=dict)  # result ref -> (actor, shard)
     idle: list[Any] = field(default_factory=list)  # one entry per free slot of a replica
     dead: set[Any] = field(default_factory=set)
@@ -87,11 +109,11 @@ class Dispatcher:
         while len(self.pool.actors) < self.pool.size:
             self.pool.start()
         for actor in self.pool.actors:
-            self._await_start(state, actor)
+            self._await_placement(state, actor)
         while state.pending or state.delayed or state.running:
             self._release_due_retries(state)
             self._assign(state)
-            if not state.running and not state.starting:
+            if not state.running and not state.starting and not state.placing:
                 if state.delayed:
                     time.sleep(max(0.0, state.delayed[0][0] - time.monotonic()))
                     continue
@@ -99,22 +121,135 @@ class Dispatcher:
                     state, f"no replica is left to run it (last start error: {state.last_start_error or 'none'})"
                 )
                 break
-            # Bounded: until the next retry is due or the next replica's start deadline passes.
+            # Bounded: until the next retry or deadline is due, and never longer than a tick.
             due = [state.delayed[0][0]] if state.delayed else []
-            due += list(state.start_deadlines.values())
-            timeout = max(0.0, min(due) - time.monotonic()) if due else None
-            waiting = [*state.running, *state.starting]
+            due += [*state.start_deadlines.values(), *state.place_deadlines.values()]
+            timeout = min([_TICK_S, *(max(0.0, moment - time.monotonic()) for moment in due)])
+            waiting = [*state.running, *state.starting, *state.placing]
             done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
             if done and waiting:  # and whatever else is already finished, before assigning again
                 more, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 done += more
             for ref in done:
-                if ref in state.starting:
+                if ref in state.placing:
+                    self._on_placed(state, ref)
+                elif ref in state.starting:
                     self._on_started(state, ref)
-                else:
+                elif ref in state.running:  # not taken back from a stalled replica meanwhile
                     self._on_finished(state, ref)
             self._give_up_on_slow_starts(state)
+            self._watch_capacity(state)
+            self._watch_progress(state)
         return self.outcome
+
+    def _await_placement(self, state: _State, actor: Any) -> None:
+        """The replica's resources, reserved: at once where they are free, else once the autoscaler
+        (or capacity coming back) adds a node."""
+        ref = self.pool.placement_group_of(actor).ready()
+        state.placing[ref] = actor
+        state.placing_since[ref] = time.monotonic()
+        state.place_deadlines[ref] = time.monotonic() + self.job.resources.capacity_timeout_s
+
+    def _on_placed(self, state: _State, ref: Any) -> None:
+        actor = state.placing.pop(ref)
+        waited = time.monotonic() - state.placing_since.pop(ref)
+        state.place_deadlines.pop(ref, None)
+        if waited >= _WAITING_NOTICE_S:
+            log.info("a replica's node is there after %.0fs; starting its engine", waited)
+        self._await_start(state, actor)
+
+    def _watch_capacity(self, state: _State) -> None:
+        """Says what the job waits for; past resources.capacity_timeout_s with no replica placed at
+        all, ends the job (exit 7) instead of waiting for ever."""
+        if not state.placing:
+            return
+        now = time.monotonic()
+        longest = now - min(state.placing_since.values())
+        if longest >= _WAITING_NOTICE_S and now >= state.next_waiting_log:
+            state.next_waiting_log = now + _WAITING_LOG_EVERY_S
+            log.info(
+                "waiting for capacity: %d replica(s) wait for a node (%.0fs so far), %d up; each asks for %s; "
+                "the cluster: %s",
+                len(state.placing),
+                longest,
+                len(state.nodes.keys() - state.dead),
+                self.pool.bundles(),
+                describe(cluster_shape(), self.pool.device),
+            )
+        overdue = [ref for ref, deadline in state.place_deadlines.items() if deadline <= now]
+        if not overdue:
+            return
+        limit = self.job.resources.capacity_timeout_s
+        if state.starting or state.nodes.keys() - state.dead:
+            for ref in overdue:
+                del state.place_deadlines[ref]  # it stays asked for: capacity may still come
+            log.warning(
+                "%d replica(s) found no node within resources.capacity_timeout_s (%gs); going on with those "
+                "placed (the rest join if capacity comes)",
+                len(overdue),
+                limit,
+            )
+            return
+        reason = (
+            f"no capacity: no replica was placed within resources.capacity_timeout_s ({limit:g}s); each asks for "
+            f"{self.pool.bundles()}; the cluster: {describe(cluster_shape(), self.pool.device)}"
+        )
+        log.error("%s", reason)
+        for actor in list(state.placing.values()):
+            self.pool.forget(actor)
+        state.placing.clear()
+        state.placing_since.clear()
+        state.place_deadlines.clear()
+        self.outcome.no_capacity = True
+        self._fail_all(state, reason)
+
+    def _watch_progress(self, state: _State) -> None:
+        """Heartbeats to every replica holding shards; one that made no progress (or did not answer)
+        for resources.stall_timeout_s is replaced, and its shards run elsewhere."""
+        limit = self.job.resources.stall_timeout_s
+        every = min(limit / 4, 10.0)
+        now = time.monotonic()
+        for actor in {actor for actor, _ in state.running.values()}:
+            sent = state.heartbeats.get(actor)
+            if sent is None:
+                if now - state.last_heartbeat.get(actor, 0.0) >= every:
+                    ref = actor.heartbeat.options(concurrency_group=HEALTH_GROUP).remote()
+                    state.heartbeats[actor] = (ref, now)
+                    state.last_heartbeat[actor] = now
+                continue
+            ref, sent_at = sent
+            if ray.wait([ref], timeout=0)[0]:
+                del state.heartbeats[actor]
+                try:
+                    idle_for = ray.get(ref, timeout=_FETCH_TIMEOUT_S)
+                except Exception:  # noqa: BLE001 - a dead replica is reported by its shards
+                    continue
+                if idle_for is not None and idle_for > limit:
+                    self._take_back(state, actor, f"made no progress for {idle_for:.0f}s")
+            elif now - sent_at > limit:
+                del state.heartbeats[actor]
+                self._take_back(state, actor, f"did not answer for {now - sent_at:.0f}s")
+
+    def _take_back(self, state: _State, actor: Any, why: str) -> None:
+        held = [(ref, shard) for ref, (owner, shard) in state.running.items() if owner is actor]
+        limit = self.job.resources.stall_timeout_s
+        log.warning(
+            "replica %s %s (resources.stall_timeout_s %gs) holding shard(s) %s; replacing it, its shards run "
+            "elsewhere%s",
+            state.names.get(actor, "?"),
+            why,
+            limit,
+            ", ".join(shard.shard_id for _, shard in held),
+            self.pool.last_log_lines(actor),
+        )
+        for ref, _ in held:
+            del state.running[ref]
+        state.dead.add(actor)
+        state.idle = [slot for slot in state.idle if slot != actor]
+        self._replicas_changed(state)
+        self._replace(state, actor, crashed=True)
+        for _, shard in held:
+            self._retry_or_fail(state, shard, f"replica stalled: it {why}")
 
     def _await_start(self, state: _State, actor: Any) -> None:
         ref = actor.ready.remote()
@@ -154,13 +289,14 @@ class Dispatcher:
         actor = state.starting.pop(ref)
         state.start_deadlines.pop(ref, None)
         try:
-            name, node = ray.get(ref)  # ready: the answer is there, this does not wait
+            name, node = ray.get(ref, timeout=_FETCH_TIMEOUT_S)  # ready: the answer is there
         except Exception as error:  # noqa: BLE001 - the engine could not start; reported below
             state.last_start_error = _reason(error)
             log.warning("a replica failed to start: %s", state.last_start_error)
             self._replace(state, actor)
             return
         state.nodes[actor] = node
+        state.names[actor] = name
         log.info("replica %s is ready", name)
         state.idle.extend([actor] * self.pool.shards_in_flight)
         self._replicas_changed(state)
@@ -168,7 +304,7 @@ class Dispatcher:
     def _on_finished(self, state: _State, ref: Any) -> None:
         actor, shard = state.running.pop(ref)
         try:
-            result = ray.get(ref)
+            result = ray.get(ref, timeout=_FETCH_TIMEOUT_S)
         except RayActorError as error:
             log.warning(
                 "the replica running shard %s died (%s); re-queuing it%s",
@@ -178,6 +314,7 @@ class Dispatcher:
             )
             if actor not in state.dead:  # its other in-flight shard reports the same death
                 state.dead.add(actor)
+                state.heartbeats.pop(actor, None)
                 self._replicas_changed(state)
                 state.idle = [slot for slot in state.idle if slot != actor]
                 lost = getattr(error, "preempted", False) or self._node_lost(
@@ -254,7 +391,7 @@ class Dispatcher:
             return
         self.outcome.replicas_replaced += 1
         self.outcome.replica_crashes += int(crashed)
-        self._await_start(state, self.pool.start())
+        self._await_placement(state, self.pool.start())
 
     def _fail_all(self, state: _State, reason: str) -> None:
         for shard in [*state.pending, *(item[2] for item in state.delayed)]:

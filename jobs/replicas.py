@@ -1,7 +1,9 @@
 """The pool of replica actors: how many, on what resources, with which environment.
 
-On a GPU cluster a replica reserves tensor_parallel_size GPUs of one node (a STRICT_PACK placement
-group, one bundle per GPU); on the CPU build it reserves that many CPUs. Settings the engine reads from the
+Each replica first reserves its resources in a placement group: tensor_parallel_size GPUs of one node
+(STRICT_PACK, one bundle per GPU), or that many CPUs on the CPU build. A group that does not fit what is
+up is what makes an autoscaler add a node; the dispatcher waits for the group before the replica's
+start clock runs. Settings the engine reads from the
 environment are passed to the actors explicitly, since a Ray worker does not see the driver's
 environment on a cluster.
 """
@@ -19,10 +21,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from common.layout import OutputLayout
 from common.node_cache import cache_root
 from common.storage import is_remote, join
-from schemas.errors import SpecError
+from jobs.capacity import choose_device, cluster_shape
 from schemas.job import JobSpec, ModelSpec
 from workers.engine import engine_environment
-from workers.replica import EngineFactory, Replica, build_vllm_engine
+from workers.replica import HEALTH_GROUP, EngineFactory, Replica, build_vllm_engine
 
 # The variables that configure the engine, its caches or storage endpoints and hold no secret: an
 # allow-list, since Ray shows every actor's and job's runtime_env to anyone on the cluster (the
@@ -48,35 +50,6 @@ FORWARDED_VARIABLES = frozenset(
         "AWS_REGION",
     }
 )
-
-
-def cluster_device() -> str:
-    return "gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
-
-
-def _per_node(resource: str) -> list[float]:
-    return [node["Resources"].get(resource, 0) for node in ray.nodes() if node.get("Alive")]
-
-
-def replica_capacity(tensor_parallel_size: int, device: str) -> int:
-    """How many replicas of this size the cluster holds, counting each node on its own."""
-    resource = "GPU" if device == "gpu" else "CPU"
-    return sum(int(amount // tensor_parallel_size) for amount in _per_node(resource))
-
-
-def replica_count(job: JobSpec, device: str) -> int:
-    tp = job.model.tensor_parallel_size
-    capacity = replica_capacity(tp, device)
-    if capacity < 1:
-        resource = "GPUs" if device == "gpu" else "CPUs"
-        largest = max(_per_node("GPU" if device == "gpu" else "CPU"), default=0)
-        raise SpecError(
-            f"model.tensor_parallel_size {tp} needs {tp} {resource} on one node; the largest node has {largest:g}"
-        )
-    if job.resources.replicas == "auto":
-        # On CPU one engine already uses the node's cores; a second would only compete for them.
-        return capacity if device == "gpu" else 1
-    return min(job.resources.replicas, capacity)
 
 
 def _engine_identity(model: ModelSpec) -> dict[str, Any]:
@@ -119,19 +92,22 @@ class ReplicaPool:
         size: int,
         engine_factory: EngineFactory = build_vllm_engine,
         quiet: bool = False,
+        device: str | None = None,
     ) -> None:
         """`quiet`: each replica's output (vLLM's, transformers') goes to its own log file instead
-        of Ray's worker logs and the driver's terminal; see replica_log_file."""
+        of Ray's worker logs and the driver's terminal; see replica_log_file. `device`: gpu or cpu;
+        by default chosen from the job's resources.accelerator and the cluster (jobs/capacity.py)."""
         self.model = model
         self._quiet = quiet
         self._log_files: dict[Any, str] = {}
         self._started = 0
-        self.device = cluster_device()
+        self.device = device or choose_device(job.resources.accelerator, cluster_shape())
         self.size = size
         self.shards_in_flight = job.resources.shards_in_flight
         self._job = job
         self._engine_factory = engine_factory
-        self._actor_class = ray.remote(Replica)
+        # Heartbeats have a thread of their own: the shards in flight may hold every other one.
+        self._actor_class = ray.remote(concurrency_groups={HEALTH_GROUP: 1})(Replica)
         self._environment = _actor_environment(model, self.device)
         self.actors: list[Any] = []
         self._placement_groups: dict[Any, PlacementGroup] = {}
@@ -144,16 +120,18 @@ class ReplicaPool:
         if self.device == "gpu":
             # One bundle per GPU, all on one node. With TP > 1 the replica itself holds no GPU: vLLM's
             # Ray executor places one worker per bundle of the group the replica was placed in.
-            group = placement_group([{"GPU": 1, "CPU": 1}] + [{"GPU": 1}] * (tp - 1), strategy="STRICT_PACK")
-            options: dict[str, Any] = {
-                "num_cpus": 1,
-                "num_gpus": 1 if tp == 1 else 0,
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                    group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
-                ),
-            }
+            bundles = [{"GPU": 1, "CPU": 1}] + [{"GPU": 1}] * (tp - 1)
+            actor_resources = {"num_cpus": 1, "num_gpus": 1 if tp == 1 else 0}
         else:
-            group, options = None, {"num_cpus": tp}
+            bundles = [{"CPU": tp}]
+            actor_resources = {"num_cpus": tp}
+        group = placement_group(bundles, strategy="STRICT_PACK")
+        options: dict[str, Any] = {
+            **actor_resources,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            ),
+        }
         log_file = self._next_log_file() if self._quiet else None
         actor = self._actor_class.options(
             **options,
@@ -170,8 +148,7 @@ class ReplicaPool:
         )
         if log_file is not None:
             self._log_files[actor] = log_file
-        if group is not None:
-            self._placement_groups[actor] = group
+        self._placement_groups[actor] = group
         self.actors.append(actor)
         return actor
 
@@ -192,16 +169,18 @@ class ReplicaPool:
             return f"; its log: {path}"
         return f"; its log ({path}) ends:\n    " + "\n    ".join(lines)
 
-    def placement_group_of(self, actor: Any) -> PlacementGroup | None:
-        return self._placement_groups.get(actor)
+    def placement_group_of(self, actor: Any) -> PlacementGroup:
+        return self._placement_groups[actor]
+
+    def bundles(self) -> list[dict[str, float]]:
+        """What one replica asks the cluster for."""
+        return next(iter(self._placement_groups.values())).bundle_specs if self._placement_groups else []
 
     def forget(self, actor: Any) -> None:
         if actor in self.actors:
             self.actors.remove(actor)
         ray.kill(actor, no_restart=True)
-        group = self._placement_groups.pop(actor, None)
-        if group is not None:
-            remove_placement_group(group)
+        remove_placement_group(self._placement_groups.pop(actor))
 
     def shutdown(self) -> None:
         for actor in list(self.actors):

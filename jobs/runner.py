@@ -16,6 +16,7 @@ import ray
 from common.layout import OutputLayout
 from common.retry import storage_problem
 from common.storage import FileInfo, Storage
+from jobs.capacity import choose_device, cluster_shape, describe, replica_count
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.lease import Lease, acquire_lease
 from jobs.manifest import (
@@ -28,7 +29,7 @@ from jobs.manifest import (
 )
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.progress import Progress
-from jobs.replicas import ReplicaPool, cluster_device, replica_count
+from jobs.replicas import ReplicaPool
 from jobs.report import write_report
 from jobs.run_stats import error_reasons, errors_by_stage, tokens_per_s_by_replica, top_error_reasons
 from schemas.errors import OutputBusy, SpecError
@@ -157,9 +158,11 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         ensure_ray(quiet)
         own_pool = pool is None
         if pool is None:
-            pool = ReplicaPool(
-                job.model, job, replica_count(job, cluster_device()), options.engine_factory, quiet=quiet
-            )
+            shape = cluster_shape()
+            device = choose_device(job.resources.accelerator, shape)
+            count = replica_count(job, shape, device)
+            log.info("%d replica(s) on %s; the cluster: %s", count, device, describe(shape, device))
+            pool = ReplicaPool(job.model, job, count, options.engine_factory, quiet=quiet, device=device)
         elif not pool.serves(job.model):
             raise SpecError("the replica pool given serves a different model configuration")
         replicas = pool.size
@@ -238,7 +241,7 @@ def _summarize(
     rows_in, error_rows = total("rows_in"), total("error_rows")
     status = "succeeded"
     if outcome.failed:
-        status = "shards_failed"
+        status = "no_capacity" if outcome.no_capacity else "shards_failed"
     elif rows_in and error_rows / rows_in > job.max_error_fraction:
         status = "errors_over_threshold"
     return RunSummary(
@@ -279,6 +282,8 @@ def _summarize(
 def _exit_code(summary: RunSummary) -> ExitCode:
     if summary.status == "shards_failed":
         return ExitCode.SHARDS_FAILED
+    if summary.status == "no_capacity":
+        return ExitCode.NO_CAPACITY
     if summary.status == "errors_over_threshold":
         return ExitCode.ERRORS_OVER_THRESHOLD
     return ExitCode.SUCCESS

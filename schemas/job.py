@@ -280,9 +280,19 @@ class OptimizeSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
+    accelerator: Literal["auto", "gpu", "cpu"] = Field(
+        default="auto",
+        description="What a replica runs on. auto: gpu if a node up now or a node type the autoscaler can "
+        "add has a GPU, else cpu. gpu: ask for GPUs and wait for them even where herd cannot read the "
+        "autoscaler's node types.",
+    )
     replicas: int | Literal["auto"] = Field(
         default="auto",
-        description="auto: one per tensor_parallel_size GPUs in the cluster (1 on the CPU build); or a number.",
+        description="auto: one per tensor_parallel_size GPUs the cluster holds or its autoscaler can add, up "
+        "to max_replicas (1 on CPU); or a number.",
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, description="The most replicas `replicas: auto` starts (none: as many as fit)."
     )
     shards_in_flight: int = Field(
         default=2,
@@ -291,18 +301,32 @@ class ResourcesSpec(StrictModel):
         description="Shards a replica holds at once: with 2, one is read and the previous one written "
         "while the engine generates the third.",
     )
-
+    capacity_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="How long a replica may wait for its node (an autoscaler booting GPU nodes, spot "
+        "capacity coming back). If no replica at all is placed by then, the job ends with exit 7; "
+        "with some up, it goes on with those.",
+    )
     replica_start_timeout_s: float = Field(
         default=1800.0,
         gt=0,
-        description="A replica not ready within this (its node placed, the weights loaded: 70B takes "
-        "minutes) is replaced; after retry.max_replica_restarts the job fails saying so.",
+        description="A replica not ready within this once its node is there (the weights loaded: 70B "
+        "takes minutes) is replaced; after retry.max_replica_restarts the job fails saying so.",
+    )
+    stall_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A replica holding shards that makes no progress (no engine step, no shard read or "
+        "written) for this long is replaced and its shards run elsewhere.",
     )
 
     @model_validator(mode="after")
     def _positive(self) -> ResourcesSpec:
         if self.replicas != "auto" and self.replicas < 1:
             raise ValueError("replicas must be 'auto' or at least 1")
+        if self.replicas != "auto" and self.max_replicas is not None:
+            raise ValueError("max_replicas applies to replicas: auto; with a number of replicas leave it out")
         return self
 
 

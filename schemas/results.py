@@ -56,7 +56,7 @@ class RunSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job: str
-    status: str  # succeeded | errors_over_threshold | shards_failed
+    status: str  # succeeded | errors_over_threshold | shards_failed | no_capacity
     output: str
     model: str
     rows_in: int
@@ -91,4 +91,5 @@ class ExitCode(IntEnum):
     SHARDS_FAILED = 4  # some shards failed after every retry; the rest are committed
     OUTPUT_BUSY = 5  # another run holds the output (or took it over): nothing of this run's was committed after that
     STORAGE_UNAVAILABLE = 6  # storage kept failing (throttling, 5xx, connections) after every retry: run again later
+    NO_CAPACITY = 7  # no replica's node appeared within resources.capacity_timeout_s; committed shards are kept
     INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM; re-run the same command to resume

@@ -13,6 +13,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ class ContinuousFeeder:
         # Taken to check for a dead engine and queue a group as one step, and to declare it dead:
         # so every group queued before the engine died is failed, and none after is left waiting.
         self._fatal_lock = threading.Lock()
+        self.last_step_at = time.monotonic()  # when a step last returned: the engine is moving
         self._thread = threading.Thread(target=self._serve, name="herd-engine-feeder", daemon=True)
         self._thread.start()
 
@@ -113,6 +115,7 @@ class ContinuousFeeder:
     def _step(self) -> None:
         try:
             outputs = self._engine.step()
+            self.last_step_at = time.monotonic()
         except Exception as error:  # noqa: BLE001 - it belongs to every group in the engine
             if self._is_fatal(error):
                 with self._fatal_lock:

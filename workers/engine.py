@@ -43,6 +43,10 @@ class Engine(Protocol):
         from several threads at once (a replica's shards in flight)."""
         ...
 
+    def last_progress_at(self) -> float:
+        """When the engine last moved its requests on (time.monotonic()): a finished step."""
+        ...
+
 
 def row_seed(job_seed: int, row_id: str) -> int:
     digest = hashlib.sha256(f"{job_seed}\x00{row_id}".encode()).digest()
@@ -80,6 +84,10 @@ def vllm_options(model_dir: str, spec: ModelSpec, device: str) -> dict[str, Any]
         # The replica sits in a placement group with one bundle per GPU: vLLM's Ray executor
         # puts one worker in each.
         options["distributed_executor_backend"] = "ray"
+    if device == "cpu" and spec.tensor_parallel_size > 1:
+        # The replica sits in a placement group of one CPU bundle; inside one, vLLM would pick its Ray
+        # executor and look for a bundle per rank. Its own worker processes share the replica's CPUs.
+        options["distributed_executor_backend"] = "mp"
     if device == "cpu":
         # CUDA graphs do not exist on CPU; eager mode also skips a long compile at start-up.
         options["enforce_eager"] = True
@@ -113,6 +121,9 @@ class VllmEngine:
         self._decoder = self.llm.get_tokenizer()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.max_model_len = spec.max_model_len
+
+    def last_progress_at(self) -> float:
+        return self._feeder.last_step_at
 
     def close(self) -> None:
         """Stops the engine's processes now (rather than at interpreter exit)."""

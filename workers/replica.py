@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 
 from common.storage import Storage
@@ -17,6 +19,10 @@ from workers.shard_processor import ReplicaContext, process_shard
 
 EngineFactory = Callable[[str, ModelSpec, str], Engine]
 log = logging.getLogger(__name__)
+
+# The actor's concurrency group for heartbeats: one thread of its own, so a heartbeat is answered
+# while the shards in flight hold every thread of the default group.
+HEALTH_GROUP = "health"
 
 
 def build_vllm_engine(model_dir: str, spec: ModelSpec, device: str) -> Engine:
@@ -42,6 +48,8 @@ class Replica:
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their
         # requests together.
         self.context = ReplicaContext(name=f"{socket.gethostname()}:{os.getpid()}")
+        self._shards_held = 0
+        self._held_lock = threading.Lock()
 
     def ready(self) -> tuple[str, str]:
         """Its name (host:pid), and the id of its node (to tell a lost node from a crash)."""
@@ -49,8 +57,20 @@ class Replica:
 
         return self.context.name, ray.get_runtime_context().get_node_id()
 
+    def heartbeat(self) -> float | None:
+        """Seconds since this replica last made progress (an engine step, or a shard moving on a
+        stage) while holding shards; None when it holds none. Call it in HEALTH_GROUP."""
+        with self._held_lock:
+            if not self._shards_held:
+                return None
+        return time.monotonic() - max(self.context.last_activity, self.engine.last_progress_at())
+
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
+        with self._held_lock:
+            if not self._shards_held:
+                self.context.moved_on()  # idle time before this shard is not a stall
+            self._shards_held += 1
         try:
             storage = Storage(job.storage, job.retry)
             return process_shard(shard, job, self.engine, storage, self.context)
@@ -59,3 +79,6 @@ class Replica:
             # re-queues its shards, instead of failing every later shard here.
             log.error("the engine died (%s); stopping replica %s", error, self.context.name)
             os._exit(1)
+        finally:
+            with self._held_lock:
+                self._shards_held -= 1

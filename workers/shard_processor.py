@@ -196,6 +196,12 @@ class ReplicaContext:
     # The prompt tokenizer is not thread safe: shards take turns rendering and counting with it.
     tokenizer_turn: AbstractContextManager[Any] = field(default_factory=threading.Lock)
     answers: AnswerCache = field(default_factory=AnswerCache)
+    # When a shard here last moved on a stage (monotonic clock): with the engine's own steps, what
+    # tells a slow replica from a stalled one (resources.stall_timeout_s).
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def moved_on(self) -> None:
+        self.last_activity = time.monotonic()
 
 
 def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, replica: ReplicaContext) -> ShardResult:
@@ -210,6 +216,7 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         if isinstance(error, (OSError, pa.ArrowInvalid)) and not is_transient(error):
             raise ShardInputError(f"{shard.file_label}: cannot read rows {shard.start}-{shard.end}: {error}") from None
         raise
+    replica.moved_on()
     kept_errors: list[dict[str, Any]] = []
     if shard.retry is not None:
         kept_errors = narrow_to_retried(read, shard, storage)
@@ -217,11 +224,14 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     errors = read.errors
     with replica.tokenizer_turn:
         prompts = _render_all(read.rows, job, engine, shard, errors)
+    replica.moved_on()
     generate_started, generate_started_at = time.perf_counter(), time.time()
     generated, requests_run = _generate_all(prompts, job, engine, shard, errors, replica.answers)
     generate_seconds = time.perf_counter() - generate_started
+    replica.moved_on()
     with replica.tokenizer_turn:
         rows = _output_rows(generated, job, engine)
+    replica.moved_on()
 
     layout = OutputLayout(job.output.path)
     token = uuid.uuid4().hex[:12]
@@ -231,6 +241,7 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     if rows or shard.retry is None:
         size = storage.write_atomic(data_url, _encode_output(generated, rows, job))
         outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))
+        replica.moved_on()
     errors = kept_errors + errors
     if errors:
         errors.sort(key=lambda error: (error["row"] is None, error["row"] or 0))

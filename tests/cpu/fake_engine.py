@@ -1,8 +1,9 @@
 """A fake engine for scheduling and fault tests only: what two CPU cores cannot show with vLLM.
 
 It uses the tiny model's real tokenizer, so rendering and token counts are real; only generation is
-faked (tokens derived from the request's seed, after a fixed delay). It can also kill its own
-process on chosen calls, to play a replica that dies in the middle of a shard.
+faked (tokens derived from the request's seed, after a fixed delay). It can also fail on chosen
+calls, to play a replica that dies in the middle of a shard (its process exits, or vLLM's engine core
+dies) or an engine that hangs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class FakeEngine:
         seconds_per_call: float,
         deaths_dir: str | None,
         deaths: int,
-        engine_dead: bool,
+        fault: str,
         refuse_marked_while: str | None = None,
         start_seconds: float = 0.0,
     ) -> None:
@@ -43,21 +44,28 @@ class FakeEngine:
         self.seconds_per_call = seconds_per_call
         self.deaths_dir = Path(deaths_dir) if deaths_dir else None
         self.deaths = deaths
-        self.engine_dead = engine_dead
+        self.fault = fault
+        self._last_progress = time.monotonic()
         # One call at a time, like one engine at a fixed rate: a replica's shards in flight queue here.
         self._busy = threading.Lock()
 
     def _maybe_die(self) -> None:
-        """Dies (at most `deaths` times over the whole test, counted in files) mid-shard: the process
-        exits, or (engine_dead) the engine fails as vLLM's does when its core process dies."""
+        """Fails (at most `deaths` times over the whole test, counted in files) mid-shard, as `fault`
+        says: "exit" (the process exits), "engine_dead" (the engine fails as vLLM's does when its core
+        process dies) or "stall" (the call never returns, and the engine never steps again)."""
         if self.deaths_dir is None:
             return
         self.deaths_dir.mkdir(parents=True, exist_ok=True)
         if len(list(self.deaths_dir.iterdir())) < self.deaths:
             (self.deaths_dir / f"death-{os.getpid()}").touch()
-            if self.engine_dead:
+            if self.fault == "engine_dead":
                 raise EngineDead("EngineCore encountered an issue")
+            if self.fault == "stall":
+                threading.Event().wait()
             os._exit(1)
+
+    def last_progress_at(self) -> float:
+        return self._last_progress
 
     def generate(self, requests: list[Request]) -> list[list[Sample]]:
         refusing = self.refuse_marked_while is not None and os.path.exists(self.refuse_marked_while)
@@ -67,6 +75,7 @@ class FakeEngine:
             time.sleep(self.seconds_per_call / 2)
             self._maybe_die()
             time.sleep(self.seconds_per_call / 2)
+            self._last_progress = time.monotonic()
         results = []
         for request in requests:
             rng = random.Random(request.seed)
@@ -86,7 +95,7 @@ class FakeEngineFactory:
         seconds_per_call: float = 0.05,
         deaths_dir: str | None = None,
         deaths: int = 0,
-        engine_dead: bool = False,
+        fault: str = "exit",
         refuse_marked_while: str | None = None,
         start_seconds: float = 0.0,
     ) -> None:
@@ -95,7 +104,7 @@ class FakeEngineFactory:
         self.seconds_per_call = seconds_per_call
         self.deaths_dir = deaths_dir
         self.deaths = deaths
-        self.engine_dead = engine_dead
+        self.fault = fault
 
     def __call__(self, model_dir: str, spec: ModelSpec, device: str) -> FakeEngine:
         return FakeEngine(
@@ -104,6 +113,7 @@ class FakeEngineFactory:
             self.seconds_per_call,
             self.deaths_dir,
             self.deaths,
-            self.engine_dead,
+            self.fault,
             self.refuse_marked_while,
+            self.start_seconds,
         )

@@ -13,10 +13,11 @@ from ray.cluster_utils import Cluster
 
 from common.layout import OutputLayout
 from common.storage import Storage
+from jobs.capacity import choose_device, cluster_shape, replica_count
 from jobs.dispatch import Dispatcher
 from jobs.manifest import commit_shard
 from jobs.planner import plan_shards
-from jobs.replicas import ReplicaPool, cluster_device, replica_count
+from jobs.replicas import ReplicaPool
 from schemas import parse_job
 from tests.cpu.fake_engine import FakeEngineFactory
 
@@ -37,7 +38,12 @@ def main(config: dict) -> dict:
     storage = Storage(job.storage, job.retry)
     layout = OutputLayout(job.output.path)
     shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
-    pool = ReplicaPool(job.model, job, replica_count(job, cluster_device()), FakeEngineFactory(seconds_per_call=1.0))
+    pool = ReplicaPool(
+        job.model,
+        job,
+        replica_count(job, cluster_shape(), choose_device("auto", cluster_shape())),
+        FakeEngineFactory(seconds_per_call=1.0),
+    )
     commits = []
 
     def lose_a_node_then_get_capacity_back() -> None:

@@ -16,10 +16,11 @@ from ray.util.placement_group import placement_group_table
 
 from common.layout import OutputLayout
 from common.storage import Storage
+from jobs.capacity import choose_device, cluster_shape, replica_count
 from jobs.dispatch import Dispatcher
 from jobs.manifest import commit_shard
 from jobs.planner import plan_shards
-from jobs.replicas import ReplicaPool, cluster_device, replica_count
+from jobs.replicas import ReplicaPool
 from schemas import SpecError, parse_job
 from tests.cpu.fake_engine import FakeEngineFactory
 
@@ -37,7 +38,7 @@ def main(config: dict) -> dict:
         }
     )
     try:
-        count = replica_count(job, cluster_device())
+        count = replica_count(job, cluster_shape(), choose_device("auto", cluster_shape()))
     except SpecError as error:
         return {"error": str(error)}
     # Slow enough that a replica ready a moment after the other still finds shards left.

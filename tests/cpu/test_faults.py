@@ -207,7 +207,9 @@ def test_credentials_never_appear_in_any_output_object(run_tiny, tmp_path, s3_en
 
 def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(ray_session, tiny_model, tmp_path):
     expected = _write_prompts(tmp_path / "in.jsonl", 60)
-    factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, engine_dead=True)
+    factory = FakeEngineFactory(
+        seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, fault="engine_dead"
+    )
     _, outcome = _run_on_fake_engine(
         tmp_path, tiny_model, factory, replicas=1, retry={"attempts": 3, "backoff_base_s": 0.05}
     )
@@ -251,11 +253,92 @@ def test_a_killed_vllm_engine_core_ends_its_replica_and_its_shards_finish_elsewh
     assert sorted(ids) == expected
 
 
+def test_a_stalled_vllm_engine_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
+    run_tiny, tiny_pool, tmp_path, caplog
+):
+    """The real engine: its core process is stopped (SIGSTOP), so the replica's process still answers
+    but its engine never steps again; only the stall watch can tell."""
+    import logging
+    import threading
+
+    expected = _write_prompts(tmp_path / "in.jsonl", 600)
+    victim, victim_pid = started_replica(tiny_pool)
+    engine_pids = descendants(victim_pid)
+    outcomes = []
+
+    def run() -> None:
+        outcomes.append(
+            run_tiny(
+                input=_jsonl_input(tmp_path / "in.jsonl"),
+                sampling={"max_new_tokens": 48, "ignore_eos": True, "temperature": 0.8, "seed": 3},
+                output={"path": str(tmp_path / "out")},
+                resources={"stall_timeout_s": 10},
+            )
+        )
+
+    job = threading.Thread(target=run)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
+            job.start()
+            deadline = time.monotonic() + 120
+            while not list((tmp_path / "out" / "manifest").glob("*.json")) and time.monotonic() < deadline:
+                time.sleep(0.2)  # once a shard has committed, every replica is generating
+            for pid in engine_pids:
+                os.kill(pid, signal.SIGSTOP)
+            job.join(timeout=600)
+    finally:
+        for pid in engine_pids:  # a stopped process ends only on SIGKILL
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+    [outcome] = outcomes
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    assert "made no progress for" in caplog.text and "resources.stall_timeout_s 10s" in caplog.text
+    assert victim not in tiny_pool.actors and len(tiny_pool.actors) == tiny_pool.size
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
+
+
+def test_fake_engine_capacity_that_never_comes_ends_the_job_within_capacity_timeout_with_exit_7(
+    ray_session, tiny_model, tmp_path, caplog
+):
+    """GPUs asked for on a cluster that has none and no autoscaler herd can read: herd asks, waits,
+    says what it waits for, and gives up at resources.capacity_timeout_s. The fake engine never starts."""
+    import logging
+
+    _write_prompts(tmp_path / "in.jsonl", 20)
+    job = parse_job(
+        {
+            "input": _jsonl_input(tmp_path / "in.jsonl"),
+            "model": tiny_model_spec(tiny_model),
+            "output": {"path": str(tmp_path / "out")},
+            "resources": {"accelerator": "gpu", "replicas": 2, "capacity_timeout_s": 6},
+        }
+    )
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="jobs"):
+        outcome = run_job(job, engine_factory=FakeEngineFactory())
+    assert time.monotonic() - started < 60
+    assert outcome.exit_code == ExitCode.NO_CAPACITY and outcome.summary.status == "no_capacity"
+    assert outcome.summary.shards_run == 0 and outcome.summary.replicas == 2
+    failure = outcome.summary.shards_failed[0]
+    assert "no replica was placed within resources.capacity_timeout_s (6s)" in failure
+    assert "{'GPU': 1" in failure and "0 GPUs" in failure
+    assert "waiting for capacity: 2 replica(s) wait for a node" in caplog.text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "no_capacity" and not (tmp_path / "out" / "_SUCCESS").exists()
+
+
 def test_fake_engine_shards_that_fail_every_attempt_are_reported_and_the_rest_commit(ray_session, tiny_model, tmp_path):
     _write_prompts(tmp_path / "in.jsonl", 120)
     # The first replica's engine dies on its first shard, which has no attempt left; its replacement
     # runs every other shard.
-    factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, engine_dead=True)
+    factory = FakeEngineFactory(
+        seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, fault="engine_dead"
+    )
     _, outcome = _run_on_fake_engine(
         tmp_path,
         tiny_model,
