@@ -89,6 +89,9 @@ def command_run(arguments: argparse.Namespace) -> int:
         quiet=not arguments.verbose,
     )
     _print_summary(outcome.summary)
+    if outcome.exit_code == ExitCode.NO_CAPACITY:
+        reason = outcome.summary.shards_failed[0].split(": ", 1)[-1]
+        _say(f"{reason}; committed shards are kept: run again when the cluster has capacity", sys.stderr)
     if outcome.exit_code == ExitCode.ERRORS_OVER_THRESHOLD:
         _say(
             f"{outcome.summary.error_rows} of {outcome.summary.rows_in} rows failed, over "

@@ -36,7 +36,7 @@ from workers.shard_io import ShardInputError
 log = logging.getLogger(__name__)
 
 # How long the cluster may take to declare dead the node of a replica that stopped answering (Ray's
-# health checks: a few seconds); past it, the replica's end counts as a crash.
+# health checks: 10-20 s); past it, the replica's end counts as a crash.
 _NODE_VERDICT_S = 30.0
 # The longest the driver sleeps between looks at its deadlines, heartbeats and waiting replicas.
 _TICK_S = 1.0
@@ -72,6 +72,7 @@ class _State:
     names: dict[Any, str] = field(default_factory=dict)  # actor -> host:pid
     heartbeats: dict[Any, tuple[Any, float]] = field(default_factory=dict)  # actor -> (ref, sent at)
     last_heartbeat: dict[Any, float] = field(default_factory=dict)  # actor -> when the last one was sent
+    verdicts: dict[Any, float] = field(default_factory=dict)  # unreachable actor -> when to call it a crash
     running: dict[Any, tuple[Any, Shard]] = field(default_factory=dict)  # result ref -> (actor, shard)
     idle: list[Any] = field(default_factory=list)  # one entry per free slot of a replica
     dead: set[Any] = field(default_factory=set)
@@ -113,7 +114,7 @@ class Dispatcher:
         while state.pending or state.delayed or state.running:
             self._release_due_retries(state)
             self._assign(state)
-            if not state.running and not state.starting and not state.placing:
+            if not state.running and not state.starting and not state.placing and not state.verdicts:
                 if state.delayed:
                     time.sleep(max(0.0, state.delayed[0][0] - time.monotonic()))
                     continue
@@ -126,7 +127,11 @@ class Dispatcher:
             due += [*state.start_deadlines.values(), *state.place_deadlines.values()]
             timeout = min([_TICK_S, *(max(0.0, moment - time.monotonic()) for moment in due)])
             waiting = [*state.running, *state.starting, *state.placing]
-            done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+            done = []
+            if waiting:
+                done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+            else:  # only a lost replica's verdict is pending
+                time.sleep(timeout)
             if done and waiting:  # and whatever else is already finished, before assigning again
                 more, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 done += more
@@ -138,6 +143,7 @@ class Dispatcher:
                 elif ref in state.running:  # not taken back from a stalled replica meanwhile
                     self._on_finished(state, ref)
             self._give_up_on_slow_starts(state)
+            self._decide_verdicts(state)
             self._watch_capacity(state)
             self._watch_progress(state)
         return self.outcome
@@ -317,12 +323,14 @@ class Dispatcher:
                 state.heartbeats.pop(actor, None)
                 self._replicas_changed(state)
                 state.idle = [slot for slot in state.idle if slot != actor]
-                lost = getattr(error, "preempted", False) or self._node_lost(
-                    state, actor, wait_s=_NODE_VERDICT_S if isinstance(error, ActorUnavailableError) else 0.0
-                )
-                if lost:
-                    log.warning("its node is gone (preempted or lost): a replacement does not count as a crash")
-                self._replace(state, actor, crashed=not lost)
+                if getattr(error, "preempted", False) or self._node_lost(state, actor):
+                    self._replace_after_loss(state, actor)
+                elif isinstance(error, ActorUnavailableError):
+                    # Unreachable rather than ended: its node may be gone without the cluster having
+                    # said so yet. Decided in the loop, so the other replicas' results keep flowing.
+                    state.verdicts[actor] = time.monotonic() + _NODE_VERDICT_S
+                else:
+                    self._replace(state, actor, crashed=True)
             self._retry_or_fail(state, shard, f"replica died: {_reason(error)}")
             return
         except Exception as error:  # noqa: BLE001 - every other failure is this shard's
@@ -367,20 +375,25 @@ class Dispatcher:
         heapq.heappush(state.delayed, (not_before, self.outcome.attempts, shard))
 
     @staticmethod
-    def _node_lost(state: _State, actor: Any, wait_s: float = 0.0) -> bool:
-        """Whether the node the replica ran on has left the cluster (spot loss, preemption). An actor
-        that cannot be reached (rather than one whose process ended, which its node reports at once)
-        may be on a node the cluster has not yet declared dead: wait up to `wait_s` for the verdict."""
+    def _node_lost(state: _State, actor: Any) -> bool:
+        """Whether the node the replica ran on has left the cluster (spot loss, preemption)."""
         node = state.nodes.get(actor)
-        if node is None:
-            return False
-        deadline = time.monotonic() + wait_s
-        while True:
-            if not any(entry["NodeID"] == node and entry.get("Alive") for entry in ray.nodes()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.5)
+        return node is not None and not any(entry["NodeID"] == node and entry.get("Alive") for entry in ray.nodes())
+
+    def _replace_after_loss(self, state: _State, actor: Any) -> None:
+        log.warning("its node is gone (preempted or lost): a replacement does not count as a crash")
+        self._replace(state, actor, crashed=False)
+
+    def _decide_verdicts(self, state: _State) -> None:
+        """Unreachable replicas: replaced without counting a crash once their node is declared gone;
+        counted as a crash if the node is still there when the cluster has had time to decide."""
+        for actor, deadline in list(state.verdicts.items()):
+            if self._node_lost(state, actor):
+                del state.verdicts[actor]
+                self._replace_after_loss(state, actor)
+            elif time.monotonic() >= deadline:
+                del state.verdicts[actor]
+                self._replace(state, actor, crashed=True)
 
     def _replace(self, state: _State, actor: Any, crashed: bool = True) -> None:
         """A replica in its place. Crashes count against retry.max_replica_restarts; a lost node does

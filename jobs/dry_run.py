@@ -112,7 +112,9 @@ def dry_run(
     calibration = _calibrate(job, rendered_rows[:calibrate]) if calibrate and rendered_rows else None
     expected = round(total_rows * calibration["completion_tokens_per_row"]) if calibration else upper
     rate = calibration["tokens_per_s"] if calibration and tokens_per_s is None else tokens_per_s
-    replicas = job.resources.replicas if job.resources.replicas != "auto" else 1
+    # The plan does not ask a cluster: `auto` counts as max_replicas when given, else one replica.
+    wanted = job.resources.replicas
+    replicas = wanted if wanted != "auto" else job.resources.max_replicas or 1
     hours = expected / (rate * replicas) / 3600 if rate else None
     return {
         "files": len(inputs.files),

@@ -349,7 +349,12 @@ class RetrySpec(StrictModel):
     backoff_base_s: float = Field(default=0.5, ge=0.0, description="The first delay; doubles each retry.")
     backoff_cap_s: float = Field(default=30.0, ge=0.0, description="The longest delay.")
     jitter: float = Field(default=0.5, ge=0.0, le=1.0, description="Randomness of each delay (0.5: +-50%).")
-    max_replica_restarts: int = Field(default=4, ge=0, description="Dead replicas replaced per run before giving up.")
+    max_replica_restarts: int = Field(
+        default=4,
+        ge=0,
+        description="Crashed, stalled or never-ready replicas replaced per run before giving up. A replica "
+        "whose node was lost (spot, preemption) is replaced without counting.",
+    )
 
 
 class JobSpec(StrictModel):
