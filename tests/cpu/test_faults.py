@@ -220,45 +220,10 @@ def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(r
     assert sorted(ids) == expected
 
 
-def test_a_killed_vllm_engine_core_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
-    """The real engine: its core process is SIGKILLed while the replica's shards share its batch."""
-    import threading
-
-    expected = _write_prompts(tmp_path / "in.jsonl", 600)
-    victim, victim_pid = started_replica(tiny_pool)
-    engine_pids = descendants(victim_pid)
-    outcomes = []
-    job = threading.Thread(
-        target=lambda: outcomes.append(
-            run_tiny(
-                input=_jsonl_input(tmp_path / "in.jsonl"),
-                sampling={"max_new_tokens": 48, "ignore_eos": True, "temperature": 0.8, "seed": 2},
-                output={"path": str(tmp_path / "out")},
-            )
-        )
-    )
-    job.start()
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "out" / "manifest").glob("*.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # once a shard has committed, every replica is generating
-    for pid in engine_pids:
-        os.kill(pid, signal.SIGKILL)
-    job.join(timeout=600)
-    [outcome] = outcomes
-    assert outcome.exit_code == ExitCode.SUCCESS
-    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
-    assert victim not in tiny_pool.actors and len(tiny_pool.actors) == tiny_pool.size
-    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
-    fault_tally.record(1, expected, ids)
-    assert sorted(ids) == expected
-
-
-def test_a_stalled_vllm_engine_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
-    run_tiny, tiny_pool, tmp_path, caplog
-):
-    """The real engine: its core process is stopped (SIGSTOP), so the replica's process still answers
-    but its engine never steps again; only the stall watch can tell."""
-    import logging
+def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal.Signals, **sections) -> None:
+    """Runs a 600-row job on the shared pool of real engines and sends `sent` to the first replica's
+    engine processes once a shard has committed (every replica is generating then). The job must
+    finish with that replica replaced, every row once and none an error."""
     import threading
 
     expected = _write_prompts(tmp_path / "in.jsonl", 600)
@@ -270,22 +235,21 @@ def test_a_stalled_vllm_engine_is_replaced_after_stall_timeout_and_its_shards_fi
         outcomes.append(
             run_tiny(
                 input=_jsonl_input(tmp_path / "in.jsonl"),
-                sampling={"max_new_tokens": 48, "ignore_eos": True, "temperature": 0.8, "seed": 3},
+                sampling={"max_new_tokens": 48, "ignore_eos": True, "temperature": 0.8, "seed": 2},
                 output={"path": str(tmp_path / "out")},
-                resources={"stall_timeout_s": 10},
+                **sections,
             )
         )
 
     job = threading.Thread(target=run)
+    job.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
-            job.start()
-            deadline = time.monotonic() + 120
-            while not list((tmp_path / "out" / "manifest").glob("*.json")) and time.monotonic() < deadline:
-                time.sleep(0.2)  # once a shard has committed, every replica is generating
-            for pid in engine_pids:
-                os.kill(pid, signal.SIGSTOP)
-            job.join(timeout=600)
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out" / "manifest").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in engine_pids:
+            os.kill(pid, sent)
+        job.join(timeout=600)
     finally:
         for pid in engine_pids:  # a stopped process ends only on SIGKILL
             try:
@@ -295,11 +259,27 @@ def test_a_stalled_vllm_engine_is_replaced_after_stall_timeout_and_its_shards_fi
     [outcome] = outcomes
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
-    assert "made no progress for" in caplog.text and "resources.stall_timeout_s 10s" in caplog.text
     assert victim not in tiny_pool.actors and len(tiny_pool.actors) == tiny_pool.size
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
     fault_tally.record(1, expected, ids)
     assert sorted(ids) == expected
+
+
+def test_a_killed_vllm_engine_core_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
+    """The real engine: its core process is SIGKILLed while the replica's shards share its batch."""
+    _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path, signal.SIGKILL)
+
+
+def test_a_stalled_vllm_engine_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
+    run_tiny, tiny_pool, tmp_path, caplog
+):
+    """The real engine: its core process is stopped (SIGSTOP), so the replica's process still answers
+    but its engine never steps again; only the stall watch can tell."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
+        _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path, signal.SIGSTOP, resources={"stall_timeout_s": 10})
+    assert "made no progress for" in caplog.text and "resources.stall_timeout_s 10s" in caplog.text
 
 
 def test_fake_engine_capacity_that_never_comes_ends_the_job_within_capacity_timeout_with_exit_7(

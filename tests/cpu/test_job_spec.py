@@ -128,7 +128,8 @@ def test_engine_settings_follow_the_job_and_the_device():
     assert cpu["enable_prefix_caching"] is False
     # Chunked prefill kills the CPU engine with seeded requests; CUDA graphs do not exist on CPU.
     assert cpu["enable_chunked_prefill"] is False and cpu["enforce_eager"] is True
-    assert "distributed_executor_backend" not in cpu
+    # Inside its placement group vLLM would pick its Ray executor; on CPU its own processes serve.
+    assert cpu["distributed_executor_backend"] == "mp"
     gpu = vllm_options("/models/m", model, "gpu")
     assert gpu["distributed_executor_backend"] == "ray" and "enforce_eager" not in gpu
     assert vllm_options("/models/m", parse_job(_with("model")).model, "gpu")["enable_prefix_caching"] is True
