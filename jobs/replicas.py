@@ -3,9 +3,8 @@
 Each replica first reserves its resources in a placement group: tensor_parallel_size GPUs of one node
 (STRICT_PACK, one bundle per GPU), or that many CPUs on the CPU build. A group that does not fit what is
 up is what makes an autoscaler add a node; the dispatcher waits for the group before the replica's
-start clock runs. Settings the engine reads from the
-environment are passed to the actors explicitly, since a Ray worker does not see the driver's
-environment on a cluster.
+start clock runs. Settings the engine reads from the environment are passed to the actors explicitly,
+since a Ray worker does not see the driver's environment on a cluster.
 """
 
 from __future__ import annotations
