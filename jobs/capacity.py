@@ -99,6 +99,13 @@ def _no_room_message(job: JobSpec, shape: ClusterShape, device: str) -> str:
     if shape.node_types is not None:
         largest_type = max((node.resources.get(resource, 0) for node in shape.node_types), default=0)
         message += f", and the largest node type the autoscaler can add has {largest_type:g} ({shape.source})"
+        unsized = [node.name for node in shape.node_types if not node.resources and node.name != shape.head_type]
+        if unsized:
+            # The cluster launcher may fill these in from the instance type, but not in the file herd reads.
+            message += (
+                f"; node types {', '.join(unsized)} list no resources: give each its `resources:` in the "
+                "cluster config, or set resources.accelerator: gpu"
+            )
     elif device == "cpu" and job.resources.accelerator == "auto":
         message += (
             "; if this cluster adds GPU nodes on demand, set resources.accelerator: gpu (herd reads the "

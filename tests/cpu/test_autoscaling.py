@@ -64,6 +64,15 @@ def test_a_replica_no_node_type_can_hold_fails_at_once_naming_the_largest(tmp_pa
         replica_count(_job(tmp_path, tp=16), _shipped_cluster(), "gpu")
 
 
+def test_node_types_that_list_no_resources_are_named_in_the_refusal(tmp_path):
+    config = {"head_node_type": "head", "available_node_types": {"head": {"resources": {"CPU": 0}}, "g5": {}}}
+    types, limit, head = node_types_from_config(config, "bootstrap.yaml")
+    shape = ClusterShape([{"CPU": 0.0}], types, limit, head, "bootstrap.yaml")
+    assert choose_device("auto", shape) == "cpu"
+    with pytest.raises(SpecError, match="node types g5 list no resources"):
+        replica_count(_job(tmp_path), shape, "cpu")
+
+
 def test_without_readable_node_types_auto_decides_from_what_is_up_and_gpu_asks_anyway(tmp_path):
     cpu_only = ClusterShape([{"CPU": 0.0}])
     assert choose_device("auto", cpu_only) == "cpu"
