@@ -36,8 +36,8 @@ from workers.shard_io import ShardInputError
 log = logging.getLogger(__name__)
 
 # How long the cluster may take to declare dead the node of a replica that stopped answering (Ray's
-# health checks: 10-20 s); past it, the replica's end counts as a crash.
-_NODE_VERDICT_S = 30.0
+# health checks: 10-20 s, more on a loaded head); past it, the replica's end counts as a crash.
+_NODE_VERDICT_S = 60.0
 # The longest the driver sleeps between looks at its deadlines, heartbeats and waiting replicas.
 _TICK_S = 1.0
 # How long a replica waits for its node before the log says so, and how often it says so again.
