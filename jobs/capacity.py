@@ -146,6 +146,8 @@ def autoscaling_config_path(gcs_port: int, proc: Path = Path("/proc")) -> Path |
     node, where `submit` runs the driver). `ray up` starts it with
     `--autoscaling-config=~/ray_bootstrap_config.yaml`; its `--gcs-address` tells which cluster is ours
     where several run on one machine."""
+    if not proc.is_dir():
+        return None  # not Linux: no process table to read
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue

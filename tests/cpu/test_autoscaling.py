@@ -95,6 +95,7 @@ def test_the_autoscaler_config_is_found_by_the_gcs_port_of_its_monitor(tmp_path)
         (proc / pid / "cmdline").write_bytes("\0".join([*arguments, f"--autoscaling-config={config}"]).encode())
     assert autoscaling_config_path(6380, proc) == Path("/ours.yaml")
     assert autoscaling_config_path(6381, proc) is None
+    assert autoscaling_config_path(6380, tmp_path / "no-proc") is None
 
 
 def _rows(count: int, path: Path) -> list[str]:
