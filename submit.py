@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="herd: offline batch generation with vLLM on Ray. Exit codes: 0 success, "
         "1 unexpected error, 2 invalid spec or input, 3 row errors over max_error_fraction, "
         "4 shards failed after retries, 5 output busy (another run holds it), 6 storage unavailable "
-        "after retries (run again later), 130 interrupted (re-run to resume).",
+        "after retries (run again later), 7 no capacity within resources.capacity_timeout_s (run again "
+        "later), 130 interrupted (re-run to resume).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -2,8 +2,8 @@
 
 It uses the tiny model's real tokenizer, so rendering and token counts are real; only generation is
 faked (tokens derived from the request's seed, after a fixed delay). It can also fail on chosen
-calls, to play a replica that dies in the middle of a shard (its process exits, or vLLM's engine core
-dies) or an engine that hangs.
+calls, to play a replica that dies in the middle of a shard: its process exits, or its engine fails
+as vLLM's does when its core process dies.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class FakeEngine:
 
     def _maybe_die(self) -> None:
         """Fails (at most `deaths` times over the whole test, counted in files) mid-shard, as `fault`
-        says: "exit" (the process exits), "engine_dead" (the engine fails as vLLM's does when its core
-        process dies) or "stall" (the call never returns, and the engine never steps again)."""
+        says: "exit" (the process exits) or "engine_dead" (the engine fails as vLLM's does when its
+        core process dies)."""
         if self.deaths_dir is None:
             return
         self.deaths_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +60,6 @@ class FakeEngine:
             (self.deaths_dir / f"death-{os.getpid()}").touch()
             if self.fault == "engine_dead":
                 raise EngineDead("EngineCore encountered an issue")
-            if self.fault == "stall":
-                threading.Event().wait()
             os._exit(1)
 
     def last_progress_at(self) -> float:
