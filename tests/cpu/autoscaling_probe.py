@@ -18,8 +18,9 @@ from pathlib import Path
 
 import ray
 
-from jobs.runner import ensure_ray, run_job
+from jobs.runner import RunOutcome, ensure_ray, run_job
 from schemas import parse_job
+from schemas.job import JobSpec
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.process_tree import descendants
 
@@ -64,7 +65,7 @@ def lose_a_node_after(manifest: Path, commits: int, temp_dir: str, lost: list[in
     return thread
 
 
-def _job(config: dict, name: str, resources: dict, retry: dict) -> object:
+def _job(config: dict, name: str, resources: dict, retry: dict) -> JobSpec:
     return parse_job(
         {
             "name": name,
@@ -78,7 +79,7 @@ def _job(config: dict, name: str, resources: dict, retry: dict) -> object:
     )
 
 
-def _report(name: str, outcome: object, **extra: object) -> None:
+def _report(name: str, outcome: RunOutcome, **extra: object) -> None:
     summary = outcome.summary
     line = {
         "job": name,

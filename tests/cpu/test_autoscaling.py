@@ -24,13 +24,14 @@ from jobs.capacity import (
     replica_count,
 )
 from schemas import SpecError, parse_job
+from schemas.job import JobSpec
 from tests.cpu.autoscaling_cluster import autoscaling_cluster
 from tests.cpu.conftest import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _job(tmp_path: Path, tp: int = 1, **resources) -> object:
+def _job(tmp_path: Path, tp: int = 1, **resources: object) -> JobSpec:
     return parse_job(
         {
             "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
