@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.cpu.process_tree import end_processes_mentioning
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.cpu.ray_heads import free_port, token_auth_environment
 
 
 @dataclass(frozen=True)
@@ -32,6 +26,7 @@ class AutoscalingCluster:
     address: str  # the GCS address a driver joins (RAY_ADDRESS)
     temp_dir: str  # every process of the cluster's names it in its command line
     config_path: Path
+    auth_environment: dict[str, str]  # what a driver needs to be let in (see ray_heads.py)
 
 
 def autoscaling_config(gcs_port: int, head_resources: dict, worker_types: dict, max_workers: int) -> dict:
@@ -78,7 +73,7 @@ def autoscaling_cluster(
 ) -> Iterator[AutoscalingCluster]:
     """`worker_types`: name -> (resources, max_workers); every type starts at zero nodes."""
     temp_dir = tempfile.mkdtemp(prefix="ha", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port = _free_port()
+    port = free_port()
     config_path = Path(temp_dir) / "autoscaling.json"
     config_path.write_text(json.dumps(autoscaling_config(port, head_resources, worker_types, max_workers)))
     resources = dict(head_resources)
@@ -90,17 +85,19 @@ def autoscaling_cluster(
         f"--port={port}",
         f"--num-cpus={resources.pop('CPU', 0)}",
         f"--num-gpus={resources.pop('GPU', 0)}",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
         "--include-dashboard=false",
         f"--autoscaling-config={config_path}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    environment = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    auth = token_auth_environment(temp_dir)
+    # The nodes the autoscaler adds are started by its monitor, and so inherit this environment.
+    environment = {**os.environ, **auth, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=180, env=environment)
-        yield AutoscalingCluster(f"127.0.0.1:{port}", temp_dir, config_path)
+        yield AutoscalingCluster(f"127.0.0.1:{port}", temp_dir, config_path, auth)
     finally:
         end_processes_mentioning(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

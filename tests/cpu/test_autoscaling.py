@@ -124,7 +124,7 @@ def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_n
         result = subprocess.run(
             [sys.executable, "-m", "tests.cpu.autoscaling_probe", str(tmp_path / "config.json")],
             cwd=REPO,
-            env={**os.environ, "RAY_AUTH_MODE": "token"},
+            env={**os.environ, **cluster.auth_environment},
             capture_output=True,
             text=True,
             timeout=600,

@@ -7,42 +7,62 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.cpu.conftest import tiny_model_spec
 from tests.cpu.process_tree import end_processes_mentioning
+from tests.cpu.ray_heads import free_port, token_auth_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the dashboard's, where the Jobs API listens
+    auth_environment: dict[str, str]  # what a client needs to be let in (see ray_heads.py)
+
+    def _command(self, arguments: tuple[str, ...], extra_environment: dict[str, str]) -> dict:
+        environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+        environment.update({**self.auth_environment, **extra_environment})
+        return {
+            "args": [sys.executable, "submit.py", *arguments, "--address", self.address],
+            "cwd": REPO,
+            "env": environment,
+            "text": True,
+        }
+
+    def herd(self, *arguments: str, timeout: float = 600, **extra_environment: str) -> subprocess.CompletedProcess:
+        """`submit.py ARGUMENTS --address HEAD`, as a user's shell or a scheduler runs it."""
+        return subprocess.run(**self._command(arguments, extra_environment), capture_output=True, timeout=timeout)
+
+    def herd_in_background(self, *arguments: str) -> subprocess.Popen:
+        return subprocess.Popen(**self._command(arguments, {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head() -> Iterator[RayHead]:
     temp_dir = tempfile.mkdtemp(prefix="hh", dir="/tmp")
-    dashboard = _free_port()
+    dashboard = free_port()
     ray = str(Path(sys.executable).with_name("ray"))
+    auth = token_auth_environment(temp_dir)
     subprocess.run(
         [
             ray,
             "start",
             "--head",
             "--node-ip-address=127.0.0.1",
-            f"--port={_free_port()}",
+            f"--port={free_port()}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             "--num-cpus=2",
             f"--temp-dir={temp_dir}",
             "--include-dashboard=true",
@@ -51,30 +71,18 @@ def ray_head():
         check=True,
         capture_output=True,
         timeout=180,
+        env={**os.environ, **auth},
     )
-    address = f"http://127.0.0.1:{dashboard}"
+    head = RayHead(f"http://127.0.0.1:{dashboard}", auth)
     try:
         deadline = time.monotonic() + 60
-        while _herd("list", "--address", address).returncode != 0:
+        while head.herd("list").returncode != 0:
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
             time.sleep(1)
-        yield address
+        yield head
     finally:
         end_processes_mentioning(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _herd(*arguments: str, timeout: float = 600, **extra_environment: str) -> subprocess.CompletedProcess:
-    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
-    environment.update(extra_environment)
-    return subprocess.run(
-        [sys.executable, "submit.py", *arguments],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path: str | None = None) -> Path:
@@ -92,40 +100,41 @@ def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path
     return tmp_path / f"{name}.json"
 
 
-def _submit(address: str, job_file: Path, **environment: str) -> str:
-    submitted = _herd("submit", str(job_file), "--address", address, "--python", sys.executable, **environment)
+def _submit(head: RayHead, job_file: Path, **environment: str) -> str:
+    submitted = head.herd("submit", str(job_file), "--python", sys.executable, **environment)
     assert submitted.returncode == 0, submitted.stderr
     return submitted.stdout.strip().splitlines()[-1]
 
 
-def _status(address: str, job_id: str) -> dict:
-    result = _herd("status", job_id, "--json", "--address", address)
+def _status(head: RayHead, job_id: str) -> dict:
+    result = head.herd("status", job_id, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 @pytest.mark.own_engine
-def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_head, tiny_model, tmp_path):
+def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_head, tiny_model, tmp_path, monkeypatch):
     secret = "hf_leak_test_submitted_0123456789"
     job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 10, "cluster-ok"), HF_TOKEN=secret)
     deadline = time.monotonic() + 480
     while (status := _status(ray_head, job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline
         time.sleep(2)
-    logs = _herd("logs", job_id, "--address", ray_head)
+    logs = ray_head.herd("logs", job_id)
     assert (status["status"], status["exit_code"], status["herd_job"]) == ("SUCCEEDED", 0, "cluster-ok"), logs.stdout[
         -3000:
     ]
     assert (tmp_path / "out" / "_SUCCESS").exists()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 10
     assert "herd: succeeded: 10 rows in, 10 rows out" in logs.stdout
-    assert job_id in _herd("list", "--address", ray_head).stdout
+    assert job_id in ray_head.herd("list").stdout
     # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
     from ray.job_submission import JobSubmissionClient
 
     from jobs.cluster_jobs import auth_headers
 
-    runtime_env = JobSubmissionClient(ray_head, headers=auth_headers()).get_job_info(job_id).runtime_env
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", ray_head.auth_environment["RAY_AUTH_TOKEN_PATH"])
+    runtime_env = JobSubmissionClient(ray_head.address, headers=auth_headers()).get_job_info(job_id).runtime_env
     assert "env_vars" in runtime_env and secret not in json.dumps(runtime_env)
     # Ray's state API, as anyone on the cluster reads it (a token-authenticated client).
     listing = subprocess.run(
@@ -136,9 +145,9 @@ def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_he
             "from ray.util.state import list_actors\n"
             "actors = list_actors(address=sys.argv[1], detail=True, raise_on_missing_output=False)\n"
             "print(json.dumps([actor.serialized_runtime_env or '' for actor in actors]))\n",
-            ray_head,
+            ray_head.address,
         ],
-        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        env={**os.environ, **ray_head.auth_environment},
         capture_output=True,
         text=True,
         timeout=120,
@@ -151,39 +160,21 @@ def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_he
 @pytest.mark.own_engine
 def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, tiny_model, tmp_path):
     job_file = _job_file(tmp_path, tiny_model, 1, "cluster-missing-input", input_path=str(tmp_path / "nothing-*.jsonl"))
-    result = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", sys.executable)
+    result = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "input.path: no files match" in result.stdout
 
 
-def _wait_for_status(address: str, job_id: str, wanted: tuple[str, ...], seconds: float) -> dict:
+def _wait_for_status(head: RayHead, job_id: str, wanted: tuple[str, ...], seconds: float) -> dict:
     deadline = time.monotonic() + seconds
-    while (status := _status(address, job_id))["status"] not in wanted:
+    while (status := _status(head, job_id))["status"] not in wanted:
         assert time.monotonic() < deadline, status
         time.sleep(1)
     return status
 
 
-def _submit_wait(address: str, job_file: Path) -> subprocess.Popen:
-    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "submit.py",
-            "submit",
-            str(job_file),
-            "--wait",
-            "--address",
-            address,
-            "--python",
-            sys.executable,
-        ],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _submit_wait(head: RayHead, job_file: Path) -> subprocess.Popen:
+    return head.herd_in_background("submit", str(job_file), "--wait", "--python", sys.executable)
 
 
 @pytest.mark.own_engine
@@ -193,15 +184,15 @@ def test_submitting_the_same_job_again_follows_it_and_after_success_runs_nothing
     job_id = first.stdout.readline().strip()
     _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
     # A scheduler's retry while the first attempt runs: the same Ray job, followed to its end.
-    second = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", sys.executable)
+    second = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
     _, first_err = first.communicate(timeout=600)
     assert first.returncode == second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
     assert second.stdout.strip().splitlines()[0] == job_id
     assert f"job {job_id} is already running; following it" in second.stderr
     # Once it succeeded, submitting it again runs nothing.
-    third = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", sys.executable)
+    third = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
     assert third.returncode == 0 and f"job {job_id} already succeeded; nothing to run" in third.stderr
-    listed = [line for line in _herd("list", "--address", ray_head).stdout.splitlines() if "cluster-retried" in line]
+    listed = [line for line in ray_head.herd("list").stdout.splitlines() if "cluster-retried" in line]
     assert len(listed) == 1, listed
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 40
 
@@ -224,7 +215,7 @@ def test_a_head_python_without_herd_fails_saying_to_pass_python(ray_head, tiny_m
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
     job_file = _job_file(tmp_path, tiny_model, 1, "cluster-no-herd")
     bare = str(tmp_path / "bare" / "bin" / "python")
-    result = _herd("submit", str(job_file), "--wait", "--address", ray_head, "--python", bare)
+    result = ray_head.herd("submit", str(job_file), "--wait", "--python", bare)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"herd: {bare} on the head has no herd installed" in result.stdout
     assert "pass --python" in result.stdout and "No module named" not in result.stdout
