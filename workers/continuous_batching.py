@@ -47,7 +47,8 @@ class ContinuousFeeder:
 
     `engine` is vLLM's LLMEngine (add_request, step, abort_request, has_unfinished_requests); it is
     touched only by the loop thread, since it is not thread safe. `is_fatal(error)` tells an error
-    of the whole engine (every group fails, and every later call) from one step's failure.
+    of the whole engine (every group fails, and every later call) from the failure of one step or of
+    one group's requests, whether it comes from stepping or from adding a request.
     `engine_gone()` tells whether the engine's own process has exited: vLLM's synchronous client
     notices that, but never wakes a step that waits for output, so waiting callers check it.
     """
@@ -73,7 +74,7 @@ class ContinuousFeeder:
         group = _Group(prompts, params)
         with self._fatal_lock:
             if self._fatal is not None:
-                raise FeederStopped(f"the engine died: {self._fatal}") from self._fatal
+                raise self._stopped()
             self._incoming.put(group)
         while not group.done.wait(timeout=ENGINE_CHECK_SECONDS):
             if self._engine_gone():
@@ -89,11 +90,13 @@ class ContinuousFeeder:
             wait = not self._engine.has_unfinished_requests()
             try:
                 self._admit(self._incoming.get(block=wait))
-                while True:
+                while self._fatal is None:
                     self._admit(self._incoming.get_nowait())
             except queue.Empty:
                 pass
-            if self._engine.has_unfinished_requests():
+            # Not once the engine is dead: a request it refused can stay unfinished, and a step of a
+            # dead engine waits for ever.
+            if self._fatal is None and self._engine.has_unfinished_requests():
                 self._step()
         self._fail_waiting()
 
@@ -107,7 +110,12 @@ class ContinuousFeeder:
                 self._running[request_id] = group
         except Exception as error:  # noqa: BLE001 - the caller gets it, as from LLM.generate
             self._drop(group)
-            group.finish(error)
+            if self._is_fatal(error):
+                # The engine died while idle: vLLM says so when a request is added.
+                self._die(error)
+                group.finish(self._stopped())
+            else:
+                group.finish(error)
             return
         if not group.request_ids:
             group.finish()
@@ -118,8 +126,7 @@ class ContinuousFeeder:
             self.last_step_at = time.monotonic()
         except Exception as error:  # noqa: BLE001 - it belongs to every group in the engine
             if self._is_fatal(error):
-                with self._fatal_lock:
-                    self._fatal = error
+                self._die(error)
                 return
             log.warning("an engine step failed (%s); failing the %d groups in it", error, len(self._groups()))
             for group in self._groups():
@@ -150,9 +157,17 @@ class ContinuousFeeder:
             except Exception as error:  # noqa: BLE001 - the next step tells whether the engine is dead
                 log.warning("could not abort %d requests: %s", len(unfinished), error)
 
-    def _fail_waiting(self) -> None:
+    def _die(self, error: BaseException) -> None:
+        with self._fatal_lock:
+            self._fatal = error
+
+    def _stopped(self) -> FeederStopped:
         stopped = FeederStopped(f"the engine died: {self._fatal}")
         stopped.__cause__ = self._fatal
+        return stopped
+
+    def _fail_waiting(self) -> None:
+        stopped = self._stopped()
         for group in self._groups():
             group.finish(stopped)
         self._running.clear()

@@ -15,10 +15,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Run in a process of its own: vLLM starts its engine core with spawn, which needs a main guard.
 PROBE = """
-import json, os, sys, time
+import json, os, signal, sys, time
 from schemas.job import ModelSpec, SamplingSpec
+from tests.cpu.process_tree import descendants
 from workers import vllm_internals
 from workers.engine import Request, VllmEngine, engine_environment
+
+def generate_once(engine):
+    try:
+        engine.generate([Request([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])
+        return {"raised": None}
+    except Exception as error:
+        return {"raised": type(error).__name__}
 
 if __name__ == "__main__":
     spec = ModelSpec(path=sys.argv[1], max_model_len=512, dtype="float32")
@@ -35,6 +43,15 @@ if __name__ == "__main__":
             engine.generate([Request([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])[0][0].token_ids
         ),
     }
+    # The engine core dies while nothing runs (killed, out of memory): the next requests meet vLLM's
+    # EngineDeadError when they are added, not while stepping.
+    for pid in descendants(os.getpid()):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not vllm_internals.engine_process_died(engine.llm) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    found["dead_is_dead"] = vllm_internals.engine_process_died(engine.llm)
+    found["after_death"] = [generate_once(engine), generate_once(engine)]
     vllm_internals.shut_down(engine.llm)
     found["shut_down"] = True
     print("FOUND " + json.dumps(found), flush=True)
@@ -42,7 +59,9 @@ if __name__ == "__main__":
 
 
 @pytest.mark.own_engine
-def test_every_vllm_internal_herd_touches_is_where_herd_expects_it(tiny_model, tmp_path):
+def test_every_vllm_internal_herd_touches_is_where_herd_expects_it_and_a_dead_engine_is_engine_dead(
+    tiny_model, tmp_path
+):
     (tmp_path / "probe.py").write_text(PROBE)
     result = subprocess.run(
         [sys.executable, str(tmp_path / "probe.py"), str(tiny_model)],
@@ -59,3 +78,7 @@ def test_every_vllm_internal_herd_touches_is_where_herd_expects_it(tiny_model, t
     assert found["dead_error_is_exception"] and found["alive_is_not_dead"]
     assert found["final_only"].endswith("FINAL_ONLY")
     assert found["generated"] == 3 and found["shut_down"]
+    # A dead engine is herd's EngineDead from every later call: the replica ends and its
+    # shards run elsewhere, instead of each row failing on its own as a generate error.
+    assert found["dead_is_dead"]
+    assert [call["raised"] for call in found["after_death"]] == ["EngineDead", "EngineDead"]
