@@ -132,7 +132,7 @@ def dry_run(
         "generated_tokens": {
             "upper_bound": upper,
             "expected": expected,
-            "expected_from": "calibration" if calibration else "the upper bound (run --calibrate N to measure)",
+            "expected_from": "calibration" if calibration else "the upper bound; run --calibrate N to measure",
         },
         "calibration": calibration,
         "tokens_per_s": rate,
