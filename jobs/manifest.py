@@ -12,6 +12,7 @@ import posixpath
 import re
 from typing import Any
 
+from common.jsonl import jsonl_lines
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage, join
 from schemas.errors import SpecError
@@ -210,7 +211,7 @@ def committed_shards(storage: Storage, layout: OutputLayout) -> dict[str, ShardR
     ]
     indexed: dict[str, ShardRecord] = {}
     if storage.exists(layout.manifest_index):
-        for line in storage.read_text(layout.manifest_index).splitlines():
+        for line in jsonl_lines(storage.read_text(layout.manifest_index)):
             record = ShardRecord.model_validate_json(line)
             indexed[record.shard_id] = record
     unindexed = [layout.shard_record(shard_id) for shard_id in committed_ids if shard_id not in indexed]

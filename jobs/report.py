@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from common.jsonl import decode_jsonl
 from common.layout import OutputLayout
 from common.storage import Storage
 from jobs.manifest import committed_shards
@@ -107,8 +108,7 @@ def _sampled_rows(storage: Storage, records: list[ShardRecord]) -> list[dict[str
                 columns = ["prompt_tokens", "completion_tokens", "finish_reason"]
                 rows += pq.read_table(io.BytesIO(data), columns=columns).to_pylist()
             else:
-                for line in data.decode("utf-8").splitlines():
-                    item = json.loads(line)
+                for item in decode_jsonl(data):
                     if "response" in item:  # OpenAI result lines: usage and choices
                         usage = item["response"]["body"]["usage"]
                         for choice in item["response"]["body"]["choices"]:

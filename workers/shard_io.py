@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.jsonl import decode_jsonl, encode_jsonl
 from common.storage import Storage
 from schemas.job import InputSpec
 from schemas.results import ERROR_COLUMNS
@@ -284,7 +285,7 @@ def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]
     format wrote. OpenAI error lines keep the custom_id and the stage (in the code), not the row."""
     if url.endswith(".parquet"):
         return pq.read_table(io.BytesIO(data)).to_pylist()
-    lines = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    lines = decode_jsonl(data)
     return [
         line
         if "stage" in line
@@ -297,7 +298,3 @@ def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]
         }
         for line in lines
     ]
-
-
-def encode_jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records).encode("utf-8")

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
+from common.jsonl import encode_jsonl
 from common.layout import OutputLayout
 from common.retry import is_transient
 from common.storage import Storage
@@ -29,7 +30,7 @@ from workers.engine import Engine, EngineDead, Request, Sample, row_seed
 from workers.error_retry import earlier_data_outputs, narrow_to_retried
 from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
-from workers.shard_io import InputRow, ShardInputError, encode_errors, encode_jsonl, encode_rows, error_row, read_shard
+from workers.shard_io import InputRow, ShardInputError, encode_errors, encode_rows, error_row, read_shard
 from workers.structured import completion_is_valid
 
 

@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.cpu.conftest import free_port
 from tests.cpu.process_tree import end_processes_mentioning
-from tests.cpu.ray_heads import free_port, token_auth_environment
+from tests.cpu.ray_heads import token_auth_environment
 
 
 @dataclass(frozen=True)

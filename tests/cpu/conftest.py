@@ -93,7 +93,7 @@ def started_replica(pool: Any) -> tuple[Any, int]:
     return replica, int(name.rsplit(":", 1)[1])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -104,7 +104,7 @@ def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with a bucket named herd-test."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -130,10 +130,9 @@ def run_tiny(tiny_pool: Any, tiny_model: Path) -> Any:
 
 def read_rows(directory: str, endpoint_url: str | None = None) -> list[dict[str, Any]]:
     """Every row of every Parquet/JSONL file in `directory`, files in name order."""
-    import json
-
     import pyarrow.parquet as pq
 
+    from common.jsonl import decode_jsonl
     from common.storage import Storage, join
     from schemas.job import RetrySpec, StorageSpec
 
@@ -146,7 +145,7 @@ def read_rows(directory: str, endpoint_url: str | None = None) -> list[dict[str,
 
             rows += pq.read_table(io.BytesIO(data)).to_pylist()
         elif name.endswith(".jsonl"):
-            rows += [json.loads(line) for line in data.decode().splitlines() if line]
+            rows += decode_jsonl(data)
     return rows
 
 

@@ -1,5 +1,4 @@
-"""What the tests that start Ray heads of their own (`ray start --head`) share: free ports, and the
-head's authentication.
+"""The authentication of the Ray heads that tests start on their own (`ray start --head`).
 
 Ray 2.60's `ray start --head` turns token authentication on only where a token already exists
 (`~/.ray/auth_token`, which any local `ray.init()` writes), and a driver given an address never turns
@@ -12,14 +11,7 @@ directory, given to the head (and so to every process it starts) and to every cl
 from __future__ import annotations
 
 import secrets
-import socket
 from pathlib import Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def token_auth_environment(temp_dir: str) -> dict[str, str]:

@@ -175,3 +175,38 @@ def test_a_shard_large_enough_to_be_prefilled_in_chunks_generates_with_per_row_s
     )
     assert outcome.exit_code == ExitCode.SUCCESS
     assert (outcome.summary.shards, outcome.summary.rows_out, outcome.summary.error_rows) == (1, 600, 0)
+
+
+# Characters that JSON leaves unescaped inside strings and str.splitlines() takes for line ends.
+LINE_BREAKING_TEXT = "next\x85line\u2028separator\u2029paragraph"
+
+
+def test_unicode_line_separators_in_rows_stay_inside_their_rows_in_data_errors_report_and_resume(run_tiny, tmp_path):
+    rows = [{"id": f"row\u2028{index}", "prompt": f"say {index}", "note": LINE_BREAKING_TEXT} for index in range(12)]
+    rows[5]["prompt"] = None  # an error row, whose id holds U+2028
+    with open(tmp_path / "in.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)  # as DuckDB writes them
+    job = {
+        "input": {
+            "path": str(tmp_path / "in.jsonl"),
+            "prompt_column": "prompt",
+            "id_column": "id",
+            "keep_columns": ["note"],
+        },
+        "sampling": {"max_new_tokens": 4},
+        "output": {"path": str(tmp_path / "out"), "format": "jsonl"},
+        "max_error_fraction": 0.5,
+    }
+    outcome = run_tiny(**job)
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.error_rows == 1
+
+    written = read_rows(str(tmp_path / "out" / "data"))
+    assert sorted(row["id"] for row in written) == sorted(row["id"] for row in rows if row["prompt"])
+    assert {row["note"] for row in written} == {LINE_BREAKING_TEXT}
+    [error] = read_rows(str(tmp_path / "out" / "errors"))
+    assert error["id"] == "row\u20285" and error["stage"] == "render"
+    # The report reads the data and error files back (it failed on such a line before).
+    assert "row\u20285" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    # A resume reads the manifest index: nothing runs again.
+    again = run_tiny(**job)
+    assert again.exit_code == ExitCode.SUCCESS and again.summary.shards_skipped == again.summary.shards

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cpu.conftest import read_rows
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,11 +41,7 @@ def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answer
     # vLLM's lines went to the replica's log file instead.
     [log] = (tmp_path / "out" / "logs").glob("replica-*.log")
     assert "non-default args" in log.read_text()
-    rows = [
-        json.loads(line)
-        for path in (tmp_path / "out" / "data").glob("*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
+    rows = read_rows(str(tmp_path / "out" / "data"))
     assert sorted(row["id"] for row in rows) == sorted(question["id"] for question in questions)
     assert all(row["completion"].strip() for row in rows)
     assert all(row["topic"] for row in rows)

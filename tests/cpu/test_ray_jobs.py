@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cpu.conftest import tiny_model_spec
+from tests.cpu.conftest import free_port, tiny_model_spec
 from tests.cpu.process_tree import end_processes_mentioning
-from tests.cpu.ray_heads import free_port, token_auth_environment
+from tests.cpu.ray_heads import token_auth_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
