@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--verbose",
         action="store_true",
-        help="stream the replicas' own output (vLLM, Ray, transformers) here; by default it goes to a log "
-        "file per replica and only herd's lines are shown",
+        help="stream the replicas' own output (vLLM, Ray, transformers) here, and other libraries' INFO "
+        "lines; by default the replicas' output goes to a log file per replica and only herd's lines are shown",
     )
     run.add_argument(
         "--progress-every",
@@ -403,15 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
-    _LOG_FORMAT["value"] = getattr(arguments, "log_format", "text")
+# The packages whose loggers are herd's own (modules log under their __name__).
+HERD_LOGGERS = ("herd", "jobs", "workers", "common", "schemas")
+
+
+def configure_logging(log_format: str, verbose: bool = False) -> None:
+    """herd's own lines from INFO up; other libraries' (matplotlib, s3fs, botocore...) only from
+    WARNING up, since what they say at INFO is not for a person running a job, unless `verbose`."""
     handler = logging.StreamHandler()
-    if _LOG_FORMAT["value"] == "json":
+    if log_format == "json":
         handler.setFormatter(_JsonLines())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s herd %(levelname)s %(message)s", datefmt="%H:%M:%S"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    for name in HERD_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    _LOG_FORMAT["value"] = getattr(arguments, "log_format", "text")
+    configure_logging(_LOG_FORMAT["value"], verbose=getattr(arguments, "verbose", False))
     try:
         return arguments.handler(arguments)
     except SpecError as error:

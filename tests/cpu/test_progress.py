@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jobs.progress import Progress
 from schemas.shard import Shard, ShardRecord
+from submit import HERD_LOGGERS
 from tests.cpu.conftest import tiny_model_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,9 @@ def test_json_progress_is_one_object_a_line():
     assert (objects[-1]["rows_done"], objects[-1]["rows_total"], objects[-1]["rows_total_exact"]) == (10, 10, True)
 
 
-def test_the_cli_in_json_mode_prints_only_json_objects_with_progress_and_the_summary(tmp_path, tiny_model):
+def test_the_cli_in_json_mode_prints_only_json_objects_with_progress_and_the_summary_and_only_herds_logs(
+    tmp_path, tiny_model
+):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"row {index}"}) + "\n" for index in range(60)))
     job = {
         "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
@@ -92,3 +95,6 @@ def test_the_cli_in_json_mode_prints_only_json_objects_with_progress_and_the_sum
     summary = next(item for item in objects if item["event"] == "summary")
     assert summary["rows_out"] == 60 and summary["status"] == "succeeded"
     assert not any("vllm" in line.lower() for line in lines)
+    # Only herd's own loggers speak below WARNING: the report's plots made matplotlib log at INFO.
+    loggers = {item["logger"] for item in objects if item["event"] == "log"}
+    assert loggers and {name.split(".")[0] for name in loggers} <= set(HERD_LOGGERS), loggers
