@@ -22,6 +22,7 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from jobs.ray_auth import auth_headers
 from jobs.replicas import forwarded_environment
 from schemas.job import JobSpec
 
@@ -34,15 +35,6 @@ SUBMITTED_JOB_FILE = "herd-job.json"
 class Submission:
     job_id: str
     state: str  # submitted | running (an earlier submission, followed) | succeeded (nothing to run)
-
-
-def auth_headers() -> dict[str, str]:
-    """Ray 2.60 clusters use token authentication: send the token Ray itself would use."""
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    token_path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if not token and token_path.is_file():
-        token = token_path.read_text().strip()
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def client(address: str | None) -> JobSubmissionClient:

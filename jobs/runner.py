@@ -29,6 +29,7 @@ from jobs.manifest import (
 )
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.progress import Progress
+from jobs.ray_auth import use_token_for_drivers
 from jobs.replicas import ReplicaPool
 from jobs.report import write_report
 from jobs.run_stats import error_reasons, errors_by_stage, tokens_per_s_by_replica, top_error_reasons
@@ -58,6 +59,7 @@ def ensure_ray(quiet: bool = False) -> None:
     address = os.environ.get("RAY_ADDRESS")
     options: dict = {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
     if address:
+        use_token_for_drivers()
         ray.init(address=address, **options)
     else:
         ray.init(include_dashboard=False, **options)

@@ -109,7 +109,9 @@ def _rows(count: int, path: Path) -> list[str]:
 def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_node(tmp_path, tiny_model):
     """A head with no GPU and no CPU for replicas (the shipped shape) and one GPU worker type at zero
     nodes. A TP=2 job asking for 2 replicas makes the autoscaler add 2 nodes; then `replicas: auto`
-    with max_replicas 3 gets a third, loses a node mid-job with max_replica_restarts 0, and finishes."""
+    with max_replicas 3 gets a third, loses a node mid-job with max_replica_restarts 0, and finishes.
+    The cluster uses token authentication, and the driver joins it as from a user's shell: RAY_ADDRESS
+    and a token, without RAY_AUTH_MODE (herd turns token mode on; Ray would refuse the driver)."""
     ids = _rows(1600, tmp_path / "in.jsonl")
     worker_types = {"gpu-2x": ({"CPU": 2, "GPU": 2}, 4)}
     with autoscaling_cluster({"CPU": 0}, worker_types, max_workers=4) as cluster:
@@ -124,7 +126,10 @@ def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_n
         result = subprocess.run(
             [sys.executable, "-m", "tests.cpu.autoscaling_probe", str(tmp_path / "config.json")],
             cwd=REPO,
-            env={**os.environ, **cluster.auth_environment},
+            env={
+                **{name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"},
+                "RAY_AUTH_TOKEN_PATH": cluster.auth_environment["RAY_AUTH_TOKEN_PATH"],
+            },
             capture_output=True,
             text=True,
             timeout=600,

@@ -131,7 +131,7 @@ def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_he
     # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
     from ray.job_submission import JobSubmissionClient
 
-    from jobs.cluster_jobs import auth_headers
+    from jobs.ray_auth import auth_headers
 
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", ray_head.auth_environment["RAY_AUTH_TOKEN_PATH"])
     runtime_env = JobSubmissionClient(ray_head.address, headers=auth_headers()).get_job_info(job_id).runtime_env
