@@ -23,23 +23,23 @@ from workers.shard_io import read_shard
 _EXAMPLES = 5
 
 
-def _sample(job: JobSpec, shards: list[Shard], storage: Storage, rows: int) -> tuple[list[Any], list[dict], float]:
-    """Up to `rows` rows, from the start of each file first; and, for JSONL, how
-    many rows the shards read held per row the planner estimated (it guesses from bytes)."""
+def _sample(job: JobSpec, shards: list[Shard], storage: Storage, rows: int) -> tuple[list[Any], list[str], float]:
+    """Up to `rows` rows, from the start of each file first, and what was wrong with the others; and,
+    for JSONL, how many rows the shards read held per row the planner estimated (it guesses from bytes)."""
     firsts: dict[str, Shard] = {}
     for shard in shards:
         firsts.setdefault(shard.file_url, shard)
     # Every file's first shard (a problem in any file shows), then the rest in order.
     order = [*firsts.values(), *(shard for shard in shards if firsts[shard.file_url] is not shard)]
     sampled: list[Any] = []
-    errors: list[dict] = []
+    errors: list[str] = []
     held, estimated = 0, 0
     for shard in order:
         if len(sampled) >= rows:
             break
         read = read_shard(shard, job.input, storage)
         sampled += read.rows[: rows - len(sampled)]
-        errors += read.errors
+        errors += [f"{error['file']} {shard.where(error['row'])}: {error['reason']}" for error in read.errors]
         if shard.format == "jsonl":
             held += len(read.rows) + len(read.errors)
             estimated += shard.estimated_rows
@@ -66,8 +66,7 @@ def dry_run(
     shards = plan_shards(job.input, inputs.files, storage, job.prompt)
     problems: list[str] = []
     rows, errors, jsonl_ratio = _sample(job, shards, storage, sample_rows)
-    for error in errors[:_EXAMPLES]:
-        problems.append(f"{error['file']} row {error['row']}: {error['reason']}")
+    problems += errors[:_EXAMPLES]
     tokenizer = _tokenizer(job, storage)
 
     prompt_tokens: list[int] = []

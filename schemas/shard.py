@@ -46,6 +46,11 @@ class Shard(BaseModel):
     # Set when a committed shard's error rows are run again (run --retry-errors); not part of the id.
     retry: ErrorRetry | None = None
 
+    def where(self, position: int) -> str:
+        """Where a row of this shard is in its file, for a person: a Parquet row index, or the byte
+        offset of a JSONL line (a line number would need the file read from its start)."""
+        return f"row {position}" if self.format == "parquet" else f"line at byte {position}"
+
     @property
     def shard_id(self) -> str:
         kind = f"{self.format}-rows" if self.format == "parquet" else self.format

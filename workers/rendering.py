@@ -114,10 +114,18 @@ def source_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSp
             raise RenderError(f"prompt.template: {type(error).__name__}: {error}") from None
         return PromptSource(text=_text(text, "prompt.template"))
     if input_spec.messages_column is not None:
-        return PromptSource(
-            messages=_validated_messages(row.get(input_spec.messages_column), input_spec.messages_column)
-        )
-    return PromptSource(text=_text(row.get(input_spec.prompt_column), input_spec.prompt_column))
+        column = input_spec.messages_column
+        return PromptSource(messages=_validated_messages(_field(row, column), column))
+    return PromptSource(text=_text(_field(row, input_spec.prompt_column), input_spec.prompt_column))
+
+
+def _field(row: dict[str, Any], column: str) -> Any:
+    """The row's value of `column`; a JSONL line may lack the field altogether (not the same as null)."""
+    if column not in row:
+        fields = sorted(row)
+        listed = ", ".join(fields[:20]) + (f" and {len(fields) - 20} more" if len(fields) > 20 else "")
+        raise RenderError(f"{column}: the row has no such field (its fields: {listed or 'none'})")
+    return row[column]
 
 
 def _describe(value: Any) -> str:

@@ -104,7 +104,7 @@ PROBLEMS = [
     (_prompt_over_the_context, "1 of 2 sampled prompts do not fit the context"),
     (_duplicate_ids, "ids are not unique in the sample: a"),
     (_rows_that_cannot_render, "2 of 3 sampled rows cannot be rendered"),
-    (_malformed_lines, "malformed JSON line"),
+    (_malformed_lines, "in.jsonl line at byte 19: malformed JSON line"),  # a byte offset, not a row number
 ]
 
 

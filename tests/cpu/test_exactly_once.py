@@ -22,7 +22,7 @@ BAD_ROWS = [
     ({"id": "null", "prompt": None}, "prompt: expected text, got nothing (null)"),
     ({"id": "number", "prompt": 42}, "prompt: expected text, got int"),
     ({"id": "empty", "prompt": "   "}, "prompt: the prompt is empty"),
-    ({"id": "missing"}, "prompt: expected text, got nothing (null)"),
+    ({"id": "missing"}, "prompt: the row has no such field (its fields: id)"),
     ('{"id": "broken", "prompt": "unterminated', "malformed JSON line"),
     ("[1, 2, 3]", "expected a JSON object, got list"),
     ({"id": "huge", "prompt": "word " * 20000}, "exceeds max_model_len 512"),
