@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.util.placement_group import placement_group_table
 
 from common.retry import backoff_seconds
 from jobs.capacity import cluster_shape, describe
@@ -68,7 +69,8 @@ class _State:
     next_waiting_log: float = 0.0
     starting: dict[Any, Any] = field(default_factory=dict)  # ready ref -> actor
     start_deadlines: dict[Any, float] = field(default_factory=dict)  # ready ref -> monotonic deadline
-    nodes: dict[Any, str] = field(default_factory=dict)  # actor -> the id of the node it runs on
+    placed_on: dict[Any, str] = field(default_factory=dict)  # actor -> its node's id, once placed
+    up: set[Any] = field(default_factory=set)  # replicas started (their engine ready), dead ones too
     names: dict[Any, str] = field(default_factory=dict)  # actor -> host:pid
     heartbeats: dict[Any, tuple[Any, float]] = field(default_factory=dict)  # actor -> (ref, sent at)
     last_heartbeat: dict[Any, float] = field(default_factory=dict)  # actor -> when the last one was sent
@@ -101,8 +103,8 @@ class Dispatcher:
 
     def _replicas_changed(self, state: _State) -> None:
         if self.progress is not None:
-            # Up: started (its node is known) and not dead since.
-            self.progress.replicas(len(state.nodes.keys() - state.dead))
+            # Up: started and not dead since.
+            self.progress.replicas(len(state.up - state.dead))
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         state = _State(pending=deque(dispatch_order(shards)))
@@ -160,6 +162,9 @@ class Dispatcher:
         actor = state.placing.pop(ref)
         waited = time.monotonic() - state.placing_since.pop(ref)
         state.place_deadlines.pop(ref, None)
+        # The replica runs in its group's first bundle: from now on its node is known, so a node lost
+        # while the engine loads (minutes, for 70B) is told from a crash.
+        state.placed_on[actor] = placement_group_table(self.pool.placement_group_of(actor))["bundles_to_node_id"][0]
         if waited >= _WAITING_NOTICE_S:
             log.info("a replica's node is there after %.0fs; starting its engine", waited)
         self._await_start(state, actor)
@@ -178,7 +183,7 @@ class Dispatcher:
                 "the cluster: %s",
                 len(state.placing),
                 longest,
-                len(state.nodes.keys() - state.dead),
+                len(state.up - state.dead),
                 self.pool.bundles(),
                 describe(cluster_shape(), self.pool.device),
             )
@@ -186,7 +191,7 @@ class Dispatcher:
         if not overdue:
             return
         limit = self.job.resources.capacity_timeout_s
-        if state.starting or state.nodes.keys() - state.dead:
+        if state.starting or state.up - state.dead:
             for ref in overdue:
                 del state.place_deadlines[ref]  # it stays asked for: capacity may still come
             log.warning(
@@ -295,13 +300,16 @@ class Dispatcher:
         actor = state.starting.pop(ref)
         state.start_deadlines.pop(ref, None)
         try:
-            name, node = ray.get(ref, timeout=_FETCH_TIMEOUT_S)  # ready: the answer is there
+            name = ray.get(ref, timeout=_FETCH_TIMEOUT_S)  # ready: the answer is there
         except Exception as error:  # noqa: BLE001 - the engine could not start; reported below
             state.last_start_error = _reason(error)
             log.warning("a replica failed to start: %s", state.last_start_error)
-            self._replace(state, actor)
+            if isinstance(error, RayActorError):
+                self._on_replica_death(state, actor, error)
+            else:
+                self._replace(state, actor)
             return
-        state.nodes[actor] = node
+        state.up.add(actor)
         state.names[actor] = name
         log.info("replica %s is ready", name)
         state.idle.extend([actor] * self.pool.shards_in_flight)
@@ -323,14 +331,7 @@ class Dispatcher:
                 state.heartbeats.pop(actor, None)
                 self._replicas_changed(state)
                 state.idle = [slot for slot in state.idle if slot != actor]
-                if getattr(error, "preempted", False) or self._node_lost(state, actor):
-                    self._replace_after_loss(state, actor)
-                elif isinstance(error, ActorUnavailableError):
-                    # Unreachable rather than ended: its node may be gone without the cluster having
-                    # said so yet. Decided in the loop, so the other replicas' results keep flowing.
-                    state.verdicts[actor] = time.monotonic() + _NODE_VERDICT_S
-                else:
-                    self._replace(state, actor, crashed=True)
+                self._on_replica_death(state, actor, error)
             self._retry_or_fail(state, shard, f"replica died: {_reason(error)}")
             return
         except Exception as error:  # noqa: BLE001 - every other failure is this shard's
@@ -374,10 +375,22 @@ class Dispatcher:
         not_before = time.monotonic() + backoff_seconds(self.policy, attempts)
         heapq.heappush(state.delayed, (not_before, self.outcome.attempts, shard))
 
+    def _on_replica_death(self, state: _State, actor: Any, error: RayActorError) -> None:
+        """A replica that died, starting or running: replaced without counting a crash when its node
+        is gone, decided later when it is only unreachable, else replaced as a crash."""
+        if getattr(error, "preempted", False) or self._node_lost(state, actor):
+            self._replace_after_loss(state, actor)
+        elif isinstance(error, ActorUnavailableError):
+            # Unreachable rather than ended: its node may be gone without the cluster having said so
+            # yet. Decided in the loop, so the other replicas' results keep flowing.
+            state.verdicts[actor] = time.monotonic() + _NODE_VERDICT_S
+        else:
+            self._replace(state, actor, crashed=True)
+
     @staticmethod
     def _node_lost(state: _State, actor: Any) -> bool:
-        """Whether the node the replica ran on has left the cluster (spot loss, preemption)."""
-        node = state.nodes.get(actor)
+        """Whether the node the replica was placed on has left the cluster (spot loss, preemption)."""
+        node = state.placed_on.get(actor)
         return node is not None and not any(entry["NodeID"] == node and entry.get("Alive") for entry in ray.nodes())
 
     def _replace_after_loss(self, state: _State, actor: Any) -> None:

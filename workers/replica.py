@@ -51,11 +51,9 @@ class Replica:
         self._shards_held = 0
         self._held_lock = threading.Lock()
 
-    def ready(self) -> tuple[str, str]:
-        """Its name (host:pid), and the id of its node (to tell a lost node from a crash)."""
-        import ray
-
-        return self.context.name, ray.get_runtime_context().get_node_id()
+    def ready(self) -> str:
+        """Its name (host:pid), once its engine is built."""
+        return self.context.name
 
     def heartbeat(self) -> float | None:
         """Seconds since this replica last made progress (an engine step, or a shard moving on a

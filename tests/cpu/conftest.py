@@ -89,7 +89,7 @@ def started_replica(pool: Any) -> tuple[Any, int]:
     while len(pool.actors) < pool.size:
         pool.start()
     replica = pool.actors[0]
-    name, _ = ray.get(replica.ready.remote())  # "host:pid", node id
+    name = ray.get(replica.ready.remote())  # "host:pid"
     return replica, int(name.rsplit(":", 1)[1])
 
 

@@ -1,15 +1,22 @@
-"""Run in its own process by test_cluster_placement: a two-node cluster (logical GPUs) loses a node
-mid-job, as a spot instance does; capacity comes back a moment later. Fake engine (two CPU cores
-cannot host a real engine per node). Prints one JSON line with what happened."""
+"""Run in its own process by test_cluster_placement: a two-node cluster (logical GPUs) loses a node,
+as a spot instance does, mid-job or while its replica's engine is still loading; capacity comes
+back later. Fake engine (two CPU cores cannot host a real engine per node). Prints one JSON line
+with what happened.
+
+Usage: python -m tests.cpu.node_loss_probe CONFIG_JSON   (config "when": mid_job | while_starting)
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster
+from ray.util.placement_group import placement_group_table
 
 from common.layout import OutputLayout
 from common.storage import Storage
@@ -38,24 +45,42 @@ def main(config: dict) -> dict:
     storage = Storage(job.storage, job.retry)
     layout = OutputLayout(job.output.path)
     shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
+    while_starting = config["when"] == "while_starting"
     pool = ReplicaPool(
         job.model,
         job,
         replica_count(job, cluster_shape(), choose_device("auto", cluster_shape())),
-        FakeEngineFactory(seconds_per_call=1.0),
+        # Engines that load for a while, as 70B weights do (minutes), when the node goes then.
+        FakeEngineFactory(seconds_per_call=1.0, start_seconds=8.0 if while_starting else 0.0),
     )
     commits = []
+    lost_at_commit: list[int] = []
 
-    def lose_a_node_then_get_capacity_back() -> None:
+    def lose_node_0() -> None:
         cluster.remove_node(nodes[0], allow_graceful=False)  # its raylet and workers end at once
-        cluster.add_node(num_cpus=4, num_gpus=1)
+        lost_at_commit.append(len(commits))
+
+    def lose_node_0_once_every_replica_is_placed() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            groups = [pool.placement_group_of(actor) for actor in list(pool.actors)]
+            if len(groups) == pool.size and all(placement_group_table(g)["state"] == "CREATED" for g in groups):
+                lose_node_0()
+                return
+            time.sleep(0.1)
 
     def commit(record) -> None:
         commit_shard(storage, layout, record)
         commits.append(record.replica)
-        if len(commits) == 4:  # here, on the main thread: Ray's Cluster starts nodes with signal handlers
-            lose_a_node_then_get_capacity_back()
+        # Here, on the main thread: Ray's Cluster starts nodes with signal handlers.
+        if not while_starting and len(commits) == 4:
+            lose_node_0()
+            cluster.add_node(num_cpus=4, num_gpus=1)
+        if while_starting and len(commits) == 1:
+            cluster.add_node(num_cpus=4, num_gpus=1)
 
+    if while_starting:
+        threading.Thread(target=lose_node_0_once_every_replica_is_placed, daemon=True).start()
     outcome = Dispatcher(job, pool, commit).run(shards)
     pool.shutdown()
     return {
@@ -66,6 +91,7 @@ def main(config: dict) -> dict:
         "replicas_replaced": outcome.replicas_replaced,
         "replica_crashes": outcome.replica_crashes,
         "replicas_used": len({record.replica for record in outcome.committed.values()}),
+        "lost_at_commit": lost_at_commit,
     }
 
 

@@ -31,6 +31,7 @@ def _probe(
     nodes: int = 1,
     probe: str = "placement_probe",
     rows: int = 300,
+    when: str = "mid_job",
 ) -> dict:
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps({"prompt": f"prompt {index}"}) + "\n" for index in range(rows))
@@ -42,6 +43,7 @@ def _probe(
         "model": str(tiny_model),
         "input": str(tmp_path / "in.jsonl"),
         "output": str(tmp_path / "out"),
+        "when": when,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     ray_dir = tempfile.mkdtemp(prefix="hp", dir="/tmp")
@@ -82,6 +84,15 @@ def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(tmp
     # not a crash of herd's.
     assert result["replicas_replaced"] >= 1 and result["replica_crashes"] == 0, result
     assert result["replicas_used"] >= 3
+
+
+def test_fake_engine_node_lost_while_its_replica_loads_is_not_counted_as_a_crash(tmp_path, tiny_model):
+    """Spot capacity reclaimed while a replica's engine still loads its weights (minutes, for 70B):
+    with retry.max_replica_restarts 0 the replica is replaced all the same, and every shard commits."""
+    result = _probe(tmp_path, tiny_model, probe="node_loss_probe", rows=300, when="while_starting")
+    assert result["lost_at_commit"] == [0], result  # before any replica had finished starting
+    assert result["failed"] == {} and result["committed"] == result["shards"], result
+    assert result["replicas_replaced"] >= 1 and result["replica_crashes"] == 0, result
 
 
 def test_fake_engine_tp8_on_4_gpu_nodes_fails_fast_saying_what_is_missing(tmp_path, tiny_model):
