@@ -72,8 +72,15 @@ def addable_slots(shape: ClusterShape, device: str, tensor_parallel_size: int) -
     return slots
 
 
-def replica_count(job: JobSpec, shape: ClusterShape, device: str) -> int:
-    """How many replicas to start: the job's number or `auto`, within what the cluster can hold."""
+def useful_replicas(count: int, shards: int) -> int:
+    """No more replicas than shards to run: an idle replica still holds its GPUs, and on an
+    autoscaling cluster its placement group makes the autoscaler start a node for nothing."""
+    return max(1, min(count, shards))
+
+
+def replica_count(job: JobSpec, shape: ClusterShape, device: str, shards: int) -> int:
+    """How many replicas to start for `shards` shards to run: the job's number or `auto`, within what
+    the cluster can hold."""
     tp = job.model.tensor_parallel_size
     up_now = sum(_slots(node, device, tp) for node in shape.nodes_up)
     possible = max(up_now, addable_slots(shape, device, tp))
@@ -81,14 +88,14 @@ def replica_count(job: JobSpec, shape: ClusterShape, device: str) -> int:
     if possible < 1 and shape.node_types is None and job.resources.accelerator == "gpu":
         # Asked for GPUs where herd cannot read the autoscaler: ask for them and wait (bounded by
         # resources.capacity_timeout_s) rather than refuse a cluster that may well provide them.
-        return 1 if wanted == "auto" else wanted
+        return useful_replicas(1 if wanted == "auto" else wanted, shards)
     if possible < 1:
         raise SpecError(_no_room_message(job, shape, device))
     if wanted == "auto":
         # On CPU one engine already uses the node's cores; a second would only compete for them.
         count = possible if device == "gpu" else 1
-        return min(count, job.resources.max_replicas or count)
-    return min(wanted, possible)
+        return useful_replicas(min(count, job.resources.max_replicas or count), shards)
+    return useful_replicas(min(wanted, possible), shards)
 
 
 def _no_room_message(job: JobSpec, shape: ClusterShape, device: str) -> str:

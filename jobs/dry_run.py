@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from common.storage import Storage
+from jobs.capacity import useful_replicas
 from jobs.planner import list_inputs, plan_shards
 from schemas.job import JobSpec
 from schemas.shard import Shard
@@ -113,7 +114,7 @@ def dry_run(
     rate = calibration["tokens_per_s"] if calibration and tokens_per_s is None else tokens_per_s
     # The plan does not ask a cluster: `auto` counts as max_replicas when given, else one replica.
     wanted = job.resources.replicas
-    replicas = wanted if wanted != "auto" else job.resources.max_replicas or 1
+    replicas = useful_replicas(wanted if wanted != "auto" else job.resources.max_replicas or 1, len(shards))
     hours = expected / (rate * replicas) / 3600 if rate else None
     return {
         "files": len(inputs.files),

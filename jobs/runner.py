@@ -162,8 +162,14 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         if pool is None:
             shape = cluster_shape()
             device = choose_device(job.resources.accelerator, shape)
-            count = replica_count(job, shape, device)
-            log.info("%d replica(s) on %s; the cluster: %s", count, device, describe(shape, device))
+            count = replica_count(job, shape, device, len(todo))
+            log.info(
+                "%d replica(s) on %s for %d shard(s) to run; the cluster: %s",
+                count,
+                device,
+                len(todo),
+                describe(shape, device),
+            )
             pool = ReplicaPool(job.model, job, count, options.engine_factory, quiet=quiet, device=device)
         elif not pool.serves(job.model):
             raise SpecError("the replica pool given serves a different model configuration")

@@ -49,7 +49,7 @@ def main(config: dict) -> dict:
     pool = ReplicaPool(
         job.model,
         job,
-        replica_count(job, cluster_shape(), choose_device("auto", cluster_shape())),
+        replica_count(job, cluster_shape(), choose_device("auto", cluster_shape()), len(shards)),
         # Engines that load for a while, as 70B weights do (minutes), when the node goes then.
         FakeEngineFactory(seconds_per_call=1.0, start_seconds=8.0 if while_starting else 0.0),
     )

@@ -37,14 +37,14 @@ def main(config: dict) -> dict:
             "output": {"path": config["output"]},
         }
     )
+    storage = Storage(job.storage, job.retry)
+    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
     try:
-        count = replica_count(job, cluster_shape(), choose_device("auto", cluster_shape()))
+        count = replica_count(job, cluster_shape(), choose_device("auto", cluster_shape()), len(shards))
     except SpecError as error:
         return {"error": str(error)}
     # Slow enough that a replica ready a moment after the other still finds shards left.
     pool = ReplicaPool(job.model, job, count, FakeEngineFactory(seconds_per_call=0.5))
-    storage = Storage(job.storage, job.retry)
-    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
     layout = OutputLayout(job.output.path)
     outcome = Dispatcher(job, pool, lambda record: commit_shard(storage, layout, record)).run(shards)
     groups = [placement_group_table(pool.placement_group_of(actor)) for actor in pool.actors]

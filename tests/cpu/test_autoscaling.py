@@ -29,6 +29,7 @@ from tests.cpu.autoscaling_cluster import autoscaling_cluster
 from tests.cpu.conftest import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
+SHARDS = 1000  # shards to run: more than any cluster here holds replicas
 
 
 def _job(tmp_path: Path, tp: int = 1, **resources: object) -> JobSpec:
@@ -52,17 +53,25 @@ def test_the_shipped_cluster_with_no_gpu_up_runs_on_gpu_with_replicas_from_its_n
     shape = _shipped_cluster()
     assert choose_device("auto", shape) == "gpu"
     # 70B (TP 8): one per 8x A100 node, two such nodes at most.
-    assert replica_count(_job(tmp_path, tp=8), shape, "gpu") == 2
+    assert replica_count(_job(tmp_path, tp=8), shape, "gpu", SHARDS) == 2
     # 13B (TP 2): the A100 nodes first (4 each), then the A10G nodes (2 each) within max_workers 6.
     assert addable_slots(shape, "gpu", 2) == 2 * 4 + 4 * 2
-    assert replica_count(_job(tmp_path, tp=2, max_replicas=5), shape, "gpu") == 5
-    assert replica_count(_job(tmp_path, tp=2, replicas=40), shape, "gpu") == 16
+    assert replica_count(_job(tmp_path, tp=2, max_replicas=5), shape, "gpu", SHARDS) == 5
+    assert replica_count(_job(tmp_path, tp=2, replicas=40), shape, "gpu", SHARDS) == 16
+
+
+def test_no_more_replicas_start_than_there_are_shards_to_run(tmp_path):
+    # Each would hold GPUs, and make the autoscaler start a node, for nothing.
+    shape = _shipped_cluster()
+    assert replica_count(_job(tmp_path, tp=2), shape, "gpu", 3) == 3
+    assert replica_count(_job(tmp_path, tp=2, replicas=4), shape, "gpu", 1) == 1
+    assert replica_count(_job(tmp_path, accelerator="gpu", replicas=3), ClusterShape([{"CPU": 0.0}]), "gpu", 2) == 2
 
 
 def test_a_replica_no_node_type_can_hold_fails_at_once_naming_the_largest(tmp_path):
     largest = "the largest node has 0, and the largest node type the autoscaler can add has 8"
     with pytest.raises(SpecError, match=f"needs 16 GPUs on one node; {largest}"):
-        replica_count(_job(tmp_path, tp=16), _shipped_cluster(), "gpu")
+        replica_count(_job(tmp_path, tp=16), _shipped_cluster(), "gpu", SHARDS)
 
 
 def test_node_types_that_list_no_resources_are_named_in_the_refusal(tmp_path):
@@ -71,15 +80,15 @@ def test_node_types_that_list_no_resources_are_named_in_the_refusal(tmp_path):
     shape = ClusterShape([{"CPU": 0.0}], types, limit, head, "bootstrap.yaml")
     assert choose_device("auto", shape) == "cpu"
     with pytest.raises(SpecError, match="node types g5 list no resources"):
-        replica_count(_job(tmp_path), shape, "cpu")
+        replica_count(_job(tmp_path), shape, "cpu", SHARDS)
 
 
 def test_without_readable_node_types_auto_decides_from_what_is_up_and_gpu_asks_anyway(tmp_path):
     cpu_only = ClusterShape([{"CPU": 0.0}])
     assert choose_device("auto", cpu_only) == "cpu"
     with pytest.raises(SpecError, match=r"set resources\.accelerator: gpu"):
-        replica_count(_job(tmp_path), cpu_only, "cpu")
-    assert replica_count(_job(tmp_path, accelerator="gpu", replicas=3), cpu_only, "gpu") == 3
+        replica_count(_job(tmp_path), cpu_only, "cpu", SHARDS)
+    assert replica_count(_job(tmp_path, accelerator="gpu", replicas=3), cpu_only, "gpu", SHARDS) == 3
     assert choose_device("cpu", ClusterShape([{"GPU": 8.0}])) == "cpu"
 
 

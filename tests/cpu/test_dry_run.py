@@ -46,6 +46,7 @@ def test_plan_imports_neither_ray_nor_vllm_nor_torch_and_counts_parquet_rows_exa
                 "model": tiny_model_spec(tiny_model),
                 "sampling": {"max_new_tokens": 16, "n": 2},
                 "output": {"path": str(tmp_path / "out")},
+                "resources": {"max_replicas": 8},
             }
         )
     )
@@ -66,7 +67,10 @@ def test_plan_imports_neither_ray_nor_vllm_nor_torch_and_counts_parquet_rows_exa
     plan = answer["plan"]
     assert (plan["rows"], plan["rows_exact"], plan["sampled_rows"]) == (1500, True, 200)
     assert plan["generated_tokens"]["upper_bound"] == 1500 * 2 * 16
-    assert plan["hours"] == round(1500 * 2 * 16 / 100 / 3600, 3) and plan["cost"] == round(plan["hours"] * 2, 2)
+    # Two shards (one row group cut in two): two replicas at most, whatever max_replicas says.
+    assert plan["shards"] == 2 and plan["replicas"] == 2
+    assert plan["hours"] == round(1500 * 2 * 16 / 100 / 2 / 3600, 3)
+    assert plan["cost"] == round(1500 * 2 * 16 / 100 / 2 / 3600 * 2 * 2, 2)  # 2 replicas, $2 a GPU-hour
     assert plan["prompt_tokens"]["mean"] > 0 and plan["problems"] == []
 
 
