@@ -121,7 +121,7 @@ def _no_room_message(job: JobSpec, shape: ClusterShape, device: str) -> str:
     return message
 
 
-def describe(shape: ClusterShape, device: str) -> str:
+def describe_cluster(shape: ClusterShape, device: str) -> str:
     """What is up and what may come, for the log."""
     resource = _resource(device)
     up = sum(node.get(resource, 0) for node in shape.nodes_up)

@@ -25,7 +25,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group_table
 
 from common.retry import backoff_seconds
-from jobs.capacity import cluster_shape, describe
+from jobs.capacity import cluster_shape, describe_cluster
 from jobs.progress import Progress
 from jobs.replicas import ReplicaPool
 from schemas.errors import OutputBusy
@@ -185,7 +185,7 @@ class Dispatcher:
                 longest,
                 len(state.up - state.dead),
                 self.pool.bundles(),
-                describe(cluster_shape(), self.pool.device),
+                describe_cluster(cluster_shape(), self.pool.device),
             )
         overdue = [ref for ref, deadline in state.place_deadlines.items() if deadline <= now]
         if not overdue:
@@ -203,7 +203,7 @@ class Dispatcher:
             return
         reason = (
             f"no capacity: no replica was placed within resources.capacity_timeout_s ({limit:g}s); each asks for "
-            f"{self.pool.bundles()}; the cluster: {describe(cluster_shape(), self.pool.device)}"
+            f"{self.pool.bundles()}; the cluster: {describe_cluster(cluster_shape(), self.pool.device)}"
         )
         log.error("%s", reason)
         for actor in list(state.placing.values()):

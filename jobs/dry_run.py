@@ -150,7 +150,7 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str,
     import os
 
     from common.node_cache import cache_root
-    from workers.engine import Request, VllmEngine, engine_environment, row_seed
+    from workers.engine import EngineRequest, VllmEngine, engine_environment, row_seed
     from workers.model_source import resolve_model
     from workers.output_capture import output_sent_to
 
@@ -160,7 +160,7 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str,
     log_file = str(cache_root() / "logs" / f"calibrate-{os.getpid()}.log")
     with output_sent_to(log_file):  # vLLM's own lines stay out of the plan's output
         engine = VllmEngine(resolve_model(job.model.path, Storage(job.storage, job.retry)), job.model, device)
-        requests = [Request(ids, row_seed(job.sampling.seed, row.row_id), job.sampling) for row, ids in rendered]
+        requests = [EngineRequest(ids, row_seed(job.sampling.seed, row.row_id), job.sampling) for row, ids in rendered]
         started = time.perf_counter()
         samples = engine.generate(requests)
         seconds = time.perf_counter() - started

@@ -52,7 +52,7 @@ def holder_is_gone(holder: dict[str, Any], now: float) -> str | None:
     return None
 
 
-def describe(holder: dict[str, Any]) -> str:
+def describe_holder(holder: dict[str, Any]) -> str:
     return f"held by {holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"
 
 
@@ -100,8 +100,8 @@ class Lease:
             return
         reason = holder_is_gone(holder, time.time())
         if reason is None:
-            raise OutputBusy(f"output busy: {describe(holder)}; try again when that run ends")
-        log.warning("taking over the output's lease, %s: %s", describe(holder), reason)
+            raise OutputBusy(f"output busy: {describe_holder(holder)}; try again when that run ends")
+        log.warning("taking over the output's lease, %s: %s", describe_holder(holder), reason)
         try:
             self.version = self.storage.replace_if_unchanged(self.url, version, self._record())
         except PreconditionFailed:

@@ -9,7 +9,7 @@ from typing import Any
 
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage
-from jobs.lease import describe, holder_is_gone
+from jobs.lease import describe_holder, holder_is_gone
 from jobs.manifest import committed_shards
 from jobs.planner import plan_shards
 from schemas.errors import SpecError
@@ -72,7 +72,7 @@ def _lease_state(storage: Storage, layout: OutputLayout) -> dict[str, Any] | Non
     holder = json.loads(text)
     gone = holder_is_gone(holder, time.time())
     return {
-        "holder": describe(holder),
+        "holder": describe_holder(holder),
         "renewed_s_ago": round(time.time() - float(holder.get("renewed_at", 0)), 1),
         "live": gone is None,
         "stale_because": gone,

@@ -59,9 +59,10 @@ class Progress:
         )
         if self.mode == "live":
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn
+            from rich.progress import BarColumn, TextColumn
+            from rich.progress import Progress as RichProgress
 
-            self._live = Progress(
+            self._live = RichProgress(
                 BarColumn(bar_width=10),
                 TextColumn("{task.fields[line]}"),
                 console=Console(file=self.stream),
@@ -161,7 +162,7 @@ class Progress:
             return
         figures = self.snapshot()
         self._live.update(
-            self._task, completed=figures["rows_done"], total=figures["rows_total"], line=describe(figures)
+            self._task, completed=figures["rows_done"], total=figures["rows_total"], line=describe_figures(figures)
         )
 
     def _emit(self) -> None:
@@ -169,11 +170,11 @@ class Progress:
         if self.mode == "json":
             line = json.dumps({"event": "progress", **figures})
         else:
-            line = f"herd: progress: {describe(figures)}"
+            line = f"herd: progress: {describe_figures(figures)}"
         print(line, file=self.stream, flush=True)
 
 
-def describe(figures: dict[str, Any]) -> str:
+def describe_figures(figures: dict[str, Any]) -> str:
     total = f"{figures['rows_total']}" if figures["rows_total_exact"] else f"~{figures['rows_total']}"
     eta = "?" if figures["eta_s"] is None else _clock(figures["eta_s"])
     failed = f" ({figures['shards_failed']} failed)" if figures["shards_failed"] else ""

@@ -13,14 +13,13 @@ import json
 from collections import Counter
 from typing import Any
 
-from common.jsonl import decode_jsonl
 from common.layout import OutputLayout
+from common.output_codec import decode_data, decode_errors
 from common.storage import Storage
 from jobs.manifest import committed_shards
 from jobs.run_stats import by_replica, covered_seconds
 from schemas.results import reason_key
 from schemas.shard import ShardRecord
-from workers.shard_io import decode_errors
 
 # Rows of the data files read for the length distributions: enough for a histogram, bounded.
 _SAMPLED_ROWS = 100_000
@@ -96,32 +95,13 @@ def _replica_load(records: list[ShardRecord]) -> tuple[str | None, str]:
 
 
 def _sampled_rows(storage: Storage, records: list[ShardRecord]) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
     rows: list[dict[str, Any]] = []
     for record in records:
         for output in record.outputs:
             if len(rows) >= _SAMPLED_ROWS or output.folder != "data":
                 continue
-            data = storage.read_bytes(output.url)
-            if output.url.endswith(".parquet"):
-                columns = ["prompt_tokens", "completion_tokens", "finish_reason"]
-                rows += pq.read_table(io.BytesIO(data), columns=columns).to_pylist()
-            else:
-                for item in decode_jsonl(data):
-                    if "response" in item:  # OpenAI result lines: usage and choices
-                        usage = item["response"]["body"]["usage"]
-                        for choice in item["response"]["body"]["choices"]:
-                            rows.append(
-                                {
-                                    "prompt_tokens": usage["prompt_tokens"],
-                                    "completion_tokens": usage["completion_tokens"]
-                                    // max(1, len(item["response"]["body"]["choices"])),
-                                    "finish_reason": choice["finish_reason"],
-                                }
-                            )
-                    else:
-                        rows.append(item)
+            columns = ["prompt_tokens", "completion_tokens", "finish_reason"]
+            rows += decode_data(storage.read_bytes(output.url), output.url, columns)
     return rows[:_SAMPLED_ROWS]
 
 

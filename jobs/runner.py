@@ -16,7 +16,7 @@ import ray
 from common.layout import OutputLayout
 from common.retry import storage_problem
 from common.storage import FileInfo, Storage
-from jobs.capacity import choose_device, cluster_shape, describe, replica_count
+from jobs.capacity import choose_device, cluster_shape, describe_cluster, replica_count
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.lease import Lease, acquire_lease
 from jobs.manifest import (
@@ -33,9 +33,9 @@ from jobs.ray_auth import use_token_for_drivers
 from jobs.replicas import ReplicaPool
 from jobs.report import write_report
 from jobs.run_stats import error_reasons, errors_by_stage, tokens_per_s_by_replica, top_error_reasons
-from schemas.errors import OutputBusy, SpecError
+from schemas.errors import ExitCode, OutputBusy, SpecError
 from schemas.job import JobSpec
-from schemas.results import ExitCode, RunSummary, RunTotals
+from schemas.results import RunSummary, RunTotals
 from schemas.shard import ErrorRetry, Shard, ShardRecord
 from workers.replica import EngineFactory, build_vllm_engine
 
@@ -69,6 +69,7 @@ def ensure_ray(quiet: bool = False) -> None:
 
 def run_job(
     job: JobSpec,
+    *,
     overwrite: bool = False,
     pool: ReplicaPool | None = None,
     engine_factory: EngineFactory = build_vllm_engine,
@@ -104,6 +105,23 @@ def run_job(
         return _run_holding_the_lease(run, options)
     finally:
         lease.release()
+
+
+def new_replica_pool(job: JobSpec, shards_to_run: int, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
+    """As many replicas as the cluster holds or can add for the job (never more than its shards),
+    on the device the job and the cluster choose. Its actors start when a dispatcher first runs."""
+    ensure_ray(quiet)
+    shape = cluster_shape()
+    device = choose_device(job.resources.accelerator, shape)
+    count = replica_count(job, shape, device, shards_to_run)
+    log.info(
+        "%d replica(s) on %s for %d shard(s) to run; the cluster: %s",
+        count,
+        device,
+        shards_to_run,
+        describe_cluster(shape, device),
+    )
+    return ReplicaPool(job.model, job, count, engine_factory, quiet=quiet, device=device)
 
 
 @dataclass(frozen=True)
@@ -157,20 +175,9 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     outcome = DispatchOutcome()
     replicas = 0
     if todo:
-        ensure_ray(quiet)
         own_pool = pool is None
         if pool is None:
-            shape = cluster_shape()
-            device = choose_device(job.resources.accelerator, shape)
-            count = replica_count(job, shape, device, len(todo))
-            log.info(
-                "%d replica(s) on %s for %d shard(s) to run; the cluster: %s",
-                count,
-                device,
-                len(todo),
-                describe(shape, device),
-            )
-            pool = ReplicaPool(job.model, job, count, options.engine_factory, quiet=quiet, device=device)
+            pool = new_replica_pool(job, len(todo), options.engine_factory, quiet)
         elif not pool.serves(job.model):
             raise SpecError("the replica pool given serves a different model configuration")
         replicas = pool.size

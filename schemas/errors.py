@@ -2,20 +2,76 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+from typing import Any, ClassVar
+
 from pydantic import BaseModel, ValidationError
 
 
-class SpecError(ValueError):
+class ExitCode(IntEnum):
+    """What `herd run` exits with, and what herd's errors carry; schedulers branch on these."""
+
+    SUCCESS = 0
+    FAILED = 1  # an unexpected error; the message says what
+    INVALID = 2  # invalid spec or input, or the output belongs to another job; nothing was generated
+    ERRORS_OVER_THRESHOLD = 3  # finished, but more rows failed than max_error_fraction allows
+    SHARDS_FAILED = 4  # some shards failed after every retry; the rest are committed
+    OUTPUT_BUSY = 5  # another run holds the output (or took it over): nothing of this run's was committed after that
+    STORAGE_UNAVAILABLE = 6  # storage kept failing (throttling, 5xx, connections) after every retry: run again later
+    NO_CAPACITY = 7  # no replica's node appeared within resources.capacity_timeout_s; committed shards are kept
+    INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM; re-run the same command to resume
+
+
+class HerdError(Exception):
+    """Every error herd raises on purpose; `exit_code` is what the command line exits with for it."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
+
+class SpecError(HerdError, ValueError):
     """The job spec or its inputs are invalid; the message is meant for the user as it is."""
 
+    exit_code = ExitCode.INVALID
 
-class StorageUnavailable(Exception):
+
+class StorageUnavailable(HerdError):
     """Storage kept failing in ways that may pass (throttling, 5xx, dropped connections) after every
     retry; the job itself may be fine: run it again later."""
 
+    exit_code = ExitCode.STORAGE_UNAVAILABLE
 
-class OutputBusy(Exception):
+
+class OutputBusy(HerdError):
     """Another run holds the output's lease, or took it over from this one; the message says who."""
+
+    exit_code = ExitCode.OUTPUT_BUSY
+
+
+class JobFailed(HerdError):
+    """The run finished without succeeding; `summary` (a RunSummary) says what was done and what not.
+    Committed shards are kept: running the job again resumes it."""
+
+    def __init__(self, message: str, summary: Any) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class ErrorsOverThreshold(JobFailed):
+    """Every shard ran, but more rows failed than max_error_fraction allows."""
+
+    exit_code = ExitCode.ERRORS_OVER_THRESHOLD
+
+
+class ShardsFailed(JobFailed):
+    """Some shards failed after every retry; the others are committed."""
+
+    exit_code = ExitCode.SHARDS_FAILED
+
+
+class NoCapacity(JobFailed):
+    """No replica found a node within resources.capacity_timeout_s."""
+
+    exit_code = ExitCode.NO_CAPACITY
 
 
 def _allowed_fields(model: type[BaseModel], location: tuple) -> list[str]:

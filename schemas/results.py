@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from pydantic import BaseModel, ConfigDict
 
 from schemas.job import JobSpec
@@ -79,17 +77,3 @@ class RunSummary(BaseModel):
     top_error_reasons: list[dict[str, object]]  # {stage, reason, rows}, most rows first (numbers as N)
     tokens_per_s_by_replica: dict[str, float]  # this run: generated tokens over the time each generated
     time_to_first_shard_s: float | None  # this run: from its start to its first committed shard
-
-
-class ExitCode(IntEnum):
-    """What `submit.py run` exits with; schedulers branch on these."""
-
-    SUCCESS = 0
-    FAILED = 1  # an unexpected error; the message says what
-    INVALID = 2  # invalid spec or input, or the output belongs to another job; nothing was generated
-    ERRORS_OVER_THRESHOLD = 3  # finished, but more rows failed than max_error_fraction allows
-    SHARDS_FAILED = 4  # some shards failed after every retry; the rest are committed
-    OUTPUT_BUSY = 5  # another run holds the output (or took it over): nothing of this run's was committed after that
-    STORAGE_UNAVAILABLE = 6  # storage kept failing (throttling, 5xx, connections) after every retry: run again later
-    NO_CAPACITY = 7  # no replica's node appeared within resources.capacity_timeout_s; committed shards are kept
-    INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM; re-run the same command to resume

@@ -20,7 +20,7 @@ class EngineDead(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Request:
+class EngineRequest:
     prompt_ids: list[int]
     seed: int  # per row, so a row reproduces whatever batch or replica it lands in
     sampling: SamplingSpec  # the job's, or a request file's own parameters
@@ -38,7 +38,7 @@ class Engine(Protocol):
     tokenizer: Any  # renders prompts; safe to use while generate() runs in another thread
     max_model_len: int
 
-    def generate(self, requests: list[Request]) -> list[list[Sample]]:
+    def generate(self, requests: list[EngineRequest]) -> list[list[Sample]]:
         """One list of `request.sampling.n` samples per request, in request order. Safe to call
         from several threads at once (a replica's shards in flight)."""
         ...
@@ -154,7 +154,7 @@ class VllmEngine:
             ignore_eos=sampling.ignore_eos,
         )
 
-    def generate(self, requests: list[Request]) -> list[list[Sample]]:
+    def generate(self, requests: list[EngineRequest]) -> list[list[Sample]]:
         from vllm.inputs import TokensPrompt
 
         if not requests:

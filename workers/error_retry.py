@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.output_codec import decode_errors
 from common.storage import Storage
 from schemas.shard import OutputObject, Shard
-from workers.shard_io import ShardRows, decode_errors
+from workers.shard_io import ShardRows
 
 
 def earlier_data_outputs(shard: Shard) -> list[OutputObject]:

@@ -27,7 +27,7 @@ class PromptSource:
 
 
 @dataclass
-class Request:
+class ParsedRequest:
     row_id: str | None  # None: the caller makes a positional id
     source: PromptSource
     overrides: dict[str, Any] = field(default_factory=dict)  # sampling fields, herd's names
@@ -72,7 +72,7 @@ def _openai_overrides(body: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def openai_batch_request(line: dict[str, Any]) -> Request:
+def openai_batch_request(line: dict[str, Any]) -> ParsedRequest:
     custom_id = line.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise RequestError("custom_id: expected a non-empty string")
@@ -101,14 +101,14 @@ def openai_batch_request(line: dict[str, Any]) -> Request:
         source = PromptSource(text=prompt, whole_prompt=True)
     else:
         raise RequestError(f"url: expected {OPENAI_CHAT_URL} or {OPENAI_COMPLETIONS_URL}, got {url!r}")
-    return Request(custom_id, source, _openai_overrides(body))
+    return ParsedRequest(custom_id, source, _openai_overrides(body))
 
 
 # The hosted Llama 2 endpoint's parameter names are herd's own sampling names.
 _HOSTED_PARAMETERS = ("temperature", "top_p", "top_k", "max_new_tokens", "do_sample", "return_full_text", "ignore_eos")
 
 
-def llama2_hosted_requests(line: dict[str, Any]) -> list[Request]:
+def llama2_hosted_requests(line: dict[str, Any]) -> list[ParsedRequest]:
     """{"input_data": {"input_string": [...], "parameters": {...}}}: one row per input string."""
     data = line.get("input_data")
     if not isinstance(data, dict):
@@ -126,11 +126,11 @@ def llama2_hosted_requests(line: dict[str, Any]) -> list[Request]:
     for index, text in enumerate(strings):
         if not isinstance(text, str):
             raise RequestError(f"input_data.input_string[{index}]: expected a string")
-        requests.append(Request(None, PromptSource(text=text), dict(parameters)))
+        requests.append(ParsedRequest(None, PromptSource(text=text), dict(parameters)))
     return requests
 
 
-def requests_in_line(line: dict[str, Any], input_format: str) -> list[Request]:
+def requests_in_line(line: dict[str, Any], input_format: str) -> list[ParsedRequest]:
     if input_format == "openai-batch":
         return [openai_batch_request(line)]
     return llama2_hosted_requests(line)

@@ -5,7 +5,6 @@ A bad row becomes an error row here (with its file, row and the reason); it neve
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.jsonl import decode_jsonl, encode_jsonl
 from common.storage import Storage
 from schemas.job import InputSpec
-from schemas.results import ERROR_COLUMNS
 from schemas.shard import Shard
 from workers.request_formats import PromptSource, RequestError, requests_in_line
 from workers.spill_cache import decompressed_copy, row_group_copy
@@ -222,10 +219,36 @@ def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes,
         reason = f"expected a JSON object, got {type(values).__name__}"
         result.errors.append(error_row(shard, fallback_id, position, "read", reason))
         return
+    broken = _text_not_unicode(values)
+    if broken is not None:
+        field, text = broken
+        reason = (
+            f"{field}: the text is valid JSON but not valid Unicode (a lone surrogate escape near "
+            f"{text!r}); write the character as a surrogate pair or as UTF-8"
+        )
+        result.errors.append(error_row(shard, fallback_id, position, "read", reason))
+        return
     if input_spec.is_request_file:
         _append_requests(result, shard, position, values, input_spec.format)
     else:
         _add_row(result, shard, position, values, input_spec)
+
+
+def _text_not_unicode(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The field (dotted path) of the first string that cannot be encoded as UTF-8, and the string
+    around the bad character: JSON's "\\ud800" escape decodes to a lone surrogate, which no tokenizer takes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return path or "(value)", value[max(0, error.start - 20) : error.end + 20]
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _text_not_unicode(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _append_requests(result: ShardRows, shard: Shard, position: int, line: dict[str, Any], input_format: str) -> None:
@@ -257,44 +280,3 @@ def _finish_last_line(data: bytes, source: str, end: int, size: int, storage: St
         data += more
         position += len(more)
     return data
-
-
-def _column(values: list[Any]) -> pa.Array:
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types across rows (a number here, text there): keep them all, as JSON text.
-        return pa.array([None if value is None else json.dumps(value, ensure_ascii=False) for value in values])
-
-
-def encode_rows(rows: list[dict[str, Any]], columns: list[str], file_format: str) -> bytes:
-    if file_format != "parquet":
-        return encode_jsonl([{name: row.get(name) for name in columns} for row in rows])
-    table = pa.table({name: _column([row.get(name) for row in rows]) for name in columns})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def encode_errors(errors: list[dict[str, Any]], file_format: str) -> bytes:
-    return encode_rows(errors, list(ERROR_COLUMNS), file_format)
-
-
-def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]]:
-    """An error file's rows in herd's own shape (id, file, row, stage, reason), whatever the output
-    format wrote. OpenAI error lines keep the custom_id and the stage (in the code), not the row."""
-    if url.endswith(".parquet"):
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    lines = decode_jsonl(data)
-    return [
-        line
-        if "stage" in line
-        else {
-            "id": line["custom_id"],
-            "file": file_label,
-            "row": None,
-            "stage": line["error"]["code"].removeprefix("herd_").removesuffix("_error"),
-            "reason": line["error"]["message"],
-        }
-        for line in lines
-    ]

@@ -18,19 +18,18 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from common.jsonl import encode_jsonl
 from common.layout import OutputLayout
+from common.output_codec import RequestRows, encode_data, encode_errors, file_extension
 from common.retry import is_transient
 from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
 from schemas.results import output_columns, reason_key
 from schemas.shard import OutputObject, Shard, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
-from workers.engine import Engine, EngineDead, Request, Sample, row_seed
+from workers.engine import Engine, EngineDead, EngineRequest, Sample, row_seed
 from workers.error_retry import earlier_data_outputs, narrow_to_retried
-from workers.openai_results import error_line, result_line
 from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
-from workers.shard_io import InputRow, ShardInputError, encode_errors, encode_rows, error_row, read_shard
+from workers.shard_io import InputRow, ShardInputError, error_row, read_shard
 from workers.structured import completion_is_valid
 
 
@@ -70,28 +69,30 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
     return prompts
 
 
-def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[Request], list[str], list[int]]:
+def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[EngineRequest], list[str], list[int]]:
     """The distinct requests, their keys, and for each prompt the index of the request answering it.
     Without dedupe every prompt is its own request, seeded by its row id."""
-    requests: list[Request] = []
+    requests: list[EngineRequest] = []
     keys: list[str] = []
     answered_by: list[int] = []
     index_of: dict[str, int] = {}
     for prompt in prompts:
         if not dedupe:
             answered_by.append(len(requests))
-            requests.append(Request(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling))
+            requests.append(
+                EngineRequest(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling)
+            )
             continue
         key = prompt_key(prompt.ids, prompt.sampling)
         if key not in index_of:
             index_of[key] = len(requests)
             keys.append(key)
-            requests.append(Request(prompt.ids, row_seed(prompt.sampling.seed, key), prompt.sampling))
+            requests.append(EngineRequest(prompt.ids, row_seed(prompt.sampling.seed, key), prompt.sampling))
         answered_by.append(index_of[key])
     return requests, keys, answered_by
 
 
-def _generate_requests(requests: list[Request], engine: Engine) -> list[list[Sample] | str]:
+def _generate_requests(requests: list[EngineRequest], engine: Engine) -> list[list[Sample] | str]:
     """Each request's samples, or the reason it failed."""
     try:
         return list(engine.generate(requests))
@@ -171,22 +172,13 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
     return rows
 
 
-def _encode_output(generated: list[tuple[_Prompt, list[Sample]]], rows: list[dict[str, Any]], job: JobSpec) -> bytes:
-    if job.output.format != "openai":
-        return encode_rows(rows, output_columns(job), job.output.format)
-    by_request: list[dict[str, Any]] = []
-    cursor = 0
+def _by_request(generated: list[tuple[_Prompt, list[Sample]]], rows: list[dict[str, Any]]) -> list[RequestRows]:
+    """The output rows grouped by the prompt they answer (each prompt's samples are consecutive)."""
+    requests, cursor = [], 0
     for prompt, samples in generated:
-        request_rows = rows[cursor : cursor + len(samples)]
+        requests.append(RequestRows(prompt.row.row_id, rows[cursor : cursor + len(samples)], prompt.chat))
         cursor += len(samples)
-        by_request.append(result_line(prompt.row.row_id, request_rows, prompt.chat, job.model.path))
-    return encode_jsonl(by_request)
-
-
-def _encode_errors(errors: list[dict[str, Any]], job: JobSpec) -> bytes:
-    if job.output.format == "openai":
-        return encode_jsonl([error_line(error) for error in errors])
-    return encode_errors(errors, job.output.format)
+    return requests
 
 
 @dataclass
@@ -236,18 +228,19 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
 
     layout = OutputLayout(job.output.path)
     token = uuid.uuid4().hex[:12]
-    extension = "jsonl" if job.output.format == "openai" else job.output.format
+    extension = file_extension(job.output.format)
     data_url = layout.data_file(shard.shard_id, token, extension)
     outputs = earlier_data_outputs(shard) if shard.retry is not None else []
-    if rows or shard.retry is None:
-        size = storage.write_atomic(data_url, _encode_output(generated, rows, job))
+    if rows:
+        encoded = encode_data(_by_request(generated, rows), output_columns(job), job.output.format, job.model.path)
+        size = storage.write_atomic(data_url, encoded)
         outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))
         replica.moved_on()
     errors = kept_errors + errors
     if errors:
         errors.sort(key=lambda error: (error["row"] is None, error["row"] or 0))
         errors_url = layout.errors_file(shard.shard_id, token, extension)
-        size = storage.write_atomic(errors_url, _encode_errors(errors, job))
+        size = storage.write_atomic(errors_url, encode_errors(errors, job.output.format))
         outputs.append(OutputObject(url=errors_url, bytes=size, rows=len(errors)))
 
     previous = shard.retry.previous if shard.retry is not None else None

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from schemas.job import ModelSpec
-from workers.engine import EngineDead, Request, Sample
+from workers.engine import EngineDead, EngineRequest, Sample
 
 REFUSED_MARK = "flaky"
 
@@ -65,7 +65,7 @@ class FakeEngine:
     def last_progress_at(self) -> float:
         return self._last_progress
 
-    def generate(self, requests: list[Request]) -> list[list[Sample]]:
+    def generate(self, requests: list[EngineRequest]) -> list[list[Sample]]:
         refusing = self.refuse_marked_while is not None and os.path.exists(self.refuse_marked_while)
         if refusing and any(REFUSED_MARK in self.tokenizer.decode(request.prompt_ids) for request in requests):
             raise RuntimeError("fake engine: this request fails while the test says so")

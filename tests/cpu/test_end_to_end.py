@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.results import ExitCode
+from schemas.errors import ExitCode
 from tests.cpu.conftest import read_rows
 
 WORDS = "the quick brown fox jumps over a lazy dog while data engineers write prompts".split()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from schemas import SpecError
-from schemas.results import ExitCode
+from schemas.errors import ExitCode
 from tests.cpu.conftest import read_rows
 
 

@@ -20,7 +20,7 @@ from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
 from schemas import parse_job
-from schemas.results import ExitCode
+from schemas.errors import ExitCode
 from tests.cpu import fault_tally
 from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, started_replica, tiny_model_spec
 from tests.cpu.fake_engine import FakeEngineFactory

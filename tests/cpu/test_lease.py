@@ -16,9 +16,8 @@ import pytest
 from common.layout import OutputLayout
 from common.storage import PreconditionFailed, Storage
 from jobs.lease import LeaseLost, acquire_lease
-from schemas.errors import OutputBusy
+from schemas.errors import ExitCode, OutputBusy
 from schemas.job import RetrySpec, StorageSpec
-from schemas.results import ExitCode
 from tests.cpu.conftest import read_rows, tiny_model_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import pytest
 from jobs.manifest import OutputInUse
 from jobs.runner import run_job
 from schemas import SpecError, parse_job
-from schemas.results import ExitCode
+from schemas.errors import ExitCode
 
 MODEL = {}
 

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from herd.cli import HERD_LOGGERS
 from jobs.progress import Progress
 from schemas.shard import Shard, ShardRecord
-from submit import HERD_LOGGERS
 from tests.cpu.conftest import tiny_model_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import pytest
 from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
 from schemas import SpecError, parse_job
-from schemas.results import ExitCode
+from schemas.errors import ExitCode
 from tests.cpu.conftest import read_rows, tiny_model_spec
 
 

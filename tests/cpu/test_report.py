@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from schemas.results import ExitCode
+from schemas.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 PLOTS = ["throughput", "replicas", "lengths", "finish-reasons", "attempts"]

@@ -16,8 +16,8 @@ from jobs.manifest import OutputInUse
 from jobs.planner import plan_shards
 from jobs.runner import run_job
 from schemas import parse_job
+from schemas.errors import ExitCode
 from schemas.job import InputSpec, RetrySpec, StorageSpec
-from schemas.results import ExitCode
 from tests.cpu.conftest import read_rows
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 from workers.shard_io import ShardInputError, read_shard

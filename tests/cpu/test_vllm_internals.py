@@ -19,11 +19,11 @@ import json, os, signal, sys, time
 from schemas.job import ModelSpec, SamplingSpec
 from tests.cpu.process_tree import descendants
 from workers import vllm_internals
-from workers.engine import Request, VllmEngine, engine_environment
+from workers.engine import EngineRequest, VllmEngine, engine_environment
 
 def generate_once(engine):
     try:
-        engine.generate([Request([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])
+        engine.generate([EngineRequest([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])
         return {"raised": None}
     except Exception as error:
         return {"raised": type(error).__name__}
@@ -40,7 +40,9 @@ if __name__ == "__main__":
         "alive_is_not_dead": vllm_internals.engine_process_died(engine.llm) is False,
         # Continuous feeding over these: one request through the engine.
         "generated": len(
-            engine.generate([Request([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])[0][0].token_ids
+            engine.generate([EngineRequest([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])[0][
+                0
+            ].token_ids
         ),
     }
     # The engine core dies while nothing runs (killed, out of memory): the next requests meet vLLM's

@@ -1,0 +1,180 @@
+"""herd's output files, written and read in one place: data and error files in Parquet, JSONL and
+OpenAI Batch result lines. Replicas write them; the driver (report, --retry-errors), the Python API
+and whatever reads an output read them back through the same functions.
+
+A file is never written for no rows: an empty JSON Lines file is one pyarrow's reader refuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.jsonl import decode_jsonl, encode_jsonl
+from schemas.openai_batch import (
+    BatchError,
+    BatchResponse,
+    BatchResultLine,
+    ChatChoice,
+    ChatMessage,
+    ChoiceLogprobs,
+    CompletionBody,
+    TextChoice,
+    TokenLogprob,
+    Usage,
+)
+from schemas.results import ERROR_COLUMNS
+
+OutputFormat = Literal["parquet", "jsonl", "openai"]
+
+
+def file_extension(output_format: OutputFormat) -> str:
+    """OpenAI result lines are JSON Lines files."""
+    return "jsonl" if output_format == "openai" else output_format
+
+
+@dataclass
+class RequestRows:
+    """One request's output rows (one per sample, in sample order), for the OpenAI format."""
+
+    custom_id: str
+    rows: list[dict[str, Any]]
+    chat: bool
+
+
+def _column(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types across rows (a number here, text there): keep them all, as JSON text.
+        return pa.array([None if value is None else json.dumps(value, ensure_ascii=False) for value in values])
+
+
+def _encode_table(rows: list[dict[str, Any]], columns: list[str], file_format: str) -> bytes:
+    if file_format != "parquet":
+        return encode_jsonl([{name: row.get(name) for name in columns} for row in rows])
+    table = pa.table({name: _column([row.get(name) for row in rows]) for name in columns})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def encode_data(requests: list[RequestRows], columns: list[str], output_format: OutputFormat, model: str) -> bytes:
+    """A data file: herd's rows with `columns` (Parquet or JSONL), or one OpenAI result line per request."""
+    if output_format == "openai":
+        return encode_jsonl([result_line(request, model).model_dump(mode="json") for request in requests])
+    return _encode_table([row for request in requests for row in request.rows], columns, output_format)
+
+
+def encode_errors(errors: list[dict[str, Any]], output_format: OutputFormat) -> bytes:
+    """An error file: herd's error rows (id, file, row, stage, reason), or OpenAI error lines."""
+    if output_format == "openai":
+        return encode_jsonl([error_line(error).model_dump(mode="json") for error in errors])
+    return _encode_table(errors, list(ERROR_COLUMNS), output_format)
+
+
+def decode_data(data: bytes, url: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """A data file's rows in herd's own shape (id, kept columns, sample_index, completion, ...), only
+    `columns` where given; OpenAI result lines are taken apart into one row per choice (usage shared
+    out evenly over the choices)."""
+    if url.endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data), columns=columns).to_pylist()
+    rows = _decode_data_lines(data)
+    return rows if columns is None else [{name: row.get(name) for name in columns} for row in rows]
+
+
+def _decode_data_lines(data: bytes) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for line in decode_jsonl(data):
+        if "response" not in line:
+            rows.append(line)
+            continue
+        parsed = BatchResultLine.model_validate(line)
+        if parsed.response is None:
+            continue
+        body = parsed.response.body
+        for choice in body.choices:
+            rows.append(
+                {
+                    "id": parsed.custom_id,
+                    "sample_index": choice.index,
+                    "completion": choice.message.content if isinstance(choice, ChatChoice) else choice.text,
+                    "finish_reason": choice.finish_reason,
+                    "prompt_tokens": body.usage.prompt_tokens,
+                    "completion_tokens": body.usage.completion_tokens // max(1, len(body.choices)),
+                    "model": body.model,
+                    "token_logprobs": [item.logprob for item in choice.logprobs.content] if choice.logprobs else None,
+                }
+            )
+    return rows
+
+
+def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]]:
+    """An error file's rows in herd's own shape (id, file, row, stage, reason), whatever the output
+    format wrote. OpenAI error lines keep the custom_id and the stage (in the code), not the row."""
+    if url.endswith(".parquet"):
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    rows = []
+    for line in decode_jsonl(data):
+        if "stage" in line:
+            rows.append(line)
+            continue
+        error = BatchResultLine.model_validate(line).error
+        assert error is not None, f"{url}: an error file holds a line without an error"
+        stage = error.code.removeprefix("herd_").removesuffix("_error")
+        rows.append({"id": line["custom_id"], "file": file_label, "row": None, "stage": stage, "reason": error.message})
+    return rows
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def result_line(request: RequestRows, model: str) -> BatchResultLine:
+    """A request's samples as one OpenAI result line, with one choice per sample."""
+    choices: list[Any] = []
+    for row in request.rows:
+        logprobs = None
+        if row.get("token_logprobs") is not None:
+            logprobs = ChoiceLogprobs(content=[TokenLogprob(logprob=value) for value in row["token_logprobs"]])
+        common = {"index": row["sample_index"], "finish_reason": row["finish_reason"], "logprobs": logprobs}
+        if request.chat:
+            choices.append(ChatChoice(message=ChatMessage(content=row["completion"]), **common))
+        else:
+            choices.append(TextChoice(text=row["completion"], **common))
+    prompt_tokens = request.rows[0]["prompt_tokens"]
+    completion_tokens = sum(row["completion_tokens"] for row in request.rows)
+    request_id = _short_hash(f"{request.custom_id}|{model}")
+    body = CompletionBody(
+        id=f"chatcmpl-{request_id}" if request.chat else f"cmpl-{request_id}",
+        object="chat.completion" if request.chat else "text_completion",
+        created=int(time.time()),
+        model=model,
+        choices=choices,
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+    )
+    return BatchResultLine(
+        id=f"batch_req_{request_id}",
+        custom_id=request.custom_id,
+        response=BatchResponse(request_id=request_id, body=body),
+    )
+
+
+def error_line(error: dict[str, Any]) -> BatchResultLine:
+    """A herd error row as an OpenAI batch error line."""
+    return BatchResultLine(
+        id=f"batch_req_{_short_hash(str(error['id']))}",
+        custom_id=str(error["id"]),
+        error=BatchError(code=f"herd_{error['stage']}_error", message=error["reason"]),
+    )

@@ -1,0 +1,44 @@
+"""herd from Python: the same exactly-once batch generation as the command line.
+
+    import herd
+
+    summary = herd.run("job.yaml")                      # a job file, a dict, or a JobSpec
+    report = herd.plan("job.yaml")                      # the dry run, as `herd plan --json` prints it
+    frame = herd.generate(df, prompt_column="prompt", model="demo:smollm2-135m-instruct")
+
+Failures raise subclasses of HerdError, each carrying the exit code the command line would exit with.
+Importing herd loads neither Ray nor vLLM: they load when a job first needs them.
+"""
+
+from herd.api import generate, plan, run, shutdown
+from schemas.errors import (
+    ErrorsOverThreshold,
+    ExitCode,
+    HerdError,
+    JobFailed,
+    NoCapacity,
+    OutputBusy,
+    ShardsFailed,
+    SpecError,
+    StorageUnavailable,
+)
+from schemas.job import JobSpec
+from schemas.results import RunSummary
+
+__all__ = [
+    "ErrorsOverThreshold",
+    "ExitCode",
+    "HerdError",
+    "JobFailed",
+    "JobSpec",
+    "NoCapacity",
+    "OutputBusy",
+    "RunSummary",
+    "ShardsFailed",
+    "SpecError",
+    "StorageUnavailable",
+    "generate",
+    "plan",
+    "run",
+    "shutdown",
+]

@@ -1,0 +1,440 @@
+"""The public Python API: run a job, plan one, or generate completions for a DataFrame.
+
+All three go through jobs/runner.py, the path `herd run` takes: planned shards, a lease on the output,
+per-shard commits, resume. Ray, vLLM and pyarrow load only when a call needs them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from schemas.errors import ErrorsOverThreshold, ExitCode, NoCapacity, ShardsFailed, SpecError
+from schemas.job import JobSpec, load_job, parse_job
+from schemas.results import OUTPUT_COLUMNS, RunSummary
+
+if TYPE_CHECKING:
+    from jobs.progress import Progress
+    from jobs.replicas import ReplicaPool
+    from jobs.runner import RunOutcome
+
+JobLike = JobSpec | dict[str, Any] | str | Path
+ProgressMode = Literal["auto", "live", "lines", "json", "none"]
+Section = BaseModel | dict[str, Any] | None
+
+# Engines kept warm between calls of this process (generate, run with keep_engines), one pool per
+# model configuration; shutdown() or the end of the process ends them.
+_WARM_POOLS: dict[str, ReplicaPool] = {}
+# The replicas' log files of warm pools: they outlive any one call's temporary output.
+_ENGINE_LOGS: list[str] = []
+# Columns generate adds to the caller's rows: the output's own, and the error of a row that failed.
+_ADDED_COLUMNS = (*OUTPUT_COLUMNS, "token_logprobs", "structured_valid", "error")
+
+
+def run(
+    job: JobLike,
+    *,
+    output: str | None = None,
+    overwrite: bool = False,
+    retry_errors: Literal["generate", "all"] | None = None,
+    progress: ProgressMode = "auto",
+    progress_every_s: float = 30.0,
+    verbose: bool = False,
+    keep_engines: bool = False,
+) -> RunSummary:
+    """Runs a job to the end and returns its summary (what summary.json holds).
+
+    Args:
+        job: a job file's path (YAML or JSON), the job as a dict, or a JobSpec.
+        output: write here instead of the job's output.path (local or s3://).
+        overwrite: replace the output of a different job at the output path.
+        retry_errors: also run again the error rows of committed shards: those of stage "generate",
+            or "all" of them; every row stays exactly once.
+        progress: "live" (a display on the terminal), "lines" (a line every `progress_every_s`),
+            "json" (a JSON object per line), "none"; "auto" is live on a terminal, else lines.
+        progress_every_s: how often "lines" and "json" print.
+        verbose: stream the replicas' own output (vLLM's) here instead of a log file per replica.
+        keep_engines: keep the replicas running after the job, for the next call in this process on
+            the same model (a notebook, a DAG's task running several jobs); see shutdown().
+
+    Raises:
+        SpecError: the job or its input is invalid (exit code 2); nothing was generated.
+        OutputBusy: another run holds the output (5). StorageUnavailable: storage kept failing (6).
+        ErrorsOverThreshold (3), ShardsFailed (4), NoCapacity (7): the run ended without succeeding;
+            `error.summary` says what was done. Committed shards are kept: running again resumes.
+    """
+    spec = _as_job(job, output)
+    from jobs.runner import run_job
+
+    pool = _warm_pool(spec, verbose) if keep_engines else None
+    outcome = run_job(
+        spec,
+        overwrite=overwrite,
+        pool=pool,
+        retry_errors=retry_errors,
+        progress=_progress(progress, progress_every_s),
+        quiet=not verbose,
+    )
+    _raise_unless_succeeded(outcome, spec)
+    return outcome.summary
+
+
+def plan(
+    job: JobLike,
+    *,
+    output: str | None = None,
+    sample_rows: int = 200,
+    tokens_per_s: float | None = None,
+    calibrate: int = 0,
+    gpu_hour_cost: float | None = None,
+    list_shards: bool = False,
+) -> dict[str, Any]:
+    """The dry run: lists the input, plans the shards, reads and renders a sample of rows, and
+    estimates tokens, time and cost, without Ray or an engine (unless `calibrate`).
+
+    Args:
+        job: a job file's path, the job as a dict, or a JobSpec.
+        output: look for committed shards here instead of the job's output.path.
+        sample_rows: rows to read, render and count.
+        tokens_per_s: generated tokens per second of one replica, to estimate the time.
+        calibrate: run this many sampled rows on the real engine here to measure tokens per row and
+            per second.
+        gpu_hour_cost: the price of one GPU hour, to estimate the cost.
+        list_shards: also return every shard under "shard_list" (id, format, range, rows, committed).
+
+    Returns:
+        What `herd plan --json` prints: files, shards, rows, token estimates, hours and cost, and
+        "problems" (empty when the job can run).
+    """
+    spec = _as_job(job, output)
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.dry_run import dry_run
+    from jobs.manifest import committed_shards
+    from jobs.planner import list_inputs, plan_shards, with_absolute_paths
+    from schemas.shard import TO_END_OF_FILE
+
+    spec = with_absolute_paths(spec)
+    storage = Storage(spec.storage, spec.retry)
+    report = dry_run(
+        spec,
+        storage,
+        sample_rows=sample_rows,
+        tokens_per_s=tokens_per_s,
+        calibrate=calibrate,
+        gpu_hour_cost=gpu_hour_cost,
+    )
+    committed = committed_shards(storage, OutputLayout(spec.output.path))
+    report["shards_committed"] = len(committed)
+    if list_shards:
+        report["shard_list"] = [
+            {
+                "id": shard.shard_id,
+                "format": shard.format,
+                "unit": "rows"
+                if shard.format == "parquet"
+                else "bytes"
+                if shard.compression is None
+                else "bytes unpacked",
+                "start": shard.start,
+                "end": None if shard.end == TO_END_OF_FILE else shard.end,
+                "estimated_rows": shard.estimated_rows,
+                "committed": shard.shard_id in committed,
+            }
+            for shard in plan_shards(spec.input, list_inputs(storage, spec).files, storage, spec.prompt)
+        ]
+    return report
+
+
+def generate(
+    data: Any,
+    *,
+    model: str | Section,
+    prompt_column: str | None = None,
+    messages_column: str | None = None,
+    id_column: str | None = None,
+    keep_columns: list[str] | None = None,
+    rows_per_shard: int | None = None,
+    prompt: Section = None,
+    sampling: Section = None,
+    optimize: Section = None,
+    resources: Section = None,
+    storage: Section = None,
+    retry: Section = None,
+    output: str | None = None,
+    output_format: Literal["parquet", "jsonl"] = "parquet",
+    overwrite: bool = False,
+    max_error_fraction: float = 1.0,
+    name: str = "herd-generate",
+    progress: ProgressMode = "auto",
+    verbose: bool = False,
+) -> Any:
+    """Completions for every row of a pandas DataFrame or a pyarrow Table, as one of the same kind.
+
+    The rows run as a herd job (the same planning, commits and seeds as `herd run` on a Parquet file
+    of the same rows), and the engines stay warm for the next call in this process (see shutdown()).
+    The result holds the caller's rows in their order, each repeated once per sample, with the
+    columns sample_index, completion, finish_reason, prompt_tokens, completion_tokens, model (and
+    token_logprobs, structured_valid where the job fills them) and `error`: None, or "stage: reason"
+    for a row that failed (its other added columns are then empty). The run's summary is in
+    `result.attrs["herd_summary"]` (pandas) or the schema metadata b"herd_summary" (Arrow).
+
+    Args:
+        data: a pandas DataFrame or a pyarrow Table.
+        model: the job file's model section, as a dict or a ModelSpec, or just its path
+            ("demo:smollm2-135m-instruct", a local checkpoint, s3://...).
+        prompt_column, messages_column, id_column, keep_columns, rows_per_shard: the job file's
+            input options (exactly one prompt source: prompt_column, messages_column or
+            prompt.template). With id_column, ids must be unique; they seed each row as in `run`.
+        prompt, sampling, optimize, resources, storage, retry: the job file's sections, as dicts or
+            the spec's models.
+        output: keep the job's output here (local or s3://), so a call interrupted half way resumes
+            when made again with the same rows; by default a temporary folder, removed afterwards.
+        output_format: the format of the files under `output`.
+        overwrite: as for run.
+        max_error_fraction: raise ErrorsOverThreshold when more rows than this fraction failed; by
+            default never (failed rows come back with their error).
+        name: the job's name in logs and the summary.
+        progress, verbose: as for run.
+
+    Raises:
+        SpecError: invalid options or data (a column missing, duplicate ids, a column named like one
+            generate adds), before any engine starts. The other errors as for run.
+    """
+    import pyarrow as pa
+
+    kind = _kind_of(data)
+    table = pa.Table.from_pandas(data, preserve_index=False) if kind == "pandas" else data
+    _check_rows(table, id_column)
+    workdir = Path(tempfile.mkdtemp(prefix="herd-generate-"))
+    try:
+        staged = _stage_rows(table, workdir if output is None else None)
+        job_output = output or str(workdir / "output")
+        sections = {
+            "prompt": prompt,
+            "sampling": sampling,
+            "optimize": optimize,
+            "resources": resources,
+            "storage": storage,
+            "retry": retry,
+        }
+        input_section = {
+            "path": staged,
+            "format": "parquet",
+            "prompt_column": prompt_column,
+            "messages_column": messages_column,
+            "id_column": id_column,
+            "keep_columns": keep_columns or [],
+        }
+        if rows_per_shard is not None:
+            input_section["rows_per_shard"] = rows_per_shard
+        spec = parse_job(
+            {
+                "name": name,
+                "input": input_section,
+                "model": {"path": model} if isinstance(model, str) else _section(model),
+                "output": {"path": job_output, "format": output_format},
+                "max_error_fraction": max_error_fraction,
+                **{key: _section(value) for key, value in sections.items() if value is not None},
+            },
+            source="herd.generate",
+        )
+        summary = run(spec, overwrite=overwrite, progress=progress, verbose=verbose, keep_engines=True)
+        return _with_completions(data, table, kind, spec, Path(staged).name, summary)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def shutdown() -> None:
+    """Ends the engines kept warm by generate() and run(keep_engines=True); the next call starts
+    new ones. Called at the end of the process too."""
+    while _WARM_POOLS:
+        _, pool = _WARM_POOLS.popitem()
+        with contextlib.suppress(Exception):  # Ray may already be gone at the end of the process
+            pool.shutdown()
+    for directory in _ENGINE_LOGS:
+        shutil.rmtree(directory, ignore_errors=True)
+    _ENGINE_LOGS.clear()
+
+
+atexit.register(shutdown)
+
+
+def _as_job(job: JobLike, output: str | None) -> JobSpec:
+    if isinstance(job, JobSpec):
+        if output is None:
+            return job
+        return job.model_copy(update={"output": job.output.model_copy(update={"path": output})})
+    if isinstance(job, dict):
+        raw = dict(job)
+        if output is not None:
+            raw["output"] = {**(raw.get("output") or {}), "path": output}
+        return parse_job(raw)
+    return load_job(job, output_override=output)
+
+
+def _section(value: Section) -> dict[str, Any]:
+    return value.model_dump() if isinstance(value, BaseModel) else dict(value or {})
+
+
+def _progress(mode: ProgressMode, every_s: float) -> Progress | None:
+    if mode == "none":
+        return None
+    from jobs.progress import Progress
+
+    if mode == "auto":
+        mode = "live" if sys.stderr.isatty() else "lines"
+    return Progress(mode, every_s=every_s)
+
+
+def _warm_pool(spec: JobSpec, verbose: bool) -> ReplicaPool:
+    """The warm replicas for the job's model, started with the first job that needs them."""
+    from jobs.planner import with_absolute_paths
+    from jobs.runner import new_replica_pool
+
+    spec = with_absolute_paths(spec)
+    key = json.dumps(spec.model.model_dump(mode="json"), sort_keys=True)
+    if key not in _WARM_POOLS:
+        _ENGINE_LOGS.append(tempfile.mkdtemp(prefix="herd-engines-"))
+        owner = spec.model_copy(update={"output": spec.output.model_copy(update={"path": _ENGINE_LOGS[-1]})})
+        # Sized for what the cluster gives, not for this job's shards: later jobs reuse it.
+        _WARM_POOLS[key] = new_replica_pool(owner, sys.maxsize, _engine_factory(), quiet=not verbose)
+    return _WARM_POOLS[key]
+
+
+def _engine_factory() -> Any:
+    from workers.replica import build_vllm_engine
+
+    return build_vllm_engine
+
+
+def _raise_unless_succeeded(outcome: RunOutcome, spec: JobSpec) -> None:
+    summary = outcome.summary
+    if outcome.exit_code == ExitCode.ERRORS_OVER_THRESHOLD:
+        raise ErrorsOverThreshold(
+            f"{summary.error_rows} of {summary.rows_in} rows failed, over max_error_fraction "
+            f"{spec.max_error_fraction}; see {summary.output}/errors",
+            summary,
+        )
+    if outcome.exit_code == ExitCode.NO_CAPACITY:
+        reason = summary.shards_failed[0].split(": ", 1)[-1]
+        raise NoCapacity(f"{reason}; committed shards are kept: run again when the cluster has capacity", summary)
+    if outcome.exit_code == ExitCode.SHARDS_FAILED:
+        raise ShardsFailed(
+            f"{len(summary.shards_failed)} shard(s) failed after every retry (first: {summary.shards_failed[0]}); "
+            "committed shards are kept: run again to resume",
+            summary,
+        )
+
+
+def _kind_of(data: Any) -> str:
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return "arrow"
+    if type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame":
+        return "pandas"
+    raise SpecError(f"herd.generate takes a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
+
+
+def _check_rows(table: Any, id_column: str | None) -> None:
+    taken = sorted(set(table.column_names) & set(_ADDED_COLUMNS))
+    if taken:
+        raise SpecError(
+            f"herd.generate: the rows have column(s) {', '.join(taken)}, which generate adds to its result; rename them"
+        )
+    if id_column is None:
+        return
+    if id_column not in table.column_names:
+        raise SpecError(f"id_column: no column {id_column!r} (columns: {', '.join(table.column_names)})")
+    seen: dict[str, int] = {}
+    for position, value in enumerate(table.column(id_column).to_pylist()):
+        if value is None or value == "":
+            continue
+        if str(value) in seen:
+            raise SpecError(
+                f"id_column {id_column!r}: rows {seen[str(value)]} and {position} have the same id {value!r}; "
+                "ids must be unique to match completions to rows"
+            )
+        seen[str(value)] = position
+
+
+def _stage_rows(table: Any, workdir: Path | None) -> str:
+    """The rows as a Parquet file the replicas read. For a kept output it is named by its content in
+    the node's cache, so that the same rows make the same job again (and a second call resumes)."""
+    import pyarrow.parquet as pq
+
+    from common.node_cache import cache_root
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    data = buffer.getvalue()
+    folder = workdir / "input" if workdir is not None else cache_root() / "generate-inputs"
+    path = folder / f"rows-{hashlib.sha256(data).hexdigest()[:20]}.parquet"
+    if not path.exists():  # rewritten, it would get a new mtime: another job by its fingerprint
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    return str(path)
+
+
+def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: str, summary: RunSummary) -> Any:
+    """The caller's rows, each once per sample, with the output columns; failed rows with `error`."""
+    import pyarrow as pa
+
+    from common.layout import OutputLayout
+    from common.output_codec import decode_data, decode_errors
+    from common.storage import Storage
+    from jobs.manifest import committed_shards
+    from jobs.planner import with_absolute_paths
+
+    spec = with_absolute_paths(spec)
+    storage = Storage(spec.storage, spec.retry)
+    position_of: dict[str, int] = {}
+    if spec.input.id_column is not None:
+        for position, value in enumerate(table.column(spec.input.id_column).to_pylist()):
+            if value is not None and value != "":
+                position_of[str(value)] = position
+
+    def position(row_id: str) -> int:
+        found = position_of.get(row_id)
+        return found if found is not None else int(row_id.removeprefix(f"{label}:"))
+
+    added: list[tuple[int, int, dict[str, Any]]] = []
+    for record in committed_shards(storage, OutputLayout(spec.output.path)).values():
+        for stored in record.outputs:
+            content = storage.read_bytes(stored.url)
+            if stored.folder == "errors":
+                for error in decode_errors(content, stored.url, label):
+                    added.append((error["row"], -1, {"error": f"{error['stage']}: {error['reason']}"}))
+            else:
+                for row in decode_data(content, stored.url):
+                    added.append((position(row["id"]), row["sample_index"], row))
+    added.sort(key=lambda item: (item[0], item[1]))
+    positions = [item[0] for item in added]
+    columns = [name for name in _ADDED_COLUMNS if any(name in item[2] for item in added)] or ["error"]
+    values = {name: [item[2].get(name) for item in added] for name in columns}
+    if "error" not in values:
+        values["error"] = [None] * len(added)
+    if kind == "pandas":
+        result = data.iloc[positions].reset_index(drop=True)
+        for name, column in values.items():
+            result[name] = column
+        result.attrs["herd_summary"] = summary.model_dump(mode="json")
+        return result
+    result = table.take(pa.array(positions, type=pa.int64()))
+    for name, column in values.items():
+        result = result.append_column(name, pa.array(column))
+    metadata = {**(result.schema.metadata or {}), b"herd_summary": summary.model_dump_json().encode()}
+    return result.replace_schema_metadata(metadata)

@@ -1,0 +1,151 @@
+"""`import herd`: run, plan and generate from a plain Python process, as a notebook or an Airflow
+PythonOperator uses them; the same guarantees and the same completions as the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.cpu.conftest import TEST_MAX_MODEL_LEN
+
+REPO = Path(__file__).resolve().parents[2]
+
+# One process, one engine: two generate calls (the second on a warm engine), a run of the same rows
+# from a Parquet file, a generate on an Arrow table with a failing row, and the typed errors.
+_SESSION = """
+import json, sys
+import pandas as pd
+import pyarrow as pa
+import herd
+
+model = {"path": sys.argv[1], "max_model_len": MAX_MODEL_LEN, "dtype": "float32"}
+sampling = {"max_new_tokens": 8, "temperature": 0.8, "seed": 7}
+frame = pd.DataFrame(
+    {
+        "key": [f"k{i}" for i in range(40)],
+        "question": [f"question number {i} about llamas" for i in range(40)],
+        "score": [i * 0.5 for i in range(40)],
+    }
+)
+out = {}
+first = herd.generate(
+    frame, model=model, prompt_column="question", id_column="key", prompt={"format": "raw"},
+    sampling=sampling, rows_per_shard=16, progress="none",
+)
+out["first"] = first.to_dict(orient="list")
+out["first_summary"] = first.attrs["herd_summary"]
+second = herd.generate(
+    frame.iloc[:10], model=model, prompt_column="question", id_column="key", prompt={"format": "raw"},
+    sampling=sampling, progress="none",
+)
+out["second"] = second.to_dict(orient="list")
+out["second_summary"] = second.attrs["herd_summary"]
+
+frame.to_parquet(sys.argv[2] + "/rows.parquet")
+summary = herd.run(
+    {
+        "input": {"path": sys.argv[2] + "/rows.parquet", "prompt_column": "question", "id_column": "key"},
+        "model": model, "prompt": {"format": "raw"}, "sampling": sampling,
+        "output": {"path": sys.argv[2] + "/run-out"},
+    },
+    progress="none", keep_engines=True,
+)
+out["run_summary"] = summary.model_dump(mode="json")
+
+table = pa.table({"prompt": ["a fine prompt", None, "another prompt"]})
+arrow = herd.generate(table, model=model, prompt_column="prompt", prompt={"format": "raw"}, sampling=sampling,
+                      progress="none")
+out["arrow_type"] = type(arrow).__name__
+out["arrow"] = arrow.to_pydict()
+out["arrow_summary"] = json.loads(arrow.schema.metadata[b"herd_summary"])
+
+try:
+    herd.generate(table, model=model, prompt_column="prompt", prompt={"format": "raw"}, sampling=sampling,
+                  max_error_fraction=0.1, progress="none")
+except herd.ErrorsOverThreshold as error:
+    out["over_threshold"] = [error.exit_code, error.summary.error_rows]
+try:
+    herd.generate(frame.assign(key="same"), model=model, prompt_column="question", id_column="key")
+except herd.SpecError as error:
+    out["duplicate_ids"] = [error.exit_code, str(error)]
+print("RESULT " + json.dumps(out, default=str))
+"""
+
+
+@pytest.mark.own_engine
+def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engine(tiny_model, tmp_path):
+    script = tmp_path / "session.py"
+    script.write_text(textwrap.dedent(_SESSION).replace("MAX_MODEL_LEN", str(TEST_MAX_MODEL_LEN)))
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(tmp_path)],
+        cwd=tmp_path,  # not the repository: herd is used as an installed package
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    out = json.loads(line.removeprefix("RESULT "))
+
+    # Every row once, in the caller's order, with its own columns and the completion's.
+    first = out["first"]
+    assert first["key"] == [f"k{i}" for i in range(40)]
+    assert first["score"] == [i * 0.5 for i in range(40)]
+    assert all(first["completion"]) and first["error"] == [None] * 40
+    assert all(0 < tokens <= 8 for tokens in first["completion_tokens"])
+    assert out["first_summary"]["rows_in"] == 40 and out["first_summary"]["shards"] == 3
+
+    # The same rows and seed through `run` give the same completions.
+    run_rows = {}
+    from tests.cpu.conftest import read_rows
+
+    for row in read_rows(str(tmp_path / "run-out" / "data")):
+        run_rows[row["id"]] = row["completion"]
+    assert run_rows == dict(zip(first["key"], first["completion"], strict=True))
+    assert out["run_summary"]["status"] == "succeeded"
+
+    # The second call ran on the first call's replica: no engine started again.
+    replicas_first = set(out["first_summary"]["tokens_per_s_by_replica"])
+    assert set(out["second_summary"]["tokens_per_s_by_replica"]) == replicas_first
+    assert set(out["run_summary"]["tokens_per_s_by_replica"]) == replicas_first
+    assert out["second"]["completion"] == first["completion"][:10]
+
+    # An Arrow table comes back as one; the row without a prompt is there, with its error.
+    assert out["arrow_type"] == "Table"
+    arrow = out["arrow"]
+    assert arrow["prompt"] == ["a fine prompt", None, "another prompt"]
+    assert arrow["completion"][0] and arrow["completion"][2] and arrow["completion"][1] is None
+    assert arrow["error"][0] is None and arrow["error"][2] is None
+    assert arrow["error"][1].startswith("render: ") and "prompt" in arrow["error"][1]
+    assert out["arrow_summary"]["error_rows"] == 1
+
+    # Typed errors carry the command line's exit codes.
+    assert out["over_threshold"] == [3, 1]
+    code, message = out["duplicate_ids"]
+    assert code == 2 and "rows 0 and 1" in message and "'same'" in message
+
+
+def test_importing_herd_loads_neither_ray_nor_vllm_nor_torch():
+    probe = "import sys, herd; print(sorted(m for m in ('ray', 'vllm', 'torch', 'pyarrow') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_generate_refuses_what_is_not_a_table_and_columns_it_would_overwrite():
+    import pandas as pd
+
+    import herd
+
+    with pytest.raises(herd.SpecError, match="DataFrame or a pyarrow Table, got list"):
+        herd.generate([{"prompt": "hi"}], model="unused", prompt_column="prompt")
+    with pytest.raises(herd.SpecError, match="completion"):
+        herd.generate(pd.DataFrame({"prompt": ["hi"], "completion": ["x"]}), model="unused", prompt_column="prompt")
+    with pytest.raises(herd.SpecError, match="no column 'nope'"):
+        herd.generate(pd.DataFrame({"prompt": ["hi"]}), model="unused", prompt_column="prompt", id_column="nope")
