@@ -76,7 +76,10 @@ def _run(layout: str, url: str, proxy) -> dict:
     before = proxy.bytes_read_by_path[f"/{url.removeprefix('s3://')}"]
     try:
         outcome = run_job(job, overwrite=True, pool=pool)
-        replica_pids = [int(ray.get(actor.ready.remote()).rsplit(":", 1)[1]) for actor in pool.actors]
+        replica_pids = [
+            int(ray.get(actor.ready.remote()).rsplit(":", 1)[1])
+            for actor in [replica.actor for replica in pool.replicas]
+        ]
         rss = max(_peak_rss_mb(pid) for pid in replica_pids)
     finally:
         pool.shutdown()

@@ -14,13 +14,14 @@ import os
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from common.layout import OutputLayout
 from common.node_cache import cache_root
 from common.storage import is_remote, join
 from jobs.capacity import choose_device, cluster_shape
+from jobs.replica_state import ReplicaState
 from schemas.job import JobSpec, ModelSpec
 from workers.engine import engine_environment
 from workers.replica import HEALTH_GROUP, EngineFactory, Replica, build_vllm_engine
@@ -82,7 +83,8 @@ def replica_log_file(job: JobSpec, number: int) -> str:
 
 
 class ReplicaPool:
-    """Replica actors for one model configuration; reusable across jobs that use the same model."""
+    """Replica actors for one model configuration; reusable across jobs that use the same model.
+    The pool owns each replica's state (jobs/replica_state.py); a dispatcher drives its phases."""
 
     def __init__(
         self,
@@ -98,7 +100,6 @@ class ReplicaPool:
         by default chosen from the job's resources.accelerator and the cluster (jobs/capacity.py)."""
         self.model = model
         self._quiet = quiet
-        self._log_files: dict[Any, str] = {}
         self._started = 0
         self.device = device or choose_device(job.resources.accelerator, cluster_shape())
         self.size = size
@@ -108,13 +109,13 @@ class ReplicaPool:
         # Heartbeats have a thread of their own: the shards in flight may hold every other one.
         self._actor_class = ray.remote(concurrency_groups={HEALTH_GROUP: 1})(Replica)
         self._environment = _actor_environment(model, self.device)
-        self.actors: list[Any] = []
-        self._placement_groups: dict[Any, PlacementGroup] = {}
+        self.replicas: list[ReplicaState] = []  # those not forgotten yet: alive, or dead and not replaced yet
 
     def serves(self, model: ModelSpec) -> bool:
         return _engine_identity(model) == _engine_identity(self.model)
 
-    def start(self) -> Any:
+    def start(self) -> ReplicaState:
+        """A new replica, placing: its placement group asks the cluster for its resources."""
         tp = self.model.tensor_parallel_size
         if self.device == "gpu":
             # One bundle per GPU, all on one node. With TP > 1 the replica itself holds no GPU: vLLM's
@@ -145,42 +146,42 @@ class ReplicaPool:
             self._engine_factory,
             log_file,
         )
-        if log_file is not None:
-            self._log_files[actor] = log_file
-        self._placement_groups[actor] = group
-        self.actors.append(actor)
-        return actor
+        replica = ReplicaState(actor=actor, placement_group=group, log_file=log_file)
+        self.replicas.append(replica)
+        return replica
 
     def _next_log_file(self) -> str:
         self._started += 1
         return replica_log_file(self._job, self._started)
 
-    def last_log_lines(self, actor: Any, count: int = 5) -> str:
-        """The end of a replica's log, to say why it died (readable where the replica ran here)."""
-        path = self._log_files.get(actor)
-        if path is None:
-            return ""
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(max(0, os.path.getsize(path) - 8192))
-                lines = handle.read().decode("utf-8", errors="replace").splitlines()[-count:]
-        except OSError:
-            return f"; its log: {path}"
-        return f"; its log ({path}) ends:\n    " + "\n    ".join(lines)
-
-    def placement_group_of(self, actor: Any) -> PlacementGroup:
-        return self._placement_groups[actor]
+    def node_of(self, replica: ReplicaState) -> str:
+        """The node its placement group was placed on: the replica runs in the group's first bundle."""
+        return placement_group_table(replica.placement_group)["bundles_to_node_id"][0]
 
     def bundles(self) -> list[dict[str, float]]:
         """What one replica asks the cluster for."""
-        return next(iter(self._placement_groups.values())).bundle_specs if self._placement_groups else []
+        return self.replicas[0].placement_group.bundle_specs if self.replicas else []
 
-    def forget(self, actor: Any) -> None:
-        if actor in self.actors:
-            self.actors.remove(actor)
-        ray.kill(actor, no_restart=True)
-        remove_placement_group(self._placement_groups.pop(actor))
+    def forget(self, replica: ReplicaState) -> None:
+        """Ends the replica's actor and frees its resources."""
+        if replica in self.replicas:
+            self.replicas.remove(replica)
+        ray.kill(replica.actor, no_restart=True)
+        remove_placement_group(replica.placement_group)
 
     def shutdown(self) -> None:
-        for actor in list(self.actors):
-            self.forget(actor)
+        for replica in list(self.replicas):
+            self.forget(replica)
+
+
+def last_log_lines(replica: ReplicaState, count: int = 5) -> str:
+    """The end of a replica's log, to say why it died (readable where the replica ran here)."""
+    if replica.log_file is None:
+        return ""
+    try:
+        with open(replica.log_file, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(replica.log_file) - 8192))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()[-count:]
+    except OSError:
+        return f"; its log: {replica.log_file}"
+    return f"; its log ({replica.log_file}) ends:\n    " + "\n    ".join(lines)

@@ -86,9 +86,9 @@ def started_replica(pool: Any) -> tuple[Any, int]:
     """The pool's first replica, once it is up, and its process id."""
     import ray
 
-    while len(pool.actors) < pool.size:
+    while len(pool.replicas) < pool.size:
         pool.start()
-    replica = pool.actors[0]
+    replica = pool.replicas[0].actor
     name = ray.get(replica.ready.remote())  # "host:pid"
     return replica, int(name.rsplit(":", 1)[1])
 

@@ -63,7 +63,7 @@ def main(config: dict) -> dict:
     def lose_node_0_once_every_replica_is_placed() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            groups = [pool.placement_group_of(actor) for actor in list(pool.actors)]
+            groups = [replica.placement_group for replica in list(pool.replicas)]
             if len(groups) == pool.size and all(placement_group_table(g)["state"] == "CREATED" for g in groups):
                 lose_node_0()
                 return

@@ -47,7 +47,7 @@ def main(config: dict) -> dict:
     pool = ReplicaPool(job.model, job, count, FakeEngineFactory(seconds_per_call=0.5))
     layout = OutputLayout(job.output.path)
     outcome = Dispatcher(job, pool, lambda record: commit_shard(storage, layout, record)).run(shards)
-    groups = [placement_group_table(pool.placement_group_of(actor)) for actor in pool.actors]
+    groups = [placement_group_table(replica.placement_group) for replica in pool.replicas]
     node_ids = {node.node_id: index for index, node in enumerate(nodes)}
     result = {
         "device": pool.device,

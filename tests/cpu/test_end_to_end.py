@@ -210,3 +210,36 @@ def test_unicode_line_separators_in_rows_stay_inside_their_rows_in_data_errors_r
     # A resume reads the manifest index: nothing runs again.
     again = run_tiny(**job)
     assert again.exit_code == ExitCode.SUCCESS and again.summary.shards_skipped == again.summary.shards
+
+
+def test_a_jsonl_shard_without_a_line_start_leaves_no_file_and_broken_unicode_is_a_row_error(run_tiny, tmp_path):
+    # Line 1 spans bytes 0-3040: the shards of bytes 1024-2048 and 2048-3072 hold no line start.
+    lines = [json.dumps({"id": "long", "prompt": "a long line", "padding": "x" * 3000})]
+    lines += [json.dumps({"id": f"short{index}", "prompt": f"say {index}"}) for index in range(5)]
+    lines[3] = '{"id": "broken", "prompt": "half a pair \\ud83e here"}'  # valid JSON, not valid Unicode
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    outcome = run_tiny(
+        input={
+            "path": str(tmp_path / "in.jsonl"),
+            "prompt_column": "prompt",
+            "id_column": "id",
+            "bytes_per_shard": 1024,
+        },
+        sampling={"max_new_tokens": 4},
+        output={"path": str(tmp_path / "out"), "format": "jsonl"},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.shards == 4 and outcome.summary.rows_in == 6 and outcome.summary.error_rows == 1
+    # Every file written is one a reader takes (a zero-byte JSONL file is not), and every row is once.
+    import pyarrow.json as pajson
+
+    for folder in ("data", "errors"):
+        for path in (tmp_path / "out" / folder).iterdir():
+            assert pajson.read_json(path).num_rows > 0, path
+    written = read_rows(str(tmp_path / "out" / "data"))
+    assert sorted(row["id"] for row in written) == ["long", "short0", "short1", "short3", "short4"]
+    [error] = read_rows(str(tmp_path / "out" / "errors"))
+    assert error["stage"] == "read" and error["reason"].startswith(
+        "prompt: the text is valid JSON but not valid Unicode"
+    )

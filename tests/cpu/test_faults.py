@@ -259,7 +259,7 @@ def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal
     [outcome] = outcomes
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
-    assert victim not in tiny_pool.actors and len(tiny_pool.actors) == tiny_pool.size
+    assert victim not in [replica.actor for replica in tiny_pool.replicas] and len(tiny_pool.replicas) == tiny_pool.size
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
     fault_tally.record(1, expected, ids)
     assert sorted(ids) == expected

@@ -135,9 +135,9 @@ def test_engine_settings_follow_the_job_and_the_device():
     assert vllm_options("/models/m", parse_job(_with("model")).model, "gpu")["enable_prefix_caching"] is True
 
 
-def test_the_readme_job_reference_is_the_one_the_models_generate():
-    from schemas.reference import readme_with_reference, undocumented_fields
+def test_the_job_file_reference_page_is_the_one_the_models_generate():
+    from schemas.reference import page_with_reference, undocumented_fields
 
-    readme = (REPO / "README.md").read_text()
-    assert readme_with_reference(readme) == readme, "run: python -m schemas.reference --update README.md"
+    page = (REPO / "docs" / "job-file.md").read_text()
+    assert page_with_reference(page) == page, "run: python -m schemas.reference --update docs/job-file.md"
     assert undocumented_fields() == []

@@ -1,0 +1,93 @@
+"""The one output codec: every format written and read back the same, the OpenAI lines typed."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.json as pajson
+import pytest
+
+from common.output_codec import RequestRows, decode_data, decode_errors, encode_data, encode_errors, file_extension
+from schemas.openai_batch import BatchResultLine
+
+COLUMNS = ["id", "topic", "sample_index", "completion", "finish_reason", "prompt_tokens", "completion_tokens", "model"]
+
+
+def _rows(row_id: str, samples: int, topic: object = "t") -> list[dict]:
+    return [
+        {
+            "id": row_id,
+            "topic": topic,
+            "sample_index": index,
+            "completion": f"answer {index} \u2028 caf\u00e9 \U0001f999",
+            "finish_reason": "length" if index else "stop",
+            "prompt_tokens": 5,
+            "completion_tokens": 3,
+            "model": "m",
+        }
+        for index in range(samples)
+    ]
+
+
+ERRORS = [
+    {"id": "k9", "file": "in.jsonl", "row": 120, "stage": "render", "reason": "prompt is 900 tokens \u0085 too long"},
+    {"id": "k10", "file": "in.jsonl", "row": 130, "stage": "generate", "reason": "engine said no"},
+]
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "jsonl"])
+def test_data_and_error_rows_round_trip_in_herds_own_formats(output_format):
+    requests = [RequestRows("k1", _rows("k1", 2), chat=False), RequestRows("k2", _rows("k2", 1, topic=7), chat=False)]
+    url = f"out/data/s.tok.{file_extension(output_format)}"
+    decoded = decode_data(encode_data(requests, COLUMNS, output_format, "m"), url)
+    expected = [row for request in requests for row in request.rows]
+    # A column of mixed types (text here, a number there) is kept whole, every value as JSON text, in Parquet.
+    if output_format == "parquet":
+        expected = [{**row, "topic": json.dumps(row["topic"])} for row in expected]
+    assert decoded == expected
+    assert decode_data(encode_data(requests, COLUMNS, output_format, "m"), url, ["id", "finish_reason"]) == [
+        {"id": "k1", "finish_reason": "stop"},
+        {"id": "k1", "finish_reason": "length"},
+        {"id": "k2", "finish_reason": "stop"},
+    ]
+    errors_url = f"out/errors/s.tok.{file_extension(output_format)}"
+    assert decode_errors(encode_errors(ERRORS, output_format), errors_url, "in.jsonl") == ERRORS
+
+
+def test_openai_lines_are_typed_one_per_request_and_read_back_as_herd_rows():
+    requests = [
+        RequestRows("req-1", _rows("req-1", 2), chat=True),
+        RequestRows("req-2", [{**_rows("req-2", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0]}], chat=False),
+    ]
+    data = encode_data(requests, COLUMNS, "openai", "m")
+    lines = [BatchResultLine.model_validate_json(line) for line in data.decode().split("\n") if line]
+    assert [line.custom_id for line in lines] == ["req-1", "req-2"]
+    chat, text = (line.response.body for line in lines)
+    assert chat.object == "chat.completion" and [choice.index for choice in chat.choices] == [0, 1]
+    assert chat.choices[1].message.content == "answer 1 \u2028 caf\u00e9 \U0001f999"
+    assert chat.usage.completion_tokens == 6 and chat.usage.total_tokens == 11
+    assert text.object == "text_completion" and [item.logprob for item in text.choices[0].logprobs.content] == [
+        -0.5,
+        -1.0,
+        -2.0,
+    ]
+    assert all(line.error is None for line in lines)
+    rows = decode_data(data, "out/data/s.tok.jsonl")
+    assert [(row["id"], row["sample_index"], row["completion_tokens"]) for row in rows] == [
+        ("req-1", 0, 3),
+        ("req-1", 1, 3),
+        ("req-2", 0, 3),
+    ]
+    assert rows[2]["token_logprobs"] == [-0.5, -1.0, -2.0]
+    errors = encode_errors(ERRORS, "openai")
+    first = json.loads(errors.decode().split("\n")[0])
+    assert first["response"] is None and first["error"] == {"code": "herd_render_error", "message": ERRORS[0]["reason"]}
+    assert decode_errors(errors, "out/errors/s.tok.jsonl", "in.jsonl") == [
+        {**error, "row": None, "file": "in.jsonl"} for error in ERRORS
+    ]
+
+
+def test_every_jsonl_file_the_codec_writes_is_one_pyarrow_reads():
+    data = encode_data([RequestRows("k1", _rows("k1", 1), chat=False)], COLUMNS, "jsonl", "m")
+    assert pajson.read_json(io.BytesIO(data)).num_rows == 1
