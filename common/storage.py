@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,14 +60,187 @@ class FileInfo:
     version: str  # the S3 ETag, or the local modification time: changes when the content does
 
 
+class _Backend:
+    """What differs between a kind of storage and another: how a URL names a path, atomic and
+    conditional writes, and the fastest way to list and read many files. Storage picks one per URL
+    and never asks which it has."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
+        self.fs = fs
+
+    def path(self, url: str) -> str:
+        raise NotImplementedError
+
+    def url(self, path: str) -> str:
+        raise NotImplementedError
+
+    def open_input(self, path: str) -> Any:
+        return self.fs.open(path, "rb")
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upload(self, local_path: str, path: str) -> None:
+        """Copies a local file in, streamed, atomically like write_atomic."""
+        raise NotImplementedError
+
+    def create_exclusive(self, path: str, data: bytes) -> str:
+        """Creates `path` unless it exists (PreconditionFailed); returns its version."""
+        raise NotImplementedError
+
+    def read_versioned(self, path: str) -> tuple[bytes, str]:
+        raise NotImplementedError
+
+    def replace_if_unchanged(self, path: str, version: str, data: bytes) -> str:
+        raise NotImplementedError
+
+    def entries(self, path: str) -> list[str] | None:
+        """The names directly under a folder, files and folders; None when nothing is there, and
+        [path's name] when it is a file."""
+        raise NotImplementedError
+
+    def file_names(self, path: str) -> list[str]:
+        """The names of the files directly under a folder, sorted; [] when it does not exist."""
+        raise NotImplementedError
+
+    def read_many(self, paths: list[str]) -> dict[str, bytes]:
+        raise NotImplementedError
+
+
+class _LocalDisk(_Backend):
+    """A rename makes a write atomic, a hard link makes a create exclusive, an flock guards a
+    compare-and-swap; a version is a hash of the content. os.scandir and open() instead of fsspec
+    where fsspec's per-call overhead dominates (a 100k-shard manifest)."""
+
+    def path(self, url: str) -> str:
+        return absolute(url)
+
+    def url(self, path: str) -> str:
+        return path
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        os.replace(_durable_temporary(path, data), path)
+
+    def upload(self, local_path: str, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = _temporary_name(path)
+        shutil.copyfile(local_path, temporary)
+        os.replace(temporary, path)
+
+    def create_exclusive(self, path: str, data: bytes) -> str:
+        temporary = _durable_temporary(path, data)
+        try:
+            os.link(temporary, path)  # fails when the name exists: the create is exclusive
+        except FileExistsError:
+            raise PreconditionFailed(f"{path} exists") from None
+        finally:
+            os.unlink(temporary)
+        return _content_version(data)
+
+    def read_versioned(self, path: str) -> tuple[bytes, str]:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        return data, _content_version(data)
+
+    def replace_if_unchanged(self, path: str, version: str, data: bytes) -> str:
+        with exclusive(Path(f"{path}.lock")):
+            try:
+                with open(path, "rb") as handle:
+                    current = _content_version(handle.read())
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise PreconditionFailed(f"{path} changed")
+            self.write_atomic(path, data)
+        return _content_version(data)
+
+    def entries(self, path: str) -> list[str] | None:
+        if not os.path.exists(path):
+            return None
+        if not os.path.isdir(path):
+            return [os.path.basename(path)]
+        with os.scandir(path) as found:
+            return [entry.name for entry in found]
+
+    def file_names(self, path: str) -> list[str]:
+        if not os.path.isdir(path):
+            return []
+        with os.scandir(path) as found:
+            return sorted(entry.name for entry in found if entry.is_file())
+
+    def read_many(self, paths: list[str]) -> dict[str, bytes]:
+        contents = {}
+        for path in paths:
+            with open(path, "rb") as handle:
+                contents[path] = handle.read()
+        return contents
+
+
+class _S3(_Backend):
+    """One PUT makes a write atomic; If-None-Match and If-Match (AWS, MinIO and moto honour them)
+    make creates and replacements conditional; a version is the object's ETag."""
+
+    def path(self, url: str) -> str:
+        return url.removeprefix("s3://")
+
+    def url(self, path: str) -> str:
+        return f"s3://{path}"
+
+    def open_input(self, path: str) -> Any:
+        # No read-ahead: pyarrow asks for what it decodes (buffered, a block at a time), and a
+        # read-ahead would fetch past each column chunk into columns the job never reads.
+        return self.fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none")
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)  # one PUT of the whole object: S3 shows it complete or not at all
+
+    def upload(self, local_path: str, path: str) -> None:
+        self.fs.put_file(local_path, path)  # a multipart upload: the object appears once it is complete
+
+    def _conditional_put(self, path: str, data: bytes, **condition: str) -> str:
+        bucket, key = path.split("/", 1)
+        return _conditional(self.fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+
+    def create_exclusive(self, path: str, data: bytes) -> str:
+        return self._conditional_put(path, data, IfNoneMatch="*")
+
+    def read_versioned(self, path: str) -> tuple[bytes, str]:
+        # The ETag first: if the object changes in between, the version is the older one, and a
+        # write conditional on it fails, as it should.
+        version = self.fs.info(path)["ETag"]
+        return self.fs.cat_file(path), version
+
+    def replace_if_unchanged(self, path: str, version: str, data: bytes) -> str:
+        return self._conditional_put(path, data, IfMatch=version)
+
+    def entries(self, path: str) -> list[str] | None:
+        try:
+            return [posixpath.basename(name.rstrip("/")) for name in self.fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return None
+
+    def file_names(self, path: str) -> list[str]:
+        if not self.fs.exists(path):
+            return []
+        return sorted(
+            posixpath.basename(entry["name"].rstrip("/"))
+            for entry in self.fs.ls(path, detail=True)
+            if entry.get("type") == "file"
+        )
+
+    def read_many(self, paths: list[str]) -> dict[str, bytes]:
+        return self.fs.cat(paths, on_error="raise")  # fetched concurrently
+
+
 class Storage:
-    """Holds only the specs, so it pickles cheaply into Ray tasks; file systems are made on first use."""
+    """Holds only the specs, so it pickles cheaply into Ray tasks; file systems are made on first use.
+    Every operation is written once: what differs between local disk and S3 is the _Backend's."""
 
     def __init__(self, storage: StorageSpec, retry: RetrySpec) -> None:
         self.storage = storage
         self.retry = retry
 
-    def _fs(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    def _backend(self, url: str) -> tuple[_Backend, str]:
         if url.startswith("s3://"):
             options: dict[str, Any] = {
                 # The job's retry policy is the only one: botocore and s3fs must not retry on top.
@@ -81,22 +255,21 @@ class Storage:
                 options["client_kwargs"] = {"region_name": self.storage.region}
             filesystem = fsspec.filesystem("s3", **options)
             filesystem.retries = 1  # s3fs's own retry loop is a class attribute, not an option
-            return filesystem, url.removeprefix("s3://")
-        if is_remote(url):
+            backend: _Backend = _S3(filesystem)
+        elif is_remote(url):
             raise ValueError(f"{url}: only local paths and s3:// URLs are supported")
-        return fsspec.filesystem("file"), absolute(url)
+        else:
+            backend = _LocalDisk(fsspec.filesystem("file"))
+        return backend, backend.path(url)
 
-    def _retry(self, what: str, operation):  # noqa: ANN001, ANN202 - a thin pass-through
+    def _retry(self, what: str, operation: Callable[[], T]) -> T:
         return call_with_retry(operation, self.retry, what)
-
-    @staticmethod
-    def _url_like(original: str, path: str) -> str:
-        return f"s3://{path}" if original.startswith("s3://") else path
 
     def expand_inputs(self, pattern: str) -> list[FileInfo]:
         """Every file a path, directory or glob names (folders are walked), sorted, so that planning
         is deterministic. Which of them are input is the planner's to decide."""
-        fs, path = self._fs(pattern)
+        backend, path = self._backend(pattern)
+        fs = backend.fs
 
         def listing() -> list[FileInfo]:
             is_glob = any(char in path for char in "*?[")
@@ -108,11 +281,7 @@ class Storage:
                 else:
                     found[name] = info
             return [
-                FileInfo(
-                    url=self._url_like(pattern, name),
-                    size=int(info.get("size") or 0),
-                    version=_version(info),
-                )
+                FileInfo(url=backend.url(name), size=int(info.get("size") or 0), version=_version(info))
                 for name, info in sorted(found.items())
                 if info.get("type", "file") == "file"
             ]
@@ -121,53 +290,29 @@ class Storage:
 
     def has_entries(self, directory: str, ignoring: set[str] | frozenset[str] = frozenset()) -> bool:
         """Whether anything but the names `ignoring` lies under `directory` (a file there counts too)."""
-        fs, path = self._fs(directory)
-        if not is_remote(directory):
-
-            def local_check() -> bool:
-                if not os.path.exists(path):
-                    return False
-                if not os.path.isdir(path):
-                    return True
-                with os.scandir(path) as entries:
-                    return any(entry.name not in ignoring for entry in entries)
-
-            return self._retry(f"list {directory}", local_check)
-
-        def remote_check() -> bool:
-            try:
-                names = fs.ls(path, detail=False)
-            except FileNotFoundError:
-                return False
-            return any(posixpath.basename(name.rstrip("/")) not in ignoring for name in names)
-
-        return self._retry(f"list {directory}", remote_check)
+        backend, path = self._backend(directory)
+        names = self._retry(f"list {directory}", lambda: backend.entries(path))
+        return names is not None and any(name not in ignoring for name in names)
 
     def version_of(self, url: str) -> str:
         """The file's version now (ETag, or modification time), as FileInfo.version has it."""
-        fs, path = self._fs(url)
-        return self._retry(f"check {url}", lambda: _version(fs.info(path)))
+        backend, path = self._backend(url)
+        return self._retry(f"check {url}", lambda: _version(backend.fs.info(path)))
 
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
-        fs, path = self._fs(url)
-        return self._retry(f"read {url}", lambda: fs.cat_file(path, start=start, end=end))
+        backend, path = self._backend(url)
+        return self._retry(f"read {url}", lambda: backend.fs.cat_file(path, start=start, end=end))
 
     def read_text(self, url: str) -> str:
         return self.read_bytes(url).decode("utf-8")
 
-    def _open_input(self, url: str):  # noqa: ANN202 - an fsspec file object
-        fs, path = self._fs(url)
-        if is_remote(url):
-            # No read-ahead: pyarrow asks for what it decodes (buffered, a block at a time), and a
-            # read-ahead would fetch past each column chunk into columns the job never reads.
-            return fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none")
-        return fs.open(path, "rb")
-
     def parquet_metadata(self, url: str) -> pq.FileMetaData:
         import pyarrow.parquet as pq
 
+        backend, path = self._backend(url)
+
         def read() -> pq.FileMetaData:
-            with self._open_input(url) as handle:
+            with backend.open_input(path) as handle:
                 return pq.ParquetFile(handle).metadata
 
         return self._retry(f"read the Parquet footer of {url}", read)
@@ -175,99 +320,48 @@ class Storage:
     def read_stream(self, url: str, consume: Callable[[Any], T]) -> T:
         """Calls `consume` with the file open for reading (fetched a block at a time), under the
         retry policy: a failure part way starts `consume` again on a fresh handle."""
+        backend, path = self._backend(url)
 
         def read() -> T:
-            with self._open_input(url) as handle:
+            with backend.open_input(path) as handle:
                 return consume(handle)
 
         return self._retry(f"read {url}", read)
 
     def write_atomic(self, url: str, data: bytes) -> int:
-        fs, path = self._fs(url)
-        if url.startswith("s3://"):
-            # One PUT of the whole object: S3 shows it complete or not at all.
-            self._retry(f"write {url}", lambda: fs.pipe_file(path, data))
-            return len(data)
-        self._retry(f"write {url}", lambda: os.replace(_durable_temporary(path, data), path))
+        """Readers see all of `data` or nothing, never part of it."""
+        backend, path = self._backend(url)
+        self._retry(f"write {url}", lambda: backend.write_atomic(path, data))
         return len(data)
 
     def write_text(self, url: str, text: str) -> int:
         return self.write_atomic(url, text.encode("utf-8"))
 
-    # Conditional writes (the output lease): S3's If-None-Match / If-Match, which AWS, MinIO and moto
-    # honour; on local disk a hard link that fails if the name exists, and a compare-and-swap under an
-    # flock. A version is the object's ETag on S3, a hash of the content on disk.
+    def upload(self, url: str, local_path: str) -> None:
+        """Copies a local file to `url`, streamed (never whole in memory), atomically."""
+        backend, path = self._backend(url)
+        self._retry(f"write {url}", lambda: backend.upload(local_path, path))
+
+    # Conditional writes (the output lease). A version is the object's ETag on S3, a hash of the
+    # content on disk.
 
     def create_exclusive(self, url: str, text: str) -> str:
         """Creates `url` holding `text` unless it exists (PreconditionFailed); returns its version."""
-        data = text.encode("utf-8")
-        _, path = self._fs(url)
-        if is_remote(url):
-            return self._conditional_put(url, data, IfNoneMatch="*")
-
-        def create() -> str:
-            temporary = _durable_temporary(path, data)
-            try:
-                os.link(temporary, path)  # fails when the name exists: the create is exclusive
-            except FileExistsError:
-                raise PreconditionFailed(f"{url} exists") from None
-            finally:
-                os.unlink(temporary)
-            return _content_version(data)
-
-        return self._retry(f"create {url}", create)
-
-    def _conditional_put(self, url: str, data: bytes, **condition: str) -> str:
-        """One PUT with an S3 condition (If-None-Match or If-Match); returns the new ETag."""
-        fs, path = self._fs(url)
-        bucket, key = path.split("/", 1)
-        answer = self._retry(
-            f"write {url}",
-            lambda: _conditional(fs.call_s3, "put_object", Bucket=bucket, Key=key, Body=data, **condition),
-        )
-        return answer["ETag"]
+        backend, path = self._backend(url)
+        return self._retry(f"create {url}", lambda: backend.create_exclusive(path, text.encode("utf-8")))
 
     def read_versioned(self, url: str) -> tuple[str, str]:
         """The text of `url` and its version (FileNotFoundError when it does not exist)."""
-        fs, path = self._fs(url)
-        if is_remote(url):
-
-            def get() -> tuple[str, str]:
-                # The ETag first: if the object changes in between, the version is the older one, and a
-                # write conditional on it fails, as it should.
-                version = fs.info(path)["ETag"]
-                return fs.cat_file(path).decode("utf-8"), version
-
-            return self._retry(f"read {url}", get)
-
-        def read() -> tuple[str, str]:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            return data.decode("utf-8"), _content_version(data)
-
-        return self._retry(f"read {url}", read)
+        backend, path = self._backend(url)
+        data, version = self._retry(f"read {url}", lambda: backend.read_versioned(path))
+        return data.decode("utf-8"), version
 
     def replace_if_unchanged(self, url: str, version: str, text: str) -> str:
         """Writes `text` to `url` only if its version is still `version` (else PreconditionFailed);
         returns the new version."""
+        backend, path = self._backend(url)
         data = text.encode("utf-8")
-        _, path = self._fs(url)
-        if is_remote(url):
-            return self._conditional_put(url, data, IfMatch=version)
-
-        def swap() -> str:
-            with exclusive(Path(f"{path}.lock")):
-                try:
-                    with open(path, "rb") as handle:
-                        current = _content_version(handle.read())
-                except FileNotFoundError:
-                    current = None
-                if current != version:
-                    raise PreconditionFailed(f"{url} changed")
-                self.write_atomic(url, data)
-            return _content_version(data)
-
-        return self._retry(f"write {url}", swap)
+        return self._retry(f"write {url}", lambda: backend.replace_if_unchanged(path, version, data))
 
     def delete_if_unchanged(self, url: str, version: str) -> bool:
         """Deletes `url` if its version is still `version`; says whether it did."""
@@ -281,56 +375,28 @@ class Storage:
         return True
 
     def exists(self, url: str) -> bool:
-        fs, path = self._fs(url)
-        return self._retry(f"check {url}", lambda: fs.exists(path))
+        backend, path = self._backend(url)
+        return self._retry(f"check {url}", lambda: backend.fs.exists(path))
 
     def list_names(self, directory: str) -> list[str]:
         """Names of the files directly under `directory`; an absent directory is empty."""
-        fs, path = self._fs(directory)
-        if not is_remote(directory):
-            # os.scandir: fsspec stats every entry, which dominates for a 100k-shard manifest.
-            def local_listing() -> list[str]:
-                if not os.path.isdir(path):
-                    return []
-                with os.scandir(path) as entries:
-                    return sorted(entry.name for entry in entries if entry.is_file())
-
-            return self._retry(f"list {directory}", local_listing)
-
-        def listing() -> list[str]:
-            if not fs.exists(path):
-                return []
-            return sorted(
-                posixpath.basename(entry["name"].rstrip("/"))
-                for entry in fs.ls(path, detail=True)
-                if entry.get("type") == "file"
-            )
-
-        return self._retry(f"list {directory}", listing)
+        backend, path = self._backend(directory)
+        return self._retry(f"list {directory}", lambda: backend.file_names(path))
 
     def read_many(self, urls: list[str]) -> dict[str, bytes]:
-        """Reads many small objects; s3fs fetches them concurrently."""
+        """Reads many small files, all under one kind of storage."""
         if not urls:
             return {}
-        if not is_remote(urls[0]):
-            # fsspec's per-call overhead dominates for many small local files.
-            def read_local() -> dict[str, bytes]:
-                contents = {}
-                for url in urls:
-                    with open(absolute(url), "rb") as handle:
-                        contents[url] = handle.read()
-                return contents
-
-            return self._retry(f"read {len(urls)} files", read_local)
-        fs, _ = self._fs(urls[0])
-        paths = [self._fs(url)[1] for url in urls]
-        contents = self._retry(f"read {len(urls)} objects", lambda: fs.cat(paths, on_error="raise"))
+        backend, _ = self._backend(urls[0])
+        paths = [backend.path(url) for url in urls]
+        contents = self._retry(f"read {len(urls)} files", lambda: backend.read_many(paths))
         return {url: contents[path] for url, path in zip(urls, paths, strict=True)}
 
     def delete(self, urls: list[str]) -> None:
         """Deletes these files (never a folder: herd removes only files it wrote, one by one)."""
         for url in urls:
-            fs, path = self._fs(url)
+            backend, path = self._backend(url)
+            fs = backend.fs
             self._retry(f"delete {url}", lambda fs=fs, path=path: fs.rm_file(path) if fs.exists(path) else None)
 
 
@@ -357,12 +423,16 @@ def _version(info: dict[str, Any]) -> str:
     return str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
 
 
+def _temporary_name(path: str) -> str:
+    """.NAME.<32 hex>.tmp beside `path`: what herd's clean-up recognises as its own."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+
+
 def _durable_temporary(path: str, data: bytes) -> str:
     """`data` on disk, synced, under a temporary name beside `path` (.NAME.<32 hex>.tmp: what
     herd's clean-up recognises as its own), ready to be renamed or linked into place."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = _temporary_name(path)
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
