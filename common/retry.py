@@ -90,16 +90,31 @@ def call_with_retry(
     what: str,
     retryable: Callable[[BaseException], bool] = is_transient,
 ) -> T:
-    for attempt in range(1, policy.attempts + 1):
+    """`operation`, tried again after each failure that may pass (`retryable`) with backoff, at least
+    `policy.attempts` times and until `policy.storage_deadline_s` after the first failure; then
+    StorageUnavailable. Other failures are raised at once."""
+    first_failure: float | None = None
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return operation()
         except Exception as error:
-            if attempt == policy.attempts or not retryable(error):
+            if not retryable(error):
                 raise
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            failing_for = now - first_failure
+            if attempt >= policy.attempts and failing_for >= policy.storage_deadline_s:
+                raise StorageUnavailable(
+                    f"{what}: {type(error).__name__}: {error} (failing for {failing_for:.0f}s, {attempt} tries; "
+                    f"retry.storage_deadline_s is {policy.storage_deadline_s:g}s)"
+                ) from error
             delay = backoff_seconds(policy, attempt)
-            log.warning("%s failed (%s); retry %d/%d in %.2fs", what, error, attempt, policy.attempts - 1, delay)
+            if attempt >= policy.attempts:  # past the tries: only the deadline is left to wait for
+                delay = min(delay, max(0.0, first_failure + policy.storage_deadline_s - now))
+            log.warning("%s failed (%s); try %d again in %.2fs", what, error, attempt + 1, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def storage_problem(message: str, error: BaseException) -> Exception:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from common.retry import call_with_retry, is_transient
 from jobs.ray_auth import auth_headers
 from jobs.replicas import forwarded_environment
 from schemas.job import JobSpec
@@ -106,6 +107,13 @@ def _attempts(jobs_client: JobSubmissionClient, prefix: str) -> list[Any]:
     return sorted(found, key=attempt)
 
 
+def _passing(error: BaseException) -> bool:
+    """What the Jobs API answers while it cannot take a job yet: right after a head starts, HTTP 500
+    "No available agent to submit job, please try again later" (Ray says so in words only), or a
+    refused connection."""
+    return is_transient(error) or (isinstance(error, RuntimeError) and "No available agent" in str(error))
+
+
 def submit(
     job: JobSpec, address: str | None, python: str | None, overwrite: bool, inputs: list[dict[str, Any]]
 ) -> Submission:
@@ -113,7 +121,7 @@ def submit(
     nothing runs). A failed or stopped one is submitted again, as its next attempt."""
     jobs_client = client(address)
     prefix = submission_prefix(job, inputs, overwrite)
-    earlier = _attempts(jobs_client, prefix)
+    earlier = call_with_retry(lambda: _attempts(jobs_client, prefix), job.retry, "list the cluster's jobs", _passing)
     if earlier:
         last = earlier[-1]
         if last.status in (JobStatus.PENDING, JobStatus.RUNNING):
@@ -124,11 +132,16 @@ def submit(
     entrypoint = driver_command(python, overwrite)
     with _working_directory(job) as directory:
         try:
-            jobs_client.submit_job(
-                submission_id=submission_id,
-                entrypoint=entrypoint,
-                runtime_env={"working_dir": directory, "env_vars": forwarded_environment()},
-                metadata={"herd_job": job.name},
+            call_with_retry(
+                lambda: jobs_client.submit_job(
+                    submission_id=submission_id,
+                    entrypoint=entrypoint,
+                    runtime_env={"working_dir": directory, "env_vars": forwarded_environment()},
+                    metadata={"herd_job": job.name},
+                ),
+                job.retry,
+                f"submit {submission_id}",
+                _passing,
             )
         except RuntimeError as error:
             if "already exists" not in str(error):  # Ray says so in words only

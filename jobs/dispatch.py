@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from jobs.capacity import cluster_shape, describe_cluster
 from jobs.progress import Progress
 from jobs.replica_state import Phase, ReplicaState
 from jobs.replicas import ReplicaPool, last_log_lines
-from schemas.errors import OutputBusy
+from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.job import JobSpec
 from schemas.shard import Shard, ShardRecord
 from workers.replica import HEALTH_GROUP
@@ -87,7 +88,11 @@ class Dispatcher:
         pool: ReplicaPool,
         commit: Callable[[ShardRecord], None],
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """`stop`: once set, no shard is handed out any more; those running finish and commit, the
+        others fail as stopped (a later run resumes them)."""
+        self.stop = stop
         self.job = job
         self.pool = pool
         self.commit = commit
@@ -105,8 +110,7 @@ class Dispatcher:
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         queue = _Queue(pending=deque(dispatch_order(shards)))
         self._total = len(shards)
-        while len(self.pool.replicas) < self.pool.size:
-            self.pool.start()
+        self.pool.start_missing()
         for replica in self.pool.replicas:
             if replica.phase == Phase.PLACING and replica.waiting_on is None:
                 self._await_placement(replica)
@@ -115,6 +119,8 @@ class Dispatcher:
             replica.free_slots = self.pool.shards_in_flight
         self._replicas_changed()
         while queue.pending or queue.delayed or queue.running:
+            if self.stop is not None and self.stop.is_set() and (queue.pending or queue.delayed):
+                self._fail_all(queue, "not run: the run was asked to stop")
             self._release_due_retries(queue)
             self._assign(queue)
             waiting_for = {replica.waiting_on: replica for replica in self.pool.replicas if replica.waiting_on}
@@ -324,7 +330,12 @@ class Dispatcher:
             return
         except Exception as error:  # noqa: BLE001 - every other failure is this shard's
             replica.give_slot_back()
-            if isinstance(getattr(error, "cause", None), ShardInputError) or isinstance(error, ShardInputError):
+            cause = getattr(error, "cause", None) or error
+            if isinstance(cause, StorageUnavailable):
+                # Storage, not the shard: past retry.storage_deadline_s the run ends (exit 6); the
+                # shard keeps its attempts for the run that resumes it.
+                raise StorageUnavailable(f"shard {shard.shard_id}: {cause}") from None
+            if isinstance(cause, ShardInputError):
                 self.outcome.failed[shard.shard_id] = _reason(error)
             else:
                 self._retry_or_fail(queue, shard, _reason(error))
@@ -333,8 +344,8 @@ class Dispatcher:
         record = ShardRecord(**result.model_dump(), attempts=queue.attempts[shard.shard_id])
         try:
             self.commit(record)
-        except OutputBusy:
-            raise  # another run took the output over: this one stops
+        except (OutputBusy, StorageUnavailable):
+            raise  # another run took the output over, or storage stayed down: this one stops
         except Exception as error:  # noqa: BLE001 - storage gave up after the retry policy
             self._retry_or_fail(queue, shard, f"could not commit: {_reason(error)}")
             return

@@ -140,8 +140,10 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=30)
         if not self.lost:
+            # One quick try: after an outage the run is ending anyway, and a stale lease is taken over.
+            quick = Storage(self.storage.storage, self.storage.retry.model_copy(update={"storage_deadline_s": 0}))
             try:
-                self.storage.delete_if_unchanged(self.url, self.version)
+                quick.delete_if_unchanged(self.url, self.version)
             except Exception as error:  # noqa: BLE001 - a stale lease is taken over by the next run anyway
                 log.warning("could not release the output's lease (%s)", error)
 

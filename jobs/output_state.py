@@ -19,7 +19,7 @@ from schemas.job import JobSpec, RetrySpec, StorageSpec
 def output_state(root: str, storage_spec: StorageSpec | None = None) -> dict[str, Any]:
     """Raises SpecError when `root` holds no herd job."""
     layout = OutputLayout(root)
-    probe = Storage(storage_spec or StorageSpec(), RetrySpec(attempts=2))
+    probe = Storage(storage_spec or StorageSpec(), RetrySpec(attempts=2, storage_deadline_s=10.0))
     if not probe.exists(layout.job_record):
         raise SpecError(f"{root}: no herd job.json here; this is not the output of a herd job")
     stored = json.loads(probe.read_text(layout.job_record))

@@ -231,6 +231,21 @@ class SamplingSpec(StrictModel):
     do_sample: bool = Field(default=True, description="false means greedy decoding, whatever the temperature.")
     return_full_text: bool = Field(default=False, description="Prepend the (decoded) prompt to each completion.")
     logprobs: bool = Field(default=False, description="Add token_logprobs: each generated token's log probability.")
+    top_logprobs: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="With logprobs: also the this many most likely tokens at each step (OpenAI result lines).",
+    )
+    presence_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0, description="Penalizes tokens that appeared at all so far (OpenAI's meaning)."
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0, description="Penalizes tokens by how often they appeared so far."
+    )
+    logit_bias: dict[int, float] | None = Field(
+        default=None, description="Token id -> bias from -100 to 100 added to its logit (OpenAI's logit_bias)."
+    )
     structured: StructuredSpec | None = Field(
         default=None,
         description="Guided decoding; adds structured_valid, false when a completion does not parse or "
@@ -251,6 +266,10 @@ class SamplingSpec(StrictModel):
             )
         if any(stop == "" for stop in self.stop):
             raise ValueError("stop: an empty stop sequence would end every completion at once")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.logit_bias is not None and any(not -100 <= bias <= 100 for bias in self.logit_bias.values()):
+            raise ValueError("logit_bias: each bias must be from -100 to 100")
         return self
 
 
@@ -345,7 +364,19 @@ class StorageSpec(StrictModel):
 class RetrySpec(StrictModel):
     """The one retry policy, for storage calls and for shards."""
 
-    attempts: int = Field(default=3, ge=1, le=100, description="Tries per storage call and per shard.")
+    attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Tries per shard; and the fewest tries of a storage call that fails in a way that may pass.",
+    )
+    storage_deadline_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="A storage call failing in a way that may pass (throttling, 5xx, dropped connections) is "
+        "retried with backoff until this long after its first failure: an outage of minutes is waited out. "
+        "Past it the run exits 6; a storage failure never uses up a shard's attempts.",
+    )
     backoff_base_s: float = Field(default=0.5, ge=0.0, description="The first delay; doubles each retry.")
     backoff_cap_s: float = Field(default=30.0, ge=0.0, description="The longest delay.")
     jitter: float = Field(default=0.5, ge=0.0, le=1.0, description="Randomness of each delay (0.5: +-50%).")

@@ -1,11 +1,12 @@
 """A small HTTP proxy on 127.0.0.1 in front of the moto S3 server that answers a share of requests
-with 503 SlowDown, as S3 does when throttling."""
+with 503 SlowDown, as S3 does when throttling, or every request for a while (an outage)."""
 
 from __future__ import annotations
 
 import http.client
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,9 +25,15 @@ class FlakyS3Proxy:
         failure_rate: float,
         seed: int = 0,
         drop_answer: Callable[[str, str], bool] | None = None,
+        outage_at: Callable[[str, str], float] | None = None,
     ) -> None:
         """`drop_answer(method, path)`: for the requests it picks, the request is applied upstream
-        and then the connection is dropped without an answer (an ambiguous write)."""
+        and then the connection is dropped without an answer (an ambiguous write). `outage_at(method,
+        path)`: seconds of outage to start with this request (0: none), during which every request,
+        this one too, is answered 503."""
+        self.outage_at = outage_at
+        self.outage_until = 0.0
+        self.outages: list[tuple[str, str]] = []  # the requests that started one
         self.upstream = urlparse(upstream)
         self.drop_answer = drop_answer
         self.dropped = 0
@@ -52,7 +59,12 @@ class FlakyS3Proxy:
                 with proxy.lock:
                     proxy.requests += 1
                     proxy.log.append((self.command, self.path))
-                    fail = proxy.random.random() < proxy.failure_rate
+                    now = time.monotonic()
+                    starts = proxy.outage_at(self.command, self.path) if proxy.outage_at else 0.0
+                    if starts and now >= proxy.outage_until:
+                        proxy.outage_until = now + starts
+                        proxy.outages.append((self.command, self.path))
+                    fail = now < proxy.outage_until or proxy.random.random() < proxy.failure_rate
                     proxy.failed += fail
                 if fail:
                     self.send_response(503)

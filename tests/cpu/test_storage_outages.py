@@ -1,0 +1,132 @@
+"""Storage outages of minutes (S3 answering 503 to everything), mid-run and at the end of a run: herd
+waits them out up to retry.storage_deadline_s without spending a shard's attempts, and past the
+deadline ends with exit 6 and a clear message; the next run resumes. Moto on 127.0.0.1 behind a proxy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import s3fs
+
+from schemas.errors import ExitCode, StorageUnavailable
+from tests.cpu.conftest import read_rows
+from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
+
+
+def _inputs(s3_endpoint: str, prefix: str, rows: int = 60) -> list[str]:
+    ids = [f"{prefix}-{index:03d}" for index in range(rows)]
+    lines = "".join(f'{{"id": "{row_id}", "prompt": "say something about {row_id}"}}\n' for row_id in ids)
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).pipe(f"herd-test/{prefix}/in.jsonl", lines.encode())
+    return ids
+
+
+def _job(prefix: str, endpoint: str, **retry: object) -> dict:
+    return {
+        "input": {
+            "path": f"s3://herd-test/{prefix}/in.jsonl",
+            "prompt_column": "prompt",
+            "id_column": "id",
+            "bytes_per_shard": 1024,
+        },
+        "sampling": {"max_new_tokens": 4},
+        "output": {"path": f"s3://herd-test/{prefix}/out", "format": "jsonl"},
+        "storage": {"endpoint_url": endpoint},
+        # One try per shard: a storage failure that used one up would fail the shard.
+        "retry": {"attempts": 1, "backoff_base_s": 0.2, "backoff_cap_s": 5.0, **retry},
+    }
+
+
+def _outage_of(seconds: float, *triggers: str):
+    """An outage of `seconds` at the first PUT whose path holds each trigger, in turn."""
+    pending = list(triggers)
+
+    def start(method: str, path: str) -> float:
+        if method == "PUT" and pending and pending[0] in path:
+            pending.pop(0)
+            return seconds
+        return 0.0
+
+    return start
+
+
+def test_outages_of_20s_mid_run_and_at_its_end_are_waited_out_and_every_row_is_written_once(run_tiny, s3_endpoint):
+    expected = _inputs(s3_endpoint, "outage20")
+    # The first shard's commit, then the manifest index that the end of the run writes.
+    with FlakyS3Proxy(s3_endpoint, 0.0, outage_at=_outage_of(20, "/manifest/", "_index.jsonl")) as proxy:
+        started = time.monotonic()
+        outcome = run_tiny(**_job("outage20", proxy.endpoint))
+        took = time.monotonic() - started
+    assert [path.split("/")[-1] for _, path in proxy.outages][1] == "_index.jsonl"
+    assert len(proxy.outages) == 2 and took >= 40
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards_failed == []
+    assert outcome.summary.attempts == outcome.summary.shards  # no shard tried twice
+    ids = [row["id"] for row in read_rows("s3://herd-test/outage20/out/data", s3_endpoint)]
+    assert sorted(ids) == expected
+
+
+def test_an_outage_of_3_minutes_is_waited_out_with_the_default_deadline(run_tiny, s3_endpoint):
+    expected = _inputs(s3_endpoint, "outage180", rows=20)
+    with FlakyS3Proxy(s3_endpoint, 0.0, outage_at=_outage_of(180, "/manifest/")) as proxy:
+        outcome = run_tiny(**_job("outage180", proxy.endpoint, backoff_cap_s=30.0))
+    assert len(proxy.outages) == 1 and proxy.failed > 10
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.attempts == outcome.summary.shards
+    ids = [row["id"] for row in read_rows("s3://herd-test/outage180/out/data", s3_endpoint)]
+    assert sorted(ids) == expected
+
+
+def test_storage_down_past_the_deadline_ends_the_run_with_exit_6_and_the_next_run_resumes(run_tiny, s3_endpoint):
+    expected = _inputs(s3_endpoint, "outage-long")
+    with FlakyS3Proxy(s3_endpoint, 0.0, outage_at=_outage_of(3600, "/manifest/")) as proxy:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable) as raised:
+            run_tiny(**_job("outage-long", proxy.endpoint, storage_deadline_s=4.0))
+        assert time.monotonic() - started < 60
+        assert raised.value.exit_code == ExitCode.STORAGE_UNAVAILABLE == 6
+        assert "retry.storage_deadline_s is 4s" in str(raised.value) and "503" in str(raised.value)
+        proxy.outage_until = 0.0  # storage is back
+        outcome = run_tiny(**_job("outage-long", proxy.endpoint, storage_deadline_s=4.0))
+    assert outcome.exit_code == ExitCode.SUCCESS
+    ids = [row["id"] for row in read_rows("s3://herd-test/outage-long/out/data", s3_endpoint)]
+    assert sorted(ids) == expected
+
+
+def test_a_storage_call_is_retried_until_the_deadline_not_only_its_attempts():
+    from common.retry import call_with_retry
+    from schemas.job import RetrySpec
+
+    policy = RetrySpec(attempts=2, backoff_base_s=0.01, backoff_cap_s=0.05, storage_deadline_s=0.5)
+    started = time.monotonic()
+
+    def down_for(seconds: float):
+        def call() -> str:
+            if time.monotonic() - started < seconds:
+                raise ConnectionResetError("dropped")
+            return "ok"
+
+        return call
+
+    assert call_with_retry(down_for(0.3), policy, "read") == "ok"  # many more tries than 2
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match=r"read: ConnectionResetError: dropped \(failing for"):
+        call_with_retry(down_for(10), policy, "read")
+    assert 0.5 <= time.monotonic() - started < 2
+    calls = []
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError):  # not a failure that may pass: raised at once
+        call_with_retry(missing, policy, "read")
+    assert len(calls) == 1
+
+
+def test_the_jobs_api_answer_no_available_agent_is_retried_as_a_passing_failure():
+    from jobs.cluster_jobs import _passing
+
+    assert _passing(
+        RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later.")
+    )
+    assert _passing(ConnectionRefusedError())
+    assert not _passing(RuntimeError("Job with submission_id herd-x-1 already exists"))
