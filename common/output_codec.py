@@ -27,6 +27,7 @@ from schemas.openai_batch import (
     ChoiceLogprobs,
     CompletionBody,
     TextChoice,
+    TextLogprobs,
     TokenLogprob,
     Usage,
 )
@@ -110,10 +111,18 @@ def _decode_data_lines(data: bytes) -> list[dict[str, Any]]:
                     "prompt_tokens": body.usage.prompt_tokens,
                     "completion_tokens": body.usage.completion_tokens // max(1, len(body.choices)),
                     "model": body.model,
-                    "token_logprobs": [item.logprob for item in choice.logprobs.content] if choice.logprobs else None,
+                    "token_logprobs": _token_logprobs(choice),
                 }
             )
     return rows
+
+
+def _token_logprobs(choice: ChatChoice | TextChoice) -> list[float] | None:
+    if choice.logprobs is None:
+        return None
+    if isinstance(choice.logprobs, ChoiceLogprobs):
+        return [item.logprob for item in choice.logprobs.content]
+    return choice.logprobs.token_logprobs
 
 
 def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]]:
@@ -141,14 +150,13 @@ def result_line(request: RequestRows, model: str) -> BatchResultLine:
     """A request's samples as one OpenAI result line, with one choice per sample."""
     choices: list[Any] = []
     for row in request.rows:
-        logprobs = None
-        if row.get("token_logprobs") is not None:
-            logprobs = ChoiceLogprobs(content=[TokenLogprob(logprob=value) for value in row["token_logprobs"]])
-        common = {"index": row["sample_index"], "finish_reason": row["finish_reason"], "logprobs": logprobs}
+        common = {"index": row["sample_index"], "finish_reason": row["finish_reason"]}
+        details = row.get("token_details")
         if request.chat:
-            choices.append(ChatChoice(message=ChatMessage(content=row["completion"]), **common))
+            logprobs = ChoiceLogprobs(content=[TokenLogprob(**token) for token in details]) if details else None
+            choices.append(ChatChoice(message=ChatMessage(content=row["completion"]), logprobs=logprobs, **common))
         else:
-            choices.append(TextChoice(text=row["completion"], **common))
+            choices.append(TextChoice(text=row["completion"], logprobs=_text_logprobs(details), **common))
     prompt_tokens = request.rows[0]["prompt_tokens"]
     completion_tokens = sum(row["completion_tokens"] for row in request.rows)
     request_id = _short_hash(f"{request.custom_id}|{model}")
@@ -168,6 +176,22 @@ def result_line(request: RequestRows, model: str) -> BatchResultLine:
         id=f"batch_req_{request_id}",
         custom_id=request.custom_id,
         response=BatchResponse(request_id=request_id, body=body),
+    )
+
+
+def _text_logprobs(details: list[dict[str, Any]] | None) -> TextLogprobs | None:
+    """The legacy /v1/completions shape: parallel lists, alternatives as token -> logprob."""
+    if not details:
+        return None
+    offsets, offset = [], 0
+    for token in details:
+        offsets.append(offset)
+        offset += len(token["token"])
+    return TextLogprobs(
+        tokens=[token["token"] for token in details],
+        token_logprobs=[token["logprob"] for token in details],
+        top_logprobs=[{item["token"]: item["logprob"] for item in token["top_logprobs"]} for token in details],
+        text_offset=offsets,
     )
 
 

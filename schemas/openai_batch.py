@@ -12,12 +12,32 @@ class _Line(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TopLogprob(_Line):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(default=None, description="The token's UTF-8 bytes.")
+
+
 class TokenLogprob(_Line):
+    token: str = Field(description="The generated token's text.")
     logprob: float = Field(description="The log probability of the generated token.")
+    bytes: list[int] | None = Field(default=None, description="The token's UTF-8 bytes.")
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, description="The most likely tokens at this step.")
 
 
 class ChoiceLogprobs(_Line):
+    """A chat completion choice's logprobs."""
+
     content: list[TokenLogprob] = Field(description="One entry per generated token, in order.")
+
+
+class TextLogprobs(_Line):
+    """A (legacy) text completion choice's logprobs."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int]
 
 
 class ChatMessage(_Line):
@@ -36,7 +56,7 @@ class TextChoice(_Line):
     index: int = Field(description="The sample's index (0 to n-1).")
     finish_reason: str = Field(description="stop or length.")
     text: str = Field(description="The completion.")
-    logprobs: ChoiceLogprobs | None = None
+    logprobs: TextLogprobs | None = None
 
 
 class Usage(_Line):

@@ -32,6 +32,8 @@ class Sample:
     text: str
     finish_reason: str  # stop | length | abort
     logprobs: list[float] | None = None  # of each generated token, when asked for
+    # With top_logprobs k: at each step, the k most likely (token id, log probability), most likely first.
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 class Engine(Protocol):
@@ -142,7 +144,11 @@ class VllmEngine:
                 choice=sampling.structured.choices,
             )
         return SamplingParams(
-            logprobs=0 if sampling.logprobs else None,  # 0: only the sampled token's own log probability
+            # 0: only the sampled token's own log probability; k: also the k most likely.
+            logprobs=sampling.top_logprobs if sampling.logprobs else None,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            logit_bias=sampling.logit_bias,
             structured_outputs=structured,
             n=sampling.n,
             temperature=sampling.effective_temperature,
@@ -173,6 +179,9 @@ class VllmEngine:
                     text=self._text(completion, request.sampling),
                     finish_reason=str(completion.finish_reason),
                     logprobs=_chosen_logprobs(completion) if request.sampling.logprobs else None,
+                    top_logprobs=_top_logprobs(completion, request.sampling.top_logprobs)
+                    if request.sampling.logprobs and request.sampling.top_logprobs
+                    else None,
                 )
                 for completion in sorted(output.outputs, key=lambda completion: completion.index)
             ]
@@ -191,6 +200,14 @@ def completion_text(token_ids: list[int], stop: list[str], decoder: Any) -> str:
     text = decoder.decode(token_ids, skip_special_tokens=True)
     cut = min((index for index in (text.find(sequence) for sequence in stop) if index != -1), default=len(text))
     return text[:cut]
+
+
+def _top_logprobs(completion: Any, count: int) -> list[list[tuple[int, float]]]:
+    """At each step, the `count` most likely tokens (vLLM adds the sampled one when it is not among them)."""
+    return [
+        sorted(((int(token), float(entry.logprob)) for token, entry in step.items()), key=lambda item: -item[1])[:count]
+        for step in completion.logprobs or []
+    ]
 
 
 def _chosen_logprobs(completion: Any) -> list[float]:

@@ -43,19 +43,77 @@ def _content_text(content: Any, where: str) -> str:
     raise RequestError(f"{where}: expected text content (a string or text parts)")
 
 
-def _openai_overrides(body: dict[str, Any]) -> dict[str, Any]:
+# Every field of a request body is honoured, or refused for its line: none is dropped silently (a
+# `tools` request answered as plain chat would be a wrong answer, not a degraded one).
+_BODY_FIELDS = {
+    OPENAI_CHAT_URL: {"messages", "logprobs", "top_logprobs", "max_completion_tokens"},
+    OPENAI_COMPLETIONS_URL: {"prompt", "logprobs", "echo"},
+}
+_SHARED_FIELDS = {
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+    # No effect on the generated text; accepted as the API accepts them.
+    "user",
+    "metadata",
+    "store",
+    "stream",
+}
+_REFUSED_WHY = {
+    "tools": "tool calls are not supported",
+    "tool_choice": "tool calls are not supported",
+    "parallel_tool_calls": "tool calls are not supported",
+    "functions": "function calls are not supported",
+    "function_call": "function calls are not supported",
+    "suffix": "insertion (suffix) is not supported",
+    "best_of": "best_of is not supported; use n",
+    "audio": "only text output is supported",
+    "modalities": "only text output is supported",
+}
+
+
+def _check_fields(body: dict[str, Any], url: str) -> None:
+    for name in body:
+        if name in _SHARED_FIELDS or name in _BODY_FIELDS[url]:
+            continue
+        why = _REFUSED_WHY.get(name, "not a field herd honours for this endpoint")
+        raise RequestError(f"body.{name}: {why}; the request is refused rather than answered without it")
+    if body.get("stream"):
+        raise RequestError("body.stream: a batch request cannot stream; remove it or set it to false")
+
+
+def _openai_overrides(body: dict[str, Any], url: str) -> dict[str, Any]:
+    _check_fields(body, url)
     overrides: dict[str, Any] = {}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         overrides["max_new_tokens"] = max_tokens
-    for name in ("temperature", "top_p", "n", "seed"):
+    for name in ("temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty", "logit_bias"):
         if body.get(name) is not None:
             overrides[name] = body[name]
     stop = body.get("stop")
     if stop is not None:
         overrides["stop"] = [stop] if isinstance(stop, str) else stop
-    if body.get("logprobs"):
-        overrides["logprobs"] = True
+    logprobs = body.get("logprobs")
+    if url == OPENAI_COMPLETIONS_URL:
+        # /v1/completions: logprobs is how many alternatives to list (0 to 5); echo prepends the prompt.
+        if logprobs is not None:
+            overrides["logprobs"], overrides["top_logprobs"] = True, logprobs
+        if body.get("echo"):
+            overrides["return_full_text"] = True
+    else:
+        if logprobs:
+            overrides["logprobs"] = True
+        if body.get("top_logprobs") is not None:
+            overrides["top_logprobs"] = body["top_logprobs"]
     response_format = body.get("response_format") or {"type": "text"}
     if not isinstance(response_format, dict):
         raise RequestError('body.response_format: expected an object such as {"type": "json_object"}')
@@ -101,7 +159,7 @@ def openai_batch_request(line: dict[str, Any]) -> ParsedRequest:
         source = PromptSource(text=prompt, whole_prompt=True)
     else:
         raise RequestError(f"url: expected {OPENAI_CHAT_URL} or {OPENAI_COMPLETIONS_URL}, got {url!r}")
-    return ParsedRequest(custom_id, source, _openai_overrides(body))
+    return ParsedRequest(custom_id, source, _openai_overrides(body, url))
 
 
 # The hosted Llama 2 endpoint's parameter names are herd's own sampling names.

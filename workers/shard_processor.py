@@ -166,10 +166,27 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
                     "completion_tokens": len(sample.token_ids),
                     "model": job.model.path,
                     "token_logprobs": sample.logprobs,
+                    # For OpenAI result lines: each token with its bytes and the alternatives.
+                    "token_details": _token_details(sample, engine.tokenizer) if sample.logprobs is not None else None,
                     "structured_valid": completion_is_valid(sample.text, structured) if structured else None,
                 }
             )
     return rows
+
+
+def _token_details(sample: Sample, tokenizer: Any) -> list[dict[str, Any]]:
+    """Each generated token as OpenAI's logprobs list it: its text, log probability, UTF-8 bytes and
+    the most likely alternatives. A token that is part of a multi-byte character decodes to U+FFFD."""
+
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    steps = sample.top_logprobs or [[] for _ in sample.token_ids]
+    return [
+        {**entry(token_id, logprob), "top_logprobs": [entry(*alternative) for alternative in alternatives]}
+        for token_id, logprob, alternatives in zip(sample.token_ids, sample.logprobs or [], steps, strict=True)
+    ]
 
 
 def _by_request(generated: list[tuple[_Prompt, list[Sample]]], rows: list[dict[str, Any]]) -> list[RequestRows]:

@@ -56,30 +56,51 @@ def test_data_and_error_rows_round_trip_in_herds_own_formats(output_format):
 
 
 def test_openai_lines_are_typed_one_per_request_and_read_back_as_herd_rows():
+    details = [
+        {"token": word, "logprob": value, "bytes": list(word.encode()), "top_logprobs": top}
+        for word, value, top in (
+            (" caf\u00e9", -0.5, [{"token": " caf\u00e9", "logprob": -0.5, "bytes": [32, 99, 97, 102, 195, 169]}]),
+            (" ok", -1.0, []),
+            ("!", -2.0, []),
+        )
+    ]
     requests = [
         RequestRows("req-1", _rows("req-1", 2), chat=True),
-        RequestRows("req-2", [{**_rows("req-2", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0]}], chat=False),
+        RequestRows(
+            "req-2",
+            [{**_rows("req-2", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0], "token_details": details}],
+            chat=False,
+        ),
+        RequestRows(
+            "req-3",
+            [{**_rows("req-3", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0], "token_details": details}],
+            chat=True,
+        ),
     ]
     data = encode_data(requests, COLUMNS, "openai", "m")
     lines = [BatchResultLine.model_validate_json(line) for line in data.decode().split("\n") if line]
-    assert [line.custom_id for line in lines] == ["req-1", "req-2"]
-    chat, text = (line.response.body for line in lines)
+    assert [line.custom_id for line in lines] == ["req-1", "req-2", "req-3"]
+    chat, text, chat_logprobs = (line.response.body for line in lines)
     assert chat.object == "chat.completion" and [choice.index for choice in chat.choices] == [0, 1]
     assert chat.choices[1].message.content == "answer 1 \u2028 caf\u00e9 \U0001f999"
     assert chat.usage.completion_tokens == 6 and chat.usage.total_tokens == 11
-    assert text.object == "text_completion" and [item.logprob for item in text.choices[0].logprobs.content] == [
-        -0.5,
-        -1.0,
-        -2.0,
-    ]
+    # Logprobs in OpenAI's two shapes: the legacy completions lists, and chat's per-token objects.
+    legacy = text.choices[0].logprobs
+    assert text.object == "text_completion" and legacy.tokens == [" caf\u00e9", " ok", "!"]
+    assert legacy.token_logprobs == [-0.5, -1.0, -2.0] and legacy.text_offset == [0, 5, 8]
+    assert legacy.top_logprobs[0] == {" caf\u00e9": -0.5}
+    [first_token, *_] = chat_logprobs.choices[0].logprobs.content
+    assert first_token.token == " caf\u00e9" and first_token.bytes == [32, 99, 97, 102, 195, 169]
+    assert first_token.top_logprobs[0].logprob == -0.5
     assert all(line.error is None for line in lines)
     rows = decode_data(data, "out/data/s.tok.jsonl")
     assert [(row["id"], row["sample_index"], row["completion_tokens"]) for row in rows] == [
         ("req-1", 0, 3),
         ("req-1", 1, 3),
         ("req-2", 0, 3),
+        ("req-3", 0, 3),
     ]
-    assert rows[2]["token_logprobs"] == [-0.5, -1.0, -2.0]
+    assert rows[2]["token_logprobs"] == rows[3]["token_logprobs"] == [-0.5, -1.0, -2.0]
     errors = encode_errors(ERRORS, "openai")
     first = json.loads(errors.decode().split("\n")[0])
     assert first["response"] is None and first["error"] == {"code": "herd_render_error", "message": ERRORS[0]["reason"]}
