@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,10 +48,11 @@ def run(
     output: str | None = None,
     overwrite: bool = False,
     retry_errors: Literal["generate", "all"] | None = None,
-    progress: ProgressMode = "auto",
+    progress: ProgressMode | Progress = "auto",
     progress_every_s: float = 30.0,
     verbose: bool = False,
     keep_engines: bool = False,
+    stop: threading.Event | None = None,
 ) -> RunSummary:
     """Runs a job to the end and returns its summary (what summary.json holds).
 
@@ -61,11 +63,14 @@ def run(
         retry_errors: also run again the error rows of committed shards: those of stage "generate",
             or "all" of them; every row stays exactly once.
         progress: "live" (a display on the terminal), "lines" (a line every `progress_every_s`),
-            "json" (a JSON object per line), "none"; "auto" is live on a terminal, else lines.
+            "json" (a JSON object per line), "none"; "auto" is live on a terminal, else lines; or an
+            object with the methods of jobs.progress.Progress, told of every commit.
         progress_every_s: how often "lines" and "json" print.
         verbose: stream the replicas' own output (vLLM's) here instead of a log file per replica.
         keep_engines: keep the replicas running after the job, for the next call in this process on
             the same model (a notebook, a DAG's task running several jobs); see shutdown().
+        stop: an Event another thread may set to end the run early: running shards finish and
+            commit, the others are left for the next run (which resumes), and ShardsFailed is raised.
 
     Raises:
         SpecError: the job or its input is invalid (exit code 2); nothing was generated.
@@ -82,8 +87,9 @@ def run(
         overwrite=overwrite,
         pool=pool,
         retry_errors=retry_errors,
-        progress=_progress(progress, progress_every_s),
+        progress=_progress(progress, progress_every_s) if isinstance(progress, str) else progress,
         quiet=not verbose,
+        stop=stop,
     )
     _raise_unless_succeeded(outcome, spec)
     return outcome.summary

@@ -171,6 +171,17 @@ def command_report(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(arguments: argparse.Namespace) -> int:
+    from service.config import load_service
+    from service.keys import ApiKeys
+    from service.server import serve
+
+    spec = load_service(arguments.service, host=arguments.host, port=arguments.port, root=arguments.root)
+    _interrupt_on_sigterm()
+    serve(spec, ApiKeys.load(arguments.keys))
+    return 0
+
+
 def command_submit(arguments: argparse.Namespace) -> int:
     job = load_job(arguments.job, output_override=arguments.output)
     from common.storage import Storage
@@ -382,6 +393,23 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--json", action="store_true", help="print the status as JSON")
         if name == "logs":
             command.add_argument("--follow", action="store_true", help="stream until the job ends")
+
+    serve = _subcommand(
+        commands,
+        "serve",
+        help="serve an OpenAI-compatible Batch API (files, batches, models) answered by herd jobs; see "
+        "docs/batch-service.md",
+    )
+    serve.add_argument("service", nargs="?", help="the service file (YAML); default: the demo model on this machine")
+    serve.add_argument("--host", help="the address to listen on (default: the file's, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="the port (default: the file's, else 8000)")
+    serve.add_argument("--root", help="where files and batches live, local or s3:// (default: ./herd-batches)")
+    serve.add_argument(
+        "--keys",
+        help="a file of OWNER:KEY lines, one API key each (default: $HERD_API_KEYS; without keys the service "
+        "listens on loopback only)",
+    )
+    serve.set_defaults(handler=command_serve)
 
     listing = _subcommand(commands, "list", help="list the jobs submitted to the cluster")
     _add_address(listing)

@@ -150,6 +150,11 @@ class ReplicaPool:
         self.replicas.append(replica)
         return replica
 
+    def start_missing(self) -> None:
+        """Starts replicas until there are `size`."""
+        while len(self.replicas) < self.size:
+            self.start()
+
     def _next_log_file(self) -> str:
         self._started += 1
         return replica_log_file(self._job, self._started)

@@ -76,11 +76,13 @@ def run_job(
     retry_errors: str | None = None,
     progress: Progress | None = None,
     quiet: bool = False,
+    stop: threading.Event | None = None,
 ) -> RunOutcome:
     """`pool` lets several jobs on the same model share warm engines (tests, notebooks).
     `retry_errors` ("generate" or "all") also runs again the error rows of those stages in shards
     committed earlier. `progress` shows the run as it goes; `quiet` keeps the replicas' output in
-    their log files."""
+    their log files. `stop`, once set, ends the run early: running shards finish and commit, the
+    others are left for a later run (the outcome is then shards_failed)."""
     started = time.perf_counter()
     job = with_absolute_paths(job)
     storage = Storage(job.storage, job.retry)
@@ -100,7 +102,7 @@ def run_job(
     except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
         raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
     run = _Run(job, storage, layout, files, shards, lease, started)
-    options = _Options(overwrite, pool, engine_factory, retry_errors, progress, quiet)
+    options = _Options(overwrite, pool, engine_factory, retry_errors, progress, quiet, stop)
     try:
         return _run_holding_the_lease(run, options)
     finally:
@@ -147,6 +149,7 @@ class _Options:
     retry_errors: str | None
     progress: Progress | None
     quiet: bool
+    stop: threading.Event | None
 
 
 def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
@@ -184,7 +187,7 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         if progress is not None:
             progress.start(todo)
         try:
-            outcome = Dispatcher(job, pool, commit, progress).run(todo)
+            outcome = Dispatcher(job, pool, commit, progress, options.stop).run(todo)
         finally:
             if progress is not None:
                 progress.close()

@@ -1,0 +1,354 @@
+"""The HTTP surface: OpenAI's /v1/files, /v1/batches and /v1/models as the OpenAI SDK calls them, and
+herd's /v1/batches/{id}/report.
+
+FastAPI and uvicorn, as vLLM's own OpenAI server uses: the ecosystem's clients and proxies expect
+their behaviour, and both are vLLM dependencies already. Every answer to a bad request is a 4xx in
+OpenAI's error shape ({"error": {"message", "type", "param", "code"}}); an unexpected failure is a
+500 with no traceback. Every id is looked up under the caller's own key: another key's ids are 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.layout import OutputLayout
+from service.config import ServiceSpec, window_seconds
+from service.keys import LOCAL_OWNER, ApiKeys
+from service.objects import ENDPOINTS, TERMINAL, Batch, BatchRecord, CreateBatch, FileObject, FileRecord
+from service.store import Store, new_id
+
+log = logging.getLogger("herd.service")
+
+# Bodies other than uploads are small JSON objects.
+_MAX_JSON_BYTES = 1024 * 1024
+# The multipart envelope around an upload's bytes.
+_MULTIPART_OVERHEAD = 64 * 1024
+_COPY_CHUNK = 1024 * 1024
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def _error(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _page(items: list[BaseModel], after: str | None, limit: int) -> dict[str, Any]:
+    """A cursor page, newest first: the items after the one with id `after`."""
+    ids = [item.id for item in items]  # type: ignore[attr-defined]
+    start = ids.index(after) + 1 if after in ids else 0
+    chosen = items[start : start + limit]
+    return {
+        "object": "list",
+        "data": [item.model_dump(mode="json") for item in chosen],
+        "first_id": chosen[0].id if chosen else None,  # type: ignore[attr-defined]
+        "last_id": chosen[-1].id if chosen else None,  # type: ignore[attr-defined]
+        "has_more": start + limit < len(items),
+    }
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "20")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, f"limit: expected a number from 1 to 100, got {raw!r}", param="limit") from None
+    if not 1 <= limit <= 100:
+        raise ApiError(400, f"limit: expected a number from 1 to 100, got {limit}", param="limit")
+    return limit
+
+
+def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
+    app = FastAPI(title="herd batch service", docs_url=None, redoc_url=None, openapi_url=None)
+    limits = spec.limits
+
+    @app.middleware("http")
+    async def bounded_bodies(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Refuses a body over its limit from its Content-Length before reading it."""
+        is_upload = request.url.path == "/v1/files" and request.method == "POST"
+        allowed = limits.max_upload_bytes + _MULTIPART_OVERHEAD if is_upload else _MAX_JSON_BYTES
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > allowed:
+            return _error(413, f"the request body is {int(declared):,} bytes; the limit is {allowed:,}")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error(error.status, error.message, error.code, error.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(400, f"invalid request: {error.errors()[0].get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return _error(500, "internal error; the server's log has the details")
+
+    def owner_of(request: Request) -> str:
+        if not keys.required:
+            return LOCAL_OWNER
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        owner = keys.owner_of(key.strip() if scheme.lower() == "bearer" else None)
+        if owner is None:
+            message = "missing API key (Authorization: Bearer KEY)" if not header else "invalid API key"
+            raise ApiError(401, message, code="invalid_api_key")
+        return owner
+
+    async def json_body(request: Request, model: type[BaseModel]) -> Any:
+        data = await _read_body(request, _MAX_JSON_BYTES)
+        try:
+            return model.model_validate_json(data)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            if problem["type"] == "json_invalid":
+                raise ApiError(400, f"the body is not valid JSON: {problem['msg']}") from None
+            raise ApiError(400, f"{where or 'body'}: {problem['msg']}", param=where or None) from None
+
+    # Models
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        owner_of(request)
+        data = [{"id": model.name, "object": "model", "created": 0, "owned_by": "herd"} for model in spec.models]
+        return {"object": "list", "data": data}
+
+    # Files
+
+    @app.post("/v1/files")
+    async def upload(request: Request) -> dict[str, Any]:
+        owner = owner_of(request)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(400, "expected a multipart/form-data body with the fields file and purpose")
+        counted = _CountingReceive(request, limits.max_upload_bytes + _MULTIPART_OVERHEAD)
+        try:
+            form = await Request(request.scope, counted).form(max_files=1, max_fields=4)
+        except _TooLarge as error:
+            raise ApiError(413, str(error)) from None
+        except Exception as error:  # noqa: BLE001 - whatever a malformed multipart body makes the parser raise
+            raise ApiError(400, f"malformed multipart body: {error}") from None
+        try:
+            upload = form.get("file")
+            purpose = form.get("purpose")
+            if purpose != "batch":
+                raise ApiError(400, f"purpose: expected 'batch', got {purpose!r}", param="purpose")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "file: expected a file part", param="file")
+            file_id = new_id("file-")
+            size, lines = _copy_checked(upload.file, store, owner, file_id, limits.max_upload_bytes, limits.max_lines)
+            record = FileRecord(
+                owner=owner,
+                file=FileObject(
+                    id=file_id,
+                    bytes=size,
+                    created_at=int(time.time()),
+                    filename=(upload.filename or "upload.jsonl")[-255:],
+                    purpose="batch",
+                ),
+                lines=lines,
+            )
+            store.save_file(record)
+            return record.file.model_dump(mode="json")
+        finally:
+            await form.close()
+
+    @app.get("/v1/files")
+    async def list_files(request: Request) -> dict[str, Any]:
+        owner = owner_of(request)
+        purpose = request.query_params.get("purpose")
+        files = [record.file for record in store.files(owner) if purpose in (None, record.file.purpose)]
+        return _page(files, request.query_params.get("after"), _limit(request))
+
+    def owned_file(owner: str, file_id: str) -> FileRecord:
+        record = store.file(owner, file_id)
+        if record is None:
+            raise ApiError(404, f"no file {file_id!r}", code="file_not_found", param="file_id")
+        return record
+
+    @app.get("/v1/files/{file_id}")
+    async def get_file(request: Request, file_id: str) -> dict[str, Any]:
+        return owned_file(owner_of(request), file_id).file.model_dump(mode="json")
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(request: Request, file_id: str) -> StreamingResponse:
+        owner = owner_of(request)
+        record = owned_file(owner, file_id)
+        url = store.file_content_url(owner, record.file.id)
+
+        def chunks() -> Any:
+            for start in range(0, record.file.bytes, _COPY_CHUNK):
+                yield store.storage.read_bytes(url, start, min(start + _COPY_CHUNK, record.file.bytes))
+
+        return StreamingResponse(chunks(), media_type="application/jsonl")
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
+        owner = owner_of(request)
+        record = owned_file(owner, file_id)
+        in_use = [
+            batch.batch.id
+            for batch in store.batches(owner)
+            if batch.batch.input_file_id == file_id and batch.batch.status not in TERMINAL
+        ]
+        if in_use:
+            raise ApiError(409, f"file {file_id} is the input of batch {in_use[0]}, which has not ended")
+        store.delete_file(owner, record.file.id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # Batches
+
+    @app.post("/v1/batches")
+    async def create_batch(request: Request) -> dict[str, Any]:
+        owner = owner_of(request)
+        body: CreateBatch = await json_body(request, CreateBatch)
+        if body.endpoint not in ENDPOINTS:
+            raise ApiError(400, f"endpoint: expected one of {', '.join(ENDPOINTS)}", param="endpoint")
+        if body.completion_window not in limits.completion_windows:
+            allowed = ", ".join(limits.completion_windows)
+            raise ApiError(400, f"completion_window: expected one of {allowed}", param="completion_window")
+        file = owned_file(owner, body.input_file_id)
+        if file.file.purpose != "batch":
+            raise ApiError(400, f"input_file_id: {file.file.id} is not a batch input file", param="input_file_id")
+        created = int(time.time())
+        batch = Batch(
+            id=new_id("batch_"),
+            endpoint=body.endpoint,
+            input_file_id=file.file.id,
+            completion_window=body.completion_window,
+            status="validating",
+            created_at=created,
+            expires_at=created + window_seconds(body.completion_window),
+            metadata=body.metadata,
+        )
+        batch.request_counts.total = file.lines
+        store.create_batch(BatchRecord(owner=owner, batch=batch))
+        return batch.model_dump(mode="json")
+
+    @app.get("/v1/batches")
+    async def list_batches(request: Request) -> dict[str, Any]:
+        owner = owner_of(request)
+        batches = [record.batch for record in store.batches(owner)]
+        return _page(batches, request.query_params.get("after"), _limit(request))
+
+    def owned_batch(owner: str, batch_id: str) -> BatchRecord:
+        record = store.batch(owner, batch_id)
+        if record is None:
+            raise ApiError(404, f"no batch {batch_id!r}", code="batch_not_found", param="batch_id")
+        return record
+
+    @app.get("/v1/batches/{batch_id}")
+    async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        return owned_batch(owner_of(request), batch_id).batch.model_dump(mode="json")
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        owner = owner_of(request)
+        owned_batch(owner, batch_id)
+
+        def cancelling(current: BatchRecord) -> bool:
+            if current.batch.status in TERMINAL or current.batch.status == "cancelling":
+                return False
+            current.batch.status, current.batch.cancelling_at = "cancelling", int(time.time())
+            return True
+
+        record = store.update_batch(owner, batch_id, cancelling)
+        if record.batch.status in TERMINAL and record.batch.status != "cancelled":
+            raise ApiError(409, f"batch {batch_id} is {record.batch.status}; it cannot be cancelled")
+        return record.batch.model_dump(mode="json")
+
+    @app.get("/v1/batches/{batch_id}/report")
+    async def batch_report(request: Request, batch_id: str) -> HTMLResponse:
+        owner = owner_of(request)
+        owned_batch(owner, batch_id)
+        try:
+            page = store.storage.read_text(OutputLayout(store.job_root(batch_id)).report)
+        except FileNotFoundError:
+            raise ApiError(404, f"batch {batch_id} has no report yet (it is written when its job ends)") from None
+        return HTMLResponse(page)
+
+    return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _CountingReceive:
+    """The request's body as it arrives, refused past `limit` bytes (a body without Content-Length,
+    chunked, is bounded too)."""
+
+    def __init__(self, request: Request, limit: int) -> None:
+        self._receive, self._limit, self._seen = request.receive, limit, 0
+
+    async def __call__(self) -> Any:
+        message = await self._receive()
+        self._seen += len(message.get("body", b""))
+        if self._seen > self._limit:
+            raise _TooLarge(f"the upload is over the limit of {self._limit - _MULTIPART_OVERHEAD:,} bytes")
+        return message
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > limit:
+            raise ApiError(413, f"the request body is over the limit of {limit:,} bytes")
+    return bytes(received)
+
+
+def _copy_checked(
+    source: Any, store: Store, owner: str, file_id: str, max_bytes: int, max_lines: int
+) -> tuple[int, int]:
+    """Copies an uploaded file to storage, a chunk at a time, counting its bytes and request lines."""
+    source.seek(0)
+    size = lines = 0
+    last = b"\n"
+    with tempfile.NamedTemporaryFile(prefix="herd-upload-", suffix=".jsonl", delete=False) as copy:
+        try:
+            while chunk := source.read(_COPY_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ApiError(413, f"file: over the limit of {max_bytes:,} bytes")
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+                copy.write(chunk)
+            lines += last != b"\n"
+            if lines > max_lines:
+                raise ApiError(
+                    400, f"file: {lines:,} lines; a batch holds at most {max_lines:,} requests", param="file"
+                )
+            if not size:
+                raise ApiError(400, "file: the file is empty", param="file")
+            copy.close()
+            store.storage.upload(store.file_content_url(owner, file_id), copy.name)
+        finally:
+            copy.close()
+            os.unlink(copy.name)
+    return size, lines

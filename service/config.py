@@ -1,0 +1,143 @@
+"""The service file: where state lives, the models served, limits, and the webhook."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas.errors import SpecError, format_validation_error
+from schemas.job import DEMO_MODEL, JobSpec, parse_job
+
+_WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str) -> int:
+    """ "24h" -> 86400. A completion window is a number and a unit: s, m, h or d."""
+    found = _WINDOW.match(window)
+    if found is None:
+        raise ValueError(f"completion_window: expected a number and a unit (s, m, h, d) such as 24h, got {window!r}")
+    return int(found.group(1)) * _SECONDS[found.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServedModel(_Strict):
+    name: str = Field(description="The model id clients send (`model` in each request line).")
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="Other names that mean this model, so request files written for a hosted model run as they "
+        'are (e.g. gpt-4o-mini); "*" answers to any name no other model claims.',
+    )
+    job: dict[str, Any] = Field(
+        description="A herd job file without input and output: model, prompt, sampling defaults, resources, retry."
+    )
+    bytes_per_shard: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="A batch's input file is cut into shards of about this many bytes: smaller shards commit "
+        "(and count in request_counts) sooner, and a cancelled batch keeps more.",
+    )
+
+    def job_for(self, input_path: str, output_path: str) -> JobSpec:
+        """The herd job that answers one batch of this model."""
+        raw = {
+            **self.job,
+            "name": self.job.get("name", f"batch-{self.name}"),
+            "input": {"path": input_path, "format": "openai-batch", "bytes_per_shard": self.bytes_per_shard},
+            "output": {"path": output_path, "format": "openai"},
+            # A batch completes with its failed requests in its error file, as OpenAI's do.
+            "max_error_fraction": 1.0,
+        }
+        return parse_job(raw, source=f"models[{self.name}].job")
+
+    @field_validator("job")
+    @classmethod
+    def _no_input_or_output(cls, job: dict[str, Any]) -> dict[str, Any]:
+        given = sorted({"input", "output"} & set(job))
+        if given:
+            raise ValueError(f"a served model's job leaves out {' and '.join(given)}: each batch supplies them")
+        return job
+
+
+class Limits(_Strict):
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="The largest file accepted (bytes).")
+    max_lines: int = Field(default=50_000, ge=1, description="The most requests in one batch input file.")
+    max_concurrent_batches: int = Field(
+        default=1, ge=1, description="Batches running at once (of different models; one model runs one at a time)."
+    )
+    completion_windows: list[str] = Field(
+        default_factory=lambda: ["24h"], description="The completion_window values a batch may ask for."
+    )
+
+    @field_validator("completion_windows")
+    @classmethod
+    def _windows_parse(cls, windows: list[str]) -> list[str]:
+        for window in windows:
+            window_seconds(window)
+        return windows
+
+
+class Webhook(_Strict):
+    url: str = Field(description="Where each batch's terminal status is POSTed (batch.completed, ...).")
+    secret: str = Field(
+        description="The signing secret, whsec_<base64> as standard-webhooks (and OpenAI) write it; "
+        "${VAR} takes it from the environment."
+    )
+
+
+class ServiceSpec(_Strict):
+    root: str = Field(default="./herd-batches", description="Where files and batches live: a local folder or s3://.")
+    host: str = Field(default="127.0.0.1", description="The address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="The port to listen on (0: any free port).")
+    models: list[ServedModel] = Field(
+        default_factory=lambda: [
+            ServedModel(
+                name="demo",
+                aliases=["*"],
+                job={
+                    "model": {"path": DEMO_MODEL, "max_model_len": 2048},
+                    "prompt": {"format": "model-template"},
+                },
+            )
+        ],
+        description="The models served; by default the demo model, answering to any model name.",
+    )
+    limits: Limits = Field(default_factory=Limits, description="What the service accepts.")
+    webhook: Webhook | None = Field(default=None, description="Optional: terminal statuses POSTed, signed.")
+
+    def model_named(self, name: str) -> ServedModel | None:
+        for model in self.models:
+            if name == model.name or name in model.aliases:
+                return model
+        return next((model for model in self.models if "*" in model.aliases), None)
+
+    def check_models(self) -> None:
+        """Every served model's job is valid, before the service answers anything."""
+        for model in self.models:
+            model.job_for("unused.jsonl", "unused")
+
+
+def load_service(path: str | Path | None, **overrides: Any) -> ServiceSpec:
+    """The service file (or the defaults), with the command line's overrides (None: not given)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise SpecError(f"{path}: cannot read the service file: {error}") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: the service file must be a mapping of fields")
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        spec = ServiceSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error, str(path or "service"), ServiceSpec)) from None
+    spec.check_models()
+    return spec

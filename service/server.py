@@ -1,0 +1,48 @@
+"""Starts the service: checks the service file and keys, picks batches up where the root left them,
+and serves HTTP until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+
+from common.storage import Storage, absolute
+from schemas.errors import SpecError
+from schemas.job import RetrySpec, StorageSpec
+from service.app import build_app
+from service.config import ServiceSpec
+from service.keys import ApiKeys
+from service.store import Store
+from service.webhooks import WebhookSender
+from service.worker import BatchWorker
+
+log = logging.getLogger("herd.service")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(spec: ServiceSpec, keys: ApiKeys) -> None:
+    if not keys.required and spec.host not in LOOPBACK:
+        raise SpecError(
+            f"--host {spec.host}: without API keys (--keys FILE or HERD_API_KEYS) the service listens on "
+            "loopback only; give keys to serve other machines"
+        )
+    import uvicorn
+
+    from jobs.runner import ensure_ray
+
+    root = absolute(spec.root)
+    store = Store(root, Storage(StorageSpec(), RetrySpec()))
+    webhooks = WebhookSender(spec.webhook.url, spec.webhook.secret) if spec.webhook is not None else None
+    worker = BatchWorker(spec, store, webhooks)
+    app = build_app(spec, store, keys)
+    models = ", ".join(f"{model.name} ({model.job['model']['path']})" for model in spec.models)
+    log.info("serving the Batch API on http://%s:%d/v1 for %s; state in %s", spec.host, spec.port, models, root)
+    if not keys.required:
+        log.warning("no API keys: every caller is the same owner, and only this machine can connect")
+    # Ray first, on the main thread: uvicorn's signal handlers then take over SIGTERM and Ctrl-C.
+    ensure_ray(quiet=True)
+    worker.start()
+    try:
+        uvicorn.run(app, host=spec.host, port=spec.port, log_level="warning", access_log=False)
+    finally:
+        worker.close()

@@ -1,0 +1,412 @@
+"""Runs the batches: validates each, answers it as a herd job, and writes its output and error files.
+
+Batches are taken fairly (the owner served longest ago goes first, so one key's 50 batches do not
+starve another's one), at most `limits.max_concurrent_batches` at once and one per served model at a
+time (a model's warm engines serve one job at a time). Everything is read from the root, so a server
+started again, or a second server on the same root, picks up what is unfinished: herd's lease on each
+job's output lets only one of them run it, and its manifest lets a batch resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from pydantic import ValidationError
+
+from common.jsonl import jsonl_lines
+from common.layout import OutputLayout
+from common.output_codec import decode_data, decode_errors, encode_errors
+from jobs.manifest import committed_shards
+from schemas.errors import OutputBusy, ShardsFailed
+from schemas.job import SamplingSpec
+from schemas.shard import Shard, ShardRecord
+from service.config import ServedModel, ServiceSpec
+from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
+from service.store import Store
+from service.webhooks import WebhookSender
+from workers.request_formats import RequestError, openai_batch_request
+
+log = logging.getLogger("herd.service")
+
+_POLL_S = 1.0
+_MAX_LISTED_ERRORS = 100  # OpenAI lists a failed batch's line errors; a file of 50k bad lines lists these
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class BatchWorker:
+    def __init__(self, spec: ServiceSpec, store: Store, webhooks: WebhookSender | None) -> None:
+        self.spec = spec
+        self.store = store
+        self.webhooks = webhooks
+        self._running: dict[str, threading.Thread] = {}
+        self._models_busy: set[str] = set()
+        self._last_served: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._stops: dict[str, threading.Event] = {}
+        self._thread = threading.Thread(target=self._loop, name="herd-batches", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops taking batches and asks the running ones to stop (their committed shards are kept;
+        the next server on this root resumes them)."""
+        self._closing.set()
+        for stop in list(self._stops.values()):
+            stop.set()
+        for thread in list(self._running.values()):
+            thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._take_batches()
+            except Exception:
+                log.exception("could not look for batches; trying again")
+            self._closing.wait(_POLL_S)
+
+    def _take_batches(self) -> None:
+        waiting = [record for record in self.store.all_batches() if record.batch.status not in TERMINAL]
+        with self._lock:
+            for thread_id in [key for key, thread in self._running.items() if not thread.is_alive()]:
+                del self._running[thread_id]
+            waiting = [record for record in waiting if record.batch.id not in self._running]
+            # The owner served longest ago first; within an owner, the oldest batch first.
+            waiting.sort(key=lambda record: (self._last_served.get(record.owner, 0.0), record.batch.created_at))
+            for record in waiting:
+                if len(self._running) >= self.spec.limits.max_concurrent_batches:
+                    return
+                model = self._model_of(record)
+                if model is not None and model.name in self._models_busy:
+                    continue
+                self._last_served[record.owner] = time.monotonic()
+                if model is not None:
+                    self._models_busy.add(model.name)
+                thread = threading.Thread(target=self._run, args=(record, model), daemon=True)
+                self._running[record.batch.id] = thread
+                thread.start()
+
+    def _model_of(self, record: BatchRecord) -> ServedModel | None:
+        if record.served_model is None:
+            return None  # not validated yet: it runs no engine until it is
+        return next((model for model in self.spec.models if model.name == record.served_model), None)
+
+    def _run(self, record: BatchRecord, model: ServedModel | None) -> None:
+        try:
+            self._advance(record)
+        except Exception as error:
+            log.exception("batch %s failed", record.batch.id)
+            self._fail(record, "server_error", f"{type(error).__name__}: {error}")
+        finally:
+            with self._lock:
+                if model is not None:
+                    self._models_busy.discard(model.name)
+
+    def _advance(self, record: BatchRecord) -> None:
+        """Takes the batch from where its record says it is to a terminal status, or leaves it for
+        a later pass (another server holds it)."""
+        batch_id, owner = record.batch.id, record.owner
+        if record.batch.status == "validating":
+            record = self._validate(record)
+            if record.batch.status != "in_progress":
+                return
+            # Validated: a model now runs it; the next pass takes it when that model is free.
+            return
+        if record.batch.status == "in_progress":
+            outcome = self._generate(record)
+            if outcome is None or self._closing.is_set():
+                return  # another server runs it, or this one stops: the next one resumes it
+        record = self.store.batch(owner, batch_id) or record
+        self._finalize(record)
+
+    # Validating
+
+    def _validate(self, record: BatchRecord) -> BatchRecord:
+        """Every line checked before any engine time is spent: the batch fails listing each bad line."""
+        batch = record.batch
+        file = self.store.file(record.owner, batch.input_file_id)
+        if file is None:
+            return self._fail(record, "invalid_file", f"input_file_id {batch.input_file_id}: no such file")
+        data = self.store.storage.read_bytes(self.store.file_content_url(record.owner, file.file.id))
+        errors, models, total = check_lines(data)
+        served = {name: self.spec.model_named(name) for name in models}
+        unknown = sorted(name for name, model in served.items() if model is None)
+        names = sorted({model.name for model in served.values() if model is not None})
+        if unknown:
+            errors.insert(0, BatchError(code="model_not_found", message=f"no served model is named {unknown[0]!r}"))
+        elif len(names) > 1:
+            message = f"a batch runs one model; its lines name {', '.join(names)}"
+            errors.insert(0, BatchError(code="invalid_request", message=message))
+        if not total:
+            errors.append(BatchError(code="empty_file", message="the input file holds no request"))
+        if errors:
+            return self._fail(record, errors[0].code, errors[0].message, errors)
+        model = next(model for model in self.spec.models if model.name == names[0])
+
+        def start(current: BatchRecord) -> bool:
+            if current.batch.status != "validating":
+                return False
+            current.batch.status, current.batch.in_progress_at = "in_progress", now()
+            current.batch.request_counts.total = total
+            current.batch.model = model.name
+            current.served_model = model.name
+            return True
+
+        return self.store.update_batch(record.owner, batch.id, start)
+
+    # Generating
+
+    def _generate(self, record: BatchRecord) -> str | None:
+        """Runs the batch's herd job until it is done, cancelled or expired; None when another server
+        holds it."""
+        model = self._model_of(record)
+        assert model is not None, "an in-progress batch has its model"
+        batch = record.batch
+        job = model.job_for(
+            self.store.file_content_url(record.owner, batch.input_file_id), self.store.job_root(batch.id)
+        )
+        stop = threading.Event()
+        self._stops[batch.id] = stop
+        watch = threading.Thread(target=self._watch, args=(record, stop), daemon=True)
+        watch.start()
+        counts = _Counts(self.store, record)
+        try:
+            import herd
+
+            herd.run(job, progress=counts, keep_engines=True, stop=stop)
+        except OutputBusy:
+            log.info("batch %s runs on another server; leaving it", batch.id)
+            return None
+        except ShardsFailed:
+            if not stop.is_set():
+                raise
+        finally:
+            stop.set()  # ends the watch
+            self._stops.pop(batch.id, None)
+        return "done"
+
+    def _watch(self, record: BatchRecord, stop: threading.Event) -> None:
+        """Sets `stop` when the batch is cancelled (from any server) or its window ends."""
+        while not stop.wait(0.5):
+            current = self.store.batch(record.owner, record.batch.id)
+            expired = current is not None and current.batch.expires_at is not None and now() >= current.batch.expires_at
+            if current is None or current.batch.status == "cancelling" or expired or self._closing.is_set():
+                stop.set()
+
+    # Finalizing
+
+    def _finalize(self, record: BatchRecord) -> None:
+        """The output and error files from what the job committed; a request left unanswered (the
+        batch was cancelled or expired) gets an error line."""
+        batch = record.batch
+        if batch.status in TERMINAL:
+            return
+
+        def finalizing(current: BatchRecord) -> bool:
+            if current.batch.status in TERMINAL:
+                return False
+            if current.batch.status != "cancelling":
+                current.batch.status = "finalizing"
+            current.batch.finalizing_at = current.batch.finalizing_at or now()
+            return True
+
+        record = self.store.update_batch(record.owner, batch.id, finalizing)
+        storage, layout = self.store.storage, OutputLayout(self.store.job_root(batch.id))
+        answered, outputs, errors = set(), [], []
+        prompt_tokens = completion_tokens = 0
+        for shard in committed_shards(storage, layout).values():
+            prompt_tokens += shard.prompt_tokens
+            completion_tokens += shard.completion_tokens
+            for stored in shard.outputs:
+                content = storage.read_bytes(stored.url)
+                if stored.folder == "errors":
+                    errors.append(content)
+                    answered.update(str(error["id"]) for error in decode_errors(content, stored.url, ""))
+                else:
+                    outputs.append(content)
+                    answered.update(str(row["id"]) for row in decode_data(content, stored.url, ["id"]))
+        requests: list[str] = []
+        if record.served_model is not None:  # validated: its lines are requests
+            data = storage.read_bytes(self.store.file_content_url(record.owner, batch.input_file_id))
+            requests = _custom_ids(data)
+        unanswered = [custom_id for custom_id in requests if custom_id not in answered]
+        ending = "completed"
+        if record.batch.status == "cancelling":
+            ending = "cancelled"
+        elif unanswered and batch.expires_at is not None and now() >= batch.expires_at:
+            ending = "expired"
+        if unanswered:
+            reason = {
+                "cancelled": "the batch was cancelled before this request ran",
+                "expired": "the batch's completion window ended before this request ran",
+            }.get(ending, "the request was not answered")
+            code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(ending, "batch_failed")
+            lines = encode_errors(
+                [{"id": custom_id, "stage": "generate", "reason": reason} for custom_id in unanswered], "openai"
+            )
+            errors.append(lines.replace(b'"herd_generate_error"', json.dumps(code).encode()))
+        failed = sum(len(jsonl_lines(part.decode("utf-8"))) for part in errors)
+        output_id = self._save_output(record, "output", b"".join(outputs)) if outputs else None
+        error_id = self._save_output(record, "errors", b"".join(errors)) if errors else None
+
+        def done(current: BatchRecord) -> bool:
+            if current.batch.status in TERMINAL:
+                return False
+            current.batch.status = ending
+            setattr(current.batch, f"{ending}_at", now())
+            current.batch.output_file_id, current.batch.error_file_id = output_id, error_id
+            total = current.batch.request_counts.total = len(requests)
+            current.batch.request_counts.failed = failed
+            current.batch.request_counts.completed = total - failed
+            current.batch.usage = BatchUsage(
+                input_tokens=prompt_tokens,
+                output_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            return True
+
+        record = self.store.update_batch(record.owner, batch.id, done)
+        log.info("batch %s %s: %s", batch.id, record.batch.status, record.batch.request_counts.model_dump())
+        self._notify(record)
+
+    def _save_output(self, record: BatchRecord, kind: str, data: bytes) -> str:
+        """An output file of the batch; its id comes from the batch's, so finalizing twice (two
+        servers, a restart) writes the same file again rather than a second one."""
+        file_id = f"file-{record.batch.id.removeprefix('batch_')}-{kind}"
+        url = self.store.file_content_url(record.owner, file_id)
+        self.store.storage.write_atomic(url, data)
+        self.store.save_file(
+            FileRecord(
+                owner=record.owner,
+                file=FileObject(
+                    id=file_id,
+                    bytes=len(data),
+                    created_at=now(),
+                    filename=f"{record.batch.id}_{kind}.jsonl",
+                    purpose="batch_output",
+                ),
+                lines=len(jsonl_lines(data.decode("utf-8"))),
+            )
+        )
+        return file_id
+
+    def _fail(
+        self, record: BatchRecord, code: str, message: str, errors: list[BatchError] | None = None
+    ) -> BatchRecord:
+        listed = (errors or [BatchError(code=code, message=message)])[:_MAX_LISTED_ERRORS]
+
+        def failed(current: BatchRecord) -> bool:
+            if current.batch.status in TERMINAL:
+                return False
+            current.batch.status, current.batch.failed_at = "failed", now()
+            current.batch.errors = BatchErrors(data=listed)
+            return True
+
+        record = self.store.update_batch(record.owner, record.batch.id, failed)
+        log.info("batch %s failed: %s", record.batch.id, message)
+        self._notify(record)
+        return record
+
+    def _notify(self, record: BatchRecord) -> None:
+        if self.webhooks is not None and record.batch.status in TERMINAL:
+            self.webhooks.send(f"batch.{record.batch.status}", {"id": record.batch.id})
+
+
+class _Counts:
+    """Told of every committed shard (herd's progress interface): keeps request_counts current."""
+
+    def __init__(self, store: Store, record: BatchRecord) -> None:
+        self.store, self.owner, self.batch_id = store, record.owner, record.batch.id
+
+    def start(self, shards: list[Shard]) -> None:
+        """The counts from what is committed already (a batch resumed after a restart)."""
+        layout = OutputLayout(self.store.job_root(self.batch_id))
+        done = committed_shards(self.store.storage, layout).values()
+        completed, failed = sum(shard.rows_in - shard.error_rows for shard in done), sum(s.error_rows for s in done)
+        self._update(completed, failed, since_zero=True)
+
+    def committed(self, record: ShardRecord, shard: Shard) -> None:
+        self._update(record.rows_in - record.error_rows, record.error_rows)
+
+    def _update(self, completed: int, failed: int, since_zero: bool = False) -> None:
+        def add(current: BatchRecord) -> bool:
+            if current.batch.status in TERMINAL:
+                return False
+            counts = current.batch.request_counts
+            counts.completed = completed + (0 if since_zero else counts.completed)
+            counts.failed = failed + (0 if since_zero else counts.failed)
+            return True
+
+        self.store.update_batch(self.owner, self.batch_id, add)
+
+    def failed(self) -> None:
+        pass
+
+    def replicas(self, up: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:
+    """Each line's problems (with its 1-based line number), the models the lines name, and how many
+    requests there are. A line is checked as herd will read it (workers/request_formats.py). Lines
+    may mix /v1/chat/completions and /v1/completions: herd answers both in one job."""
+    errors: list[BatchError] = []
+    models: set[str] = set()
+    seen: dict[str, int] = {}
+    total = 0
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return [BatchError(code="invalid_file", message=f"the file is not UTF-8 text: {error}")], models, 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        total += 1
+
+        def problem(message: str, param: str | None = None, code: str = "invalid_request", at: int = number) -> None:
+            errors.append(BatchError(code=code, message=message, param=param, line=at))
+
+        try:
+            request = json.loads(line)
+        except ValueError as error:
+            problem(f"not valid JSON: {error}", code="invalid_json_line")
+            continue
+        if not isinstance(request, dict):
+            problem("expected a JSON object")
+            continue
+        try:
+            parsed = openai_batch_request(request)
+            SamplingSpec.model_validate({**SamplingSpec().model_dump(), **parsed.overrides})
+        except RequestError as error:
+            problem(str(error), str(error).split(":", 1)[0])
+            continue
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            problem(f"body: {where}: {first['msg']}" if where else f"body: {first['msg']}", "body")
+            continue
+        custom_id = request["custom_id"]
+        if custom_id in seen:
+            problem(f"custom_id {custom_id!r} is also on line {seen[custom_id]}", "custom_id", "duplicate_custom_id")
+            continue
+        seen[custom_id] = number
+        model = request["body"].get("model")
+        if not isinstance(model, str) or not model:
+            problem("body.model: expected the name of a served model", "body.model")
+            continue
+        models.add(model)
+    return errors, models, total
+
+
+def _custom_ids(data: bytes) -> list[str]:
+    return [json.loads(line)["custom_id"] for line in jsonl_lines(data.decode("utf-8"))]

@@ -1,0 +1,371 @@
+"""`herd serve`: the OpenAI Batch API, driven by the real `openai` SDK against a server on 127.0.0.1
+answering with the real engine (the tiny Llama on vLLM CPU)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+from openai.types.chat import ChatCompletion
+from openai.types.completion import Completion
+
+from tests.cpu.conftest import free_port, tiny_model_spec
+from tests.cpu.service_process import REPO, ServiceProcess
+
+KEY_A = "sk-team-a-0123456789abcdef"
+KEY_B = "sk-team-b-0123456789abcdef"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herd-test-webhook-signing-key-32b").decode()
+UPLOAD_LIMIT = 96 * 1024
+
+
+RECEIVED: list[tuple[dict[str, str], bytes]] = []  # (headers, body) of every webhook call
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        RECEIVED.append(({key.lower(): value for key, value in self.headers.items()}, body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *arguments: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook_receiver():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+def _service_file(directory: Path, tiny_model: Path, root: Path, webhook: str | None = None) -> Path:
+    spec = {
+        "root": str(root),
+        "models": [
+            {
+                "name": "tiny-llama",
+                "aliases": ["*"],
+                "bytes_per_shard": 1024,  # small shards: progress, cancel and restart have something to show
+                "job": {
+                    "model": tiny_model_spec(tiny_model),
+                    "prompt": {"format": "llama2-chat"},
+                    "retry": {"backoff_base_s": 0.1},
+                },
+            }
+        ],
+        "limits": {"max_upload_bytes": UPLOAD_LIMIT, "completion_windows": ["24h", "4s"]},
+    }
+    if webhook is not None:
+        spec["webhook"] = {"url": webhook, "secret": WEBHOOK_SECRET}
+    path = directory / "service.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model, tmp_path_factory, webhook_receiver):
+    directory = tmp_path_factory.mktemp("service")
+    (directory / "keys").write_text(f"# owner:key\nteam-a:{KEY_A}\nteam-b:{KEY_B}\n")
+    server = ServiceProcess(
+        _service_file(directory, tiny_model, directory / "root", webhook_receiver),
+        directory / "keys",
+        free_port(),
+        directory / "service.log",
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _client(service: ServiceProcess, key: str = KEY_A) -> openai.OpenAI:
+    return openai.OpenAI(base_url=service.base_url, api_key=key, max_retries=0)
+
+
+def _requests(count: int, max_tokens: int = 24, **body: object) -> bytes:
+    lines = [
+        {
+            "custom_id": f"req-{index}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"question {index}: tell me about llamas"}],
+                "max_tokens": max_tokens,
+                **body,
+            },
+        }
+        for index in range(count)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def _wait(client: openai.OpenAI, batch_id: str, until: set[str], timeout_s: float = 300.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in until:
+            return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.status}"
+        time.sleep(0.2)
+
+
+def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
+
+
+@pytest.mark.own_engine
+def test_the_openai_sdk_runs_the_example_batch_and_every_custom_id_is_answered_once(service):
+    client = _client(service)
+    with open(REPO / "examples" / "openai_batch.jsonl", "rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.filename == "openai_batch.jsonl"
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"team": "a"}
+    )
+    assert batch.status == "validating" and batch.metadata == {"team": "a"}
+    done = _wait(client, batch.id, {"completed", "failed"})
+    assert done.status == "completed", done.errors
+    assert done.request_counts.total == 5 and done.request_counts.completed + done.request_counts.failed == 5
+    assert done.in_progress_at and done.finalizing_at and done.completed_at and done.usage.output_tokens > 0
+    answered = _lines(client, done.output_file_id) + _lines(client, done.error_file_id)
+    assert sorted(line["custom_id"] for line in answered) == ["chat-1", "chat-2", "chat-3", "chat-4", "completion-1"]
+    for line in _lines(client, done.output_file_id):
+        kind = ChatCompletion if line["custom_id"].startswith("chat") else Completion
+        body = kind.model_validate(line["response"]["body"])  # the SDK's own types
+        assert body.choices[0].finish_reason in ("stop", "length") and body.usage.completion_tokens > 0
+    # herd's extension: the batch's report.
+    report = httpx.get(f"{service.base_url}/batches/{batch.id}/report", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert report.status_code == 200 and "<html" in report.text.lower()
+    # The webhook, verified by the SDK itself.
+    deadline = time.monotonic() + 30
+    while not any(json.loads(body)["data"]["id"] == batch.id for _, body in RECEIVED):
+        assert time.monotonic() < deadline, "no webhook"
+        time.sleep(0.2)
+    headers, body = next((h, b) for h, b in RECEIVED if json.loads(b)["data"]["id"] == batch.id)
+    event = client.webhooks.unwrap(body, headers, secret=WEBHOOK_SECRET)
+    assert event.type == "batch.completed" and event.data.id == batch.id
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        client.webhooks.unwrap(body.replace(b"batch", b"botch"), headers, secret=WEBHOOK_SECRET)
+
+
+@pytest.mark.own_engine
+def test_logprobs_come_in_openais_shape_and_a_tools_request_fails_validation_naming_its_line(service):
+    client = _client(service)
+    tools_file = (
+        _requests(2)[:-1]
+        + b"\n"
+        + json.dumps(
+            {
+                "custom_id": "with-tools",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": "weather?"}],
+                    "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+                },
+            }
+        ).encode()
+        + b"\n{not json\n"
+        + _requests(1)[:-1]
+        + b"\n"
+    )
+    upload = client.files.create(file=("bad.jsonl", tools_file), purpose="batch")
+    failed = _wait(
+        client,
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h").id,
+        {"failed", "completed"},
+    )
+    assert failed.status == "failed"
+    problems = {error.line: error for error in failed.errors.data}
+    assert problems[3].param == "body.tools" and "tool calls are not supported" in problems[3].message
+    assert problems[4].code == "invalid_json_line"
+    assert problems[5].code == "duplicate_custom_id" and "line 1" in problems[5].message
+    assert failed.output_file_id is None
+
+    upload = client.files.create(file=("logprobs.jsonl", _requests(3, logprobs=True, top_logprobs=2)), purpose="batch")
+    done = _wait(
+        client,
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h").id,
+        {"completed", "failed"},
+    )
+    assert done.status == "completed", done.errors
+    lines = _lines(client, done.output_file_id)
+    assert len(lines) == 3
+    for line in lines:
+        choice = ChatCompletion.model_validate(line["response"]["body"]).choices[0]
+        tokens = choice.logprobs.content
+        assert len(tokens) == line["response"]["body"]["usage"]["completion_tokens"]
+        for token in tokens:
+            assert len(token.top_logprobs) == 2 and token.top_logprobs[0].logprob >= token.top_logprobs[1].logprob
+            assert token.logprob <= 0 and bytes(token.bytes).decode("utf-8") == token.token
+
+
+@pytest.mark.own_engine
+def test_keys_isolate_teams_and_bad_requests_get_a_clear_4xx(service):
+    team_a, team_b = _client(service, KEY_A), _client(service, KEY_B)
+    upload = team_a.files.create(file=("mine.jsonl", _requests(2)), purpose="batch")
+    batch = team_a.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    # Another key's ids do not exist for it.
+    for call in (
+        lambda: team_b.files.retrieve(upload.id),
+        lambda: team_b.files.content(upload.id),
+        lambda: team_b.files.delete(upload.id),
+        lambda: team_b.batches.retrieve(batch.id),
+        lambda: team_b.batches.cancel(batch.id),
+        lambda: team_b.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert upload.id not in [file.id for file in team_b.files.list()]
+    assert batch.id not in [listed.id for listed in team_b.batches.list()]
+    with pytest.raises(openai.AuthenticationError):
+        _client(service, "sk-wrong-0123456789abcdef").models.list()
+    anonymous = httpx.get(f"{service.base_url}/models")
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
+
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    oversize = httpx.post(
+        f"{service.base_url}/files",
+        headers=auth,
+        files={"file": ("big.jsonl", b"x" * (UPLOAD_LIMIT + 1))},
+        data={"purpose": "batch"},
+    )
+    assert oversize.status_code == 413 and "limit" in oversize.json()["error"]["message"]
+    chunked = httpx.post(  # no Content-Length: the limit holds as the body streams in
+        f"{service.base_url}/files",
+        headers={**auth, "content-type": "multipart/form-data; boundary=xyz"},
+        content=iter([b"--xyz\r\n", b"y" * (2 * UPLOAD_LIMIT)]),
+    )
+    assert chunked.status_code == 413
+    malformed = httpx.post(
+        f"{service.base_url}/files",
+        headers={**auth, "content-type": "multipart/form-data; boundary=xyz"},
+        content=b"--xyz\r\nnot a part header\r\n\r\n--xyz--",
+    )
+    assert malformed.status_code == 400 and malformed.json()["error"]["message"]
+    wrong_purpose = httpx.post(
+        f"{service.base_url}/files", headers=auth, files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "fine-tune"}
+    )
+    assert wrong_purpose.status_code == 400 and wrong_purpose.json()["error"]["param"] == "purpose"
+    bad_json = httpx.post(
+        f"{service.base_url}/batches", headers={**auth, "content-type": "application/json"}, content=b"{"
+    )
+    assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
+    unknown_field = httpx.post(
+        f"{service.base_url}/batches",
+        headers=auth,
+        json={"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "completion_window": "24h", "x": 1},
+    )
+    assert unknown_field.status_code == 400 and unknown_field.json()["error"]["param"] == "x"
+    window = httpx.post(
+        f"{service.base_url}/batches",
+        headers=auth,
+        json={"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "completion_window": "1h"},
+    )
+    assert window.status_code == 400 and "24h" in window.json()["error"]["message"]
+    for query in ("limit=0", "limit=lots"):
+        assert httpx.get(f"{service.base_url}/batches?{query}", headers=auth).status_code == 400
+    traversal = httpx.get(f"{service.base_url}/files/..%2F..%2Fkeys", headers=auth)
+    assert traversal.status_code == 404
+    _wait(team_a, batch.id, {"completed"})
+
+
+@pytest.mark.own_engine
+def test_batches_list_in_pages_newest_first(service):
+    client = _client(service)
+    upload = client.files.create(file=("page.jsonl", _requests(1)), purpose="batch")
+    created = [
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h").id
+        for _ in range(3)
+    ]
+    first = client.batches.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    every = [batch.id for batch in client.batches.list(limit=2)]  # the SDK follows the pages itself
+    assert every[:3] == created[::-1] and len(every) == len(set(every))
+    for batch_id in created:
+        _wait(client, batch_id, {"completed"})
+
+
+@pytest.mark.own_engine
+def test_cancel_and_expiry_keep_what_was_answered_and_give_every_other_request_an_error_line(service):
+    client = _client(service)
+    expected = sorted(f"req-{index}" for index in range(300))
+    for window, action in (("24h", "cancel"), ("4s", "expire")):
+        upload = client.files.create(file=(f"{action}.jsonl", _requests(300, max_tokens=64)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window=window
+        )
+        if action == "cancel":
+            deadline = time.monotonic() + 300
+            while client.batches.retrieve(batch.id).request_counts.completed == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert client.batches.cancel(batch.id).status == "cancelling"
+        ended = _wait(client, batch.id, {"cancelled", "expired", "completed"})
+        assert ended.status == ("cancelled" if action == "cancel" else "expired")
+        answers, errors = _lines(client, ended.output_file_id), _lines(client, ended.error_file_id)
+        assert answers and errors, (len(answers), len(errors))
+        assert sorted(line["custom_id"] for line in answers + errors) == expected
+        code = "batch_cancelled" if action == "cancel" else "batch_expired"
+        assert {line["error"]["code"] for line in errors} == {code}
+        assert ended.request_counts.completed == len(answers) and ended.request_counts.failed == len(errors)
+
+
+@pytest.mark.own_engine
+def test_batches_of_one_model_share_its_warm_engine(service):
+    # Every batch of this module ran on the engine the first one started.
+    assert service.log().count(" is ready") == 1, service.log()
+
+
+@pytest.mark.own_engine
+def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one_root_run_it_once(tiny_model, tmp_path):
+    service_file = _service_file(tmp_path, tiny_model, tmp_path / "root")
+    first = ServiceProcess(service_file, None, free_port(), tmp_path / "first.log")
+    later: list[ServiceProcess] = []
+    try:
+        first.wait_ready()
+        client = _client(first, "unused")
+        upload = client.files.create(file=("big.jsonl", _requests(300, max_tokens=64)), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.monotonic() + 300
+        while client.batches.retrieve(batch.id).request_counts.completed == 0:
+            assert time.monotonic() < deadline, first.log()
+            time.sleep(0.1)
+        first.kill()
+        assert client_status(tmp_path, batch.id) == "in_progress"
+        later = [ServiceProcess(service_file, None, free_port(), tmp_path / f"next-{n}.log") for n in range(2)]
+        for server in later:
+            server.wait_ready()
+        done = _wait(_client(later[0], "unused"), batch.id, {"completed", "failed"})
+        assert done.status == "completed", done.errors
+        answers = _lines(_client(later[1], "unused"), done.output_file_id)
+        assert sorted(line["custom_id"] for line in answers) == sorted(f"req-{index}" for index in range(300))
+        assert done.request_counts.completed == 300 and done.error_file_id is None
+        # One of the two servers ran the rest; the other never started an engine.
+        assert sorted(server.log().count(" is ready") for server in later) == [0, 1]
+    finally:
+        first.kill()
+        for server in later:
+            server.stop()
+
+
+def client_status(root_parent: Path, batch_id: str) -> str:
+    [record] = (root_parent / "root" / "batches").rglob(f"{batch_id}.json")
+    return json.loads(record.read_text())["batch"]["status"]
