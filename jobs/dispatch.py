@@ -29,7 +29,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from common.retry import backoff_seconds
 from jobs.capacity import cluster_shape, describe_cluster
 from jobs.progress import Progress
-from jobs.replica_state import Phase, ReplicaState
+from jobs.replica_state import NODE_LEFT, Phase, ReplicaState
 from jobs.replicas import ReplicaPool, last_log_lines
 from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.job import JobSpec
@@ -390,6 +390,8 @@ class Dispatcher:
     def _node_lost(replica: ReplicaState) -> bool:
         """Whether the node the replica was placed on has left the cluster (spot loss, preemption)."""
         node = replica.node_id
+        if node == NODE_LEFT:
+            return True
         return node is not None and not any(entry["NodeID"] == node and entry.get("Alive") for entry in ray.nodes())
 
     def _replace_after_loss(self, replica: ReplicaState) -> None:

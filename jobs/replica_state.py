@@ -25,6 +25,10 @@ class Phase(str, Enum):
     DEAD = "dead"  # ended: crashed, stalled, never ready, its node lost, or given up on
 
 
+# A replica's node when its placement group was placed and then lost before the driver could look.
+NODE_LEFT = "<left>"
+
+
 class PhaseError(RuntimeError):
     """A transition the lifecycle does not have (a bug in the driver, never a replica's fault)."""
 

@@ -21,7 +21,7 @@ from common.layout import OutputLayout
 from common.node_cache import cache_root
 from common.storage import is_remote, join
 from jobs.capacity import choose_device, cluster_shape
-from jobs.replica_state import ReplicaState
+from jobs.replica_state import NODE_LEFT, ReplicaState
 from schemas.job import JobSpec, ModelSpec
 from workers.engine import engine_environment
 from workers.replica import HEALTH_GROUP, EngineFactory, Replica, build_vllm_engine
@@ -160,8 +160,12 @@ class ReplicaPool:
         return replica_log_file(self._job, self._started)
 
     def node_of(self, replica: ReplicaState) -> str:
-        """The node its placement group was placed on: the replica runs in the group's first bundle."""
-        return placement_group_table(replica.placement_group)["bundles_to_node_id"][0]
+        """The node its placement group was placed on (the replica runs in the group's first bundle);
+        NODE_LEFT when the group is no longer placed: its node left between the placing and now."""
+        table = placement_group_table(replica.placement_group)
+        if table.get("state") != "CREATED":
+            return NODE_LEFT
+        return table.get("bundles_to_node_id", {}).get(0, NODE_LEFT)
 
     def bundles(self) -> list[dict[str, float]]:
         """What one replica asks the cluster for."""

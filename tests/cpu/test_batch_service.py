@@ -251,7 +251,10 @@ def test_keys_isolate_teams_and_bad_requests_get_a_clear_4xx(service):
     chunked = httpx.post(  # no Content-Length: the limit holds as the body streams in
         f"{service.base_url}/files",
         headers={**auth, "content-type": "multipart/form-data; boundary=xyz"},
-        content=iter([b"--xyz\r\n", b"y" * (2 * UPLOAD_LIMIT)]),
+        content=iter(
+            [b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n']
+            + [b"y" * 8192] * (2 * UPLOAD_LIMIT // 8192)
+        ),
     )
     assert chunked.status_code == 413
     malformed = httpx.post(
