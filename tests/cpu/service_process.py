@@ -3,7 +3,6 @@ and an end that takes every process it started with it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -54,16 +53,10 @@ class ServiceProcess:
         return self.log_file.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: the process, its Ray and its engines end at once."""
+        """SIGKILL, as a crash: the process, its Ray and its engines end at once (also the end of a
+        test: what a graceful stop would save is the next server's to resume, as a crash's is)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         end_processes_mentioning(self.ray_dir)
         self._log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=60)
-        self.kill()

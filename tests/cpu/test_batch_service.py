@@ -86,7 +86,7 @@ def service(tiny_model, tmp_path_factory, webhook_receiver):
         server.wait_ready()
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 def _client(service: ServiceProcess, key: str = KEY_A) -> openai.OpenAI:
@@ -366,7 +366,7 @@ def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one
     finally:
         first.kill()
         for server in later:
-            server.stop()
+            server.kill()
 
 
 def client_status(root_parent: Path, batch_id: str) -> str:
