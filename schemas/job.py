@@ -235,7 +235,7 @@ class SamplingSpec(StrictModel):
         default=0,
         ge=0,
         le=20,
-        description="With logprobs: also the this many most likely tokens at each step (OpenAI result lines).",
+        description="With logprobs: also this many most likely tokens at each step (in OpenAI result lines).",
     )
     presence_penalty: float = Field(
         default=0.0, ge=-2.0, le=2.0, description="Penalizes tokens that appeared at all so far (OpenAI's meaning)."
