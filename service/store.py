@@ -16,10 +16,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from common.storage import PreconditionFailed, Storage, join
 from service.objects import BatchRecord, FileRecord
+
+Record = TypeVar("Record", FileRecord, BatchRecord)
 
 
 def new_id(prefix: str) -> str:
@@ -49,20 +51,11 @@ class Store:
         self.storage.write_text(self._file_record_url(record.owner, record.file.id), record.model_dump_json())
 
     def file(self, owner: str, file_id: str) -> FileRecord | None:
-        if not _plain_id(file_id):
-            return None
-        try:
-            return FileRecord.model_validate_json(self.storage.read_text(self._file_record_url(owner, file_id)))
-        except FileNotFoundError:
-            return None
+        return self._record(FileRecord, file_id, lambda: self._file_record_url(owner, file_id))
 
     def files(self, owner: str) -> list[FileRecord]:
         """The owner's files, newest first."""
-        folder = join(self.root, "files", _owner_folder(owner))
-        names = [name for name in self.storage.list_names(folder) if name.endswith(".json")]
-        contents = self.storage.read_many([join(folder, name) for name in names])
-        records = [FileRecord.model_validate_json(data) for data in contents.values()]
-        return sorted(records, key=lambda record: record.file.id, reverse=True)
+        return self._records(FileRecord, join(self.root, "files", _owner_folder(owner)))
 
     def delete_file(self, owner: str, file_id: str) -> None:
         self.storage.delete([self.file_content_url(owner, file_id), self._file_record_url(owner, file_id)])
@@ -79,33 +72,33 @@ class Store:
         self.storage.create_exclusive(self._batch_url(record.owner, record.batch.id), record.model_dump_json())
 
     def batch(self, owner: str, batch_id: str) -> BatchRecord | None:
-        if not _plain_id(batch_id):
-            return None
-        try:
-            return BatchRecord.model_validate_json(self.storage.read_text(self._batch_url(owner, batch_id)))
-        except FileNotFoundError:
-            return None
+        return self._record(BatchRecord, batch_id, lambda: self._batch_url(owner, batch_id))
 
     def batches(self, owner: str) -> list[BatchRecord]:
         """The owner's batches, newest first."""
-        folder = join(self.root, "batches", _owner_folder(owner))
-        return self._records_in(folder)
+        return self._records(BatchRecord, join(self.root, "batches", _owner_folder(owner)))
 
     def all_batches(self) -> list[BatchRecord]:
         """Every owner's batches, for the worker that runs them."""
         top = join(self.root, "batches")
-        urls = (
-            [info.url for info in self.storage.expand_inputs(top) if info.url.endswith(".json")]
-            if (self.storage.has_entries(top))
-            else []
-        )
+        if not self.storage.has_entries(top):  # no batch yet: listing a missing folder is an error
+            return []
+        urls = [info.url for info in self.storage.expand_inputs(top) if info.url.endswith(".json")]
         return [BatchRecord.model_validate_json(data) for data in self.storage.read_many(urls).values()]
 
-    def _records_in(self, folder: str) -> list[BatchRecord]:
-        names = [name for name in self.storage.list_names(folder) if name.endswith(".json")]
+    def _record(self, model: type[Record], record_id: str, url: Callable[[], str]) -> Record | None:
+        if not _plain_id(record_id):
+            return None
+        try:
+            return model.model_validate_json(self.storage.read_text(url()))
+        except FileNotFoundError:
+            return None
+
+    def _records(self, model: type[Record], folder: str) -> list[Record]:
+        """The records in a folder, newest first: their names are their ids, which sort by time."""
+        names = sorted((name for name in self.storage.list_names(folder) if name.endswith(".json")), reverse=True)
         contents = self.storage.read_many([join(folder, name) for name in names])
-        records = [BatchRecord.model_validate_json(data) for data in contents.values()]
-        return sorted(records, key=lambda record: record.batch.id, reverse=True)
+        return [model.model_validate_json(contents[join(folder, name)]) for name in names]
 
     def update_batch(self, owner: str, batch_id: str, change: Callable[[BatchRecord], Any]) -> BatchRecord:
         """Reads the record, applies `change` to it, and writes it back only if nobody changed it in
