@@ -78,9 +78,7 @@ class BatchWorker:
             for thread_id in [key for key, thread in self._running.items() if not thread.is_alive()]:
                 del self._running[thread_id]
             waiting = [record for record in waiting if record.batch.id not in self._running]
-            # The owner served longest ago first; within an owner, the oldest batch first.
-            waiting.sort(key=lambda record: (self._last_served.get(record.owner, 0.0), record.batch.created_at))
-            for record in waiting:
+            for record in fair_order(waiting, self._last_served):
                 if len(self._running) >= self.spec.limits.max_concurrent_batches:
                     return
                 model = self._model_of(record)
@@ -354,6 +352,12 @@ class _Counts:
 
     def close(self) -> None:
         pass
+
+
+def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> list[BatchRecord]:
+    """The batches of the owner served longest ago (or never) first; an owner's own batches oldest
+    first (ids sort by the time they were made)."""
+    return sorted(waiting, key=lambda record: (last_served.get(record.owner, 0.0), record.batch.id))
 
 
 def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:

@@ -63,7 +63,7 @@ def _service_file(directory: Path, tiny_model: Path, root: Path, webhook: str | 
                 },
             }
         ],
-        "limits": {"max_upload_bytes": UPLOAD_LIMIT, "completion_windows": ["24h", "4s"]},
+        "limits": {"max_upload_bytes": UPLOAD_LIMIT, "max_lines": 400, "completion_windows": ["24h", "4s"]},
     }
     if webhook is not None:
         spec["webhook"] = {"url": webhook, "secret": WEBHOOK_SECRET}
@@ -263,6 +263,13 @@ def test_keys_isolate_teams_and_bad_requests_get_a_clear_4xx(service):
         content=b"--xyz\r\nnot a part header\r\n\r\n--xyz--",
     )
     assert malformed.status_code == 400 and malformed.json()["error"]["message"]
+    too_many = httpx.post(
+        f"{service.base_url}/files",
+        headers=auth,
+        files={"file": ("many.jsonl", b"{}\n" * 401)},
+        data={"purpose": "batch"},
+    )
+    assert too_many.status_code == 400 and "401 lines; a batch holds at most 400" in too_many.json()["error"]["message"]
     wrong_purpose = httpx.post(
         f"{service.base_url}/files", headers=auth, files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "fine-tune"}
     )

@@ -1,0 +1,94 @@
+"""The batch service's parts that need no server: fair turns, line checks, signatures, ids, keys."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from schemas.errors import SpecError
+from service.keys import ApiKeys
+from service.objects import Batch, BatchRecord
+from service.store import new_id
+from service.webhooks import secret_key, sign
+from service.worker import check_lines, fair_order
+
+
+def _record(owner: str) -> BatchRecord:
+    batch = Batch(
+        id=new_id("batch_"),
+        endpoint="/v1/chat/completions",
+        input_file_id="f",
+        completion_window="24h",
+        status="validating",
+        created_at=0,
+    )
+    return BatchRecord(owner=owner, batch=batch)
+
+
+def test_one_owners_fifty_batches_do_not_starve_anothers_one():
+    waiting = [_record("busy-team") for _ in range(50)] + [_record("small-team")]
+    last_served: dict[str, float] = {}
+    served = []
+    for turn in range(4):  # each turn runs the first in fair order, as the worker does
+        chosen = fair_order(waiting, last_served)[0]
+        waiting.remove(chosen)
+        last_served[chosen.owner] = float(turn + 1)
+        served.append(chosen.owner)
+    assert served[:2] == ["busy-team", "small-team"] and served[2:] == ["busy-team", "busy-team"]
+    # Within an owner, the oldest batch first.
+    mine = [_record("team") for _ in range(5)]
+    assert fair_order(list(reversed(mine)), {}) == mine
+
+
+def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
+    good = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    lines = [
+        json.dumps(good),
+        "",  # blank lines are allowed
+        json.dumps({**good, "custom_id": "b", "body": {**good["body"], "functions": []}}),
+        json.dumps({**good, "custom_id": "c", "body": {**good["body"], "n": 2, "temperature": 0}}),
+        json.dumps({**good, "custom_id": "d", "url": "/v1/embeddings"}),
+        json.dumps({**good, "custom_id": "e", "body": {**good["body"], "stream": True}}),
+        json.dumps([1, 2]),
+        json.dumps({**good, "custom_id": "f", "body": {"messages": good["body"]["messages"]}}),
+    ]
+    errors, models, total = check_lines("\n".join(lines).encode())
+    assert total == 7 and models == {"m"}
+    by_line = {error.line: error for error in errors}
+    assert sorted(by_line) == [3, 4, 5, 6, 7, 8]
+    assert by_line[3].param == "body.functions" and "function calls are not supported" in by_line[3].message
+    assert "n 2 needs sampling" in by_line[4].message
+    assert by_line[5].param == "url" and "/v1/embeddings" in by_line[5].message
+    assert by_line[6].param == "body.stream"
+    assert "JSON object" in by_line[7].message
+    assert by_line[8].param == "body.model"
+
+
+def test_webhook_signatures_follow_standard_webhooks():
+    key = b"0123456789abcdef0123456789abcdef"
+    secret = "whsec_" + base64.b64encode(key).decode()
+    assert secret_key(secret) == key
+    # The example of the standard-webhooks specification's reference implementations.
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    spec_key = base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    assert sign(spec_key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}') == expected
+
+
+def test_ids_sort_by_the_time_they_were_made_and_keys_are_kept_as_hashes():
+    ids = [new_id("batch_") for _ in range(20)]
+    assert ids == sorted(ids) and len(set(ids)) == 20
+    keys = ApiKeys.parse("# comment\nteam-a: sk-aaaaaaaaaaaaaaaa\n\nteam-b:sk-bbbbbbbbbbbbbbbb\n", "keys")
+    assert keys.owner_of("sk-aaaaaaaaaaaaaaaa") == "team-a" and keys.owner_of("sk-bbbbbbbbbbbbbbbb") == "team-b"
+    assert keys.owner_of("sk-aaaaaaaaaaaaaaab") is None and keys.owner_of(None) is None
+    assert "sk-aaaaaaaaaaaaaaaa" not in repr(vars(keys))
+    with pytest.raises(SpecError, match="keys line 1: expected OWNER:KEY"):
+        ApiKeys.parse("team-a:short", "keys")
+    with pytest.raises(SpecError, match="line 2: this key is given twice"):
+        ApiKeys.parse("a:sk-aaaaaaaaaaaaaaaa\nb:sk-aaaaaaaaaaaaaaaa", "keys")
