@@ -21,7 +21,7 @@ from jobs.dispatch import Dispatcher
 from jobs.manifest import commit_shard
 from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool
-from schemas import SpecError, parse_job
+from schemas import parse_job
 from tests.cpu.fake_engine import FakeEngineFactory
 
 
@@ -39,10 +39,7 @@ def main(config: dict) -> dict:
     )
     storage = Storage(job.storage, job.retry)
     shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
-    try:
-        count = replica_count(job, cluster_shape(), choose_device("auto", cluster_shape()), len(shards))
-    except SpecError as error:
-        return {"error": str(error)}
+    count = replica_count(job, cluster_shape(), choose_device("auto", cluster_shape()), len(shards))
     # Slow enough that a replica ready a moment after the other still finds shards left.
     pool = ReplicaPool(job.model, job, count, FakeEngineFactory(seconds_per_call=0.5))
     layout = OutputLayout(job.output.path)

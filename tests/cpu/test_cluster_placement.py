@@ -95,9 +95,20 @@ def test_fake_engine_node_lost_while_its_replica_loads_is_not_counted_as_a_crash
     assert result["replicas_replaced"] >= 1 and result["replica_crashes"] == 0, result
 
 
-def test_fake_engine_tp8_on_4_gpu_nodes_fails_fast_saying_what_is_missing(tmp_path, tiny_model):
-    result = _probe(tmp_path, tiny_model, tp=8, gpus_per_node=4, nodes=2)
-    assert result == {"error": "model.tensor_parallel_size 8 needs 8 GPUs on one node; the largest node has 4"}
+def test_tp8_on_4_gpu_nodes_fails_fast_saying_what_is_missing(tmp_path):
+    """Cluster arithmetic, on the shape placement_probe reads from a real cluster (tp2 test above)."""
+    from jobs.capacity import ClusterShape, replica_count
+
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+            "model": {"path": str(tmp_path / "model"), "tensor_parallel_size": 8},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    with pytest.raises(SpecError) as raised:
+        replica_count(job, ClusterShape([{"CPU": 4.0, "GPU": 4.0}, {"CPU": 4.0, "GPU": 4.0}]), "gpu", 10)
+    assert str(raised.value) == "model.tensor_parallel_size 8 needs 8 GPUs on one node; the largest node has 4"
 
 
 @pytest.mark.parametrize("name", sorted(LLAMA2_PRESETS))
