@@ -30,7 +30,9 @@ def _job(prefix: str, endpoint: str, **retry: object) -> dict:
             "bytes_per_shard": 1024,
         },
         "sampling": {"max_new_tokens": 4},
-        "output": {"path": f"s3://herd-test/{prefix}/out", "format": "jsonl"},
+        # A lease left by a run that ended in an outage is taken over once stale (at once from another
+        # process; these runs share the test's).
+        "output": {"path": f"s3://herd-test/{prefix}/out", "format": "jsonl", "lease_ttl_s": 5},
         "storage": {"endpoint_url": endpoint},
         # One try per shard: a storage failure that used one up would fail the shard.
         "retry": {"attempts": 1, "backoff_base_s": 0.2, "backoff_cap_s": 5.0, **retry},
@@ -77,6 +79,7 @@ def test_storage_down_past_the_deadline_ends_the_run_with_exit_6_and_the_next_ru
         message = str(raised.value)
         assert "retry.storage_deadline_s is 4s" in message and "Please reduce your request rate" in message
         proxy.outage_until = 0.0  # storage is back
+        time.sleep(5)  # the lease the first run could not release goes stale
         outcome = run_tiny(**_job("outage-long", proxy.endpoint, storage_deadline_s=4.0))
     assert outcome.exit_code == ExitCode.SUCCESS
     ids = [row["id"] for row in read_rows("s3://herd-test/outage-long/out/data", s3_endpoint)]
