@@ -176,9 +176,10 @@ def command_serve(arguments: argparse.Namespace) -> int:
     from service.keys import ApiKeys
     from service.server import serve
 
-    spec = load_service(arguments.service, host=arguments.host, port=arguments.port, root=arguments.root)
+    given = vars(arguments)
+    spec = load_service(given.get("service"), host=given.get("host"), port=given.get("port"), root=given.get("root"))
     _interrupt_on_sigterm()
-    serve(spec, ApiKeys.load(arguments.keys))
+    serve(spec, ApiKeys.load(given.get("keys")))
     return 0
 
 
@@ -400,12 +401,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve an OpenAI-compatible Batch API (files, batches, models) answered by herd jobs; see "
         "docs/batch-service.md",
     )
-    serve.add_argument("service", nargs="?", help="the service file (YAML); default: the demo model on this machine")
-    serve.add_argument("--host", help="the address to listen on (default: the file's, else 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="the port (default: the file's, else 8000)")
-    serve.add_argument("--root", help="where files and batches live, local or s3:// (default: ./herd-batches)")
+    # Defaults come from the service file, else the service's own: the help says which (SUPPRESS keeps
+    # argparse from adding a "(default: None)" of its own).
+    quiet_default = argparse.SUPPRESS
+    serve.add_argument(
+        "service", nargs="?", default=quiet_default, help="the service file (YAML); default: the demo model here"
+    )
+    serve.add_argument(
+        "--host", default=quiet_default, help="the address to listen on (default: the file's, else 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=quiet_default, help="the port (default: the file's, else 8000)")
+    serve.add_argument(
+        "--root", default=quiet_default, help="where files and batches live, local or s3:// (default: ./herd-batches)"
+    )
     serve.add_argument(
         "--keys",
+        default=quiet_default,
         help="a file of OWNER:KEY lines, one API key each (default: $HERD_API_KEYS; without keys the service "
         "listens on loopback only)",
     )
