@@ -314,7 +314,7 @@ def _warm_pool(spec: JobSpec, verbose: bool) -> ReplicaPool:
         _ENGINE_LOGS.append(tempfile.mkdtemp(prefix="herd-engines-"))
         owner = spec.model_copy(update={"output": spec.output.model_copy(update={"path": _ENGINE_LOGS[-1]})})
         # Sized for what the cluster gives, not for this job's shards: later jobs reuse it.
-        _WARM_POOLS[key] = new_replica_pool(owner, sys.maxsize, _engine_factory(), quiet=not verbose)
+        _WARM_POOLS[key] = new_replica_pool(owner, None, _engine_factory(), quiet=not verbose)
     return _WARM_POOLS[key]
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -109,20 +110,18 @@ def run_job(
         lease.release()
 
 
-def new_replica_pool(job: JobSpec, shards_to_run: int, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
-    """As many replicas as the cluster holds or can add for the job (never more than its shards),
-    on the device the job and the cluster choose. Its actors start when a dispatcher first runs."""
+def new_replica_pool(
+    job: JobSpec, shards_to_run: int | None, engine_factory: EngineFactory, quiet: bool
+) -> ReplicaPool:
+    """As many replicas as the cluster holds or can add for the job (never more than its shards; None:
+    a pool kept warm for the jobs to come), on the device the job and the cluster choose. Its actors
+    start when a dispatcher first runs."""
     ensure_ray(quiet)
     shape = cluster_shape()
     device = choose_device(job.resources.accelerator, shape)
-    count = replica_count(job, shape, device, shards_to_run)
-    log.info(
-        "%d replica(s) on %s for %d shard(s) to run; the cluster: %s",
-        count,
-        device,
-        shards_to_run,
-        describe_cluster(shape, device),
-    )
+    count = replica_count(job, shape, device, sys.maxsize if shards_to_run is None else shards_to_run)
+    purpose = "kept warm for the jobs to come" if shards_to_run is None else f"for {shards_to_run} shard(s) to run"
+    log.info("%d replica(s) on %s %s; the cluster: %s", count, device, purpose, describe_cluster(shape, device))
     return ReplicaPool(job.model, job, count, engine_factory, quiet=quiet, device=device)
 
 
