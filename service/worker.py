@@ -112,14 +112,12 @@ class BatchWorker:
         a later pass (another server holds it)."""
         batch_id, owner = record.batch.id, record.owner
         if record.batch.status == "validating":
-            record = self._validate(record)
-            if record.batch.status != "in_progress":
-                return
-            # Validated: a model now runs it; the next pass takes it when that model is free.
+            # Validated (or failed): a model now runs it, on a later pass when that model is free.
+            self._validate(record)
             return
         if record.batch.status == "in_progress":
-            outcome = self._generate(record)
-            if outcome is None or self._closing.is_set():
+            ran = self._generate(record)
+            if not ran or self._closing.is_set():
                 return  # another server runs it, or this one stops: the next one resumes it
         record = self.store.batch(owner, batch_id) or record
         self._finalize(record)
@@ -161,8 +159,8 @@ class BatchWorker:
 
     # Generating
 
-    def _generate(self, record: BatchRecord) -> str | None:
-        """Runs the batch's herd job until it is done, cancelled or expired; None when another server
+    def _generate(self, record: BatchRecord) -> bool:
+        """Runs the batch's herd job until it is done, cancelled or expired; False when another server
         holds it."""
         model = self._model_of(record)
         assert model is not None, "an in-progress batch has its model"
@@ -181,14 +179,14 @@ class BatchWorker:
             herd.run(job, progress=counts, keep_engines=True, stop=stop)
         except OutputBusy:
             log.info("batch %s runs on another server; leaving it", batch.id)
-            return None
+            return False
         except ShardsFailed:
             if not stop.is_set():
                 raise
         finally:
             stop.set()  # ends the watch
             self._stops.pop(batch.id, None)
-        return "done"
+        return True
 
     def _watch(self, record: BatchRecord, stop: threading.Event) -> None:
         """Sets `stop` when the batch is cancelled (from any server) or its window ends."""
