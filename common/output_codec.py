@@ -157,6 +157,7 @@ def result_line(request: RequestRows, model: str) -> BatchResultLine:
             choices.append(ChatChoice(message=ChatMessage(content=row["completion"]), logprobs=logprobs, **common))
         else:
             choices.append(TextChoice(text=row["completion"], logprobs=_text_logprobs(details), **common))
+    model = request.rows[0].get("model") or model  # an adapter's name when one answered
     prompt_tokens = request.rows[0]["prompt_tokens"]
     completion_tokens = sum(row["completion_tokens"] for row in request.rows)
     request_id = _short_hash(f"{request.custom_id}|{model}")

@@ -170,6 +170,7 @@ def generate(
     messages_column: str | None = None,
     id_column: str | None = None,
     keep_columns: list[str] | None = None,
+    adapter_column: str | None = None,
     rows_per_shard: int | None = None,
     prompt: Section = None,
     sampling: Section = None,
@@ -199,9 +200,10 @@ def generate(
         data: a pandas DataFrame or a pyarrow Table.
         model: the job file's model section, as a dict or a ModelSpec, or just its path
             ("demo:smollm2-135m-instruct", a local checkpoint, s3://...).
-        prompt_column, messages_column, id_column, keep_columns, rows_per_shard: the job file's
-            input options (exactly one prompt source: prompt_column, messages_column or
+        prompt_column, messages_column, id_column, keep_columns, adapter_column, rows_per_shard: the
+            job file's input options (exactly one prompt source: prompt_column, messages_column or
             prompt.template). With id_column, ids must be unique; they seed each row as in `run`.
+            adapter_column names one of model's adapters per row (None or "": the base model).
         prompt, sampling, optimize, resources, storage, retry: the job file's sections, as dicts or
             the spec's models.
         output: keep the job's output here (local or s3://), so a call interrupted half way resumes
@@ -241,6 +243,7 @@ def generate(
             "messages_column": messages_column,
             "id_column": id_column,
             "keep_columns": keep_columns or [],
+            "adapter_column": adapter_column,
         }
         if rows_per_shard is not None:
             input_section["rows_per_shard"] = rows_per_shard

@@ -16,9 +16,10 @@ from typing import Any
 from common.storage import Storage
 from jobs.capacity import useful_replicas
 from jobs.planner import list_inputs, plan_shards
+from schemas.errors import SpecError
 from schemas.job import JobSpec
 from schemas.shard import Shard
-from workers.rendering import fit_to_context, render_token_ids, source_from_row
+from workers.rendering import fit_to_context, render_token_ids, row_adapter, source_from_row
 from workers.shard_io import read_shard
 
 _EXAMPLES = 5
@@ -55,6 +56,18 @@ def _tokenizer(job: JobSpec, storage: Storage) -> Any:
     return PreTrainedTokenizerFast.from_pretrained(tokenizer_directory(job.model.path, storage))
 
 
+def _adapter_problems(job: JobSpec, storage: Storage) -> list[str]:
+    from workers.model_source import adapter_identity
+
+    problems = []
+    for adapter in job.model.adapters:
+        try:
+            adapter_identity(adapter, storage)
+        except SpecError as error:
+            problems.append(str(error))
+    return problems
+
+
 def dry_run(
     job: JobSpec,
     storage: Storage,
@@ -68,6 +81,7 @@ def dry_run(
     problems: list[str] = []
     rows, errors, jsonl_ratio = _sample(job, shards, storage, sample_rows)
     problems += errors[:_EXAMPLES]
+    problems += _adapter_problems(job, storage)
     tokenizer = _tokenizer(job, storage)
 
     prompt_tokens: list[int] = []
@@ -76,6 +90,7 @@ def dry_run(
     for row in rows:
         try:
             source = row.source or source_from_row(row.values, job.input, job.prompt)
+            row_adapter(job, row.values, row.requested_model)
             ids = render_token_ids(source, job.prompt, tokenizer)
         except Exception as error:  # noqa: BLE001 - any row that cannot render is a problem to show
             render_failures.append(f"{row.row_id}: {error}")
@@ -151,7 +166,7 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str,
 
     from common.node_cache import cache_root
     from workers.engine import EngineRequest, VllmEngine, engine_environment, row_seed
-    from workers.model_source import resolve_model
+    from workers.model_source import resolve_model, with_local_adapters
     from workers.output_capture import output_sent_to
 
     device = "cpu" if not _has_gpu() else "gpu"
@@ -159,7 +174,8 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str,
         os.environ.setdefault(name, value)  # as a replica's engine gets them
     log_file = str(cache_root() / "logs" / f"calibrate-{os.getpid()}.log")
     with output_sent_to(log_file):  # vLLM's own lines stay out of the plan's output
-        engine = VllmEngine(resolve_model(job.model.path, Storage(job.storage, job.retry)), job.model, device)
+        storage = Storage(job.storage, job.retry)
+        engine = VllmEngine(resolve_model(job.model.path, storage), with_local_adapters(job.model, storage), device)
         requests = [EngineRequest(ids, row_seed(job.sampling.seed, row.row_id), job.sampling) for row, ids in rendered]
         started = time.perf_counter()
         samples = engine.generate(requests)

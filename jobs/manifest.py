@@ -60,9 +60,9 @@ _ENGINE_OPTIONS_NOT_IN_FINGERPRINT = frozenset(
 def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[str, Any]:
     """Everything that decides the output's content. Left out: resources (replicas, tensor
     parallelism), engine settings of speed and memory, and input settings that do not change rows."""
-    from workers.model_source import model_identity
+    from workers.model_source import adapter_identity, model_identity
 
-    return {
+    fields = {
         "planner": PLANNER_VERSION,
         "inputs": [{"url": info.url, "size": info.size, "version": info.version} for info in files],
         "input": job.input.model_dump(mode="json", exclude={"path", "new_files", "require_rows"}),
@@ -84,6 +84,9 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
         "optimize": job.optimize.model_dump(mode="json"),
         "output_format": job.output.format,
     }
+    if job.model.adapters:  # only then: outputs written before adapters existed keep resuming
+        fields["model"]["adapters"] = [adapter_identity(adapter, storage) for adapter in job.model.adapters]
+    return fields
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

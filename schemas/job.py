@@ -48,6 +48,11 @@ class InputSpec(StrictModel):
         default_factory=list,
         description="Input columns (or Hive partition keys of the path) copied into every output row.",
     )
+    adapter_column: str | None = Field(
+        default=None,
+        description="The name of one of model.adapters per row (a LoRA fine-tune); an empty or null value "
+        "means the base model. Request files name the adapter in each request's model instead.",
+    )
     rows_per_shard: int = Field(
         default=1024, ge=1, description="Parquet: shards are row ranges of about this many rows."
     )
@@ -92,10 +97,26 @@ class InputSpec(StrictModel):
             self.prompt_column,
             self.messages_column,
             self.id_column,
+            self.adapter_column,
             *self.keep_columns,
             *sorted(template_columns),
         ]
         return list(dict.fromkeys(column for column in named if column is not None))
+
+
+_ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class AdapterSpec(StrictModel):
+    name: str = Field(
+        pattern=_ADAPTER_NAME,
+        description="What rows (input.adapter_column) and requests (their model) call this adapter.",
+        examples=["support-tone-v3"],
+    )
+    path: str = Field(
+        description="A local directory or s3:// URL of a PEFT LoRA adapter (adapter_config.json and its weights).",
+        examples=["s3://bucket/adapters/support-tone-v3/"],
+    )
 
 
 class ModelSpec(StrictModel):
@@ -125,6 +146,11 @@ class ModelSpec(StrictModel):
         description="Keep the KV cache of prompt prefixes that requests share (a system prompt, a "
         "template's fixed text) and skip recomputing them.",
     )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        description="LoRA adapters of this model that rows or requests may name: each replica loads them "
+        "next to the base weights (vLLM's multi-LoRA), so many fine-tunes share one fleet.",
+    )
     engine_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Passed to vllm.LLM as they are, e.g. {gpu_memory_utilization: 0.9, max_num_seqs: 256}.",
@@ -142,8 +168,19 @@ class ModelSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _adapter_names_are_unique(self) -> ModelSpec:
+        names = [adapter.name for adapter in self.adapters]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"adapters: the name {repeated[0]!r} is given twice")
+        return self
+
+    def adapter_names(self) -> list[str]:
+        return [adapter.name for adapter in self.adapters]
+
+    @model_validator(mode="after")
     def _engine_options_do_not_shadow_fields(self) -> ModelSpec:
-        fields = {"model", "tensor_parallel_size", "max_model_len", "dtype", "enable_prefix_caching"}
+        fields = {"model", "tensor_parallel_size", "max_model_len", "dtype", "enable_prefix_caching", "enable_lora"}
         shadowed = fields & set(self.engine_options)
         if shadowed:
             raise ValueError(f"engine_options must not set {sorted(shadowed)}; use the model fields instead")
@@ -443,16 +480,19 @@ class JobSpec(StrictModel):
         if self.input.is_request_file:
             if sources:
                 raise ValueError(f"input.format {self.input.format} carries its own prompts; remove {sources}")
-            if self.input.id_column is not None or self.input.keep_columns:
+            if self.input.id_column is not None or self.input.keep_columns or self.input.adapter_column is not None:
                 raise ValueError(
-                    f"input.format {self.input.format} has no columns: remove input.id_column and "
-                    "input.keep_columns (OpenAI requests are identified by their custom_id)"
+                    f"input.format {self.input.format} has no columns: remove input.id_column, "
+                    "input.keep_columns and input.adapter_column (OpenAI requests are identified by their "
+                    "custom_id and name their adapter in their model)"
                 )
         elif len(sources) != 1:
             raise ValueError(
                 "give exactly one prompt source: input.prompt_column, input.messages_column or prompt.template"
                 + (f" (got {', '.join(sources)})" if sources else "")
             )
+        if self.input.adapter_column is not None and not self.model.adapters:
+            raise ValueError("input.adapter_column names adapters per row: list them in model.adapters")
         if self.input.messages_column is not None and self.prompt.format == "raw":
             raise ValueError("input.messages_column needs prompt.format llama2-chat or model-template")
         return self

@@ -137,6 +137,12 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     async def list_models(request: Request) -> dict[str, Any]:
         owner_of(request)
         data = [{"id": model.name, "object": "model", "created": 0, "owned_by": "herd"} for model in spec.models]
+        # Adapters as vLLM's server lists its LoRA modules: their own id, the base model as parent.
+        data += [
+            {"id": adapter, "object": "model", "created": 0, "owned_by": "herd", "parent": model.name}
+            for model in spec.models
+            for adapter in model.adapter_names()
+        ]
         return {"object": "list", "data": data}
 
     # Files

@@ -57,6 +57,10 @@ class ServedModel(_Strict):
         }
         return parse_job(raw, source=f"models[{self.name}].job")
 
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters of this model's job (model.adapters), which requests may name."""
+        return self.job_for("unused.jsonl", "unused").model.adapter_names()
+
     @field_validator("job")
     @classmethod
     def _no_input_or_output(cls, job: dict[str, Any]) -> dict[str, Any]:
@@ -113,15 +117,23 @@ class ServiceSpec(_Strict):
     webhook: Webhook | None = Field(default=None, description="Optional: terminal statuses POSTed, signed.")
 
     def model_named(self, name: str) -> ServedModel | None:
+        """The served model a request's `model` names: by its name, an alias, or one of its LoRA
+        adapters (which the model's job then applies to that request)."""
         for model in self.models:
-            if name == model.name or name in model.aliases:
+            if name == model.name or name in model.aliases or name in model.adapter_names():
                 return model
         return next((model for model in self.models if "*" in model.aliases), None)
 
     def check_models(self) -> None:
-        """Every served model's job is valid, before the service answers anything."""
+        """Every served model's job is valid, and no name means two things, before the service answers
+        anything."""
+        seen: dict[str, str] = {}
         for model in self.models:
             model.job_for("unused.jsonl", "unused")
+            for name in [model.name, *model.aliases, *model.adapter_names()]:
+                if name in seen and name != "*":
+                    raise SpecError(f"models: {name!r} names both {seen[name]} and {model.name}")
+                seen[name] = model.name
 
 
 def load_service(path: str | Path | None, **overrides: Any) -> ServiceSpec:

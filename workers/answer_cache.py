@@ -20,8 +20,10 @@ from workers.engine import Sample
 CAPACITY = 100_000
 
 
-def prompt_key(prompt_ids: list[int], sampling: SamplingSpec) -> str:
+def prompt_key(prompt_ids: list[int], sampling: SamplingSpec, adapter: str | None = None) -> str:
     digest = hashlib.sha256(sampling.model_dump_json().encode())
+    if adapter is not None:
+        digest.update(b"\x00adapter:" + adapter.encode())
     digest.update(b"\x00" + b",".join(str(token).encode() for token in prompt_ids))
     return digest.hexdigest()
 

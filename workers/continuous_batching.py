@@ -32,6 +32,7 @@ class FeederStopped(RuntimeError):
 class _Group:
     prompts: list[Any]
     params: list[Any]
+    adapters: list[Any]  # each request's vLLM LoRARequest, or None for the base model
     outputs: dict[str, Any] = field(default_factory=dict)  # by request id, as they finish
     request_ids: list[str] = field(default_factory=list)
     error: BaseException | None = None
@@ -68,10 +69,10 @@ class ContinuousFeeder:
         self._thread = threading.Thread(target=self._serve, name="herd-engine-feeder", daemon=True)
         self._thread.start()
 
-    def generate(self, prompts: list[Any], params: list[Any]) -> list[Any]:
+    def generate(self, prompts: list[Any], params: list[Any], adapters: list[Any] | None = None) -> list[Any]:
         """vLLM RequestOutputs in prompt order; raises what adding a request raised (the whole group
         fails, as LLM.generate would) or, once the engine is dead, that error."""
-        group = _Group(prompts, params)
+        group = _Group(prompts, params, adapters or [None] * len(prompts))
         with self._fatal_lock:
             if self._fatal is not None:
                 raise self._stopped()
@@ -102,10 +103,10 @@ class ContinuousFeeder:
 
     def _admit(self, group: _Group) -> None:
         try:
-            for prompt, params in zip(group.prompts, group.params, strict=True):
+            for prompt, params, adapter in zip(group.prompts, group.params, group.adapters, strict=True):
                 params.output_kind = final_outputs_only()  # only finished requests come back
                 request_id = str(next(self._ids))
-                self._engine.add_request(request_id, prompt, params)
+                self._engine.add_request(request_id, prompt, params, lora_request=adapter)
                 group.request_ids.append(request_id)
                 self._running[request_id] = group
         except Exception as error:  # noqa: BLE001 - the caller gets it, as from LLM.generate

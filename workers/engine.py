@@ -7,7 +7,9 @@ token ids and finish reasons back) so that scheduling and fault tests can swap i
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from schemas.job import ModelSpec, SamplingSpec
@@ -24,6 +26,7 @@ class EngineRequest:
     prompt_ids: list[int]
     seed: int  # per row, so a row reproduces whatever batch or replica it lands in
     sampling: SamplingSpec  # the job's, or a request file's own parameters
+    adapter: str | None = None  # one of model.adapters by name; None: the base model
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,33 @@ def vllm_options(model_dir: str, spec: ModelSpec, device: str) -> dict[str, Any]
         # request's seeded generator, which CPU generators cannot do: the engine dies
         # ("CPU Generator does not use offset") on any batch large enough to be chunked.
         options["enable_chunked_prefill"] = False
+    if spec.adapters:
+        options["enable_lora"] = True
+        options["max_lora_rank"] = lora_rank_bound(spec)
+        # Adapters that one batch may mix; more are swapped in and out between steps.
+        options["max_loras"] = min(len(spec.adapters), MAX_LORAS_PER_BATCH)
+        if device == "cpu":
+            # vLLM's PyTorch LoRA ops (lora/ops/torch_ops, the CPU build's) pick each token's adapter
+            # weights by index, and a base-model token's index is -1: the *last* slot. A base row in
+            # a batch with adapter rows then gets that slot's adapter. One slot more than adapters
+            # keeps the last slot empty (zeros), so -1 adds nothing; every adapter keeps a slot.
+            options["max_loras"] = len(spec.adapters) + 1
     options.update(spec.engine_options)
     return options
+
+
+MAX_LORAS_PER_BATCH = 8
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's max_lora_rank accepts
+
+
+def lora_rank_bound(spec: ModelSpec) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds every adapter's rank (the `r` PEFT wrote);
+    the adapters' paths are local directories by now."""
+    rank = max(json.loads((Path(adapter.path) / "adapter_config.json").read_text())["r"] for adapter in spec.adapters)
+    bound = next((allowed for allowed in _VLLM_LORA_RANKS if allowed >= rank), None)
+    if bound is None:
+        raise ValueError(f"model.adapters: rank {rank} is above {_VLLM_LORA_RANKS[-1]}, the most vLLM serves")
+    return bound
 
 
 class VllmEngine:
@@ -108,6 +136,7 @@ class VllmEngine:
         from vllm import LLM
 
         self.llm = LLM(**vllm_options(model_dir, spec, device))
+        self._adapters = {name: _lora_request(spec, name) for name in spec.adapter_names()}
         from transformers import AutoTokenizer
 
         # Every shard in flight feeds the same running batch (see workers/continuous_batching.py).
@@ -169,6 +198,7 @@ class VllmEngine:
             outputs = self._feeder.generate(
                 [TokensPrompt(prompt_token_ids=request.prompt_ids) for request in requests],
                 [self._sampling_params(request.sampling, request.seed) for request in requests],
+                [self._adapters[request.adapter] if request.adapter else None for request in requests],
             )
         except FeederStopped as error:
             raise EngineDead(str(error)) from error
@@ -190,6 +220,14 @@ class VllmEngine:
 
     def _text(self, completion: Any, sampling: SamplingSpec) -> str:
         return completion_text(completion.token_ids, sampling.stop, self._decoder)
+
+
+def _lora_request(spec: ModelSpec, name: str) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    index = spec.adapter_names().index(name)
+    # vLLM tells adapters apart by a positive integer id, stable for the engine's life.
+    return LoRARequest(lora_name=name, lora_int_id=index + 1, lora_path=spec.adapters[index].path)
 
 
 def completion_text(token_ids: list[int], stop: list[str], decoder: Any) -> str:

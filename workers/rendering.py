@@ -6,6 +6,7 @@ generated from is exactly what was rendered here; nothing is re-tokenized from t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
-from schemas.job import InputSpec, PromptSpec
+from schemas.job import InputSpec, JobSpec, PromptSpec
 from workers.request_formats import PromptSource
 
 # The reference chat_completion's delimiters (llama/generation.py of Meta's Llama 2 repository).
@@ -130,6 +131,22 @@ def _field(row: dict[str, Any], column: str) -> Any:
 
 def _describe(value: Any) -> str:
     return "nothing (null)" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def row_adapter(job: JobSpec, values: dict[str, Any], requested_model: str | None) -> str | None:
+    """The LoRA adapter (of model.adapters) that answers a row: the one its adapter_column names, or
+    the one a request's model names; None for the base model."""
+    names = job.model.adapter_names()
+    column = job.input.adapter_column
+    if column is None:
+        # A request names the job's model by whatever name its file uses, or one of its adapters.
+        return requested_model if requested_model in names else None
+    value = values.get(column)
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if value not in names:
+        raise RenderError(f"{column}: {value!r} is not one of model.adapters ({', '.join(names)})")
+    return value
 
 
 def render_token_ids(source: PromptSource, prompt: PromptSpec, tokenizer: Tokenizer) -> list[int]:

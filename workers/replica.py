@@ -13,7 +13,7 @@ from common.storage import Storage
 from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
-from workers.model_source import resolve_model
+from workers.model_source import resolve_model, with_local_adapters
 from workers.output_capture import send_output_to
 from workers.shard_processor import ReplicaContext, process_shard
 
@@ -44,7 +44,8 @@ class Replica:
         if log_file is not None:
             send_output_to(log_file)
         self.storage = Storage(storage, retry)
-        self.engine = engine_factory(resolve_model(model.path, self.storage), model, device)
+        model_dir = resolve_model(model.path, self.storage)
+        self.engine = engine_factory(model_dir, with_local_adapters(model, self.storage), device)
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their
         # requests together.
         self.context = ReplicaContext(name=f"{socket.gethostname()}:{os.getpid()}")

@@ -31,6 +31,7 @@ class ParsedRequest:
     row_id: str | None  # None: the caller makes a positional id
     source: PromptSource
     overrides: dict[str, Any] = field(default_factory=dict)  # sampling fields, herd's names
+    model: str | None = None  # the model the request names: the job's (by any name) or one of its adapters
 
 
 def _content_text(content: Any, where: str) -> str:
@@ -159,7 +160,10 @@ def openai_batch_request(line: dict[str, Any]) -> ParsedRequest:
         source = PromptSource(text=prompt, whole_prompt=True)
     else:
         raise RequestError(f"url: expected {OPENAI_CHAT_URL} or {OPENAI_COMPLETIONS_URL}, got {url!r}")
-    return ParsedRequest(custom_id, source, _openai_overrides(body, url))
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("body.model: expected a string")
+    return ParsedRequest(custom_id, source, _openai_overrides(body, url), model)
 
 
 # The hosted Llama 2 endpoint's parameter names are herd's own sampling names.

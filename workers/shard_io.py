@@ -28,6 +28,7 @@ class InputRow:
     values: dict[str, Any]
     source: PromptSource | None = None  # set for request files; plain rows are rendered from values
     overrides: dict[str, Any] = field(default_factory=dict)  # the request's own sampling parameters
+    requested_model: str | None = None  # a request's model: the job's, by any name, or one of its adapters
 
 
 @dataclass
@@ -263,7 +264,7 @@ def _append_requests(result: ShardRows, shard: Shard, position: int, line: dict[
         return
     for index, request in enumerate(requests):
         row_id = request.row_id or f"{shard.file_label}:{position}" + (f".{index}" if len(requests) > 1 else "")
-        result.rows.append(InputRow(row_id, position, {}, request.source, request.overrides))
+        result.rows.append(InputRow(row_id, position, {}, request.source, request.overrides, request.model))
 
 
 def _finish_last_line(data: bytes, source: str, end: int, size: int, storage: Storage) -> bytes:

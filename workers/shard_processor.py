@@ -28,7 +28,7 @@ from schemas.shard import OutputObject, Shard, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, EngineRequest, Sample, row_seed
 from workers.error_retry import earlier_data_outputs, narrow_to_retried
-from workers.rendering import RenderError, fit_to_context, render_token_ids, source_from_row
+from workers.rendering import RenderError, fit_to_context, render_token_ids, row_adapter, source_from_row
 from workers.shard_io import InputRow, ShardInputError, error_row, read_shard
 from workers.structured import completion_is_valid
 
@@ -39,6 +39,7 @@ class _Prompt:
     ids: list[int]
     sampling: SamplingSpec
     chat: bool
+    adapter: str | None  # the LoRA adapter that answers it; None: the base model
 
 
 def _row_sampling(job: JobSpec, row: InputRow) -> SamplingSpec:
@@ -57,6 +58,7 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
         try:
             source = row.source or source_from_row(row.values, job.input, job.prompt)
             sampling = _row_sampling(job, row)
+            adapter = row_adapter(job, row.values, row.requested_model)
             ids = render_token_ids(source, job.prompt, engine.tokenizer)
             ids = fit_to_context(ids, sampling.max_new_tokens, engine.max_model_len, job.prompt)
         except RenderError as error:
@@ -65,7 +67,8 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
         except Exception as error:  # noqa: BLE001 - what one row's values make a tokenizer raise is that row's error
             errors.append(error_row(shard, row.row_id, row.position, "render", f"{type(error).__name__}: {error}"))
             continue
-        prompts.append(_Prompt(row, ids, sampling, chat=source.messages is not None or not source.whole_prompt))
+        chat = source.messages is not None or not source.whole_prompt
+        prompts.append(_Prompt(row, ids, sampling, chat, adapter))
     return prompts
 
 
@@ -79,15 +82,15 @@ def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[EngineR
     for prompt in prompts:
         if not dedupe:
             answered_by.append(len(requests))
-            requests.append(
-                EngineRequest(prompt.ids, row_seed(prompt.sampling.seed, prompt.row.row_id), prompt.sampling)
-            )
+            seed = row_seed(prompt.sampling.seed, prompt.row.row_id)
+            requests.append(EngineRequest(prompt.ids, seed, prompt.sampling, prompt.adapter))
             continue
-        key = prompt_key(prompt.ids, prompt.sampling)
+        key = prompt_key(prompt.ids, prompt.sampling, prompt.adapter)
         if key not in index_of:
             index_of[key] = len(requests)
             keys.append(key)
-            requests.append(EngineRequest(prompt.ids, row_seed(prompt.sampling.seed, key), prompt.sampling))
+            seed = row_seed(prompt.sampling.seed, key)
+            requests.append(EngineRequest(prompt.ids, seed, prompt.sampling, prompt.adapter))
         answered_by.append(index_of[key])
     return requests, keys, answered_by
 
@@ -164,7 +167,7 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
                     "finish_reason": sample.finish_reason,
                     "prompt_tokens": len(prompt.ids),
                     "completion_tokens": len(sample.token_ids),
-                    "model": job.model.path,
+                    "model": prompt.adapter or job.model.path,
                     "token_logprobs": sample.logprobs,
                     # For OpenAI result lines: each token with its bytes and the alternatives.
                     "token_details": _token_details(sample, engine.tokenizer) if sample.logprobs is not None else None,

@@ -49,9 +49,13 @@ def test_the_least_recently_used_answers_are_evicted_beyond_capacity():
     assert [cache.claim(key)[1] for key in ("a", "c", "b")] == [False, False, True]
 
 
-def test_the_key_covers_the_prompt_ids_and_every_sampling_setting():
+def test_the_key_covers_the_prompt_ids_the_adapter_and_every_sampling_setting():
     base = prompt_key([1, 2, 3], SamplingSpec(seed=1))
     assert prompt_key([1, 2, 3], SamplingSpec(seed=1)) == base
     assert prompt_key([1, 2, 3], SamplingSpec(seed=2)) != base
     assert prompt_key([1, 2, 3], SamplingSpec(seed=1, temperature=0.5)) != base
     assert prompt_key([1, 23], SamplingSpec(seed=1)) != prompt_key([12, 3], SamplingSpec(seed=1))
+    assert prompt_key([1, 2, 3], SamplingSpec(seed=1), "tone-a") not in (
+        base,
+        prompt_key([1, 2, 3], SamplingSpec(seed=1), "tone-b"),
+    )

@@ -19,6 +19,7 @@ from openai.types.completion import Completion
 
 from tests.cpu.conftest import free_port, tiny_model_spec
 from tests.cpu.service_process import REPO, ServiceProcess
+from tests.tiny_lora import build_tiny_lora, greedy_token_ids
 
 KEY_A = "sk-team-a-0123456789abcdef"
 KEY_B = "sk-team-b-0123456789abcdef"
@@ -48,7 +49,12 @@ def webhook_receiver():
     server.shutdown()
 
 
-def _service_file(directory: Path, tiny_model: Path, root: Path, webhook: str | None = None) -> Path:
+def _service_file(
+    directory: Path, tiny_model: Path, root: Path, webhook: str | None = None, adapter: Path | None = None
+) -> Path:
+    model = tiny_model_spec(tiny_model)
+    if adapter is not None:
+        model["adapters"] = [{"name": "tiny-terse", "path": str(adapter)}]
     spec = {
         "root": str(root),
         "models": [
@@ -57,7 +63,7 @@ def _service_file(directory: Path, tiny_model: Path, root: Path, webhook: str | 
                 "aliases": ["*"],
                 "bytes_per_shard": 1024,  # small shards: progress, cancel and restart have something to show
                 "job": {
-                    "model": tiny_model_spec(tiny_model),
+                    "model": model,
                     "prompt": {"format": "llama2-chat"},
                     "retry": {"backoff_base_s": 0.1},
                 },
@@ -73,11 +79,16 @@ def _service_file(directory: Path, tiny_model: Path, root: Path, webhook: str | 
 
 
 @pytest.fixture(scope="module")
-def service(tiny_model, tmp_path_factory, webhook_receiver):
+def service_adapter(tiny_model, tmp_path_factory):
+    return build_tiny_lora(tiny_model, tmp_path_factory.mktemp("adapter") / "terse")
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model, tmp_path_factory, webhook_receiver, service_adapter):
     directory = tmp_path_factory.mktemp("service")
     (directory / "keys").write_text(f"# owner:key\nteam-a:{KEY_A}\nteam-b:{KEY_B}\n")
     server = ServiceProcess(
-        _service_file(directory, tiny_model, directory / "root", webhook_receiver),
+        _service_file(directory, tiny_model, directory / "root", webhook_receiver, service_adapter),
         directory / "keys",
         free_port(),
         directory / "service.log",
@@ -336,6 +347,45 @@ def test_cancel_and_expiry_keep_what_was_answered_and_give_every_other_request_a
         code = "batch_cancelled" if action == "cancel" else "batch_expired"
         assert {line["error"]["code"] for line in errors} == {code}
         assert ended.request_counts.completed == len(answers) and ended.request_counts.failed == len(errors)
+
+
+@pytest.mark.own_engine
+def test_a_request_naming_a_lora_adapter_gets_what_peft_generates_and_models_lists_the_adapter(
+    service, service_adapter, tiny_model, tiny_tokenizer
+):
+    client = _client(service)
+    models = {model.id: model for model in client.models.list()}
+    assert getattr(models["tiny-terse"], "parent", None) == "tiny-llama"
+    prompt = "the quick brown fox"
+    lines = [
+        {
+            "custom_id": model,
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0},
+        }
+        for model in ("gpt-4o-mini", "tiny-terse")
+    ]
+    upload = client.files.create(
+        file=("adapters.jsonl", "".join(json.dumps(line) + "\n" for line in lines)), purpose="batch"
+    )
+    done = _wait(
+        client,
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h").id,
+        {"completed", "failed"},
+    )
+    assert done.status == "completed" and done.request_counts.completed == 2, done.errors
+    bodies = {
+        line["custom_id"]: Completion.model_validate(line["response"]["body"])
+        for line in _lines(client, done.output_file_id)
+    }
+    ids = tiny_tokenizer.encode(prompt)
+    for custom_id, adapter in (("gpt-4o-mini", None), ("tiny-terse", service_adapter)):
+        expected = greedy_token_ids(tiny_model, adapter, ids, 8, stop_at_eos=True)
+        assert bodies[custom_id].choices[0].text == tiny_tokenizer.decode(expected, skip_special_tokens=True)
+        assert bodies[custom_id].usage.prompt_tokens == len(ids)
+    assert bodies["tiny-terse"].model == "tiny-terse"
+    assert bodies["gpt-4o-mini"].choices[0].text != bodies["tiny-terse"].choices[0].text
 
 
 @pytest.mark.own_engine

@@ -92,3 +92,19 @@ def test_ids_sort_by_the_time_they_were_made_and_keys_are_kept_as_hashes():
         ApiKeys.parse("team-a:short", "keys")
     with pytest.raises(SpecError, match="line 2: this key is given twice"):
         ApiKeys.parse("a:sk-aaaaaaaaaaaaaaaa\nb:sk-aaaaaaaaaaaaaaaa", "keys")
+
+
+def test_a_request_naming_an_adapter_goes_to_its_base_model_and_no_name_means_two_models():
+    from service.config import ServiceSpec
+
+    def served(name: str, aliases: list[str], adapters: list[str]) -> dict:
+        model = {"path": f"/models/{name}", "adapters": [{"name": a, "path": f"/adapters/{a}"} for a in adapters]}
+        return {"name": name, "aliases": aliases, "job": {"model": model}}
+
+    spec = ServiceSpec.model_validate({"models": [served("chat", ["*"], []), served("base", [], ["tone-a", "tone-b"])]})
+    spec.check_models()
+    # An adapter's name wins over another model's "*".
+    assert spec.model_named("tone-b").name == "base" and spec.model_named("gpt-4o").name == "chat"
+    clash = ServiceSpec.model_validate({"models": [served("chat", ["tone-a"], []), served("base", [], ["tone-a"])]})
+    with pytest.raises(SpecError, match="'tone-a' names both chat and base"):
+        clash.check_models()

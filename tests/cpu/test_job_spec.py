@@ -26,7 +26,10 @@ def _with(section: str, **fields) -> dict:
 
 INVALID_SPECS = [
     ({"model": VALID["model"], "output": VALID["output"]}, "input: required field is missing"),
-    (_with("input", prompt_colum="x"), "input.prompt_colum: unknown field; allowed here: bytes_per_shard"),
+    (
+        _with("input", prompt_colum="x"),
+        "input.prompt_colum: unknown field; allowed here: adapter_column, bytes_per_shard",
+    ),
     (_with("optimize", dedupe=True), "optimize.dedupe: unknown field; allowed here: dedupe_prompts"),
     (_with("input", messages_column="m"), "give exactly one prompt source: input.prompt_column, input.messages_column"),
     (_with("input", format="openai-batch"), "input.format openai-batch carries its own prompts"),
@@ -60,6 +63,16 @@ INVALID_SPECS = [
     (_with("output", format="csv"), "output.format: Input should be 'parquet', 'jsonl' or 'openai'"),
     (_with("resources", replicas=0), "replicas must be 'auto' or at least 1"),
     (_with("retry", attempts=0), "retry.attempts: Input should be greater than or equal to 1"),
+    (_with("input", adapter_column="tone"), "input.adapter_column names adapters per row: list them in model.adapters"),
+    (
+        _with("model", adapters=[{"name": "a", "path": "/x"}, {"name": "a", "path": "/y"}]),
+        "adapters: the name 'a' is given twice",
+    ),
+    (_with("model", adapters=[{"name": "no spaces", "path": "/x"}]), "model.adapters.0.name: String should match"),
+    (
+        _with("input", format="openai-batch", prompt_column=None, adapter_column="a"),
+        "input.format openai-batch has no columns: remove input.id_column, input.keep_columns and input.adapter_column",
+    ),
     ({**VALID, "max_error_fraction": 2}, "max_error_fraction: Input should be less than or equal to 1"),
     ({**VALID, "outptu": {}}, "outptu: unknown field; allowed here: input, max_error_fraction, model"),
 ]
@@ -133,6 +146,22 @@ def test_engine_settings_follow_the_job_and_the_device():
     gpu = vllm_options("/models/m", model, "gpu")
     assert gpu["distributed_executor_backend"] == "ray" and "enforce_eager" not in gpu
     assert vllm_options("/models/m", parse_job(_with("model")).model, "gpu")["enable_prefix_caching"] is True
+
+
+def test_lora_settings_hold_every_adapter_rank_and_keep_a_free_slot_on_cpu(tmp_path):
+    from workers.engine import vllm_options
+
+    for name, rank in (("small", 4), ("large", 24)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(f'{{"r": {rank}}}')
+    adapters = [{"name": name, "path": str(tmp_path / name)} for name in ("small", "large")]
+    model = parse_job(_with("model", adapters=adapters)).model
+    cpu, gpu = vllm_options("/models/m", model, "cpu"), vllm_options("/models/m", model, "gpu")
+    # 24 rounds up to the next rank vLLM accepts.
+    assert cpu["enable_lora"] is True and cpu["max_lora_rank"] == gpu["max_lora_rank"] == 32
+    # On CPU a base-model row takes the last slot's weights: that slot must stay empty.
+    assert cpu["max_loras"] == 3 and gpu["max_loras"] == 2
+    assert "enable_lora" not in vllm_options("/models/m", parse_job(_with("model")).model, "cpu")
 
 
 def test_the_job_file_reference_page_is_the_one_the_models_generate():
