@@ -19,11 +19,9 @@ def niceness(pid: int) -> int:
     return int(fields[16])
 
 
-def end_processes_mentioning(text: str) -> None:
-    """SIGKILLs, by pid, every process whose command line holds `text` (a test's own temporary
-    directory or port), and every process they started: never anything by name."""
+def pids_mentioning(text: str) -> list[int]:
+    """The processes whose command line holds `text` (a test's own temporary directory or port)."""
     import os
-    import signal
 
     matched = []
     for entry in Path("/proc").iterdir():
@@ -33,6 +31,16 @@ def end_processes_mentioning(text: str) -> None:
                     matched.append(int(entry.name))
             except OSError:
                 continue  # ended meanwhile, or not ours to read
+    return matched
+
+
+def end_processes_mentioning(text: str) -> None:
+    """SIGKILLs, by pid, every process whose command line holds `text`, and every process they
+    started: never anything by name."""
+    import os
+    import signal
+
+    matched = pids_mentioning(text)
     doomed = set(matched)
     for pid in matched:
         try:

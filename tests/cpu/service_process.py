@@ -19,7 +19,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, service_file: Path, keys_file: Path | None, port: int, log_file: Path) -> None:
+    def __init__(
+        self,
+        service_file: Path,
+        keys_file: Path | None,
+        port: int,
+        log_file: Path,
+        cluster: dict[str, str] | None = None,
+    ) -> None:
+        """`cluster`: RAY_ADDRESS and its authentication, for a service whose replicas run on a
+        cluster; without it the service starts a Ray of its own, as on a laptop."""
         self.port = port
         self.log_file = log_file
         self.ray_dir = tempfile.mkdtemp(prefix="hs", dir="/tmp")  # short: Ray's socket paths have a length limit
@@ -29,6 +38,7 @@ class ServiceProcess:
             command += ["--keys", str(keys_file)]
         environment = {**os.environ, "RAY_TMPDIR": self.ray_dir, "PYTHONUNBUFFERED": "1"}
         environment.pop("RAY_ADDRESS", None)
+        environment.update(cluster or {})
         self._log = open(log_file, "w")  # noqa: SIM115 - open for the process's whole life
         self.process = subprocess.Popen(
             command, cwd=REPO, env=environment, start_new_session=True, stdout=self._log, stderr=subprocess.STDOUT

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +21,8 @@ from openai.types.chat import ChatCompletion
 from openai.types.completion import Completion
 
 from tests.cpu.conftest import free_port, tiny_model_spec
+from tests.cpu.process_tree import descendants, end_processes_mentioning, pids_mentioning
+from tests.cpu.ray_heads import start_ray_head, token_auth_environment
 from tests.cpu.service_process import REPO, ServiceProcess
 from tests.tiny_lora import build_tiny_lora, greedy_token_ids
 
@@ -84,7 +89,20 @@ def service_adapter(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(tiny_model, tmp_path_factory, webhook_receiver, service_adapter):
+def ray_cluster():
+    """A Ray head of its own (`ray start --head`): the module's server runs its replicas there, as a
+    service with RAY_ADDRESS does."""
+    temp_dir = tempfile.mkdtemp(prefix="hb", dir="/tmp")
+    try:
+        address = start_ray_head(temp_dir, num_cpus=2)
+        yield {"RAY_ADDRESS": address, **token_auth_environment(temp_dir)}, temp_dir
+    finally:
+        end_processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model, tmp_path_factory, webhook_receiver, service_adapter, ray_cluster):
     directory = tmp_path_factory.mktemp("service")
     (directory / "keys").write_text(f"# owner:key\nteam-a:{KEY_A}\nteam-b:{KEY_B}\n")
     server = ServiceProcess(
@@ -92,6 +110,7 @@ def service(tiny_model, tmp_path_factory, webhook_receiver, service_adapter):
         directory / "keys",
         free_port(),
         directory / "service.log",
+        cluster=ray_cluster[0],
     )
     try:
         server.wait_ready()
@@ -389,9 +408,15 @@ def test_a_request_naming_a_lora_adapter_gets_what_peft_generates_and_models_lis
 
 
 @pytest.mark.own_engine
-def test_batches_of_one_model_share_its_warm_engine(service):
+def test_batches_of_one_model_share_its_warm_engine_on_the_cluster_ray_address_names(service, ray_cluster):
     # Every batch of this module ran on the engine the first one started.
-    assert service.log().count(" is ready") == 1, service.log()
+    log = service.log()
+    assert log.count(" is ready") == 1, log
+    # That engine's replica is a worker of the cluster's head, not of a Ray the service started.
+    replica_pid = int(re.search(r"replica \S+:(\d+) is ready", log).group(1))
+    head_processes = pids_mentioning(ray_cluster[1])
+    assert any(replica_pid in descendants(pid) for pid in head_processes), (replica_pid, head_processes)
+    assert not any(Path(service.ray_dir).rglob("session_*")), "the service started a Ray of its own"
 
 
 @pytest.mark.own_engine

@@ -19,7 +19,7 @@ import pytest
 
 from tests.cpu.conftest import free_port, tiny_model_spec
 from tests.cpu.process_tree import end_processes_mentioning
-from tests.cpu.ray_heads import token_auth_environment
+from tests.cpu.ray_heads import start_ray_head, token_auth_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,28 +51,8 @@ class RayHead:
 def ray_head() -> Iterator[RayHead]:
     temp_dir = tempfile.mkdtemp(prefix="hh", dir="/tmp")
     dashboard = free_port()
-    ray = str(Path(sys.executable).with_name("ray"))
+    start_ray_head(temp_dir, num_cpus=2, dashboard_port=dashboard)
     auth = token_auth_environment(temp_dir)
-    subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            "--num-cpus=2",
-            f"--temp-dir={temp_dir}",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=180,
-        env={**os.environ, **auth},
-    )
     head = RayHead(f"http://127.0.0.1:{dashboard}", auth)
     try:
         deadline = time.monotonic() + 60
