@@ -31,8 +31,16 @@ TEST_MAX_MODEL_LEN = 512
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Subprocess tests that start their own engines run first, before the shared replicas exist:
-    idle vLLM CPU workers poll, and would slow them down."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("own_engine") else 1)
+    idle vLLM CPU workers poll, and would slow them down. Then the tests that start something long
+    and mostly idle (a storage outage of minutes) in the background, to be checked at their module's
+    place in the run."""
+
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("own_engine"):
+            return 0
+        return 1 if item.get_closest_marker("starts_early") else 2
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +61,10 @@ def tiny_tokenizer(tiny_model: Path) -> Any:
 def ray_session() -> Iterator[None]:
     import ray
 
-    # Logical CPUs are scheduling tokens: two for the shared vLLM replicas (one per real core) and
-    # two for the fake-engine replicas of the scheduling and fault tests.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Logical CPUs are scheduling tokens: two for the shared vLLM replicas (one per real core), two
+    # for the fake-engine replicas of the scheduling and fault tests, and one for the fake replica of
+    # the long storage outage that runs beside them (test_storage_outages.py).
+    ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

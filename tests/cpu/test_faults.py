@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from common.storage import Storage
+from herd.cli import HERD_LOGGERS
 from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
@@ -82,10 +83,10 @@ def test_fake_engine_replica_killed_three_times_mid_shard_loses_and_duplicates_n
     assert sorted(ids) == expected
 
 
-def _run_cli(job_file: Path, ray_dir: str, **kwargs) -> subprocess.Popen:
+def _run_cli(job_file: Path, ray_dir: str, *options: str, **kwargs) -> subprocess.Popen:
     environment = {**os.environ, "RAY_TMPDIR": ray_dir}
     return subprocess.Popen(
-        [sys.executable, "submit.py", "run", str(job_file)],
+        [sys.executable, "submit.py", "run", str(job_file), *options],
         cwd=REPO,
         env=environment,
         start_new_session=True,
@@ -97,7 +98,11 @@ def _run_cli(job_file: Path, ray_dir: str, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.own_engine
-def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committed_shards(tiny_model, tmp_path):
+def test_driver_killed_with_sigkill_then_rerun_in_json_mode_completes_without_redoing_committed_shards(
+    tiny_model, tmp_path
+):
+    """The rerun also shows the CLI's JSON mode: only JSON objects, progress and one summary, and only
+    herd's own log lines (a process of its own is the point there too)."""
     expected = _write_prompts(tmp_path / "in.jsonl", 240)
     output = tmp_path / "out"
     (tmp_path / "job.yaml").write_text(
@@ -144,7 +149,7 @@ def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committ
         assert state["run_in_progress"]["live"] is False
         assert "on this host is gone" in state["run_in_progress"]["stale_because"]
 
-        rerun = _run_cli(tmp_path / "job.yaml", ray_dir)
+        rerun = _run_cli(tmp_path / "job.yaml", ray_dir, "--log-format", "json", "--progress-every", "1")
         log, _ = rerun.communicate(timeout=600)
         assert rerun.returncode == 0, log[-3000:]
     finally:
@@ -162,6 +167,14 @@ def test_driver_killed_with_sigkill_then_rerun_completes_without_redoing_committ
     fault_tally.record(1, expected, ids)
     assert sorted(ids) == expected
     assert FAKE_AWS_SECRET not in log and FAKE_AWS_KEY_ID not in log
+    objects = [json.loads(line) for line in log.splitlines() if line.strip()]  # fails on any line not JSON
+    events = [item["event"] for item in objects]
+    assert "progress" in events and events.count("summary") == 1
+    assert next(item for item in objects if item["event"] == "summary")["status"] == "succeeded"
+    assert not any("vllm" in line.lower() for line in log.splitlines())
+    # Only herd's own loggers speak below WARNING: the report's plots made matplotlib log at INFO.
+    loggers = {item["logger"] for item in objects if item["event"] == "log"}
+    assert loggers and {name.split(".")[0] for name in loggers} <= set(HERD_LOGGERS), loggers
 
 
 def test_s3_throttling_a_fifth_of_requests_still_commits_every_row(run_tiny, tmp_path, s3_endpoint):

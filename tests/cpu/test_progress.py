@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from herd.cli import HERD_LOGGERS
 from jobs.progress import Progress
 from schemas.shard import Shard, ShardRecord
-from tests.cpu.conftest import tiny_model_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,43 +54,3 @@ def test_json_progress_is_one_object_a_line():
     objects = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert objects[-1]["event"] == "progress"
     assert (objects[-1]["rows_done"], objects[-1]["rows_total"], objects[-1]["rows_total_exact"]) == (10, 10, True)
-
-
-def test_the_cli_in_json_mode_prints_only_json_objects_with_progress_and_the_summary_and_only_herds_logs(
-    tmp_path, tiny_model
-):
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"row {index}"}) + "\n" for index in range(60)))
-    job = {
-        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
-        "model": tiny_model_spec(tiny_model),
-        "sampling": {"max_new_tokens": 64, "ignore_eos": True},
-        "output": {"path": str(tmp_path / "out")},
-    }
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "submit.py",
-            "run",
-            str(tmp_path / "job.json"),
-            "--log-format",
-            "json",
-            "--progress-every",
-            "1",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    objects = [json.loads(line) for line in lines]  # fails on any line that is not JSON
-    events = [item["event"] for item in objects]
-    assert "progress" in events and events.count("summary") == 1
-    summary = next(item for item in objects if item["event"] == "summary")
-    assert summary["rows_out"] == 60 and summary["status"] == "succeeded"
-    assert not any("vllm" in line.lower() for line in lines)
-    # Only herd's own loggers speak below WARNING: the report's plots made matplotlib log at INFO.
-    loggers = {item["logger"] for item in objects if item["event"] == "log"}
-    assert loggers and {name.split(".")[0] for name in loggers} <= set(HERD_LOGGERS), loggers

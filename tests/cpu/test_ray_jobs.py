@@ -43,8 +43,10 @@ class RayHead:
         """`submit.py ARGUMENTS --address HEAD`, as a user's shell or a scheduler runs it."""
         return subprocess.run(**self._command(arguments, extra_environment), capture_output=True, timeout=timeout)
 
-    def herd_in_background(self, *arguments: str) -> subprocess.Popen:
-        return subprocess.Popen(**self._command(arguments, {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def herd_in_background(self, *arguments: str, **extra_environment: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            **self._command(arguments, extra_environment), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +82,6 @@ def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path
     return tmp_path / f"{name}.json"
 
 
-def _submit(head: RayHead, job_file: Path, **environment: str) -> str:
-    submitted = head.herd("submit", str(job_file), "--python", sys.executable, **environment)
-    assert submitted.returncode == 0, submitted.stderr
-    return submitted.stdout.strip().splitlines()[-1]
-
-
 def _status(head: RayHead, job_id: str) -> dict:
     result = head.herd("status", job_id, "--json")
     assert result.returncode == 0, result.stderr
@@ -93,21 +89,52 @@ def _status(head: RayHead, job_id: str) -> dict:
 
 
 @pytest.mark.own_engine
-def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_head, tiny_model, tmp_path, monkeypatch):
+def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, tiny_model, tmp_path):
+    job_file = _job_file(tmp_path, tiny_model, 1, "cluster-missing-input", input_path=str(tmp_path / "nothing-*.jsonl"))
+    result = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "input.path: no files match" in result.stdout
+
+
+def _wait_for_status(head: RayHead, job_id: str, wanted: tuple[str, ...], seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    while (status := _status(head, job_id))["status"] not in wanted:
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    return status
+
+
+def _submit_wait(head: RayHead, job_file: Path, **environment: str) -> subprocess.Popen:
+    return head.herd_in_background("submit", str(job_file), "--wait", "--python", sys.executable, **environment)
+
+
+@pytest.mark.own_engine
+def test_a_submitted_job_succeeds_a_resubmission_follows_it_and_after_success_runs_nothing_and_no_secret_shows(
+    ray_head, tiny_model, tmp_path, monkeypatch
+):
     secret = "hf_leak_test_submitted_0123456789"
-    job_id = _submit(ray_head, _job_file(tmp_path, tiny_model, 10, "cluster-ok"), HF_TOKEN=secret)
-    deadline = time.monotonic() + 480
-    while (status := _status(ray_head, job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        assert time.monotonic() < deadline
-        time.sleep(2)
-    logs = ray_head.herd("logs", job_id)
-    assert (status["status"], status["exit_code"], status["herd_job"]) == ("SUCCEEDED", 0, "cluster-ok"), logs.stdout[
-        -3000:
-    ]
+    job_file = _job_file(tmp_path, tiny_model, 40, "cluster-retried")
+    first = _submit_wait(ray_head, job_file, HF_TOKEN=secret)
+    job_id = first.stdout.readline().strip()
+    _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
+    # A scheduler's retry while the first attempt runs: the same Ray job, followed to its end.
+    second = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
+    _, first_err = first.communicate(timeout=600)
+    assert first.returncode == second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
+    assert second.stdout.strip().splitlines()[0] == job_id
+    assert f"job {job_id} is already running; following it" in second.stderr
+    status, logs = _status(ray_head, job_id), ray_head.herd("logs", job_id)
+    assert (status["status"], status["exit_code"], status["herd_job"]) == ("SUCCEEDED", 0, "cluster-retried"), (
+        logs.stdout[-3000:]
+    )
     assert (tmp_path / "out" / "_SUCCESS").exists()
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 10
-    assert "herd: succeeded: 10 rows in, 10 rows out" in logs.stdout
-    assert job_id in ray_head.herd("list").stdout
+    assert "herd: succeeded: 40 rows in, 40 rows out" in logs.stdout
+    # Once it succeeded, submitting it again runs nothing.
+    third = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
+    assert third.returncode == 0 and f"job {job_id} already succeeded; nothing to run" in third.stderr
+    listed = [line for line in ray_head.herd("list").stdout.splitlines() if "cluster-retried" in line]
+    assert len(listed) == 1 and job_id in listed[0], listed
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 40
     # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
     from ray.job_submission import JobSubmissionClient
 
@@ -135,46 +162,6 @@ def test_a_submitted_job_succeeds_writes_its_output_and_has_readable_logs(ray_he
     assert listing.returncode == 0, listing.stderr[-2000:]
     runtime_envs = json.loads(listing.stdout.splitlines()[-1])
     assert runtime_envs and not any(secret in runtime_env for runtime_env in runtime_envs)
-
-
-@pytest.mark.own_engine
-def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, tiny_model, tmp_path):
-    job_file = _job_file(tmp_path, tiny_model, 1, "cluster-missing-input", input_path=str(tmp_path / "nothing-*.jsonl"))
-    result = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "input.path: no files match" in result.stdout
-
-
-def _wait_for_status(head: RayHead, job_id: str, wanted: tuple[str, ...], seconds: float) -> dict:
-    deadline = time.monotonic() + seconds
-    while (status := _status(head, job_id))["status"] not in wanted:
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
-    return status
-
-
-def _submit_wait(head: RayHead, job_file: Path) -> subprocess.Popen:
-    return head.herd_in_background("submit", str(job_file), "--wait", "--python", sys.executable)
-
-
-@pytest.mark.own_engine
-def test_submitting_the_same_job_again_follows_it_and_after_success_runs_nothing(ray_head, tiny_model, tmp_path):
-    job_file = _job_file(tmp_path, tiny_model, 40, "cluster-retried")
-    first = _submit_wait(ray_head, job_file)
-    job_id = first.stdout.readline().strip()
-    _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
-    # A scheduler's retry while the first attempt runs: the same Ray job, followed to its end.
-    second = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
-    _, first_err = first.communicate(timeout=600)
-    assert first.returncode == second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
-    assert second.stdout.strip().splitlines()[0] == job_id
-    assert f"job {job_id} is already running; following it" in second.stderr
-    # Once it succeeded, submitting it again runs nothing.
-    third = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
-    assert third.returncode == 0 and f"job {job_id} already succeeded; nothing to run" in third.stderr
-    listed = [line for line in ray_head.herd("list").stdout.splitlines() if "cluster-retried" in line]
-    assert len(listed) == 1, listed
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 40
 
 
 @pytest.mark.own_engine

@@ -4,13 +4,15 @@ deadline ends with exit 6 and a clear message; the next run resumes. Moto on 127
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import s3fs
 
 from schemas.errors import ExitCode, StorageUnavailable
-from tests.cpu.conftest import read_rows
+from tests.cpu.conftest import read_rows, tiny_model_spec
+from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 
 
@@ -39,29 +41,88 @@ def _job(prefix: str, endpoint: str, **retry: object) -> dict:
     }
 
 
-def test_an_outage_of_3_minutes_mid_run_and_one_of_20s_at_its_end_are_waited_out_and_every_row_is_written_once(
-    run_tiny, s3_endpoint
-):
-    expected = _inputs(s3_endpoint, "outages")
-    durations = iter([180.0, 20.0])
+class _LongOutageRun:
+    """The 3-minute outage scenario, run in a thread beside the rest of the session: it only waits,
+    so it costs the suite seconds instead of minutes. Its replica is the fake engine: a real one would
+    sit idle through the outage and its polling CPU workers would slow every other test down."""
 
-    def outage(method: str, path: str) -> float:
+    def __init__(self, s3_endpoint: str, tiny_model) -> None:
+        self.expected = _inputs(s3_endpoint, "outages")
+        self.durations = iter([180.0, 20.0])
+        self.proxy = FlakyS3Proxy(s3_endpoint, 0.0, outage_at=self._outage)
+        self.tiny_model = tiny_model
+        self.outcome = self.error = None
+        self.took = 0.0
+        self.thread = threading.Thread(target=self._run, name="long-outage-run", daemon=True)
+
+    def _outage(self, method: str, path: str) -> float:
         # The first shard's commit (mid-run: other shards are running), then the manifest index
         # that the end of the run writes.
-        wanted = "/manifest/" if len(proxy.outages) == 0 else "_index.jsonl"
-        return next(durations, 0.0) if method == "PUT" and wanted in path else 0.0
+        wanted = "/manifest/" if len(self.proxy.outages) == 0 else "_index.jsonl"
+        return next(self.durations, 0.0) if method == "PUT" and wanted in path else 0.0
 
-    with FlakyS3Proxy(s3_endpoint, 0.0, outage_at=outage) as proxy:
-        started = time.monotonic()
+    def _run(self) -> None:
+        from jobs.replicas import ReplicaPool
+        from jobs.runner import run_job
+        from schemas import parse_job
+
         # The default deadline (retry.storage_deadline_s 300) is what waits the outages out.
-        outcome = run_tiny(**_job("outages", proxy.endpoint, backoff_cap_s=30.0))
-        took = time.monotonic() - started
+        job = parse_job(
+            {
+                **_job("outages", self.proxy.endpoint, backoff_cap_s=30.0),
+                "model": tiny_model_spec(self.tiny_model),
+                "prompt": {"format": "raw"},
+            }
+        )
+        pool = ReplicaPool(job.model, job, size=1, engine_factory=FakeEngineFactory(seconds_per_call=0.2))
+        started = time.monotonic()
+        try:
+            self.outcome = run_job(job, pool=pool, quiet=True)
+        except BaseException as error:  # noqa: BLE001 - reported by the test that joins the run
+            self.error = error
+        finally:
+            self.took = time.monotonic() - started
+            pool.shutdown()
+            self.proxy.__exit__(None, None, None)
+
+    def start(self) -> _LongOutageRun:
+        self.proxy.__enter__()
+        self.thread.start()
+        return self
+
+
+@pytest.fixture(scope="session")
+def long_outage_run(ray_session, s3_endpoint, tiny_model):
+    run = _LongOutageRun(s3_endpoint, tiny_model).start()
+    yield run
+    run.thread.join(timeout=600)
+
+
+@pytest.mark.starts_early
+def test_fake_engine_run_keeps_running_while_storage_is_down_mid_run(long_outage_run):
+    deadline = time.monotonic() + 120
+    while not long_outage_run.proxy.outages:
+        assert long_outage_run.thread.is_alive(), long_outage_run.error
+        assert time.monotonic() < deadline, "the run never reached its first commit"
+        time.sleep(0.5)
+    time.sleep(10)  # well into the outage: every storage call of the run is failing
+    assert long_outage_run.thread.is_alive(), long_outage_run.error
+    assert long_outage_run.proxy.failed > 3
+
+
+def test_fake_engine_outage_of_3_minutes_mid_run_and_one_of_20s_at_its_end_are_waited_out_and_every_row_is_written_once(
+    long_outage_run, s3_endpoint
+):
+    run = long_outage_run
+    run.thread.join(timeout=600)
+    assert not run.thread.is_alive() and run.error is None, run.error
+    proxy, outcome = run.proxy, run.outcome
     assert [path.rsplit("/", 1)[-1] for _, path in proxy.outages][1] == "_index.jsonl"
-    assert len(proxy.outages) == 2 and took >= 200 and proxy.failed > 10
+    assert len(proxy.outages) == 2 and run.took >= 200 and proxy.failed > 10
     assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards_failed == []
     assert outcome.summary.attempts == outcome.summary.shards  # no shard tried twice
     ids = [row["id"] for row in read_rows("s3://herd-test/outages/out/data", s3_endpoint)]
-    assert sorted(ids) == expected
+    assert sorted(ids) == run.expected
 
 
 def test_storage_down_past_the_deadline_ends_the_run_with_exit_6_and_the_next_run_resumes(run_tiny, s3_endpoint):
@@ -74,7 +135,9 @@ def test_storage_down_past_the_deadline_ends_the_run_with_exit_6_and_the_next_ru
         started = time.monotonic()
         with pytest.raises(StorageUnavailable) as raised:
             run_tiny(**_job("outage-long", proxy.endpoint, storage_deadline_s=4.0))
-        assert time.monotonic() - started < 60
+        # Ended by the 4 s deadline, not by the outage's end (an hour) or the default deadline (300 s);
+        # the bound leaves room for the shared replicas' start when this test runs first.
+        assert time.monotonic() - started < 240
         assert raised.value.exit_code == ExitCode.STORAGE_UNAVAILABLE == 6
         message = str(raised.value)
         assert "retry.storage_deadline_s is 4s" in message and "Please reduce your request rate" in message
