@@ -240,6 +240,10 @@ class Storage:
         self.storage = storage
         self.retry = retry
 
+    def folder(self, root: str) -> Folder:
+        """A view of everything under `root`, by names relative to it."""
+        return Folder(self, root)
+
     def _backend(self, url: str) -> tuple[_Backend, str]:
         if url.startswith("s3://"):
             options: dict[str, Any] = {
@@ -398,6 +402,78 @@ class Storage:
             backend, path = self._backend(url)
             fs = backend.fs
             self._retry(f"delete {url}", lambda fs=fs, path=path: fs.rm_file(path) if fs.exists(path) else None)
+
+
+class Folder:
+    """A rooted view of storage, as datatrove's DataFolder is of fsspec (a DirFileSystem): every name
+    is relative to the root and may not leave it, so what holds a Folder reads, writes and deletes
+    under its root only, whatever the backend. Names use "/" on every backend."""
+
+    def __init__(self, storage: Storage, root: str) -> None:
+        self.storage = storage
+        self.root = root.rstrip("/") or "/"
+
+    def url(self, name: str = "") -> str:
+        """The full URL of `name` (the root itself for ""), for what must name it outside the folder
+        (a job's input path, a record). ValueError for a name that would leave the root."""
+        parts = [part for part in name.split("/") if part not in ("", ".")]
+        if name.startswith("/") or "://" in name or ".." in parts:
+            raise ValueError(f"{name!r} is not a name inside {self.root}")
+        return join(self.root, *parts) if parts else self.root
+
+    def folder(self, name: str) -> Folder:
+        return Folder(self.storage, self.url(name))
+
+    def read_bytes(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
+        return self.storage.read_bytes(self.url(name), start, end)
+
+    def read_text(self, name: str) -> str:
+        return self.storage.read_text(self.url(name))
+
+    def write_atomic(self, name: str, data: bytes) -> int:
+        return self.storage.write_atomic(self.url(name), data)
+
+    def write_text(self, name: str, text: str) -> int:
+        return self.storage.write_text(self.url(name), text)
+
+    def upload(self, name: str, local_path: str) -> None:
+        self.storage.upload(self.url(name), local_path)
+
+    def exists(self, name: str) -> bool:
+        return self.storage.exists(self.url(name))
+
+    def list_names(self, name: str = "") -> list[str]:
+        """Names of the files directly under `name`; an absent folder is empty."""
+        return self.storage.list_names(self.url(name))
+
+    def find(self, name: str = "") -> list[str]:
+        """The names (relative to the root) of every file below `name`, sorted; [] when it is absent."""
+        top = self.url(name)
+        if not self.storage.has_entries(top):
+            return []
+        names = []
+        for info in self.storage.expand_inputs(top):
+            if not info.url.startswith(self.root + "/"):
+                raise ValueError(f"{info.url} was listed under {top} but is not under {self.root}")
+            names.append(info.url[len(self.root) + 1 :])
+        return names
+
+    def read_many(self, names: list[str]) -> dict[str, bytes]:
+        """Each name's content, keyed by the name."""
+        urls = {self.url(name): name for name in names}
+        return {urls[url]: data for url, data in self.storage.read_many(list(urls)).items()}
+
+    def delete(self, names: list[str]) -> None:
+        self.storage.delete([self.url(name) for name in names])
+
+    def create_exclusive(self, name: str, text: str) -> str:
+        return self.storage.create_exclusive(self.url(name), text)
+
+    def read_versioned(self, name: str) -> tuple[str, str]:
+        return self.storage.read_versioned(self.url(name))
+
+    def replace_if_unchanged(self, name: str, version: str, text: str) -> str:
+        return self.storage.replace_if_unchanged(self.url(name), version, text)
 
 
 def _content_version(data: bytes) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from common.jsonl import jsonl_lines
 from common.layout import OutputLayout
-from common.storage import FileInfo, Storage, join
+from common.storage import FileInfo, Storage
 from schemas.errors import SpecError
 from schemas.job import JobSpec, without_secrets
 from schemas.shard import PLANNER_VERSION, ShardRecord
@@ -188,20 +188,22 @@ def _refusal(layout: OutputLayout, previous: dict[str, Any], current: dict[str, 
 
 
 def clear_output(storage: Storage, layout: OutputLayout) -> None:
-    """Deletes what herd wrote here, and only that: files of other origins in the same folders stay."""
+    """Deletes what herd wrote here, and only that: files of other origins in the same folders stay,
+    and nothing outside the output's root can be named (a Folder of it)."""
+    output = storage.folder(layout.root)
     own = [
-        join(directory, name)
-        for directory, pattern in (
-            (layout.data_dir, _SHARD_FILE),
-            (layout.errors_dir, _SHARD_FILE),
-            (layout.manifest_dir, _RECORD_FILE),
-            (layout.logs_dir, _REPLICA_LOG),
+        f"{folder}/{name}"
+        for folder, pattern in (
+            (layout.DATA, _SHARD_FILE),
+            (layout.ERRORS, _SHARD_FILE),
+            (layout.MANIFEST, _RECORD_FILE),
+            (layout.LOGS, _REPLICA_LOG),
         )
-        for name in storage.list_names(directory)
+        for name in output.list_names(folder)
         if pattern.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name)
     ]
     # job.json last: until it goes, a crash here leaves an output herd still recognises as its own.
-    storage.delete([*own, layout.success_marker, layout.summary, layout.report, layout.job_record])
+    output.delete([*own, layout.SUCCESS, layout.SUMMARY, layout.REPORT, layout.JOB_RECORD])
 
 
 def committed_shards(storage: Storage, layout: OutputLayout) -> dict[str, ShardRecord]:
@@ -243,11 +245,12 @@ def remove_uncommitted_files(storage: Storage, layout: OutputLayout, records: di
     named = {
         (output.folder, posixpath.basename(output.url)) for record in records.values() for output in record.outputs
     }
+    output = storage.folder(layout.root)
     stray = [
-        join(directory, name)
-        for directory, folder in ((layout.data_dir, "data"), (layout.errors_dir, "errors"))
-        for name in storage.list_names(directory)
+        f"{folder}/{name}"
+        for folder in (layout.DATA, layout.ERRORS)
+        for name in output.list_names(folder)
         if (folder, name) not in named and (_SHARD_FILE.fullmatch(name) or _TEMPORARY_FILE.fullmatch(name))
     ]
-    storage.delete(stray)
+    output.delete(stray)
     return len(stray)

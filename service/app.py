@@ -205,11 +205,10 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     async def file_content(request: Request, file_id: str) -> StreamingResponse:
         owner = owner_of(request)
         record = owned_file(owner, file_id)
-        url = store.file_content_url(owner, record.file.id)
 
         def chunks() -> Any:
             for start in range(0, record.file.bytes, _COPY_CHUNK):
-                yield store.storage.read_bytes(url, start, min(start + _COPY_CHUNK, record.file.bytes))
+                yield store.read_file_content(owner, record.file.id, start, min(start + _COPY_CHUNK, record.file.bytes))
 
         return StreamingResponse(chunks(), media_type="application/jsonl")
 
@@ -353,7 +352,7 @@ def _copy_checked(
             if not size:
                 raise ApiError(400, "file: the file is empty", param="file")
             copy.close()
-            store.storage.upload(store.file_content_url(owner, file_id), copy.name)
+            store.upload_file_content(owner, file_id, copy.name)
         finally:
             copy.close()
             os.unlink(copy.name)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from common.storage import PreconditionFailed, Storage, join
+from common.storage import PreconditionFailed, Storage
 from service.objects import BatchRecord, FileRecord
 
 Record = TypeVar("Record", FileRecord, BatchRecord)
@@ -35,83 +35,96 @@ def _owner_folder(owner: str) -> str:
 
 class Store:
     def __init__(self, root: str, storage: Storage) -> None:
-        self.root = root
         self.storage = storage
+        self.folder = storage.folder(root)  # every name below is relative to the root
         self._local_lock = threading.Lock()  # this process's updates of one record take turns
 
     # Files
 
-    def file_content_url(self, owner: str, file_id: str) -> str:
-        return join(self.root, "files", _owner_folder(owner), f"{file_id}.jsonl")
+    @staticmethod
+    def _file_content(owner: str, file_id: str) -> str:
+        return f"files/{_owner_folder(owner)}/{file_id}.jsonl"
 
-    def _file_record_url(self, owner: str, file_id: str) -> str:
-        return join(self.root, "files", _owner_folder(owner), f"{file_id}.json")
+    @staticmethod
+    def _file_record(owner: str, file_id: str) -> str:
+        return f"files/{_owner_folder(owner)}/{file_id}.json"
+
+    def file_content_url(self, owner: str, file_id: str) -> str:
+        """Where a file's content is, for the herd job that reads it."""
+        return self.folder.url(self._file_content(owner, file_id))
+
+    def read_file_content(self, owner: str, file_id: str, start: int | None = None, end: int | None = None) -> bytes:
+        return self.folder.read_bytes(self._file_content(owner, file_id), start, end)
+
+    def write_file_content(self, owner: str, file_id: str, data: bytes) -> None:
+        self.folder.write_atomic(self._file_content(owner, file_id), data)
+
+    def upload_file_content(self, owner: str, file_id: str, local_path: str) -> None:
+        self.folder.upload(self._file_content(owner, file_id), local_path)
 
     def save_file(self, record: FileRecord) -> None:
-        self.storage.write_text(self._file_record_url(record.owner, record.file.id), record.model_dump_json())
+        self.folder.write_text(self._file_record(record.owner, record.file.id), record.model_dump_json())
 
     def file(self, owner: str, file_id: str) -> FileRecord | None:
-        return self._record(FileRecord, file_id, lambda: self._file_record_url(owner, file_id))
+        return self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
 
     def files(self, owner: str) -> list[FileRecord]:
         """The owner's files, newest first."""
-        return self._records(FileRecord, join(self.root, "files", _owner_folder(owner)))
+        return self._records(FileRecord, f"files/{_owner_folder(owner)}")
 
     def delete_file(self, owner: str, file_id: str) -> None:
-        self.storage.delete([self.file_content_url(owner, file_id), self._file_record_url(owner, file_id)])
+        self.folder.delete([self._file_content(owner, file_id), self._file_record(owner, file_id)])
 
     # Batches
 
     def job_root(self, batch_id: str) -> str:
-        return join(self.root, "jobs", batch_id)
+        return self.folder.url(f"jobs/{batch_id}")
 
-    def _batch_url(self, owner: str, batch_id: str) -> str:
-        return join(self.root, "batches", _owner_folder(owner), f"{batch_id}.json")
+    @staticmethod
+    def _batch(owner: str, batch_id: str) -> str:
+        return f"batches/{_owner_folder(owner)}/{batch_id}.json"
 
     def create_batch(self, record: BatchRecord) -> None:
-        self.storage.create_exclusive(self._batch_url(record.owner, record.batch.id), record.model_dump_json())
+        self.folder.create_exclusive(self._batch(record.owner, record.batch.id), record.model_dump_json())
 
     def batch(self, owner: str, batch_id: str) -> BatchRecord | None:
-        return self._record(BatchRecord, batch_id, lambda: self._batch_url(owner, batch_id))
+        return self._record(BatchRecord, batch_id, lambda: self._batch(owner, batch_id))
 
     def batches(self, owner: str) -> list[BatchRecord]:
         """The owner's batches, newest first."""
-        return self._records(BatchRecord, join(self.root, "batches", _owner_folder(owner)))
+        return self._records(BatchRecord, f"batches/{_owner_folder(owner)}")
 
     def all_batches(self) -> list[BatchRecord]:
         """Every owner's batches, for the worker that runs them."""
-        top = join(self.root, "batches")
-        if not self.storage.has_entries(top):  # no batch yet: listing a missing folder is an error
-            return []
-        urls = [info.url for info in self.storage.expand_inputs(top) if info.url.endswith(".json")]
-        return [BatchRecord.model_validate_json(data) for data in self.storage.read_many(urls).values()]
+        names = [name for name in self.folder.find("batches") if name.endswith(".json")]
+        return [BatchRecord.model_validate_json(data) for data in self.folder.read_many(names).values()]
 
-    def _record(self, model: type[Record], record_id: str, url: Callable[[], str]) -> Record | None:
+    def _record(self, model: type[Record], record_id: str, name: Callable[[], str]) -> Record | None:
         if not _plain_id(record_id):
             return None
         try:
-            return model.model_validate_json(self.storage.read_text(url()))
+            return model.model_validate_json(self.folder.read_text(name()))
         except FileNotFoundError:
             return None
 
     def _records(self, model: type[Record], folder: str) -> list[Record]:
         """The records in a folder, newest first: their names are their ids, which sort by time."""
-        names = sorted((name for name in self.storage.list_names(folder) if name.endswith(".json")), reverse=True)
-        contents = self.storage.read_many([join(folder, name) for name in names])
-        return [model.model_validate_json(contents[join(folder, name)]) for name in names]
+        names = sorted((name for name in self.folder.list_names(folder) if name.endswith(".json")), reverse=True)
+        contents = self.folder.read_many([f"{folder}/{name}" for name in names])
+        return [model.model_validate_json(contents[f"{folder}/{name}"]) for name in names]
 
     def update_batch(self, owner: str, batch_id: str, change: Callable[[BatchRecord], Any]) -> BatchRecord:
         """Reads the record, applies `change` to it, and writes it back only if nobody changed it in
         between (else reads it again): no update of another thread or server is lost."""
-        url = self._batch_url(owner, batch_id)
+        name = self._batch(owner, batch_id)
         with self._local_lock:
             for _ in _attempts():
-                text, version = self.storage.read_versioned(url)
+                text, version = self.folder.read_versioned(name)
                 record = BatchRecord.model_validate_json(text)
                 if change(record) is False:
                     return record
                 try:
-                    self.storage.replace_if_unchanged(url, version, record.model_dump_json())
+                    self.folder.replace_if_unchanged(name, version, record.model_dump_json())
                 except PreconditionFailed:
                     continue
                 return record

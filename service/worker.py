@@ -130,7 +130,7 @@ class BatchWorker:
         file = self.store.file(record.owner, batch.input_file_id)
         if file is None:
             return self._fail(record, "invalid_file", f"input_file_id {batch.input_file_id}: no such file")
-        data = self.store.storage.read_bytes(self.store.file_content_url(record.owner, file.file.id))
+        data = self.store.read_file_content(record.owner, file.file.id)
         errors, models, total = check_lines(data)
         served = {name: self.spec.model_named(name) for name in models}
         unknown = sorted(name for name, model in served.items() if model is None)
@@ -230,7 +230,7 @@ class BatchWorker:
                     answered.update(str(row["id"]) for row in decode_data(content, stored.url, ["id"]))
         requests: list[str] = []
         if record.served_model is not None:  # validated: its lines are requests
-            data = storage.read_bytes(self.store.file_content_url(record.owner, batch.input_file_id))
+            data = self.store.read_file_content(record.owner, batch.input_file_id)
             requests = _custom_ids(data)
         unanswered = [custom_id for custom_id in requests if custom_id not in answered]
         ending = "completed"
@@ -276,8 +276,7 @@ class BatchWorker:
         """An output file of the batch; its id comes from the batch's, so finalizing twice (two
         servers, a restart) writes the same file again rather than a second one."""
         file_id = f"file-{record.batch.id.removeprefix('batch_')}-{kind}"
-        url = self.store.file_content_url(record.owner, file_id)
-        self.store.storage.write_atomic(url, data)
+        self.store.write_file_content(record.owner, file_id, data)
         self.store.save_file(
             FileRecord(
                 owner=record.owner,

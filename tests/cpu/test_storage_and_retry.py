@@ -84,6 +84,38 @@ def root(request, tmp_path):
     return Storage(StorageSpec(endpoint_url=endpoint), RetrySpec()), f"s3://herd-test/storage-{tmp_path.name}"
 
 
+def test_a_folder_names_everything_relative_to_its_root_on_disk_and_on_s3_and_no_name_leaves_it(root):
+    from common.storage import PreconditionFailed, join
+
+    storage, base = root
+    outside = join(base, "neighbour.txt")
+    storage.write_text(outside, "not the folder's")
+    folder = storage.folder(join(base, "output"))
+    assert folder.list_names() == [] and folder.find() == [] and not folder.exists("a.txt")
+    folder.write_text("a.txt", "caf\u00e9")
+    folder.write_atomic("data/b.bin", b"0123456789")
+    folder.folder("data").write_atomic("deep/c.jsonl", b"{}\n")
+    assert folder.url("data/b.bin") == join(base, "output", "data", "b.bin") and folder.url() == join(base, "output")
+    assert folder.list_names() == ["a.txt"] and folder.list_names("data") == ["b.bin"]
+    assert folder.find() == ["a.txt", "data/b.bin", "data/deep/c.jsonl"]
+    assert folder.read_text("a.txt") == "café" and folder.read_bytes("data/b.bin", 2, 5) == b"234"
+    assert folder.read_many(["a.txt", "data/b.bin"]) == {"a.txt": "café".encode(), "data/b.bin": b"0123456789"}
+    version = folder.create_exclusive("record.json", "one")
+    with pytest.raises(PreconditionFailed):
+        folder.create_exclusive("record.json", "two")
+    assert folder.read_versioned("record.json") == ("one", version)
+    folder.replace_if_unchanged("record.json", version, "three")
+    assert folder.read_text("record.json") == "three"
+    # No name reaches outside the root: what holds the folder cannot read, write or delete there.
+    for name in ("../neighbour.txt", "data/../../neighbour.txt", "/etc/passwd", "s3://herd-test/x"):
+        with pytest.raises(ValueError, match="is not a name inside"):
+            folder.delete([name])
+    folder.delete(["a.txt", "data/b.bin"])
+    # (On disk the compare-and-swap's lock file stays beside the record.)
+    assert [name for name in folder.find() if not name.endswith(".lock")] == ["data/deep/c.jsonl", "record.json"]
+    assert storage.read_text(outside) == "not the folder's"
+
+
 def test_every_storage_operation_behaves_the_same_on_disk_and_on_s3(root):
     from common.storage import PreconditionFailed, join
 
