@@ -1,11 +1,11 @@
-"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options,bigfile} [options]"""
+"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options,bigfile,smallfiles,prefix} [options]"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options", "bigfile")
+BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options", "bigfile", "smallfiles", "prefix")
 
 
 def main() -> int:

@@ -68,17 +68,44 @@ class _Queue:
     pending: deque[Shard]
     delayed: list[tuple[float, int, Shard]] = field(default_factory=list)  # (not before, tiebreak, shard)
     attempts: Counter[str] = field(default_factory=Counter)
-    running: dict[Any, tuple[ReplicaState, Shard]] = field(default_factory=dict)  # result ref -> (replica, shard)
+    # result ref -> (replica, the shards of that call: one, or a group of small ones run together)
+    running: dict[Any, tuple[ReplicaState, list[Shard]]] = field(default_factory=dict)
     next_waiting_log: float = 0.0
     last_start_error: str = ""
 
-    def held_by(self, replica: ReplicaState) -> list[tuple[Any, Shard]]:
-        return [(ref, shard) for ref, (owner, shard) in self.running.items() if owner is replica]
+    def held_by(self, replica: ReplicaState) -> list[tuple[Any, list[Shard]]]:
+        return [(ref, shards) for ref, (owner, shards) in self.running.items() if owner is replica]
 
 
 def dispatch_order(shards: list[Shard]) -> list[Shard]:
     """Largest first: the long shards start early, the short ones fill the tail."""
     return sorted(shards, key=lambda shard: -shard.estimated_rows)
+
+
+# The most small shards one call runs together (each is a thread of the replica while it runs).
+MAX_GROUP = 64
+
+
+def next_group(pending: deque[Shard], rows_per_shard: int, bytes_per_shard: int) -> list[Shard]:
+    """The next shard, with the small shards after it while all of them together hold no more than a
+    shard's rows and bytes: a replica runs them at once, so that their requests share the engine's
+    batches (1,000 files of 3 rows would otherwise keep a few requests in flight at a time). Each keeps
+    its own id, record and output files: packing happens here, not in the plan, so resume and
+    new_files: process see the same shard ids as ever."""
+    group = [pending.popleft()]
+    rows, size = group[0].estimated_rows, _bytes(group[0])
+    while pending and len(group) < MAX_GROUP and group[0].retry is None and pending[0].retry is None:
+        nxt = pending[0]
+        if rows + nxt.estimated_rows > rows_per_shard or size + _bytes(nxt) > bytes_per_shard:
+            break
+        group.append(pending.popleft())
+        rows, size = rows + nxt.estimated_rows, size + _bytes(nxt)
+    return group
+
+
+def _bytes(shard: Shard) -> int:
+    """A JSONL shard's byte range (a Parquet shard is bounded by its rows and columns when planned)."""
+    return 0 if shard.format == "parquet" else max(0, min(shard.end, shard.file_size) - shard.start)
 
 
 class Dispatcher:
@@ -253,7 +280,7 @@ class Dispatcher:
             replica.name,
             why,
             self.job.resources.stall_timeout_s,
-            ", ".join(shard.shard_id for _, shard in held),
+            ", ".join(shard.shard_id for _, shards in held for shard in shards),
             last_log_lines(replica),
         )
         for ref, _ in held:
@@ -261,8 +288,9 @@ class Dispatcher:
         replica.died(time.monotonic())
         self._replicas_changed()
         self._replace(replica, crashed=True)
-        for _, shard in held:
-            self._retry_or_fail(queue, shard, f"replica stalled: it {why}")
+        for _, shards in held:
+            for shard in shards:
+                self._retry_or_fail(queue, shard, f"replica stalled: it {why}")
 
     def _give_up_on_slow_starts(self, queue: _Queue) -> None:
         now = time.monotonic()
@@ -289,11 +317,16 @@ class Dispatcher:
             replica = min(free, key=lambda candidate: self.pool.shards_in_flight - candidate.free_slots)
             if replica.free_slots < self.pool.shards_in_flight and len(queue.pending) <= len(self._in(Phase.STARTING)):
                 return
-            shard = queue.pending.popleft()
+            group = next_group(queue.pending, self.job.input.rows_per_shard, self.job.input.bytes_per_shard)
             replica.take_slot()
-            queue.attempts[shard.shard_id] += 1
-            self.outcome.attempts += 1
-            queue.running[replica.actor.process.remote(shard, self.job)] = (replica, shard)
+            for shard in group:
+                queue.attempts[shard.shard_id] += 1
+                self.outcome.attempts += 1
+            if len(group) == 1:
+                ref = replica.actor.process.remote(group[0], self.job)
+            else:
+                ref = replica.actor.process_group.remote(group, self.job)
+            queue.running[ref] = (replica, group)
 
     def _on_started(self, queue: _Queue, replica: ReplicaState) -> None:
         try:
@@ -312,13 +345,13 @@ class Dispatcher:
         self._replicas_changed()
 
     def _on_finished(self, queue: _Queue, ref: Any) -> None:
-        replica, shard = queue.running.pop(ref)
+        replica, group = queue.running.pop(ref)
         try:
             result = ray.get(ref, timeout=_FETCH_TIMEOUT_S)
         except RayActorError as error:
             log.warning(
-                "the replica running shard %s died (%s); re-queuing it%s",
-                shard.shard_id,
+                "the replica running shard(s) %s died (%s); re-queuing them%s",
+                ", ".join(shard.shard_id for shard in group),
                 _reason(error),
                 last_log_lines(replica),
             )
@@ -326,21 +359,31 @@ class Dispatcher:
                 replica.died(time.monotonic())
                 self._replicas_changed()
                 self._on_replica_death(replica, error)
-            self._retry_or_fail(queue, shard, f"replica died: {_reason(error)}")
+            for shard in group:
+                self._retry_or_fail(queue, shard, f"replica died: {_reason(error)}")
             return
-        except Exception as error:  # noqa: BLE001 - every other failure is this shard's
-            replica.give_slot_back()
-            cause = getattr(error, "cause", None) or error
-            if isinstance(cause, StorageUnavailable):
-                # Storage, not the shard: past retry.storage_deadline_s the run ends (exit 6); the
-                # shard keeps its attempts for the run that resumes it.
-                raise StorageUnavailable(f"shard {shard.shard_id}: {cause}") from None
-            if isinstance(cause, ShardInputError):
-                self.outcome.failed[shard.shard_id] = _reason(error)
-            else:
-                self._retry_or_fail(queue, shard, _reason(error))
-            return
+        except Exception as error:  # noqa: BLE001 - every other failure is the call's shards'
+            result = [error] * len(group) if len(group) > 1 else error
         replica.give_slot_back()
+        outcomes = result if len(group) > 1 else [result]
+        for shard, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._on_shard_failed(queue, shard, outcome)
+            else:
+                self._commit(queue, shard, outcome)
+
+    def _on_shard_failed(self, queue: _Queue, shard: Shard, error: BaseException) -> None:
+        cause = getattr(error, "cause", None) or error
+        if isinstance(cause, StorageUnavailable):
+            # Storage, not the shard: past retry.storage_deadline_s the run ends (exit 6); the
+            # shard keeps its attempts for the run that resumes it.
+            raise StorageUnavailable(f"shard {shard.shard_id}: {cause}") from None
+        if isinstance(cause, ShardInputError):
+            self.outcome.failed[shard.shard_id] = _reason(error)
+        else:
+            self._retry_or_fail(queue, shard, _reason(error))
+
+    def _commit(self, queue: _Queue, shard: Shard, result: Any) -> None:
         record = ShardRecord(**result.model_dump(), attempts=queue.attempts[shard.shard_id])
         try:
             self.commit(record)

@@ -60,7 +60,11 @@ def _throughput(records: list[ShardRecord]) -> tuple[str | None, str]:
         # A shard's tokens, spread over its generation span.
         first = record.generate_started_at
         last = first + max(record.generate_seconds, 1e-9)
-        for index in range(bins):
+        # Only the bins its span touches: a million shards cost a million short loops, not 60 million.
+        # (one bin more on each side: a rounding at a bin's edge loses nothing, the overlap is 0 there)
+        low_bin = max(0, int((first - start) / width) - 1)
+        high_bin = min(bins - 1, int((last - start) / width) + 1)
+        for index in range(low_bin, high_bin + 1):
             low, high = start + index * width, start + (index + 1) * width
             overlap = max(0.0, min(high, last) - max(low, first))
             tokens[index] += record.completion_tokens * overlap / (last - first)

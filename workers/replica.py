@@ -8,13 +8,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from common.storage import Storage
+from schemas.errors import StorageUnavailable
 from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model, with_local_adapters
 from workers.output_capture import send_output_to
+from workers.shard_io import ShardInputError
 from workers.shard_processor import ReplicaContext, process_shard
 
 EngineFactory = Callable[[str, ModelSpec, str], Engine]
@@ -64,6 +67,14 @@ class Replica:
                 return None
         return time.monotonic() - max(self.context.last_activity, self.engine.last_progress_at())
 
+    def process_group(self, shards: list[Shard], job: JobSpec) -> list[ShardResult | BaseException]:
+        """Small shards at once, each as process() runs it, so that their requests share the engine's
+        batches; each one's result, or what it raised (in the form the driver reads: see
+        _portable)."""
+        with ThreadPoolExecutor(len(shards), thread_name_prefix="shard") as threads:
+            futures = [threads.submit(self.process, shard, job) for shard in shards]
+        return [_portable(future.exception()) or future.result() for future in futures]
+
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
         with self._held_lock:
@@ -81,3 +92,12 @@ class Replica:
         finally:
             with self._held_lock:
                 self._shards_held -= 1
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    """An error of one shard of a group, as it travels back to the driver: the kinds it acts on
+    (unreadable input, storage down) as they are, any other as a RuntimeError naming it (an error
+    object of a library may not survive pickling)."""
+    if error is None or isinstance(error, (ShardInputError, StorageUnavailable)):
+        return error
+    return RuntimeError(f"{type(error).__name__}: {error}")

@@ -1,0 +1,86 @@
+"""Small files cost what their rows cost: the same rows as 1,000 JSONL files of 3 rows and as one file,
+run as a user runs them (`submit.py run`, the tiny Llama on vLLM CPU, one replica), interleaved over
+rounds. Reports the wall-time ratio (target within 1.15x) and the fixed cost each extra shard adds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.common import CACHE, WORDS, record, run_herd, tiny_model
+
+
+def _rows(count: int, seed: int = 3) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {"id": f"r{index:05d}", "prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24)))}
+        for index in range(count)
+    ]
+
+
+def _write(directory: Path, rows: list[dict], files: int) -> Path:
+    """`rows` split over `files` JSONL files (in name order), written once."""
+    if (directory / ".complete").exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    per_file = len(rows) // files
+    for index in range(files):
+        chunk = rows[index * per_file : (index + 1) * per_file]
+        (directory / f"part-{index:05d}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in chunk))
+    (directory / ".complete").write_text("")
+    return directory
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench smallfiles")
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--rows-per-file", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    arguments = parser.parse_args(argv)
+    rows = _rows(arguments.files * arguments.rows_per_file)
+    inputs = {
+        "one file": _write(CACHE / f"smallfiles-1x{len(rows)}", rows, 1),
+        "small files": _write(CACHE / f"smallfiles-{arguments.files}x{arguments.rows_per_file}", rows, arguments.files),
+    }
+    walls: dict[str, list[float]] = {name: [] for name in inputs}
+    shards: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for round_index in range(arguments.rounds):
+            for name, directory in inputs.items():
+                job = {
+                    "input": {"path": str(directory), "prompt_column": "prompt", "id_column": "id"},
+                    "model": {"path": str(tiny_model()), "max_model_len": 512, "dtype": "float32"},
+                    "sampling": {"max_new_tokens": arguments.max_new_tokens, "ignore_eos": True, "seed": 1},
+                    "output": {"path": str(Path(work) / f"{name.replace(' ', '-')}-{round_index}")},
+                    "resources": {"replicas": 1},
+                }
+                wall, summary, _ = run_herd(job, Path(work) / f"job-{round_index}-{name.replace(' ', '-')}")
+                assert summary["rows_out"] == len(rows), summary
+                walls[name].append(wall)
+                shards[name] = summary["shards"]
+                print(f"round {round_index + 1}: {name}: {wall:.1f}s, {summary['shards']} shards", flush=True)
+    one, small = statistics.median(walls["one file"]), statistics.median(walls["small files"])
+    ratio = small / one
+    fixed = (small - one) / max(1, shards["small files"] - shards["one file"])
+    record(
+        "smallfiles",
+        {
+            "rows": len(rows),
+            "files": arguments.files,
+            "max_new_tokens": arguments.max_new_tokens,
+            "wall_s": walls,
+            "shards": shards,
+            "ratio": ratio,
+            "fixed_cost_per_shard_s": fixed,
+            "target_ratio": 1.15,
+        },
+        f"smallfiles: {arguments.files} files of {arguments.rows_per_file} rows take {ratio:.2f}x the time of one "
+        f"file of the same {len(rows)} rows (median of {arguments.rounds} rounds: {small:.1f}s vs {one:.1f}s; "
+        f"target 1.15x); each extra shard costs {fixed * 1000:.0f} ms",
+    )
+    return 0
