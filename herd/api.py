@@ -267,10 +267,14 @@ def generate(
 def shutdown() -> None:
     """Ends the engines kept warm by generate() and run(keep_engines=True); the next call starts
     new ones. Called at the end of the process too."""
+    ray = sys.modules.get("ray")  # loaded by whatever made a pool; never loaded here for nothing
     while _WARM_POOLS:
         _, pool = _WARM_POOLS.popitem()
-        with contextlib.suppress(Exception):  # Ray may already be gone at the end of the process
-            pool.shutdown()
+        # At the end of the process Ray's own exit hook (registered after this one, so run first) has
+        # already ended this driver's actors; calling into its torn-down core worker is not safe.
+        if ray is not None and ray.is_initialized():
+            with contextlib.suppress(Exception):
+                pool.shutdown()
     for directory in _ENGINE_LOGS:
         shutil.rmtree(directory, ignore_errors=True)
     _ENGINE_LOGS.clear()

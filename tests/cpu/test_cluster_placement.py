@@ -91,7 +91,7 @@ def test_fake_engine_node_lost_while_its_replica_loads_is_not_counted_as_a_crash
     with retry.max_replica_restarts 0 the replica is replaced all the same, and every shard commits."""
     # Enough shards that the other replica is still busy when the cluster declares the node dead
     # (10-20 s, more on a loaded machine): the death is seen, and judged, before the job ends.
-    result = _probe(tmp_path, tiny_model, probe="node_loss_probe", rows=900, when="while_starting")
+    result = _probe(tmp_path, tiny_model, probe="node_loss_probe", rows=1800, when="while_starting")
     assert result["lost_at_commit"] == [0], result  # before any replica had finished starting
     assert result["failed"] == {} and result["committed"] == result["shards"], result
     assert result["replicas_replaced"] >= 1 and result["replica_crashes"] == 0, result

@@ -90,7 +90,7 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
         timeout=900,
         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""},
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     out = json.loads(line.removeprefix("RESULT "))
 
