@@ -41,7 +41,9 @@ def resolve_model(path: str, storage: Storage) -> str:
 def resolve_adapter(adapter: AdapterSpec, storage: Storage) -> str:
     """A local directory holding the LoRA adapter, fetched into this node's cache if it is on s3://."""
     if adapter.path.startswith("s3://"):
-        return str(_fetch_from_storage(adapter.path, storage, marker=ADAPTER_CONFIG))
+        return str(
+            _fetch_from_storage(adapter.path, storage, marker=ADAPTER_CONFIG, field=f"model.adapters {adapter.name}")
+        )
     if not (Path(adapter.path) / ADAPTER_CONFIG).is_file():
         raise FileNotFoundError(f"model.adapters {adapter.name}: {adapter.path!r} holds no {ADAPTER_CONFIG}")
     return adapter.path
@@ -101,7 +103,11 @@ _TOKENIZER_FILES = frozenset(
 
 
 def _fetch_from_storage(
-    url: str, storage: Storage, only: frozenset[str] | None = None, marker: str = "config.json"
+    url: str,
+    storage: Storage,
+    only: frozenset[str] | None = None,
+    marker: str = "config.json",
+    field: str = "model.path",
 ) -> Path:
     """The checkpoint's files (or `only` those) in this node's cache, fetched once per node. The cache
     is keyed by the objects' versions (ETags): a changed checkpoint under the same URL is fetched again.
@@ -110,7 +116,7 @@ def _fetch_from_storage(
     listed = [info for info in storage.expand_inputs(prefix) if posixpath.dirname(info.url) == prefix]
     files = [info for info in listed if only is None or posixpath.basename(info.url) in only]
     if not any(info.url.endswith(f"/{marker}") for info in files):
-        raise FileNotFoundError(f"{url}: no {marker} there")
+        raise FileNotFoundError(f"{field} {url}: no {marker} there")
     identity = "|".join(f"{info.url}={info.version}" for info in files)
     kind = "tokenizers" if only is not None else "models"
     target = cache_root() / kind / hashlib.sha256(identity.encode()).hexdigest()[:16]
