@@ -78,11 +78,12 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo]) -> InputFiles:
 def with_absolute_paths(job: JobSpec) -> JobSpec:
     """Ray workers run in another directory: local paths must not depend on the driver's."""
     model_path = job.model.path if job.model.path == DEMO_MODEL else absolute(job.model.path)
+    adapters = [adapter.model_copy(update={"path": absolute(adapter.path)}) for adapter in job.model.adapters]
     return job.model_copy(
         update={
             "input": job.input.model_copy(update={"path": absolute(job.input.path)}),
             "output": job.output.model_copy(update={"path": absolute(job.output.path)}),
-            "model": job.model.model_copy(update={"path": model_path}),
+            "model": job.model.model_copy(update={"path": model_path, "adapters": adapters}),
         }
     )
 

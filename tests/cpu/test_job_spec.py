@@ -170,3 +170,13 @@ def test_the_job_file_reference_page_is_the_one_the_models_generate():
     page = (REPO / "docs" / "job-file.md").read_text()
     assert page_with_reference(page) == page, "run: python -m schemas.reference --update docs/job-file.md"
     assert undocumented_fields() == []
+
+
+def test_local_paths_become_absolute_for_ray_workers_adapters_too_and_s3_urls_stay(tmp_path, monkeypatch):
+    from jobs.planner import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    adapters = [{"name": "a", "path": "adapters/a"}, {"name": "b", "path": "s3://bucket/adapters/b"}]
+    job = with_absolute_paths(parse_job(_with("model", path="models/llama", adapters=adapters)))
+    assert job.model.path == str(tmp_path / "models" / "llama") and job.input.path == str(tmp_path / "in.jsonl")
+    assert [adapter.path for adapter in job.model.adapters] == [str(tmp_path / "adapters" / "a"), adapters[1]["path"]]
