@@ -17,6 +17,7 @@ import logging
 import math
 import posixpath
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from common.retry import is_transient, storage_problem
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Without a size in its header, a compressed file is assumed to hold this many times its bytes.
 _ASSUMED_COMPRESSION_RATIO = 4
+# Files whose metadata (a Parquet footer, a compressed file's size field) is read at once when planning.
+_METADATA_READS_AT_ONCE = 32
 # Planning ranks JSONL shards by their bytes over a typical line's length.
 _TYPICAL_LINE_BYTES = 200
 
@@ -113,8 +116,8 @@ def plan_shards(
 ) -> list[Shard]:
     root = input_root(input_spec.path)
     template_columns = prompt.template_columns() if prompt is not None else set()
-    shards: list[Shard] = []
-    for info in files:
+
+    def file_shards(info: FileInfo) -> list[Shard]:
         label = file_label(info.url, root)
         base = {
             "file_url": info.url,
@@ -124,12 +127,15 @@ def plan_shards(
             "partition": hive_partition(label),
         }
         if input_spec.format_of(info.url) == "parquet":
-            shards.extend(_parquet_shards(info, base, input_spec, template_columns, storage))
-        elif compression_of(info.url) is not None:
-            shards.extend(_compressed_jsonl_shards(info, base, input_spec, storage))
-        else:
-            shards.extend(_jsonl_shards(info, base, input_spec))
-    return shards
+            return _parquet_shards(info, base, input_spec, template_columns, storage)
+        if compression_of(info.url) is not None:
+            return _compressed_jsonl_shards(info, base, input_spec, storage)
+        return _jsonl_shards(info, base, input_spec)
+
+    # Footers and compressed sizes are small reads whose time is the store's latency: read many at
+    # once. In file order all the same, and the first file (in that order) that fails is the error.
+    with ThreadPoolExecutor(_METADATA_READS_AT_ONCE, thread_name_prefix="plan") as threads:
+        return [shard for shards in threads.map(file_shards, files) for shard in shards]
 
 
 def _parquet_shards(

@@ -26,11 +26,14 @@ class FlakyS3Proxy:
         seed: int = 0,
         drop_answer: Callable[[str, str], bool] | None = None,
         outage_at: Callable[[str, str], float] | None = None,
+        latency_s: float = 0.0,
     ) -> None:
         """`drop_answer(method, path)`: for the requests it picks, the request is applied upstream
         and then the connection is dropped without an answer (an ambiguous write). `outage_at(method,
         path)`: seconds of outage to start with this request (0: none), during which every request,
-        this one too, is answered 503."""
+        this one too, is answered 503. `latency_s`: added to every request, as a real region's round
+        trip is."""
+        self.latency_s = latency_s
         self.outage_at = outage_at
         self.outage_until = 0.0
         self.outages: list[tuple[str, str]] = []  # the requests that started one
@@ -74,6 +77,8 @@ class FlakyS3Proxy:
                     if self.command != "HEAD":
                         self.wfile.write(SLOW_DOWN)
                     return
+                if proxy.latency_s:
+                    time.sleep(proxy.latency_s)
                 connection = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
                 headers = {name: value for name, value in self.headers.items() if name.lower() != "expect"}
                 connection.request(self.command, self.path, body=body, headers=headers)
