@@ -134,8 +134,11 @@ def plan_shards(
 
     # Footers and compressed sizes are small reads whose time is the store's latency: read many at
     # once. In file order all the same, and the first file (in that order) that fails is the error.
-    with ThreadPoolExecutor(_METADATA_READS_AT_ONCE, thread_name_prefix="plan") as threads:
+    threads = ThreadPoolExecutor(_METADATA_READS_AT_ONCE, thread_name_prefix="plan")
+    try:
         return [shard for shards in threads.map(file_shards, files) for shard in shards]
+    finally:
+        threads.shutdown(cancel_futures=True)  # after a bad file, the files not read yet are not read
 
 
 def _parquet_shards(
