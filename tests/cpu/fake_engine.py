@@ -31,9 +31,12 @@ class FakeEngine:
         fault: str,
         refuse_marked_while: str | None = None,
         start_seconds: float = 0.0,
+        loading_dir: str | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
+        if loading_dir is not None:  # says it is loading, for a test that acts at that moment
+            (Path(loading_dir) / str(os.getpid())).write_text("")
         time.sleep(start_seconds)  # loading weights, or a node that never gets them
 
         # Requests whose prompt holds REFUSED_MARK fail while this file exists (a passing fault).
@@ -96,7 +99,9 @@ class FakeEngineFactory:
         fault: str = "exit",
         refuse_marked_while: str | None = None,
         start_seconds: float = 0.0,
+        loading_dir: str | None = None,
     ) -> None:
+        self.loading_dir = loading_dir
         self.refuse_marked_while = refuse_marked_while
         self.start_seconds = start_seconds
         self.seconds_per_call = seconds_per_call
@@ -114,4 +119,5 @@ class FakeEngineFactory:
             self.fault,
             self.refuse_marked_while,
             self.start_seconds,
+            self.loading_dir,
         )

@@ -44,7 +44,9 @@ def _probe(
         "input": str(tmp_path / "in.jsonl"),
         "output": str(tmp_path / "out"),
         "when": when,
+        "loading_dir": str(tmp_path / "loading"),
     }
+    (tmp_path / "loading").mkdir()
     (tmp_path / "config.json").write_text(json.dumps(config))
     ray_dir = tempfile.mkdtemp(prefix="hp", dir="/tmp")
     os.makedirs(os.path.join(ray_dir, "ray"))
