@@ -65,15 +65,15 @@ def _manifest(shards: int) -> Path:
 
 def probe(what: str, path: str, endpoint: str | None = None, at_once: int | None = None) -> None:
     """Runs in the child process: one planning step, timed, with this process's peak RSS."""
+    from common import storage as storage_module
     from common.layout import OutputLayout
     from common.storage import Storage
-    from jobs import planner
     from jobs.manifest import committed_shards
     from jobs.planner import plan_shards
     from schemas.job import InputSpec, RetrySpec, StorageSpec
 
     if at_once is not None:
-        planner._METADATA_READS_AT_ONCE = at_once
+        storage_module._S3.small_reads_at_once = at_once
     storage = Storage(StorageSpec(endpoint_url=endpoint), RetrySpec())
     started = time.perf_counter()
     if what == "plan":

@@ -65,6 +65,8 @@ class _Backend:
     conditional writes, and the fastest way to list and read many files. Storage picks one per URL
     and never asks which it has."""
 
+    small_reads_at_once: int
+
     def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
         self.fs = fs
 
@@ -111,6 +113,10 @@ class _LocalDisk(_Backend):
     """A rename makes a write atomic, a hard link makes a create exclusive, an flock guards a
     compare-and-swap; a version is a hash of the content. os.scandir and open() instead of fsspec
     where fsspec's per-call overhead dominates (a 100k-shard manifest)."""
+
+    # Small reads take microseconds: threads would only contend for the GIL (planning 1,000 footers
+    # took 0.37 s one at a time, 0.60 s with 32 threads).
+    small_reads_at_once = 1
 
     def path(self, url: str) -> str:
         return absolute(url)
@@ -179,6 +185,10 @@ class _LocalDisk(_Backend):
 class _S3(_Backend):
     """One PUT makes a write atomic; If-None-Match and If-Match (AWS, MinIO and moto honour them)
     make creates and replacements conditional; a version is the object's ETag."""
+
+    # A small read costs a round trip (tens of ms in a region): many at once (bench plan: 300 footers
+    # at 20 ms a request, 7.1x faster 32 at once than one at a time).
+    small_reads_at_once = 32
 
     def path(self, url: str) -> str:
         return url.removeprefix("s3://")
@@ -265,6 +275,11 @@ class Storage:
         else:
             backend = _LocalDisk(fsspec.filesystem("file"))
         return backend, backend.path(url)
+
+    def small_reads_at_once(self, url: str) -> int:
+        """How many small reads (a footer, a size field) of files like `url` are worth making at once."""
+        backend, _ = self._backend(url)
+        return backend.small_reads_at_once
 
     def _retry(self, what: str, operation: Callable[[], T]) -> T:
         return call_with_retry(operation, self.retry, what)

@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 # Without a size in its header, a compressed file is assumed to hold this many times its bytes.
 _ASSUMED_COMPRESSION_RATIO = 4
-# Files whose metadata (a Parquet footer, a compressed file's size field) is read at once when planning.
-_METADATA_READS_AT_ONCE = 32
 # Planning ranks JSONL shards by their bytes over a typical line's length.
 _TYPICAL_LINE_BYTES = 200
 
@@ -132,9 +130,10 @@ def plan_shards(
             return _compressed_jsonl_shards(info, base, input_spec, storage)
         return _jsonl_shards(info, base, input_spec)
 
-    # Footers and compressed sizes are small reads whose time is the store's latency: read many at
+    # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
     # once. In file order all the same, and the first file (in that order) that fails is the error.
-    threads = ThreadPoolExecutor(_METADATA_READS_AT_ONCE, thread_name_prefix="plan")
+    at_once = storage.small_reads_at_once(files[0].url) if files else 1
+    threads = ThreadPoolExecutor(at_once, thread_name_prefix="plan")
     try:
         return [shard for shards in threads.map(file_shards, files) for shard in shards]
     finally:
