@@ -363,9 +363,10 @@ class Dispatcher:
                 self._retry_or_fail(queue, shard, f"replica died: {_reason(error)}")
             return
         except Exception as error:  # noqa: BLE001 - every other failure is the call's shards'
-            result = [error] * len(group) if len(group) > 1 else error
+            outcomes = [error] * len(group)
+        else:
+            outcomes = result if len(group) > 1 else [result]  # process_group answers a list
         replica.give_slot_back()
-        outcomes = result if len(group) > 1 else [result]
         for shard, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 self._on_shard_failed(queue, shard, outcome)

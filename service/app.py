@@ -141,7 +141,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         data += [
             {"id": adapter, "object": "model", "created": 0, "owned_by": "herd", "parent": model.name}
             for model in spec.models
-            for adapter in model.adapter_names()
+            for adapter in model.adapter_names
         ]
         return {"object": "list", "data": data}
 

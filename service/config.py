@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,10 @@ class ServedModel(_Strict):
         }
         return parse_job(raw, source=f"models[{self.name}].job")
 
+    @cached_property
     def adapter_names(self) -> list[str]:
-        """The LoRA adapters of this model's job (model.adapters), which requests may name."""
+        """The LoRA adapters of this model's job (model.adapters), which requests may name: parsed
+        once, not for every request line or /v1/models call."""
         return self.job_for("unused.jsonl", "unused").model.adapter_names()
 
     @field_validator("job")
@@ -120,7 +123,7 @@ class ServiceSpec(_Strict):
         """The served model a request's `model` names: by its name, an alias, or one of its LoRA
         adapters (which the model's job then applies to that request)."""
         for model in self.models:
-            if name == model.name or name in model.aliases or name in model.adapter_names():
+            if name == model.name or name in model.aliases or name in model.adapter_names:
                 return model
         return next((model for model in self.models if "*" in model.aliases), None)
 
@@ -128,9 +131,8 @@ class ServiceSpec(_Strict):
         """Every served model's job is valid, and no name means two things, before the service answers
         anything."""
         seen: dict[str, str] = {}
-        for model in self.models:
-            model.job_for("unused.jsonl", "unused")
-            for name in [model.name, *model.aliases, *model.adapter_names()]:
+        for model in self.models:  # adapter_names parses (and so validates) each model's job
+            for name in [model.name, *model.aliases, *model.adapter_names]:
                 if name in seen and name != "*":
                     raise SpecError(f"models: {name!r} names both {seen[name]} and {model.name}")
                 seen[name] = model.name
