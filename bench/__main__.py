@@ -1,11 +1,11 @@
-"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options,bigfile,smallfiles,prefix} [options]"""
+"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options,bigfile,smallfiles,prefix,manifest} [options]"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options", "bigfile", "smallfiles", "prefix")
+BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options", "bigfile", "smallfiles", "prefix", "manifest")
 
 
 def main() -> int:

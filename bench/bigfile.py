@@ -86,7 +86,7 @@ def _run(layout: str, url: str, proxy) -> dict:
     fetched = proxy.bytes_read_by_path[f"/{url.removeprefix('s3://')}"] - before
     from common.layout import OutputLayout
     from common.storage import Storage
-    from jobs.manifest import committed_shards
+    from jobs.committed import committed_shards
 
     records = list(committed_shards(Storage(job.storage, job.retry), OutputLayout(job.output.path)).values())
     assert outcome.summary.rows_out == outcome.summary.rows_in, outcome.summary

@@ -82,7 +82,7 @@ def run_herd(job: dict[str, Any], work: Path) -> tuple[float, dict[str, Any], li
         raise RuntimeError(f"herd failed ({result.returncode}): {result.stderr[-3000:]}")
     from common.layout import OutputLayout
     from common.storage import Storage
-    from jobs.manifest import committed_shards
+    from jobs.committed import committed_shards
     from schemas.job import RetrySpec, StorageSpec
 
     storage = Storage(StorageSpec(**job.get("storage", {})), RetrySpec())

@@ -68,7 +68,7 @@ def probe(what: str, path: str, endpoint: str | None = None, at_once: int | None
     from common import storage as storage_module
     from common.layout import OutputLayout
     from common.storage import Storage
-    from jobs.manifest import committed_shards
+    from jobs.committed import committed_shards
     from jobs.planner import plan_shards
     from schemas.job import InputSpec, RetrySpec, StorageSpec
 

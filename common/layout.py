@@ -67,10 +67,5 @@ class OutputLayout:
     def errors_file(self, shard_id: str, attempt_token: str, file_format: str) -> str:
         return join(self.errors_dir, f"{shard_id}.{attempt_token}.{file_format}")
 
-    @property
-    def manifest_index(self) -> str:
-        """All records of the manifest in one file, rewritten at the end of each run."""
-        return join(self.manifest_dir, "_index.jsonl")
-
     def shard_record(self, shard_id: str) -> str:
         return join(self.manifest_dir, f"{shard_id}.json")

@@ -42,6 +42,11 @@ _TRANSIENT_ERRNOS = {
 }
 
 
+def is_transient_code(code: str) -> bool:
+    """Whether an S3 error code says the request may succeed if tried again."""
+    return code in _TRANSIENT_CODES
+
+
 def backoff_seconds(policy: RetrySpec, attempt: int, rng: random.Random | None = None) -> float:
     """Delay before retry number `attempt` (1 = the first retry)."""
     delay = min(policy.backoff_cap_s, policy.backoff_base_s * (2 ** (attempt - 1)))
@@ -70,7 +75,7 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(response, dict):
             code = response.get("Error", {}).get("Code")
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES
+            return is_transient_code(code) or status in _TRANSIENT_STATUSES
         if isinstance(cause, (ConnectionError, TimeoutError)):
             return True
         if isinstance(cause, OSError) and cause.errno in _TRANSIENT_ERRNOS:

@@ -7,6 +7,8 @@ or nothing. s3fs is used rather than pyarrow's S3 client because only s3fs honou
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import fsspec
 
 from common.node_cache import exclusive
-from common.retry import call_with_retry
+from common.retry import call_with_retry, is_transient_code
 from schemas.job import RetrySpec, StorageSpec
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ T = TypeVar("T")
 # Reads of input files ask S3 for this much at a time: s3fs's default (50 MB) would fetch far past
 # the columns a shard needs.
 _INPUT_BLOCK_BYTES = 1 << 20
+_KEYS_PER_DELETE = 1000  # S3's most in one DeleteObjects request
 
 
 def is_remote(url: str) -> bool:
@@ -76,8 +79,11 @@ class _Backend:
     def url(self, path: str) -> str:
         raise NotImplementedError
 
-    def open_input(self, path: str) -> Any:
+    def open_input(self, path: str, size: int | None = None) -> Any:
         return self.fs.open(path, "rb")
+
+    def read(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        return self.fs.cat_file(path, start=start, end=end)
 
     def write_atomic(self, path: str, data: bytes) -> None:
         raise NotImplementedError
@@ -106,6 +112,10 @@ class _Backend:
         raise NotImplementedError
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    def delete_files(self, paths: list[str]) -> None:
+        """Deletes these files, each named (never a folder); one already gone is not an error."""
         raise NotImplementedError
 
 
@@ -181,6 +191,11 @@ class _LocalDisk(_Backend):
                 contents[path] = handle.read()
         return contents
 
+    def delete_files(self, paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
 
 class _S3(_Backend):
     """One PUT makes a write atomic; If-None-Match and If-Match (AWS, MinIO and moto honour them)
@@ -196,10 +211,16 @@ class _S3(_Backend):
     def url(self, path: str) -> str:
         return f"s3://{path}"
 
-    def open_input(self, path: str) -> Any:
+    def read(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        # One GET: s3fs would first ask the size (a HEAD) to fetch a large object in parallel parts,
+        # and herd reads whole only small objects (records, checkpoints, job.json).
+        return self.fs.cat_file(path, start=start, end=end, max_concurrency=1)
+
+    def open_input(self, path: str, size: int | None = None) -> Any:
         # No read-ahead: pyarrow asks for what it decodes (buffered, a block at a time), and a
-        # read-ahead would fetch past each column chunk into columns the job never reads.
-        return self.fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none")
+        # read-ahead would fetch past each column chunk into columns the job never reads. A size
+        # known from the listing or the plan saves the HEAD that opening would cost.
+        return self.fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none", size=size)
 
     def write_atomic(self, path: str, data: bytes) -> None:
         self.fs.pipe_file(path, data)  # one PUT of the whole object: S3 shows it complete or not at all
@@ -218,7 +239,7 @@ class _S3(_Backend):
         # The ETag first: if the object changes in between, the version is the older one, and a
         # write conditional on it fails, as it should.
         version = self.fs.info(path)["ETag"]
-        return self.fs.cat_file(path), version
+        return self.read(path), version
 
     def replace_if_unchanged(self, path: str, version: str, data: bytes) -> str:
         return self._conditional_put(path, data, IfMatch=version)
@@ -230,16 +251,33 @@ class _S3(_Backend):
             return None
 
     def file_names(self, path: str) -> list[str]:
-        if not self.fs.exists(path):
+        try:  # no HEAD first: a listing of nothing is the answer for a folder that does not exist
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
             return []
-        return sorted(
-            posixpath.basename(entry["name"].rstrip("/"))
-            for entry in self.fs.ls(path, detail=True)
-            if entry.get("type") == "file"
-        )
+        return sorted(posixpath.basename(entry["name"].rstrip("/")) for entry in entries if entry.get("type") == "file")
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
-        return self.fs.cat(paths, on_error="raise")  # fetched concurrently
+        return self.fs.cat(paths, on_error="raise", max_concurrency=1)  # concurrently, one GET each
+
+    def delete_files(self, paths: list[str]) -> None:
+        # DeleteObjects, 1,000 keys a request (a checkpoint's 10,000 records: 10 requests, not 20,000
+        # HEADs and DELETEs); a key already gone is no error. Not fs.rm: it globs names and drops the
+        # keys S3 reports it could not delete, which must fail the call (and be retried, if transient).
+        for start in range(0, len(paths), _KEYS_PER_DELETE):
+            chunk = paths[start : start + _KEYS_PER_DELETE]
+            bucket = chunk[0].split("/", 1)[0]
+            keys = [{"Key": path.split("/", 1)[1]} for path in chunk]
+            answer = self.fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+            refused = answer.get("Errors") or []
+            if refused:
+                first = refused[0]
+                transient = any(is_transient_code(error.get("Code", "")) for error in refused)
+                raise OSError(
+                    errno.EAGAIN if transient else errno.EIO,
+                    f"S3 did not delete {len(refused)} of {len(chunk)} files, first {bucket}/{first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip(),
+                )
 
 
 class Storage:
@@ -320,29 +358,31 @@ class Storage:
 
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
         backend, path = self._backend(url)
-        return self._retry(f"read {url}", lambda: backend.fs.cat_file(path, start=start, end=end))
+        return self._retry(f"read {url}", lambda: backend.read(path, start, end))
 
     def read_text(self, url: str) -> str:
         return self.read_bytes(url).decode("utf-8")
 
-    def parquet_metadata(self, url: str) -> pq.FileMetaData:
+    def parquet_metadata(self, url: str, *, size: int | None = None) -> pq.FileMetaData:
+        """The footer of a Parquet file; `size`, when known (a listing gives it), saves a request."""
         import pyarrow.parquet as pq
 
         backend, path = self._backend(url)
 
         def read() -> pq.FileMetaData:
-            with backend.open_input(path) as handle:
+            with backend.open_input(path, size) as handle:
                 return pq.ParquetFile(handle).metadata
 
         return self._retry(f"read the Parquet footer of {url}", read)
 
-    def read_stream(self, url: str, consume: Callable[[Any], T]) -> T:
+    def read_stream(self, url: str, consume: Callable[[Any], T], *, size: int | None = None) -> T:
         """Calls `consume` with the file open for reading (fetched a block at a time), under the
-        retry policy: a failure part way starts `consume` again on a fresh handle."""
+        retry policy: a failure part way starts `consume` again on a fresh handle. `size`, when
+        known (a listing or the plan gives it), saves a request."""
         backend, path = self._backend(url)
 
         def read() -> T:
-            with backend.open_input(path) as handle:
+            with backend.open_input(path, size) as handle:
                 return consume(handle)
 
         return self._retry(f"read {url}", read)
@@ -412,11 +452,13 @@ class Storage:
         return {url: contents[path] for url, path in zip(urls, paths, strict=True)}
 
     def delete(self, urls: list[str]) -> None:
-        """Deletes these files (never a folder: herd removes only files it wrote, one by one)."""
-        for url in urls:
-            backend, path = self._backend(url)
-            fs = backend.fs
-            self._retry(f"delete {url}", lambda fs=fs, path=path: fs.rm_file(path) if fs.exists(path) else None)
+        """Deletes these files (never a folder: herd removes only files it wrote, each by name), all
+        under one kind of storage; a file already gone is not an error, so a retry may repeat it."""
+        if not urls:
+            return
+        backend, _ = self._backend(urls[0])
+        paths = [backend.path(url) for url in urls]
+        self._retry(f"delete {len(urls)} files under {urls[0].rsplit('/', 1)[0]}", lambda: backend.delete_files(paths))
 
 
 class Folder:

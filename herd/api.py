@@ -125,8 +125,8 @@ def plan(
     spec = _as_job(job, output)
     from common.layout import OutputLayout
     from common.storage import Storage
+    from jobs.committed import committed_shards
     from jobs.dry_run import dry_run
-    from jobs.manifest import committed_shards
     from jobs.planner import list_inputs, plan_shards, with_absolute_paths
     from schemas.shard import TO_END_OF_FILE
 
@@ -409,7 +409,7 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
     from common.layout import OutputLayout
     from common.output_codec import decode_data, decode_errors
     from common.storage import Storage
-    from jobs.manifest import committed_shards
+    from jobs.committed import committed_shards
     from jobs.planner import with_absolute_paths
 
     spec = with_absolute_paths(spec)

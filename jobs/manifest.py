@@ -1,4 +1,5 @@
-"""The commit protocol's driver side: the job's fingerprint, the manifest of committed shards, clean-up.
+"""The commit protocol's driver side, but for the manifest itself (jobs/committed.py): the job's
+fingerprint and its claim on the output, and clean-up.
 
 A shard is done when, and only when, its manifest record exists. Replicas write data and error
 files under names no earlier attempt used; the record names the files that count, and files that
@@ -12,18 +13,17 @@ import posixpath
 import re
 from typing import Any
 
-from common.jsonl import jsonl_lines
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage
+from jobs.committed import CHECKPOINT_FILE, LEGACY_INDEX, RECORD_FILE, CommittedShards
 from schemas.errors import SpecError
 from schemas.job import JobSpec, without_secrets
-from schemas.shard import PLANNER_VERSION, ShardRecord
+from schemas.shard import PLANNER_VERSION, SHARD_ID_PATTERN
 
 # The names herd gives what it writes under data/, errors/ and manifest/; nothing else there is
-# ever deleted by herd. A shard id ends with -<start>-<end>-<10 hex digits>.
-_SHARD_ID = r"[A-Za-z0-9_-]*-\d+-(?:\d+|end)-[0-9a-f]{10}"
-_SHARD_FILE = re.compile(rf"(?:{_SHARD_ID})\.[0-9a-f]{{12}}\.(?:parquet|jsonl)")
-_RECORD_FILE = re.compile(rf"(?:{_SHARD_ID})\.json|_index\.jsonl")
+# ever deleted by herd.
+_SHARD_FILE = re.compile(rf"(?:{SHARD_ID_PATTERN})\.[0-9a-f]{{12}}\.(?:parquet|jsonl)")
+_MANIFEST_FILE = re.compile(rf"{RECORD_FILE.pattern}|{CHECKPOINT_FILE.pattern}|{re.escape(LEGACY_INDEX)}")
 _REPLICA_LOG = re.compile(r"replica-\d+-\d+\.log")
 _TEMPORARY_FILE = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # a local write that died before its rename
 
@@ -196,7 +196,7 @@ def clear_output(storage: Storage, layout: OutputLayout) -> None:
         for folder, pattern in (
             (layout.DATA, _SHARD_FILE),
             (layout.ERRORS, _SHARD_FILE),
-            (layout.MANIFEST, _RECORD_FILE),
+            (layout.MANIFEST, _MANIFEST_FILE),
             (layout.LOGS, _REPLICA_LOG),
         )
         for name in output.list_names(folder)
@@ -206,35 +206,7 @@ def clear_output(storage: Storage, layout: OutputLayout) -> None:
     output.delete([*own, layout.SUCCESS, layout.SUMMARY, layout.REPORT, layout.JOB_RECORD])
 
 
-def committed_shards(storage: Storage, layout: OutputLayout) -> dict[str, ShardRecord]:
-    """Reads the manifest alone; rows are never loaded. The per-shard records decide what is
-    committed; the index written at the end of a run saves reading them one by one."""
-    committed_ids = [
-        name.removesuffix(".json")
-        for name in storage.list_names(layout.manifest_dir)
-        if name.endswith(".json") and _RECORD_FILE.fullmatch(name)
-    ]
-    indexed: dict[str, ShardRecord] = {}
-    if storage.exists(layout.manifest_index):
-        for line in jsonl_lines(storage.read_text(layout.manifest_index)):
-            record = ShardRecord.model_validate_json(line)
-            indexed[record.shard_id] = record
-    unindexed = [layout.shard_record(shard_id) for shard_id in committed_ids if shard_id not in indexed]
-    for content in storage.read_many(unindexed).values():
-        record = ShardRecord.model_validate_json(content)
-        indexed[record.shard_id] = record
-    return {shard_id: indexed[shard_id] for shard_id in committed_ids}
-
-
-def write_manifest_index(storage: Storage, layout: OutputLayout, records: dict[str, ShardRecord]) -> None:
-    storage.write_text(layout.manifest_index, "".join(record.model_dump_json() + "\n" for record in records.values()))
-
-
-def commit_shard(storage: Storage, layout: OutputLayout, record: ShardRecord) -> None:
-    storage.write_text(layout.shard_record(record.shard_id), record.model_dump_json())
-
-
-def remove_uncommitted_files(storage: Storage, layout: OutputLayout, records: dict[str, ShardRecord]) -> int:
+def remove_uncommitted_files(storage: Storage, layout: OutputLayout, records: CommittedShards) -> int:
     """Deletes data and error files of herd's that no manifest record names (an attempt died before
     its commit). `records` must be the manifest as listed from storage (committed_shards), not what
     this driver believes it committed: a commit whose write landed although the client saw an error
@@ -242,9 +214,7 @@ def remove_uncommitted_files(storage: Storage, layout: OutputLayout, records: di
     # By folder and name: an attempt's data and error files share a name in two folders, and a retry
     # of error rows keeps the one and replaces the other. (Not by whole path: the output's root may be
     # spelled differently from one run to the next.)
-    named = {
-        (output.folder, posixpath.basename(output.url)) for record in records.values() for output in record.outputs
-    }
+    named = records.output_names()
     output = storage.folder(layout.root)
     stray = [
         f"{folder}/{name}"

@@ -9,8 +9,8 @@ from typing import Any
 
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage
+from jobs.committed import committed_shards
 from jobs.lease import describe_holder, holder_is_gone
-from jobs.manifest import committed_shards
 from jobs.planner import plan_shards
 from schemas.errors import SpecError
 from schemas.job import JobSpec, RetrySpec, StorageSpec

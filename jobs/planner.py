@@ -145,7 +145,7 @@ def _parquet_shards(
 ) -> list[Shard]:
     label = base["file_label"]
     try:
-        metadata = storage.parquet_metadata(info.url)
+        metadata = storage.parquet_metadata(info.url, size=info.size)
         columns = set(metadata.schema.to_arrow_schema().names)
     except Exception as error:
         if is_transient(error):

@@ -16,13 +16,16 @@ from typing import Any
 from common.layout import OutputLayout
 from common.output_codec import decode_data, decode_errors
 from common.storage import Storage
-from jobs.manifest import committed_shards
+from jobs.committed import committed_shards
 from jobs.run_stats import by_replica, covered_seconds
 from schemas.results import reason_key
-from schemas.shard import ShardRecord
+from schemas.shard import OutputObject, ShardRecord
 
 # Rows of the data files read for the length distributions: enough for a histogram, bounded.
 _SAMPLED_ROWS = 100_000
+# Files read for the length and error plots, spread over the run: their cost is the report's, paid
+# once per run, and must not grow with a run of a million shards.
+_SAMPLED_FILES = 64
 _EXAMPLE_ERRORS = 3
 
 
@@ -98,14 +101,20 @@ def _replica_load(records: list[ShardRecord]) -> tuple[str | None, str]:
     return _png(figure), _table(["replica", "shards", "busy s", "idle s"], rows)
 
 
+def _spread(records: list[ShardRecord], folder: str) -> list[OutputObject]:
+    """At most _SAMPLED_FILES of the records' files in `folder`, evenly spread over them."""
+    files = [output for record in records for output in record.outputs if output.folder == folder]
+    step = max(1, -(-len(files) // _SAMPLED_FILES))
+    return files[::step]
+
+
 def _sampled_rows(storage: Storage, records: list[ShardRecord]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for record in records:
-        for output in record.outputs:
-            if len(rows) >= _SAMPLED_ROWS or output.folder != "data":
-                continue
-            columns = ["prompt_tokens", "completion_tokens", "finish_reason"]
-            rows += decode_data(storage.read_bytes(output.url), output.url, columns)
+    for output in _spread(records, "data"):
+        if len(rows) >= _SAMPLED_ROWS:
+            break
+        columns = ["prompt_tokens", "completion_tokens", "finish_reason"]
+        rows += decode_data(storage.read_bytes(output.url), output.url, columns)
     return rows[:_SAMPLED_ROWS]
 
 
@@ -162,15 +171,14 @@ def _error_examples(storage: Storage, records: list[ShardRecord], summary: dict[
     if not top:
         return "<p>No error rows.</p>"
     examples: dict[str, list[list[Any]]] = {f"{item['stage']}: {item['reason']}": [] for item in top}
-    for record in records:
-        for output in record.outputs:
-            if output.folder != "errors":
-                continue
-            for error in decode_errors(storage.read_bytes(output.url), output.url, ""):
-                key = reason_key(error)
-                if key in examples and len(examples[key]) < _EXAMPLE_ERRORS:
-                    row = "" if error["row"] is None else error["row"]
-                    examples[key].append([error["id"], error["file"], row, error["reason"]])
+    for output in _spread(records, "errors"):
+        if all(len(found) >= _EXAMPLE_ERRORS for found in examples.values()):
+            break
+        for error in decode_errors(storage.read_bytes(output.url), output.url, ""):
+            key = reason_key(error)
+            if key in examples and len(examples[key]) < _EXAMPLE_ERRORS:
+                row = "" if error["row"] is None else error["row"]
+                examples[key].append([error["id"], error["file"], row, error["reason"]])
     parts = []
     for item in top:
         key = f"{item['stage']}: {item['reason']}"

@@ -18,16 +18,10 @@ from common.layout import OutputLayout
 from common.retry import storage_problem
 from common.storage import FileInfo, Storage
 from jobs.capacity import choose_device, cluster_shape, describe_cluster, replica_count
+from jobs.committed import CommittedShards, ManifestWriter, committed_shards
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.lease import Lease, acquire_lease
-from jobs.manifest import (
-    claim_output,
-    commit_shard,
-    committed_shards,
-    record_run,
-    remove_uncommitted_files,
-    write_manifest_index,
-)
+from jobs.manifest import claim_output, record_run, remove_uncommitted_files
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.progress import Progress
 from jobs.ray_auth import use_token_for_drivers
@@ -166,13 +160,11 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         log.info("%d committed shard(s) with error rows to run again (stages: %s)", len(retried), options.retry_errors)
         todo += retried
 
+    manifest = ManifestWriter(storage, layout)
+
     def commit(record: ShardRecord) -> None:
         lease.check()  # a run whose lease was taken over commits nothing more
-        if record.shard_id in committed and storage.exists(layout.manifest_index):
-            # A record rewritten (--retry-errors) makes the index stale: until this run writes it
-            # anew, a resume reads the records themselves.
-            storage.delete([layout.manifest_index])
-        commit_shard(storage, layout, record)
+        manifest.commit(record)
 
     outcome = DispatchOutcome()
     replicas = 0
@@ -196,13 +188,13 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     lease.check()
     # The manifest as stored decides what is done, not what this driver saw: a commit whose write
     # landed although its answer was lost counts, and keeps its files.
+    manifest.finish()
     stored = committed_shards(storage, layout)
-    records = {shard_id: record for shard_id, record in stored.items() if shard_id in planned_ids}
+    records = stored.only(planned_ids)
     landed = [shard_id for shard_id in outcome.failed if shard_id in records]
     if landed:
         log.info("%d shard(s) whose commit seemed to fail were committed after all (its answer was lost)", len(landed))
         outcome.failed = {shard_id: why for shard_id, why in outcome.failed.items() if shard_id not in records}
-    write_manifest_index(storage, layout, records)
     removed = remove_uncommitted_files(storage, layout, stored)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
@@ -231,17 +223,18 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
 RETRY_STAGES = {"generate": ("generate",), "all": ("read", "render", "generate")}
 
 
-def _error_retries(shards: list[Shard], committed: dict[str, ShardRecord], stages: str) -> list[Shard]:
+def _error_retries(shards: list[Shard], committed: CommittedShards, stages: str) -> list[Shard]:
+    with_errors = committed.with_error_rows()
     return [
         shard.model_copy(update={"retry": ErrorRetry(stages=RETRY_STAGES[stages], previous=committed[shard.shard_id])})
         for shard in shards
-        if shard.shard_id in committed and committed[shard.shard_id].error_rows
+        if shard.shard_id in with_errors
     ]
 
 
 def _summarize(
     job: JobSpec,
-    records: dict[str, ShardRecord],
+    records: CommittedShards,
     outcome: DispatchOutcome,
     shards: int,
     skipped: int,
@@ -249,10 +242,12 @@ def _summarize(
     wall_seconds: float,
     files_added: list[str],
 ) -> RunSummary:
-    def total(field: str, among: dict[str, ShardRecord] = records) -> int:
-        return sum(getattr(record, field) for record in among.values())
+    total = records.total
 
-    completion_tokens_this_run = total("completion_tokens", outcome.committed)
+    def this_run(field: str) -> int:
+        return sum(getattr(record, field) for record in outcome.committed.values())
+
+    completion_tokens_this_run = this_run("completion_tokens")
     reasons = error_reasons(records.values())
     finished = [record.finished_at for record in outcome.committed.values()]
     rows_in, error_rows = total("rows_in"), total("error_rows")
@@ -288,9 +283,9 @@ def _summarize(
         this_run=RunTotals(
             files_added=files_added,
             shards_run=len(outcome.committed),
-            rows_in=total("rows_in", outcome.committed),
-            rows_out=total("rows_out", outcome.committed),
-            error_rows=total("error_rows", outcome.committed),
+            rows_in=this_run("rows_in"),
+            rows_out=this_run("rows_out"),
+            error_rows=this_run("error_rows"),
             completion_tokens=completion_tokens_this_run,
         ),
     )

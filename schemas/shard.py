@@ -14,6 +14,9 @@ from schemas.input_files import Compression
 # 1: Parquet shards were whole row groups. 2: row ranges; compressed JSONL in decompressed byte ranges.
 PLANNER_VERSION = 2
 
+# What every shard id looks like (see Shard.shard_id): herd recognises its own files by it.
+SHARD_ID_PATTERN = r"[A-Za-z0-9_-]*-\d+-(?:\d+|end)-[0-9a-f]{10}"
+
 # The last shard of a compressed file reaches to its end, wherever that is: the decompressed size is
 # only estimated when planning.
 TO_END_OF_FILE = 2**62

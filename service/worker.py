@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from common.jsonl import jsonl_lines
 from common.layout import OutputLayout
 from common.output_codec import decode_data, decode_errors, encode_errors
-from jobs.manifest import committed_shards
+from jobs.committed import committed_shards
 from schemas.errors import OutputBusy, ShardsFailed
 from schemas.job import SamplingSpec
 from schemas.shard import Shard, ShardRecord

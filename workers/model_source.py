@@ -131,7 +131,7 @@ def _fetch_from_storage(
                 with open(destination, "wb") as sink:
                     shutil.copyfileobj(handle, sink, 8 << 20)
 
-            storage.read_stream(info.url, copy)
+            storage.read_stream(info.url, copy, size=info.size)
         (target / ".complete").write_text(url)
     return target
 

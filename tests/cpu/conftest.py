@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,47 @@ def run_tiny(tiny_pool: Any, tiny_model: Path) -> Any:
         return run_job(parse_job(spec), overwrite=overwrite, pool=tiny_pool)
 
     return run
+
+
+def manifest_records(output: str | Path, endpoint_url: str | None = None) -> list[Any]:
+    """The output's committed ShardRecords, read as a resume reads them (checkpoints and record files)."""
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.committed import committed_shards
+    from schemas.job import RetrySpec, StorageSpec
+
+    storage = Storage(StorageSpec(endpoint_url=endpoint_url), RetrySpec())
+    return list(committed_shards(storage, OutputLayout(str(output))).values())
+
+
+def died_before_its_first_checkpoint(
+    output: str | Path, uncommitted: Collection[str] = (), endpoint_url: str | None = None
+) -> list[Any]:
+    """Leaves the manifest as a run that died before its first checkpoint would have: a record file
+    per committed shard and no checkpoint, the shards in `uncommitted` not committed at all (their
+    data files stay, as a crash between a shard's write and its commit leaves them). Returns the
+    records kept."""
+    from common.layout import OutputLayout
+    from common.storage import Storage, join
+    from jobs.committed import CHECKPOINT_FILE, commit_shard
+    from schemas.job import RetrySpec, StorageSpec
+
+    storage = Storage(StorageSpec(endpoint_url=endpoint_url), RetrySpec())
+    layout = OutputLayout(str(output))
+    records = manifest_records(output, endpoint_url)
+    skipped = set(uncommitted)
+    kept = [record for record in records if record.shard_id not in skipped]
+    storage.delete([layout.shard_record(record.shard_id) for record in records])
+    storage.delete(
+        [
+            join(layout.manifest_dir, name)
+            for name in storage.list_names(layout.manifest_dir)
+            if CHECKPOINT_FILE.fullmatch(name)
+        ]
+    )
+    for record in kept:
+        commit_shard(storage, layout, record)
+    return kept
 
 
 def read_rows(directory: str, endpoint_url: str | None = None) -> list[dict[str, Any]]:

@@ -17,8 +17,8 @@ from ray.util.placement_group import placement_group_table
 from common.layout import OutputLayout
 from common.storage import Storage
 from jobs.capacity import choose_device, cluster_shape, replica_count
+from jobs.committed import commit_shard
 from jobs.dispatch import Dispatcher
-from jobs.manifest import commit_shard
 from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool
 from schemas import parse_job

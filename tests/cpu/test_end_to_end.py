@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.errors import ExitCode
-from tests.cpu.conftest import read_rows
+from tests.cpu.conftest import manifest_records, read_rows
 
 WORDS = "the quick brown fox jumps over a lazy dog while data engineers write prompts".split()
 
@@ -71,9 +71,9 @@ def test_shards_are_spread_over_both_replicas(run_tiny, tmp_path, rows, shards):
         sampling={"max_new_tokens": 48, "ignore_eos": True},
         output={"path": str(tmp_path / "out")},
     )
-    records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*.json")]
+    records = manifest_records(tmp_path / "out")
     assert len(records) == shards
-    assert len({record["replica"] for record in records}) == 2
+    assert len({record.replica for record in records}) == 2
 
 
 def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_row_once(run_tiny, tmp_path):
@@ -95,8 +95,8 @@ def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_ro
     )
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.shards >= 12
-    records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*-*.json")]
-    assert len({record["replica"] for record in records}) == 2
+    records = manifest_records(tmp_path / "out")
+    assert len({record.replica for record in records}) == 2
     rows = read_rows(str(tmp_path / "out" / "data"))
     assert sorted(row["id"] for row in rows) == sorted(
         f"date=2026-11-25/part-0.parquet:{index}" for index in range(3000)

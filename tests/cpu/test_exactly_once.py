@@ -8,7 +8,7 @@ import pytest
 
 from schemas import SpecError
 from schemas.errors import ExitCode
-from tests.cpu.conftest import read_rows
+from tests.cpu.conftest import died_before_its_first_checkpoint, manifest_records, read_rows
 
 
 def _write_jsonl(path, rows) -> None:
@@ -113,11 +113,11 @@ def test_a_rerun_skips_committed_shards_and_redoes_only_the_missing_one(run_tiny
         "output": {"path": str(tmp_path / "out")},
     }
     first = run_tiny(**job)
-    manifest = sorted((tmp_path / "out" / "manifest").glob("*.json"))
+    manifest = sorted(record.shard_id for record in manifest_records(tmp_path / "out"))
     assert first.summary.shards == len(manifest) > 1
     before = {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "out" / "data"))}
     # Simulate a crash after one shard's files were written but before its commit.
-    manifest[0].unlink()
+    died_before_its_first_checkpoint(tmp_path / "out", uncommitted=manifest[:1])
     (tmp_path / "out" / "_SUCCESS").unlink()
     second = run_tiny(**job)
     assert (second.summary.shards_run, second.summary.shards_skipped) == (1, first.summary.shards - 1)

@@ -22,8 +22,16 @@ from jobs.replicas import ReplicaPool
 from jobs.runner import run_job
 from schemas import parse_job
 from schemas.errors import ExitCode
+from schemas.shard import ShardRecord
 from tests.cpu import fault_tally
-from tests.cpu.conftest import FAKE_AWS_KEY_ID, FAKE_AWS_SECRET, read_rows, started_replica, tiny_model_spec
+from tests.cpu.conftest import (
+    FAKE_AWS_KEY_ID,
+    FAKE_AWS_SECRET,
+    manifest_records,
+    read_rows,
+    started_replica,
+    tiny_model_spec,
+)
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 from tests.cpu.process_tree import descendants, end_processes_mentioning
@@ -75,9 +83,9 @@ def test_fake_engine_replica_killed_three_times_mid_shard_loses_and_duplicates_n
     # Each death fails the shards the replica held (up to shards_in_flight); each is retried once more.
     in_flight = job.resources.shards_in_flight
     assert outcome.summary.shards + 3 <= outcome.summary.attempts <= outcome.summary.shards + 3 * in_flight
-    records = [json.loads(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*.json")]
+    records = manifest_records(tmp_path / "out")
     assert len(records) == outcome.summary.shards
-    assert sum(record["attempts"] for record in records) == outcome.summary.attempts
+    assert sum(record.attempts for record in records) == outcome.summary.attempts
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
     fault_tally.record(3, expected, ids)
     assert sorted(ids) == expected
@@ -161,8 +169,9 @@ def test_driver_killed_with_sigkill_then_rerun_in_json_mode_completes_without_re
     summary = json.loads((output / "summary.json").read_text())
     assert summary["shards_skipped"] >= len(committed)
     assert summary["shards_run"] == summary["shards"] - summary["shards_skipped"]
+    after = {record.shard_id: record for record in manifest_records(output)}
     for name, content in committed.items():  # committed shards were not generated again
-        assert (output / "manifest" / name).read_text() == content
+        assert after[name.removesuffix(".json")] == ShardRecord.model_validate_json(content)
     ids = [row["id"] for row in read_rows(str(output / "data"))]
     fault_tally.record(1, expected, ids)
     assert sorted(ids) == expected
@@ -346,8 +355,7 @@ def test_fake_engine_shards_that_fail_every_attempt_are_reported_and_the_rest_co
     [failure] = summary["shards_failed"]
     assert "failed after 1 attempts: replica died" in failure
     assert summary["shards_run"] == summary["shards"] - 1
-    committed = list((tmp_path / "out" / "manifest").glob("*.json"))
-    assert len(committed) == summary["shards"] - 1
+    assert len(manifest_records(tmp_path / "out")) == summary["shards"] - 1
     assert len(read_rows(str(tmp_path / "out" / "data"))) == summary["rows_out"] == summary["rows_in"]
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from schemas.errors import ExitCode
+from tests.cpu.conftest import manifest_records
 
 REPO = Path(__file__).resolve().parents[2]
 PLOTS = ["throughput", "replicas", "lengths", "finish-reasons", "attempts"]
@@ -87,8 +88,4 @@ def test_every_run_writes_a_self_contained_report_that_a_browser_shows_with_ever
 
 
 def outcome_records(tmp_path: Path):
-    from schemas.shard import ShardRecord
-
-    return [
-        ShardRecord.model_validate_json(path.read_text()) for path in (tmp_path / "out" / "manifest").glob("*-*.json")
-    ]
+    return manifest_records(tmp_path / "out")

@@ -18,7 +18,7 @@ from jobs.runner import run_job
 from schemas import parse_job
 from schemas.errors import ExitCode
 from schemas.job import InputSpec, RetrySpec, StorageSpec
-from tests.cpu.conftest import read_rows
+from tests.cpu.conftest import died_before_its_first_checkpoint, manifest_records, read_rows
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 from workers.shard_io import ShardInputError, read_shard
 
@@ -148,10 +148,8 @@ def test_a_commit_whose_answer_was_lost_keeps_its_files_and_counts_as_done(run_t
     assert first.exit_code == ExitCode.SUCCESS and proxy.dropped > 0
     assert first.summary.shards_failed == []
     storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec())
-    records = [
-        json.loads(storage.read_text(f"s3://{name}")) for name in fs.glob("herd-test/ambiguous/out/manifest/*-*.json")
-    ]
-    named = [output["url"] for record in records for output in record["outputs"]]
+    records = manifest_records("s3://herd-test/ambiguous/out", s3_endpoint)
+    named = [output.url for record in records for output in record.outputs]
     # the files the stored records name were kept,
     assert named and all(storage.exists(url) for url in named)
     # and the next run counts those shards done and runs nothing again.
@@ -184,7 +182,6 @@ def test_a_commit_whose_answer_was_lost_keeps_its_files_and_counts_as_done(run_t
     state = inspect()
     assert state["succeeded"] and state["shards"]["missing"] == [] and state["run_in_progress"] is None
     assert state["rows"] == {"in": 30, "out": 30, "errors": 0} and len(state["runs"]) == 2
-    gone = sorted(record["shard_id"] for record in records)[:2]
-    fs.rm([f"herd-test/ambiguous/out/manifest/{shard_id}.json" for shard_id in gone])
-    fs.rm("herd-test/ambiguous/out/manifest/_index.jsonl")
+    gone = sorted(record.shard_id for record in records)[:2]
+    died_before_its_first_checkpoint("s3://herd-test/ambiguous/out", gone, s3_endpoint)
     assert sorted(shard["shard"] for shard in inspect()["shards"]["missing"]) == gone

@@ -7,7 +7,7 @@ import json
 from collections import deque
 
 from schemas.shard import ErrorRetry, Shard, ShardRecord
-from tests.cpu.conftest import read_rows
+from tests.cpu.conftest import manifest_records, read_rows
 
 
 def _shard(name: str, rows: int, size: int = 100) -> Shard:
@@ -53,13 +53,10 @@ def test_a_thousand_rows_in_many_small_files_run_together_and_commit_once_each(r
     assert summary.shards == summary.shards_run == summary.attempts == 120 and summary.rows_out == 360
     assert sorted(row["id"] for row in read_rows(str(tmp_path / "out" / "data"))) == sorted(ids)
     # One record and one data file per shard, as ever.
-    assert len(list((tmp_path / "out" / "manifest").glob("*.json"))) == 120
+    records = manifest_records(tmp_path / "out")
+    assert len(records) == 120
     assert len(list((tmp_path / "out" / "data").iterdir())) == 120
     # Together: more shards generated at one moment than 2 replicas x 2 shards in flight would allow.
-    records = [json.loads(line) for line in (tmp_path / "out" / "manifest" / "_index.jsonl").read_text().splitlines()]
-    spans = [
-        (record["generate_started_at"], record["generate_started_at"] + record["generate_seconds"])
-        for record in records
-    ]
+    spans = [(record.generate_started_at, record.generate_started_at + record.generate_seconds) for record in records]
     at_once = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
     assert at_once > 4, at_once

@@ -56,9 +56,9 @@ class _LongOutageRun:
         self.thread = threading.Thread(target=self._run, name="long-outage-run", daemon=True)
 
     def _outage(self, method: str, path: str) -> float:
-        # The first shard's commit (mid-run: other shards are running), then the manifest index
+        # The first shard's commit (mid-run: other shards are running), then the manifest checkpoint
         # that the end of the run writes.
-        wanted = "/manifest/" if len(self.proxy.outages) == 0 else "_index.jsonl"
+        wanted = "/manifest/" if len(self.proxy.outages) == 0 else "/manifest/_checkpoint-"
         return next(self.durations, 0.0) if method == "PUT" and wanted in path else 0.0
 
     def _run(self) -> None:
@@ -117,7 +117,7 @@ def test_fake_engine_outage_of_3_minutes_mid_run_and_one_of_20s_at_its_end_are_w
     run.thread.join(timeout=600)
     assert not run.thread.is_alive() and run.error is None, run.error
     proxy, outcome = run.proxy, run.outcome
-    assert [path.rsplit("/", 1)[-1] for _, path in proxy.outages][1] == "_index.jsonl"
+    assert [path.rsplit("/", 1)[-1] for _, path in proxy.outages][1] == "_checkpoint-000001-000001.parquet"
     assert len(proxy.outages) == 2 and run.took >= 200 and proxy.failed > 10
     assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards_failed == []
     assert outcome.summary.attempts == outcome.summary.shards  # no shard tried twice
