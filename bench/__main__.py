@@ -1,11 +1,24 @@
-"""Usage: python -m bench {overhead,peer,scale,plan,overlap,options,bigfile,smallfiles,prefix,manifest} [options]"""
+"""Usage: python -m bench NAME [options]; each module's docstring says what its benchmark measures."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("overhead", "peer", "scale", "plan", "overlap", "options", "bigfile", "smallfiles", "prefix", "manifest")
+BENCHMARKS = (
+    "overhead",
+    "peer",
+    "scale",
+    "plan",
+    "overlap",
+    "options",
+    "bigfile",
+    "smallfiles",
+    "prefix",
+    "manifest",
+    "gpu",
+    "driver",
+)
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
 """The baseline a user would write by hand: read the Parquet files, one LLM.generate, write Parquet.
 
-python -m bench.bare_vllm DATA_DIR MODEL_DIR OUT_FILE MAX_MODEL_LEN MAX_TOKENS [ORDER]  -> prints JSON figures
+python -m bench.bare_vllm DATA_DIR MODEL_DIR OUT_FILE MAX_MODEL_LEN MAX_TOKENS [ORDER] [ENGINE]  -> prints JSON figures
 ORDER: as-is (the default) or by-length (longest prompt first), to see whether ordering helps vLLM.
+ENGINE: a JSON object of LLM() arguments over the CPU ones below (bench gpu: dtype, load_format,
+tensor_parallel_size, enforce_eager false).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 def main() -> None:
     data_dir, model_dir, out_file, max_model_len, max_tokens = sys.argv[1:6]
     order = sys.argv[6] if len(sys.argv) > 6 else "as-is"
+    engine = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
     started = time.perf_counter()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import glob
@@ -28,14 +31,8 @@ def main() -> None:
         table = table.take(sorted(range(table.num_rows), key=lambda row: -len(table.column("prompt")[row].as_py())))
     prompts = table.column("prompt").to_pylist()
     # The same engine settings as herd's on CPU (chunked prefill off: see workers/engine.py).
-    llm = LLM(
-        model=model_dir,
-        dtype="float32",
-        enforce_eager=True,
-        max_model_len=int(max_model_len),
-        seed=0,
-        enable_chunked_prefill=False,
-    )
+    settings = {"dtype": "float32", "enforce_eager": True, "seed": 0, "enable_chunked_prefill": False, **engine}
+    llm = LLM(model=model_dir, max_model_len=int(max_model_len), **settings)
     params = [
         SamplingParams(temperature=0.8, max_tokens=int(max_tokens), ignore_eos=True, seed=index)
         for index in range(len(prompts))

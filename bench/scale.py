@@ -38,6 +38,8 @@ def main(argv: list[str]) -> int:
         Shard(
             file_url=f"s3://b/f{index}.parquet",
             file_label=f"f{index}",
+            file_size=1,
+            file_version="1",
             format="parquet",
             start=0,
             end=1,

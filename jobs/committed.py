@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -125,10 +126,21 @@ class CommittedShards(Mapping[str, ShardRecord]):
         has_errors = pc.greater(self.table.column("error_rows"), 0)
         return set(self.table.column("shard_id").filter(has_errors).to_pylist())
 
+    def error_reasons(self) -> Counter[str]:
+        """Error rows by reason, over every record (only those with errors are parsed)."""
+        reasons = self.table.column("error_reasons")
+        counted: Counter[str] = Counter()
+        for text in reasons.filter(pc.not_equal(reasons, "{}")).to_pylist():
+            counted.update(json.loads(text))
+        return counted
+
+    def output_urls(self) -> list[str]:
+        """Every data and error file the records name, in the records' order."""
+        return pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url").to_pylist()
+
     def output_names(self) -> set[tuple[str, str]]:
         """(folder, file name) of every data and error file the records name."""
-        urls = pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url").to_pylist()
-        return {tuple(url.rstrip("/").rsplit("/", 2)[-2:]) for url in urls}  # type: ignore[misc]
+        return {tuple(url.rstrip("/").rsplit("/", 2)[-2:]) for url in self.output_urls()}  # type: ignore[misc]
 
 
 def commit_shard(storage: Storage, layout: OutputLayout, record: ShardRecord) -> None:

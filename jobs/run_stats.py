@@ -34,13 +34,6 @@ def tokens_per_s_by_replica(records: Iterable[ShardRecord]) -> dict[str, float]:
     return rates
 
 
-def error_reasons(records: Iterable[ShardRecord]) -> Counter[str]:
-    reasons: Counter[str] = Counter()
-    for record in records:
-        reasons.update(record.error_reasons)
-    return reasons
-
-
 def errors_by_stage(reasons: Counter[str]) -> dict[str, int]:
     stages: Counter[str] = Counter()
     for key, rows in reasons.items():

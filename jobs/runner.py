@@ -27,7 +27,7 @@ from jobs.progress import Progress
 from jobs.ray_auth import use_token_for_drivers
 from jobs.replicas import ReplicaPool
 from jobs.report import write_report
-from jobs.run_stats import error_reasons, errors_by_stage, tokens_per_s_by_replica, top_error_reasons
+from jobs.run_stats import errors_by_stage, tokens_per_s_by_replica, top_error_reasons
 from schemas.errors import ExitCode, OutputBusy, SpecError
 from schemas.job import JobSpec
 from schemas.results import RunSummary, RunTotals
@@ -212,7 +212,7 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     )
     storage.write_text(layout.summary, json.dumps(summary.model_dump(mode="json"), indent=2))
     try:
-        write_report(storage, layout, list(stored.values()), summary.model_dump(mode="json"))
+        write_report(storage, layout, stored, summary.model_dump(mode="json"))
     except Exception as error:  # noqa: BLE001 - the report is for people; the run's outcome stands without it
         log.warning("could not write %s: %s: %s", layout.report, type(error).__name__, error)
     if exit_code == ExitCode.SUCCESS:
@@ -248,7 +248,7 @@ def _summarize(
         return sum(getattr(record, field) for record in outcome.committed.values())
 
     completion_tokens_this_run = this_run("completion_tokens")
-    reasons = error_reasons(records.values())
+    reasons = records.error_reasons()
     finished = [record.finished_at for record in outcome.committed.values()]
     rows_in, error_rows = total("rows_in"), total("error_rows")
     status = "succeeded"

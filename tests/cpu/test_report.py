@@ -89,3 +89,31 @@ def test_every_run_writes_a_self_contained_report_that_a_browser_shows_with_ever
 
 def outcome_records(tmp_path: Path):
     return manifest_records(tmp_path / "out")
+
+
+def test_the_throughput_and_replica_plots_come_from_the_manifest_columns_and_add_up():
+    from jobs.committed import CommittedShards, records_table
+    from jobs.report import _replica_load, _throughput
+    from schemas.shard import ShardRecord
+
+    def shard(index: int, replica: str, start: float, seconds: float, tokens: int) -> ShardRecord:
+        return ShardRecord(
+            shard_id=f"in_jsonl-{index}-{index + 1}-{index:010x}", rows_in=1, rows_out=1, error_rows=0,
+            reused_rows=0, prompt_tokens=5, completion_tokens=tokens, generate_started_at=start,
+            generate_seconds=seconds, shard_seconds=seconds, started_at=start, finished_at=start + seconds,
+            outputs=[], replica=replica, attempts=1,
+        )  # fmt: skip
+
+    # Two replicas; a's shards overlap (5 to 10), b idles from 20 to 60.
+    records = CommittedShards(
+        records_table([shard(0, "a", 0.0, 10.0, 1000), shard(1, "a", 5.0, 55.0, 2200), shard(2, "b", 0.0, 20.0, 400)])
+    )
+    _, throughput = _throughput(records)
+    cells = [float(cell) for cell in re.findall(r"<td>([0-9.]+)</td>", throughput)]
+    times, rates = cells[0::2], cells[1::2]
+    width = times[1] - times[0]
+    # Every generated token lands in some bin (rates are rounded to 0.1 tokens/s).
+    assert abs(sum(rate * width for rate in rates) - 3600) < 0.05 * width * len(rates)
+    _, load = _replica_load(records)
+    assert "<td>a</td><td>2</td><td>60.0</td><td>0.0</td>" in load
+    assert "<td>b</td><td>1</td><td>20.0</td><td>40.0</td>" in load

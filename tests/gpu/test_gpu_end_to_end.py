@@ -7,18 +7,10 @@ import json
 
 import pytest
 
+from tests.gpu import gpu_count
 from tests.tiny_llama import build_tiny_llama
 
-
-def _gpus() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpus() == 0, reason="needs an NVIDIA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() == 0, reason="needs an NVIDIA GPU")]
 
 
 def test_a_job_on_the_gpu_build_answers_every_row_with_exact_token_counts(tmp_path):
@@ -31,7 +23,7 @@ def test_a_job_on_the_gpu_build_answers_every_row_with_exact_token_counts(tmp_pa
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps({"prompt": f"question {index}"}) + "\n" for index in range(64))
     )
-    ray.init(num_gpus=_gpus())
+    ray.init(num_gpus=gpu_count())
     try:
         outcome = run_job(
             parse_job(

@@ -1,0 +1,128 @@
+"""The driver's cost per shard: how many shards a second one driver can hand out and commit.
+
+A real run (real Ray, herd's ReplicaPool, Dispatcher and ManifestWriter, local disk) of many tiny
+shards on replicas of the fake engine (it answers at once: generation is not what is measured, and
+two CPU cores cannot generate for 64 replicas). What is measured is the driver process's own CPU
+time per committed shard (its dispatch loop, commits, checkpoints, lease, Ray's client threads), so
+the figure holds whatever the replicas cost this machine: one driver core commits 1 / that shards a
+second. Side by side in one run: the same shards on 2 and on `--replicas` replicas (the loop's cost
+per shard must not grow with the replicas it watches), interleaved. The replicas' own busy share is
+what `python -m bench scale` simulates (64 and 256 replicas) and `python -m bench overlap` measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import record, tiny_model
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _inputs(directory: Path, shards: int, rows_per_shard: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = shards * rows_per_shard
+    pq.write_table(
+        pa.table({"prompt": [f"prompt {row}" for row in range(rows)]}),
+        directory / "prompts.parquet",
+        row_group_size=rows_per_shard * 8,
+    )
+    return directory
+
+
+def _run(replicas: int, data: Path, rows_per_shard: int, work: Path) -> dict[str, Any]:
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.committed import ManifestWriter
+    from jobs.dispatch import Dispatcher
+    from jobs.planner import plan_shards
+    from jobs.replicas import ReplicaPool
+    from schemas import parse_job
+    from tests.cpu.fake_engine import FakeEngineFactory
+
+    job = parse_job(
+        {
+            "input": {"path": str(data), "prompt_column": "prompt", "rows_per_shard": rows_per_shard},
+            "model": {"path": str(tiny_model()), "max_model_len": 512},
+            "prompt": {"format": "raw"},
+            "sampling": {"max_new_tokens": 1},
+            "resources": {"replicas": replicas, "shards_in_flight": 4},
+            "output": {"path": str(work / f"out-{replicas}-{time.monotonic_ns()}")},
+        }
+    )
+    storage = Storage(job.storage, job.retry)
+    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
+    manifest = ManifestWriter(storage, OutputLayout(job.output.path))
+    pool = ReplicaPool(job.model, job, size=replicas, engine_factory=FakeEngineFactory(seconds_per_call=0.0))
+    try:
+        import ray
+
+        ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started: not what is measured
+        # The driver's loop and commits, as run_job drives them (planning and the report are once a run).
+        cpu, started = _cpu_seconds(), time.perf_counter()
+        outcome = Dispatcher(job, pool, manifest.commit).run(shards)
+        manifest.finish()
+        wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    finally:
+        pool.shutdown()
+    assert len(outcome.committed) == len(shards) and not outcome.failed, outcome.failed
+    return {
+        "replicas": replicas,
+        "shards": len(shards),
+        "wall_s": wall,
+        "driver_cpu_s": cpu,
+        "driver_cpu_ms_per_shard": 1000 * cpu / len(shards),
+        "commits_per_s": len(shards) / wall,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench driver")
+    parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--shards", type=int, default=3000)
+    parser.add_argument("--rows-per-shard", type=int, default=4)
+    arguments = parser.parse_args(argv)
+    import ray
+
+    ray.init(num_cpus=max(4, arguments.replicas), include_dashboard=False, log_to_driver=False)
+    runs: dict[int, list[dict[str, Any]]] = {2: [], arguments.replicas: []}
+    with tempfile.TemporaryDirectory() as work_dir:
+        work = Path(work_dir)
+        os.environ.setdefault("HERD_CACHE_DIR", str(work / "node-cache"))
+        data = _inputs(work / "in", arguments.shards, arguments.rows_per_shard)
+        for replicas in (arguments.replicas, 2, 2, arguments.replicas):
+            runs[replicas].append(_run(replicas, data, arguments.rows_per_shard, work))
+            print(runs[replicas][-1], flush=True)
+    ray.shutdown()
+
+    def mean(replicas: int, key: str) -> float:
+        return sum(run[key] for run in runs[replicas]) / len(runs[replicas])
+
+    per_shard = {replicas: mean(replicas, "driver_cpu_ms_per_shard") for replicas in runs}
+    many = arguments.replicas
+    record(
+        "driver",
+        {
+            "engine": "fake, answers at once",
+            "runs": {str(replicas): found for replicas, found in runs.items()},
+            "driver_cpu_ms_per_shard": {str(replicas): value for replicas, value in per_shard.items()},
+            "shards_per_s_per_driver_core": 1000 / per_shard[many],
+            "target_commits_per_s": 200,
+        },
+        f"driver: {per_shard[many]:.2f} ms of driver CPU a shard with {many} replicas, {per_shard[2]:.2f} ms with 2 "
+        f"({per_shard[many] / per_shard[2]:.2f}x): one driver core commits {1000 / per_shard[many]:.0f} shards/s "
+        f"(target >= 200); this machine committed {mean(many, 'commits_per_s'):.0f}/s with every core shared",
+    )
+    return 0

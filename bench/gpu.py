@@ -1,0 +1,216 @@
+"""Ready for the first GPU: herd against a bare vLLM script and Ray Data LLM on Llama 2's shapes.
+
+    python -m bench gpu                       # on a GPU machine: 7B and 13B, every TP the GPUs allow
+    python -m bench gpu --shapes tiny --device cpu --prompts 64   # here: the same three runs, tiny Llama
+
+Llama-2-7B and 13B as their configs give them (hidden size, layers, heads, intermediate size, the
+32,000-token vocabulary, 4,096 context) with vLLM's dummy weights (`load_format: dummy`: random
+weights of the right shapes, nothing downloaded) and the real Llama 2 tokenizer (its vocabulary from
+llama.cpp's vocab-only GGUF, see tests/llama2_vocab.py). Prompts have ShareGPT-like lengths
+(log-normal, median about 150 tokens, a long tail to 2,000) and each asks for 256 new tokens
+(ignore_eos, temperature 0.8), so every side generates the same number of tokens.
+
+For each shape and tensor parallel size (1, and 2 and 8 where there are that many GPUs; 13B needs
+TP 2 on GPUs under 40 GB): herd (`submit.py run`, replicas = GPUs / TP), the bare script (one LLM,
+one generate, on TP GPUs) and Ray Data LLM (GPUs / TP engines), each end to end from a fresh
+process; printed as generated tokens/s per GPU, and herd's ratio to each. One H100 or H200 runs
+7B and 13B at TP 1 in about 6 minutes (3,000 prompts each); `--prompts` scales it.
+
+The machine that runs it needs this repository's .venv built with `bash scripts/install.sh gpu
+test` and bench/.cache/gpu-models, which `python -m bench gpu --prepare` writes here (it fetches
+the tokenizer once; a GPU machine may have no network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import CACHE, WORDS, record, run_herd, run_script, tiny_model
+
+MODELS = CACHE / "gpu-models"
+
+
+class Limits:
+    """Context, new tokens and the longest prompt of a shape's runs: Llama 2's, or the tiny Llama's."""
+
+    def __init__(self, max_model_len: int, new_tokens: int, max_words: int) -> None:
+        self.max_model_len = max_model_len
+        self.new_tokens = new_tokens
+        self.max_words = max_words
+
+
+LLAMA2 = Limits(max_model_len=4096, new_tokens=256, max_words=1500)
+TINY = Limits(max_model_len=512, new_tokens=16, max_words=60)  # the tiny Llama's context is 512
+
+# From the Llama 2 checkpoints' config.json (meta-llama/Llama-2-{7b,13b,70b}-hf).
+SHAPES: dict[str, dict[str, int]] = {
+    "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 32},
+    "13b": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
+            "num_key_value_heads": 40},
+    "70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+            "num_key_value_heads": 8},
+}  # fmt: skip
+MIN_TP = {"7b": 1, "13b": 1, "70b": 8}  # 13B fits one 80 GB GPU (llama2.md: a user may override the preset 2)
+
+
+def llama2_shape_dir(shape: str) -> Path:
+    """A checkpoint directory without weights: Llama 2's config at this shape and its tokenizer."""
+    directory = MODELS / f"llama-2-{shape}-shape"
+    if (directory / "config.json").exists():
+        return directory
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from tests.llama2_vocab import VOCAB_FILE, fetch_llama2_vocab
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(fetch_llama2_vocab(CACHE), gguf_file=VOCAB_FILE)
+    tokenizer.add_bos_token = True  # as Llama 2's own tokenizer_config.json has it
+    tokenizer.save_pretrained(directory)
+    config = LlamaConfig(
+        **SHAPES[shape],
+        vocab_size=32000,
+        max_position_embeddings=LLAMA2.max_model_len,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="float16",
+        architectures=["LlamaForCausalLM"],
+    )
+    config.save_pretrained(directory)
+    return directory
+
+
+def sharegpt_like_prompts(prompts: int, max_words: int, seed: int = 7) -> Path:
+    """A folder of one Parquet file of prompts whose lengths follow ShareGPT's: log-normal, median
+    about 110 words (~150 tokens)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = CACHE / f"sharegpt-like-{prompts}-{max_words}"
+    path = directory / "prompts.parquet"
+    if path.exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(prompts):
+        words = min(max_words, max(4, int(rng.lognormvariate(math.log(110), 0.9))))
+        texts.append(" ".join(rng.choice(WORDS) for _ in range(words)))
+    pq.write_table(pa.table({"id": [f"p{index}" for index in range(prompts)], "prompt": texts}), path)
+    return directory
+
+
+def _engine(device: str, tp: int) -> dict[str, Any]:
+    """The engine settings all three sides use: vLLM's defaults on GPU, herd's CPU ones on CPU."""
+    if device == "cpu":
+        return {"dtype": "float32"}
+    return {"dtype": "float16", "load_format": "dummy", "tensor_parallel_size": tp, "enforce_eager": False,
+            "enable_chunked_prefill": None}  # fmt: skip
+
+
+def _herd(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: int, work: Path) -> dict[str, Any]:
+    engine_options = {"load_format": "dummy"} if device == "gpu" else {}
+    job = {
+        "input": {"path": str(data), "prompt_column": "prompt", "id_column": "id", "rows_per_shard": 256},
+        "model": {"path": str(model), "max_model_len": limits.max_model_len, "dtype": _engine(device, tp)["dtype"],
+                  "tensor_parallel_size": tp, "engine_options": engine_options},
+        "sampling": {"max_new_tokens": limits.new_tokens, "ignore_eos": True, "temperature": 0.8, "seed": 1},
+        "resources": {"replicas": max(1, gpus // tp)},
+        "output": {"path": str(work / "herd-out")},
+    }  # fmt: skip
+    wall, summary, _ = run_herd(job, work / "herd")
+    return {"wall_s": wall, "tokens": summary["completion_tokens"]}
+
+
+def _bare(data: Path, model: Path, limits: Limits, device: str, tp: int, work: Path) -> dict[str, Any]:
+    lengths = [str(limits.max_model_len), str(limits.new_tokens)]
+    arguments = [str(data), str(model), str(work / "bare.parquet"), *lengths, "as-is"]
+    wall, figures = run_script(["-m", "bench.bare_vllm", *arguments, json.dumps(_engine(device, tp))])
+    return {"wall_s": wall, "tokens": figures["tokens"]}
+
+
+def _ray_data(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: int, work: Path) -> dict[str, Any]:
+    lengths = [str(limits.max_model_len), str(limits.new_tokens)]
+    arguments = [str(data), str(model), str(work / "ray-data"), *lengths]
+    if device == "gpu":
+        engine = {key: value for key, value in _engine(device, tp).items() if value is not None}
+        arguments.append(json.dumps({"engine_kwargs": engine, "concurrency": max(1, gpus // tp)}))
+    wall, figures = run_script(["-m", "bench.ray_data_llm", *arguments])
+    return {"wall_s": wall, "tokens": figures["tokens"]}
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _cases(shapes: list[str], gpus: int, device: str) -> list[tuple[str, int]]:
+    if device == "cpu":
+        return [(shape, 1) for shape in shapes]
+    return [(shape, tp) for shape in shapes for tp in (1, 2, 8) if MIN_TP.get(shape, 1) <= tp <= gpus]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench gpu")
+    parser.add_argument("--shapes", default="7b,13b", help="comma-separated: 7b, 13b, 70b, or tiny (the tiny Llama)")
+    parser.add_argument("--prompts", type=int, default=3000)
+    parser.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
+    parser.add_argument("--prepare", action="store_true", help="only write the shapes' directories (no GPU needed)")
+    arguments = parser.parse_args(argv)
+    shapes = arguments.shapes.split(",")
+    models = {shape: tiny_model() if shape == "tiny" else llama2_shape_dir(shape) for shape in shapes}
+    if arguments.prepare:
+        print(f"prepared: {', '.join(str(path) for path in models.values())}")
+        return 0
+    gpus = _gpu_count() if arguments.device == "gpu" else 0
+    if arguments.device == "gpu" and gpus == 0:
+        print("bench gpu: no CUDA GPU here; --device cpu --shapes tiny runs the same steps on CPU", flush=True)
+        return 2
+    results: list[dict[str, Any]] = []
+    for shape, tp in _cases(shapes, gpus, arguments.device):
+        limits = TINY if shape == "tiny" else LLAMA2
+        data = sharegpt_like_prompts(arguments.prompts, limits.max_words)
+        used = (gpus // tp) * tp if gpus else 1  # herd and Ray Data use every GPU; the bare script TP of them
+        with tempfile.TemporaryDirectory() as work_dir:
+            work = Path(work_dir)
+            herd = _herd(data, models[shape], limits, arguments.device, gpus, tp, work)
+            bare = _bare(data, models[shape], limits, arguments.device, tp, work)
+            ray_data = _ray_data(data, models[shape], limits, arguments.device, gpus, tp, work)
+        expected = arguments.prompts * limits.new_tokens
+        assert herd["tokens"] == bare["tokens"] == ray_data["tokens"] == expected, (herd, bare, ray_data)
+        rates = {
+            "herd": herd["tokens"] / herd["wall_s"] / used,
+            "bare_vllm": bare["tokens"] / bare["wall_s"] / (tp if gpus else 1),
+            "ray_data_llm": ray_data["tokens"] / ray_data["wall_s"] / used,
+        }
+        result = {"shape": shape, "tensor_parallel_size": tp, "gpus_used": used, "new_tokens": limits.new_tokens,
+            "walls_s": {
+            "herd": herd["wall_s"], "bare_vllm": bare["wall_s"], "ray_data_llm": ray_data["wall_s"]},
+            "tokens_per_s_per_gpu": rates, "herd_over_bare": rates["herd"] / rates["bare_vllm"],
+            "herd_over_ray_data": rates["herd"] / rates["ray_data_llm"]}  # fmt: skip
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    lines = [
+        f"{item['shape']} TP {item['tensor_parallel_size']}: tokens/s per GPU herd "
+        f"{item['tokens_per_s_per_gpu']['herd']:.0f}, bare vLLM {item['tokens_per_s_per_gpu']['bare_vllm']:.0f}, "
+        f"Ray Data LLM {item['tokens_per_s_per_gpu']['ray_data_llm']:.0f} (herd/bare {item['herd_over_bare']:.2f}, "
+        f"herd/Ray Data {item['herd_over_ray_data']:.2f})"
+        for item in results
+    ]
+    record(
+        "gpu" if arguments.device == "gpu" else "gpu-plumbing-on-cpu",
+        {"device": arguments.device, "gpus": gpus, "prompts": arguments.prompts, "results": results},
+        "gpu: " + "; ".join(lines),
+    )  # fmt: skip
+    return 0
