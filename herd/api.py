@@ -104,9 +104,12 @@ def plan(
     calibrate: int = 0,
     gpu_hour_cost: float | None = None,
     list_shards: bool = False,
+    every_file: bool = False,
 ) -> dict[str, Any]:
     """The dry run: lists the input, plans the shards, reads and renders a sample of rows, and
-    estimates tokens, time and cost, without Ray or an engine (unless `calibrate`).
+    estimates tokens, time and cost, without Ray or an engine (unless `calibrate`). Past 1,000 input
+    files it plans from 1,000 of them, spread evenly, and estimates the rest by their sizes
+    ("files_planned" says how many it read).
 
     Args:
         job: a job file's path, the job as a dict, or a JobSpec.
@@ -116,7 +119,10 @@ def plan(
         calibrate: run this many sampled rows on the real engine here to measure tokens per row and
             per second.
         gpu_hour_cost: the price of one GPU hour, to estimate the cost.
-        list_shards: also return every shard under "shard_list" (id, format, range, rows, committed).
+        list_shards: also return every shard under "shard_list" (id, format, range, rows, committed);
+            this plans every file.
+        every_file: read every file's footer and size, however many (exact shards and rows, and
+            every file checked), instead of 1,000 of them past 1,000.
 
     Returns:
         What `herd plan --json` prints: files, shards, rows, token estimates, hours and cost, and
@@ -139,6 +145,7 @@ def plan(
         tokens_per_s=tokens_per_s,
         calibrate=calibrate,
         gpu_hour_cost=gpu_hour_cost,
+        every_file=every_file or list_shards,
     )
     committed = committed_shards(storage, OutputLayout(spec.output.path))
     report["shards_committed"] = len(committed)

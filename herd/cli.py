@@ -105,6 +105,7 @@ def command_plan(arguments: argparse.Namespace) -> int:
         calibrate=arguments.calibrate,
         gpu_hour_cost=arguments.gpu_hour_cost,
         list_shards=arguments.shards,
+        every_file=arguments.every_file,
     )
     for shard in report.pop("shard_list", []):
         end = "end" if shard["end"] is None else shard["end"]
@@ -125,8 +126,9 @@ def command_plan(arguments: argparse.Namespace) -> int:
 def _describe_plan(report: dict) -> str:
     rows = f"{report['rows']:,}" if report["rows_exact"] else f"about {report['rows']:,}"
     tokens = report["generated_tokens"]
+    shards = f"{report['shards']:,}" if report["files_planned"] == report["files"] else f"about {report['shards']:,}"
     lines = [
-        f"herd: {report['files']} file(s), {report['shards']} shard(s) ({report['shards_committed']} already "
+        f"herd: {report['files']:,} file(s), {shards} shard(s) ({report['shards_committed']:,} already "
         f"committed), {rows} rows",
         f"herd: {report['sampled_rows']} rows sampled: prompts of {report['prompt_tokens']['mean']} tokens on "
         f"average (longest {report['prompt_tokens']['max']}), {report['prompts_over_context_in_sample']} over the "
@@ -134,6 +136,12 @@ def _describe_plan(report: dict) -> str:
         f"herd: about {report['prompt_tokens']['estimated_total']:,} prompt tokens; generated tokens at most "
         f"{tokens['upper_bound']:,}, expected {tokens['expected']:,} (from {tokens['expected_from']})",
     ]
+    if report["files_planned"] < report["files"]:
+        lines.append(
+            f"herd: planned from {report['files_planned']:,} of the {report['files']:,} files, spread evenly; "
+            "shards and rows of the others estimated by their sizes, and only these files checked "
+            "(--every-file reads them all)"
+        )
     for name in report["files_not_read"]:
         lines.append(f"herd: not an input: {name}")
     if report["hours"] is not None:
@@ -341,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--gpu-hour-cost", type=float, help="price of one GPU hour, to estimate the cost")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.add_argument("--shards", action="store_true", help="also list every shard")
+    plan.add_argument("--shards", action="store_true", help="also list every shard (plans every file)")
+    plan.add_argument(
+        "--every-file",
+        action="store_true",
+        help="read every input file's footer and size, however many (past 1,000 files the plan reads 1,000 "
+        "spread evenly and estimates the rest by size)",
+    )
     plan.set_defaults(handler=command_plan)
 
     inspect = _subcommand(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
@@ -35,7 +36,10 @@ import pyarrow.parquet as pq
 
 from common.layout import OutputLayout
 from common.storage import Storage, join
+from schemas.errors import StorageUnavailable
 from schemas.shard import SHARD_ID_PATTERN, ShardRecord
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 100  # commits per checkpoint: the most record files a crash leaves
 CHECKPOINTS_PER_MERGE = 10
@@ -85,6 +89,23 @@ def _records_of(table: pa.Table | pa.RecordBatch) -> Iterator[ShardRecord]:
         yield ShardRecord.model_validate(row)
 
 
+class _Records(Collection[ShardRecord]):
+    """The records, built a batch at a time as they are iterated (as often as wanted)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __iter__(self) -> Iterator[ShardRecord]:
+        for batch in self.table.to_batches(max_chunksize=4096):
+            yield from _records_of(batch)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __contains__(self, record: object) -> bool:
+        return any(record == mine for mine in self)
+
+
 class CommittedShards(Mapping[str, ShardRecord]):
     """The committed shards by id, read from the manifest. A record is built when asked for; sums and
     membership come from the columns."""
@@ -105,13 +126,8 @@ class CommittedShards(Mapping[str, ShardRecord]):
     def __len__(self) -> int:
         return len(self._row_of)
 
-    def values(self) -> Iterator[ShardRecord]:  # type: ignore[override]  # one batch parsed at a time
-        for batch in self.table.to_batches(max_chunksize=4096):
-            yield from _records_of(batch)
-
-    def items(self) -> Iterator[tuple[str, ShardRecord]]:  # type: ignore[override]
-        for record in self.values():
-            yield record.shard_id, record
+    def values(self) -> _Records:  # type: ignore[override]
+        return _Records(self.table)
 
     def only(self, shard_ids: Collection[str]) -> CommittedShards:
         """The records of these shards (those committed)."""
@@ -230,11 +246,16 @@ class ManifestWriter:
         self._next_number: int | None = None
 
     def commit(self, record: ShardRecord) -> None:
-        commit_shard(self.storage, self.layout, record)
+        commit_shard(self.storage, self.layout, record)  # the commit: what follows only compacts
         self.pending.append(record)
         if len(self.pending) >= self.every:
             records, self.pending = self.pending, []
-            self._add(0, self._write(records, replacing=[self.layout.shard_record(r.shard_id) for r in records]))
+            try:
+                self._add(0, self._write(records, replacing=[self.layout.shard_record(r.shard_id) for r in records]))
+            except StorageUnavailable:
+                raise  # storage is down: the run stops (exit 6), as for any other write
+            except Exception as error:  # noqa: BLE001 - the shard is committed; its record file stays until finish()
+                log.warning("could not write a manifest checkpoint (the records stay as files): %s", error)
 
     def finish(self) -> None:
         """Merges what is below the largest kind of checkpoint into one: the checkpoints this run

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from common.storage import Storage
+from common.storage import FileInfo, Storage
 from jobs.capacity import useful_replicas
 from jobs.planner import list_inputs, plan_shards
 from schemas.errors import SpecError
@@ -23,6 +23,17 @@ from workers.rendering import fit_to_context, render_token_ids, row_adapter, sou
 from workers.shard_io import read_shard
 
 _EXAMPLES = 5
+# Past this many input files, the plan reads the footers (and sizes) of this many, spread evenly,
+# and estimates the rest from their sizes: 100,000 footers on S3 are minutes; a plan is a preview.
+FILES_READ = 1000
+
+
+def files_to_read(files: list[FileInfo], every_file: bool) -> list[FileInfo]:
+    """Every file, or FILES_READ of them spread evenly over the listing (the first and last included)."""
+    if every_file or len(files) <= FILES_READ:
+        return files
+    last = len(files) - 1
+    return [files[round(index * last / (FILES_READ - 1))] for index in range(FILES_READ)]
 
 
 def _sample(job: JobSpec, shards: list[Shard], storage: Storage, rows: int) -> tuple[list[Any], list[str], float]:
@@ -75,9 +86,13 @@ def dry_run(
     tokens_per_s: float | None = None,
     calibrate: int = 0,
     gpu_hour_cost: float | None = None,
+    every_file: bool = False,
 ) -> dict[str, Any]:
     inputs = list_inputs(storage, job)
-    shards = plan_shards(job.input, inputs.files, storage, job.prompt)
+    read = files_to_read(inputs.files, every_file)
+    shards = plan_shards(job.input, read, storage, job.prompt)
+    # What the files read hold, scaled to all by bytes (1 when every file was read).
+    scale = sum(info.size for info in inputs.files) / max(1, sum(info.size for info in read))
     problems: list[str] = []
     rows, errors, jsonl_ratio = _sample(job, shards, storage, sample_rows)
     problems += errors[:_EXAMPLES]
@@ -121,6 +136,9 @@ def dry_run(
     )
     if len(rows) < sample_rows:  # the sample ran out: every row was read, and counted
         exact, total_rows = True, len(rows) + len(errors)
+    if len(read) < len(inputs.files):
+        exact, total_rows = False, round(total_rows * scale)
+    shard_count = round(len(shards) * scale)
     samples_per_row = job.sampling.n
     upper = total_rows * samples_per_row * job.sampling.max_new_tokens
     mean_prompt = sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else 0.0
@@ -129,12 +147,15 @@ def dry_run(
     rate = calibration["tokens_per_s"] if calibration and tokens_per_s is None else tokens_per_s
     # The plan does not ask a cluster: `auto` counts as max_replicas when given, else one replica.
     wanted = job.resources.replicas
-    replicas = useful_replicas(wanted if wanted != "auto" else job.resources.max_replicas or 1, len(shards))
+    replicas = useful_replicas(wanted if wanted != "auto" else job.resources.max_replicas or 1, shard_count)
     hours = expected / (rate * replicas) / 3600 if rate else None
     return {
         "files": len(inputs.files),
+        # The files whose footers and sizes were read; when fewer than `files`, `shards` and `rows`
+        # are estimated from them by bytes, and only they were checked for problems.
+        "files_planned": len(read),
         "files_not_read": [f"{label} ({why})" for label, why in inputs.ignored],
-        "shards": len(shards),
+        "shards": shard_count,
         "rows": total_rows,
         "rows_exact": exact,
         "sampled_rows": len(rows),

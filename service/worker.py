@@ -323,9 +323,9 @@ class _Counts:
     def start(self, shards: list[Shard]) -> None:
         """The counts from what is committed already (a batch resumed after a restart)."""
         layout = OutputLayout(self.store.job_root(self.batch_id))
-        done = committed_shards(self.store.storage, layout).values()
-        completed, failed = sum(shard.rows_in - shard.error_rows for shard in done), sum(s.error_rows for s in done)
-        self._update(completed, failed, since_zero=True)
+        done = committed_shards(self.store.storage, layout)
+        failed = done.total("error_rows")
+        self._update(done.total("rows_in") - failed, failed, since_zero=True)
 
     def committed(self, record: ShardRecord, shard: Shard) -> None:
         self._update(record.rows_in - record.error_rows, record.error_rows)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from schemas.errors import SpecError
 from tests.cpu.conftest import tiny_model_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,3 +119,36 @@ def test_plan_exits_2_naming_each_problem_it_finds_before_generation(tmp_path, t
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_over_many_files_reads_an_even_spread_of_them_estimates_the_rest_by_size_and_says_so(
+    tmp_path, tiny_model, monkeypatch
+):
+    import herd
+    from jobs import dry_run
+
+    monkeypatch.setattr(dry_run, "FILES_READ", 5)  # 1,000 in earnest: the same code, at a size a test can hold
+    for index in range(20):
+        rows = [f"question {index:02d} number {row:03d}" for row in range(50)]
+        pq.write_table(pa.table({"prompt": rows}), tmp_path / f"part-{index:02d}.parquet")
+    job = {
+        "input": {"path": str(tmp_path), "prompt_column": "prompt", "rows_per_shard": 25},
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 4},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    sampled = herd.plan(job, sample_rows=20)
+    assert (sampled["files"], sampled["files_planned"], sampled["rows_exact"]) == (20, 5, False)
+    assert abs(sampled["rows"] - 1000) <= 50 and abs(sampled["shards"] - 40) <= 2
+    every = herd.plan(job, sample_rows=20, every_file=True)
+    assert (every["files_planned"], every["shards"], every["rows"], every["rows_exact"]) == (20, 40, 1000, True)
+    # Only the files read are checked: a file without the prompt column among the others shows at run time.
+    pq.write_table(pa.table({"text": ["no prompt column"] * 50}), tmp_path / "part-07.parquet")
+    assert herd.plan(job, sample_rows=20)["problems"] == []
+    with pytest.raises(SpecError, match=r"part-07.parquet: column\(s\) \['prompt'\] named in the job are not"):
+        herd.plan(job, sample_rows=20, every_file=True)
+
+    from herd.cli import _describe_plan
+
+    assert "planned from 5 of the 20 files, spread evenly" in _describe_plan(sampled)
+    assert f"about {sampled['shards']} shard(s)" in _describe_plan(sampled)

@@ -78,6 +78,8 @@ def test_records_read_back_from_checkpoints_equal_the_records_committed(output):
     assert len(committed) == 25 and sorted(committed) == sorted(record.shard_id for record in records)
     assert {record.shard_id: record for record in committed.values()} == {record.shard_id: record for record in records}
     assert committed[records[7].shard_id] == records[7]
+    values = committed.values()  # read as often as wanted, as a dict's values are
+    assert len(values) == 25 and list(values) == list(values) and records[3] in values
 
     writer.finish()  # the two checkpoints and the 5 record files, merged into one
     assert _manifest_names(storage, layout) == ["_checkpoint-000001-000003.parquet"]
@@ -194,3 +196,19 @@ def test_deleting_many_files_on_s3_takes_one_request_per_thousand_and_a_missing_
         Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec()).delete(urls)
     assert [method for method, _ in proxy.log] == ["POST", "POST", "POST"]
     assert storage.list_names(folder) == ["kept.json"]
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_commits_as_record_files_and_fails_no_shard(tmp_path):
+    class NoCheckpoints(Storage):
+        def write_atomic(self, url: str, data: bytes) -> int:
+            if "/_checkpoint-" in url:
+                raise PermissionError(f"{url}: denied")
+            return super().write_atomic(url, data)
+
+    storage, layout = NoCheckpoints(StorageSpec(), RetrySpec()), OutputLayout(str(tmp_path / "out"))
+    writer = ManifestWriter(storage, layout, every=3)
+    records = [_record(index) for index in range(7)]
+    for record in records:
+        writer.commit(record)  # raises nothing: each shard was committed by its record file
+    assert _checkpoints(storage, layout) == []
+    assert sorted(committed_shards(storage, layout)) == sorted(record.shard_id for record in records)
