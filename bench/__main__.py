@@ -18,6 +18,7 @@ BENCHMARKS = (
     "manifest",
     "gpu",
     "driver",
+    "billion",
 )
 
 

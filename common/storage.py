@@ -219,8 +219,11 @@ class _S3(_Backend):
     def open_input(self, path: str, size: int | None = None) -> Any:
         # No read-ahead: pyarrow asks for what it decodes (buffered, a block at a time), and a
         # read-ahead would fetch past each column chunk into columns the job never reads. A size
-        # known from the listing or the plan saves the HEAD that opening would cost.
-        return self.fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none", size=size)
+        # known from the listing saves the HEAD that s3fs would send for the file's details.
+        handle = self.fs.open(path, "rb", block_size=_INPUT_BLOCK_BYTES, cache_type="none", size=size)
+        if size is not None:
+            handle.details = {"name": path, "size": size, "type": "file"}
+        return handle
 
     def write_atomic(self, path: str, data: bytes) -> None:
         self.fs.pipe_file(path, data)  # one PUT of the whole object: S3 shows it complete or not at all
