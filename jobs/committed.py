@@ -48,6 +48,7 @@ MERGED_LEVELS = 2  # checkpoints of 100 merge into 1,000, those into 10,000, and
 RECORD_FILE = re.compile(rf"(?:{SHARD_ID_PATTERN})\.json")
 CHECKPOINT_FILE = re.compile(r"_checkpoint-(\d{6,})-(\d{6,})\.parquet")
 LEGACY_INDEX = "_index.jsonl"  # the whole manifest in one file, written by herd before checkpoints
+_LISTINGS = 5  # a reader racing a running driver's compaction lists again, this many times at most
 
 _OUTPUT = pa.struct([("url", pa.string()), ("bytes", pa.int64()), ("rows", pa.int64())])
 # ShardRecord's fields as columns (a test holds the two equal); error_reasons, a small dict of
@@ -191,8 +192,17 @@ class _Listing:
 def committed_shards(storage: Storage, layout: OutputLayout) -> CommittedShards:
     """Reads the manifest alone (rows are never loaded): a listing of the manifest folder, then its
     checkpoints and record files, all read at once."""
-    listing = _Listing(storage.list_names(layout.manifest_dir))
-    contents = storage.read_many([join(layout.manifest_dir, name) for name in listing.checkpoints + listing.records])
+    for attempt in range(_LISTINGS):
+        listing = _Listing(storage.list_names(layout.manifest_dir))
+        names = listing.checkpoints + listing.records
+        try:
+            contents = storage.read_many([join(layout.manifest_dir, name) for name in names])
+            break
+        except FileNotFoundError:
+            # A running driver replaced what was listed with a checkpoint (written before the
+            # deletes, so listing again finds every commit): `inspect` during a run.
+            if attempt == _LISTINGS - 1:
+                raise
 
     def content(name: str) -> bytes:
         return contents[join(layout.manifest_dir, name)]

@@ -212,3 +212,23 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_commits_as_record_files_
         writer.commit(record)  # raises nothing: each shard was committed by its record file
     assert _checkpoints(storage, layout) == []
     assert sorted(committed_shards(storage, layout)) == sorted(record.shard_id for record in records)
+
+
+def test_a_reader_that_lists_before_a_running_driver_compacts_lists_again_and_misses_no_commit(tmp_path):
+    storage, layout = Storage(StorageSpec(), RetrySpec()), OutputLayout(str(tmp_path / "out"))
+    writer = ManifestWriter(storage, layout, every=4)
+    records = [_record(index) for index in range(3)]
+    for record in records:
+        writer.commit(record)
+    listed: list[str] = []
+
+    class CompactsAfterTheFirstListing(Storage):
+        def list_names(self, directory: str) -> list[str]:
+            names = super().list_names(directory)
+            if not listed:  # the driver's next commit makes a checkpoint and deletes the 3 records
+                listed.extend(names)
+                writer.commit(_record(3))
+            return names
+
+    committed = committed_shards(CompactsAfterTheFirstListing(StorageSpec(), RetrySpec()), layout)
+    assert len(listed) == 3 and sorted(committed) == sorted(_record(index).shard_id for index in range(4))
