@@ -264,23 +264,29 @@ class _S3(_Backend):
         return self.fs.cat(paths, on_error="raise", max_concurrency=1)  # concurrently, one GET each
 
     def delete_files(self, paths: list[str]) -> None:
-        # DeleteObjects, 1,000 keys a request (a checkpoint's 10,000 records: 10 requests, not 20,000
-        # HEADs and DELETEs); a key already gone is no error. Not fs.rm: it globs names and drops the
+        # DeleteObjects, 1,000 keys a request (the 100 records a checkpoint replaces: one request, not
+        # 100 HEADs and 100 DELETEs); a key already gone is no error. Not fs.rm: it globs names and drops the
         # keys S3 reports it could not delete, which must fail the call (and be retried, if transient).
-        for start in range(0, len(paths), _KEYS_PER_DELETE):
-            chunk = paths[start : start + _KEYS_PER_DELETE]
-            bucket = chunk[0].split("/", 1)[0]
-            keys = [{"Key": path.split("/", 1)[1]} for path in chunk]
-            answer = self.fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-            refused = answer.get("Errors") or []
-            if refused:
-                first = refused[0]
-                transient = any(is_transient_code(error.get("Code", "")) for error in refused)
-                raise OSError(
-                    errno.EAGAIN if transient else errno.EIO,
-                    f"S3 did not delete {len(refused)} of {len(chunk)} files, first {bucket}/{first.get('Key')}: "
-                    f"{first.get('Code')} {first.get('Message', '')}".rstrip(),
-                )
+        by_bucket: dict[str, list[str]] = {}
+        for path in paths:
+            bucket, key = path.split("/", 1)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), _KEYS_PER_DELETE):
+                self._delete_objects(bucket, keys[start : start + _KEYS_PER_DELETE])
+
+    def _delete_objects(self, bucket: str, keys: list[str]) -> None:
+        objects = [{"Key": key} for key in keys]
+        answer = self.fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+        refused = answer.get("Errors") or []
+        if refused:
+            first = refused[0]
+            transient = any(is_transient_code(error.get("Code", "")) for error in refused)
+            raise OSError(
+                errno.EAGAIN if transient else errno.EIO,
+                f"S3 did not delete {len(refused)} of {len(keys)} files, first {bucket}/{first.get('Key')}: "
+                f"{first.get('Code')} {first.get('Message', '')}".rstrip(),
+            )
 
 
 class Storage:

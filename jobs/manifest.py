@@ -1,5 +1,5 @@
-"""The commit protocol's driver side, but for the manifest itself (jobs/committed.py): the job's
-fingerprint and its claim on the output, and clean-up.
+"""The commit protocol's driver side, apart from the manifest's records (jobs/committed.py): the
+job's fingerprint, its claim on the output, and clean-up.
 
 A shard is done when, and only when, its manifest record exists. Replicas write data and error
 files under names no earlier attempt used; the record names the files that count, and files that

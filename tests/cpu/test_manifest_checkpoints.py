@@ -3,6 +3,7 @@ at a bounded number of requests."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -192,10 +193,16 @@ def test_deleting_many_files_on_s3_takes_one_request_per_thousand_and_a_missing_
     for url in urls[:50]:
         storage.write_text(url, "{}")
     storage.write_text(join(folder, "kept.json"), "{}")
+    import s3fs
+
+    with contextlib.suppress(FileExistsError):  # a second bucket: one request each
+        s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).mkdir("herd-test-other")
+    elsewhere = f"s3://herd-test-other/{tmp_path.name}/gone.json"
+    storage.write_text(elsewhere, "{}")
     with FlakyS3Proxy(s3_endpoint, 0.0) as proxy:
-        Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec()).delete(urls)
-    assert [method for method, _ in proxy.log] == ["POST", "POST", "POST"]
-    assert storage.list_names(folder) == ["kept.json"]
+        Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec()).delete([*urls, elsewhere])
+    assert [method for method, _ in proxy.log] == ["POST", "POST", "POST", "POST"]  # 3 for 2,100 keys, 1 elsewhere
+    assert storage.list_names(folder) == ["kept.json"] and not storage.exists(elsewhere)
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_the_commits_as_record_files_and_fails_no_shard(tmp_path):
