@@ -13,8 +13,9 @@ llama.cpp's vocab-only GGUF, see tests/llama2_vocab.py). Prompts have ShareGPT-l
 For each shape and tensor parallel size (1, and 2 and 8 where there are that many GPUs; 13B needs
 TP 2 on GPUs under 40 GB): herd (`submit.py run`, replicas = GPUs / TP), the bare script (one LLM,
 one generate, on TP GPUs) and Ray Data LLM (GPUs / TP engines), each end to end from a fresh
-process; printed as generated tokens/s per GPU, and herd's ratio to each. One H100 or H200 runs
-7B and 13B at TP 1 in about 6 minutes (3,000 prompts each); `--prompts` scales it.
+process; printed as generated tokens/s per GPU, and herd's ratio to each. Sized (1,000 prompts,
+256k generated tokens a side) to finish 7B and 13B at TP 1 in about 8 minutes on one H100 or
+H200: an estimate until a GPU measures it (mostly the six engine start-ups); `--prompts` scales it.
 
 The machine that runs it needs this repository's .venv built with `bash scripts/install.sh gpu
 test` and bench/.cache/gpu-models, which `python -m bench gpu --prepare` writes here (it fetches
@@ -164,7 +165,7 @@ def _cases(shapes: list[str], gpus: int, device: str) -> list[tuple[str, int]]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench gpu")
     parser.add_argument("--shapes", default="7b,13b", help="comma-separated: 7b, 13b, 70b, or tiny (the tiny Llama)")
-    parser.add_argument("--prompts", type=int, default=3000)
+    parser.add_argument("--prompts", type=int, default=1000)
     parser.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
     parser.add_argument("--prepare", action="store_true", help="only write the shapes' directories (no GPU needed)")
     arguments = parser.parse_args(argv)
