@@ -45,6 +45,9 @@ class GeneratedS3:
 
     def __init__(self, files: int, content: bytes, latency_s: float) -> None:
         self.keys = [f"in/part-{index:06d}.parquet" for index in range(files)]
+        self.key_set = set(self.keys)
+        # (prefix, delimiter) -> (keys, common prefixes): a listing's pages are asked for one by one.
+        self.listings: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
         self.content = content
         self.latency_s = latency_s
         self.requests: Counter[str] = Counter()
@@ -98,7 +101,7 @@ class GeneratedS3:
             kind = "LIST"
             body = self._listing(query)
             handler._answer(200, body, {"Content-Type": "application/xml"})
-        elif key in self._key_set:
+        elif key in self.key_set:
             kind = handler.command
             size = len(self.content)
             headers = {"ETag": self._etag(key), "Last-Modified": "Tue, 01 Dec 2026 00:00:00 GMT",
@@ -118,22 +121,25 @@ class GeneratedS3:
         with self.lock:
             self.requests[kind] += 1
 
-    @property
-    def _key_set(self) -> set[str]:
-        if not hasattr(self, "_keys"):
-            self._keys = set(self.keys)
-        return self._keys
+    def _matching(self, prefix: str, delimiter: str) -> tuple[list[str], list[str]]:
+        """The keys under `prefix`, and with a delimiter the "folders" below it, as S3 lists them."""
+        if (prefix, delimiter) not in self.listings:
+            keys = [key for key in self.keys if key.startswith(prefix)]
+            folders: list[str] = []
+            if delimiter:
+                below = [key for key in keys if delimiter in key[len(prefix) :]]
+                folders = sorted({prefix + key[len(prefix) :].split(delimiter)[0] + delimiter for key in below})
+                keys = [key for key in keys if delimiter not in key[len(prefix) :]]
+            self.listings[prefix, delimiter] = (keys, folders)
+        return self.listings[prefix, delimiter]
 
     def _listing(self, query: dict[str, list[str]]) -> bytes:
         prefix = query.get("prefix", [""])[0]
         delimiter = query.get("delimiter", [""])[0]
         start = int(query.get("continuation-token", ["0"])[0])
         limit = min(int(query.get("max-keys", [str(PAGE)])[0]), PAGE)
-        matching = [key for key in self.keys if key.startswith(prefix)] if prefix != "in/" else self.keys
-        entries, prefixes = [], []
-        if delimiter and prefix != "in/":
-            prefixes = sorted({prefix + key[len(prefix) :].split(delimiter)[0] + delimiter for key in matching})
-            matching = []
+        matching, prefixes = self._matching(prefix, delimiter)
+        entries = []
         page = matching[start : start + limit]
         for key in page:
             entries.append(

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from common.layout import OutputLayout
 from common.storage import Storage, join
 from schemas.errors import StorageUnavailable
-from schemas.shard import SHARD_ID_PATTERN, ShardRecord
+from schemas.shard import SHARD_ID_PATTERN, ShardRecord, output_folder_and_name
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,14 @@ class CommittedShards(Mapping[str, ShardRecord]):
             counted.update(json.loads(text))
         return counted
 
-    def output_urls(self) -> list[str]:
-        """Every data and error file the records name, in the records' order."""
-        return pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url").to_pylist()
+    def output_urls(self, folder: str | None = None) -> list[str]:
+        """The data and error files the records name (those in `folder` only, if given), in the records' order."""
+        urls = pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url").to_pylist()
+        return urls if folder is None else [url for url in urls if output_folder_and_name(url)[0] == folder]
 
     def output_names(self) -> set[tuple[str, str]]:
         """(folder, file name) of every data and error file the records name."""
-        return {tuple(url.rstrip("/").rsplit("/", 2)[-2:]) for url in self.output_urls()}  # type: ignore[misc]
+        return {output_folder_and_name(url) for url in self.output_urls()}
 
 
 def commit_shard(storage: Storage, layout: OutputLayout, record: ShardRecord) -> None:
@@ -232,6 +233,10 @@ class _Checkpoint:
     last: int
     records: list[ShardRecord]  # oldest first: a later record of a shard beats an earlier one
 
+    @property
+    def name(self) -> str:
+        return checkpoint_name(self.first, self.last)
+
 
 class ManifestWriter:
     """The driver's side of the manifest in a run: commits, and compacts the records into
@@ -279,7 +284,7 @@ class ManifestWriter:
         records = [record for checkpoint in held for record in checkpoint.records]
         records += [ShardRecord.model_validate_json(content) for content in self.storage.read_many(urls).values()]
         if records:
-            replacing = [join(self.layout.manifest_dir, checkpoint_name(c.first, c.last)) for c in held] + urls
+            replacing = [join(self.layout.manifest_dir, checkpoint.name) for checkpoint in held] + urls
             self._write(records, replacing, first=held[0].first if held else None)
         if listing.legacy_index:  # stale from here on: checkpoints replace it
             self.storage.delete([join(self.layout.manifest_dir, LEGACY_INDEX)])
@@ -294,7 +299,7 @@ class ManifestWriter:
         if len(group) < self.per_merge:
             return
         self.levels[level] = []
-        names = [join(self.layout.manifest_dir, checkpoint_name(c.first, c.last)) for c in group]
+        names = [join(self.layout.manifest_dir, checkpoint.name) for checkpoint in group]
         records = [record for c in group for record in c.records]
         self._add(level + 1, self._write(records, names, first=group[0].first, last=group[-1].last))
 

@@ -105,7 +105,7 @@ def _replica_load(records: CommittedShards) -> tuple[str | None, str]:
 
 def _spread(records: CommittedShards, folder: str) -> list[str]:
     """At most _SAMPLED_FILES of the records' files in `folder` (URLs), evenly spread over them."""
-    files = [url for url in records.output_urls() if url.rstrip("/").rsplit("/", 2)[-2] == folder]
+    files = records.output_urls(folder)
     step = max(1, -(-len(files) // _SAMPLED_FILES))
     return files[::step]
 

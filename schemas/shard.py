@@ -63,6 +63,12 @@ class Shard(BaseModel):
         return f"{stem[-48:]}-{self.start}-{end}-{digest[:10]}"
 
 
+def output_folder_and_name(url: str) -> tuple[str, str]:
+    """(data or errors, file name) of an output file's URL, whatever its root is spelled like."""
+    folder, name = url.rstrip("/").rsplit("/", 2)[-2:]
+    return folder, name
+
+
 class OutputObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,7 +79,7 @@ class OutputObject(BaseModel):
     @property
     def folder(self) -> str:
         """data or errors: the folder of the output it lies in (whatever the root is spelled like)."""
-        return self.url.rstrip("/").rsplit("/", 2)[-2]
+        return output_folder_and_name(self.url)[0]
 
 
 class ShardResult(BaseModel):
