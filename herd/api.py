@@ -320,7 +320,7 @@ def _progress(mode: ProgressMode, every_s: float) -> Progress | None:
 def _warm_pool(spec: JobSpec, verbose: bool) -> ReplicaPool:
     """The warm replicas for the job's model, started with the first job that needs them."""
     from jobs.planner import with_absolute_paths
-    from jobs.runner import new_replica_pool
+    from jobs.runner import warm_replica_pool
 
     spec = with_absolute_paths(spec)
     key = json.dumps(spec.model.model_dump(mode="json"), sort_keys=True)
@@ -328,7 +328,7 @@ def _warm_pool(spec: JobSpec, verbose: bool) -> ReplicaPool:
         _ENGINE_LOGS.append(tempfile.mkdtemp(prefix="herd-engines-"))
         owner = spec.model_copy(update={"output": spec.output.model_copy(update={"path": _ENGINE_LOGS[-1]})})
         # Sized for what the cluster gives, not for this job's shards: later jobs reuse it.
-        _WARM_POOLS[key] = new_replica_pool(owner, None, _engine_factory(), quiet=not verbose)
+        _WARM_POOLS[key] = warm_replica_pool(owner, _engine_factory(), quiet=not verbose)
     return _WARM_POOLS[key]
 
 

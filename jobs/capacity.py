@@ -9,6 +9,7 @@ one function that asks Ray.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,14 @@ def replica_count(job: JobSpec, shape: ClusterShape, device: str, shards: int) -
         count = possible if device == "gpu" else 1
         return useful_replicas(min(count, job.resources.max_replicas or count), shards)
     return useful_replicas(min(wanted, possible), shards)
+
+
+def replicas_up_now(job: JobSpec, shape: ClusterShape, device: str) -> int:
+    """The replicas worth starting before the plan says how many shards there are: as many as the job
+    would run, within what the nodes up now hold, so that no node is added for a job that may turn out
+    to hold few shards (or none left to run)."""
+    up_now = sum(_slots(node, device, job.model.tensor_parallel_size) for node in shape.nodes_up)
+    return min(replica_count(job, shape, device, sys.maxsize), up_now)
 
 
 def _no_room_message(job: JobSpec, shape: ClusterShape, device: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from common.layout import OutputLayout
@@ -99,35 +100,51 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changed
 
 
-def claim_output(
+@dataclass(frozen=True)
+class OutputClaim:
+    """What check_claim decided about the output, to be taken once the job has planned."""
+
+    fingerprint: dict[str, Any]
+    runs: list[dict[str, Any]]  # job.json's run history, kept
+    files_added: list[str]  # input files new since the last run (input.new_files: process)
+    replaces: bool  # --overwrite of an existing output: what herd wrote there goes first
+
+
+def check_claim(
     storage: Storage, layout: OutputLayout, job: JobSpec, files: list[FileInfo], overwrite: bool
-) -> list[str]:
-    """Records this job as the owner of the output, or refuses if another job's results are there, or
-    if the path holds anything that herd did not write. Returns the input files that are new since the
-    last run (input.new_files: process), which is then a run over those files only."""
+) -> OutputClaim:
+    """Refuses, writing nothing, if another job's results are at the output, or anything herd did not
+    write; else says how take_claim makes this job its owner. Also a SpecError for a model or adapter
+    path that is not one (the fingerprint lists their files): all before any engine starts."""
     current = fingerprint(job, files, storage)
-    runs: list[dict[str, Any]] = []
-    added: list[str] = []
-    if storage.exists(layout.job_record):
-        stored = json.loads(storage.read_text(layout.job_record))
-        previous, runs = stored.get("fingerprint", {}), stored.get("runs", [])
-        if overwrite:
-            clear_output(storage, layout)
-            runs = []
-        elif previous != current:
-            added = _only_new_files(previous, current) if job.input.new_files == "process" else None
-            if added is None:
-                raise OutputInUse(_refusal(layout, previous, current))
-    elif storage.has_entries(
-        layout.root, ignoring={posixpath.basename(layout.lease) + suffix for suffix in ("", ".lock")}
-    ):
-        raise OutputInUse(
-            f"{layout.root} is not empty and holds no herd job.json: herd writes only into an empty path "
-            "or one holding its own job's output, and never deletes files it did not write; choose "
-            "another output path"
-        )
-    _write_job_record(storage, layout, job, current, runs)
-    return added
+    if not storage.exists(layout.job_record):
+        if storage.has_entries(
+            layout.root, ignoring={posixpath.basename(layout.lease) + suffix for suffix in ("", ".lock")}
+        ):
+            raise OutputInUse(
+                f"{layout.root} is not empty and holds no herd job.json: herd writes only into an empty path "
+                "or one holding its own job's output, and never deletes files it did not write; choose "
+                "another output path"
+            )
+        return OutputClaim(current, [], [], replaces=False)
+    stored = json.loads(storage.read_text(layout.job_record))
+    previous, runs = stored.get("fingerprint", {}), stored.get("runs", [])
+    if overwrite:
+        return OutputClaim(current, [], [], replaces=True)
+    added: list[str] | None = []
+    if previous != current:
+        added = _only_new_files(previous, current) if job.input.new_files == "process" else None
+        if added is None:
+            raise OutputInUse(_refusal(layout, previous, current))
+    return OutputClaim(current, runs, added, replaces=False)
+
+
+def take_claim(storage: Storage, layout: OutputLayout, job: JobSpec, claim: OutputClaim) -> None:
+    """Records this job as the output's owner (job.json), after clearing herd's files of the output it
+    replaces."""
+    if claim.replaces:
+        clear_output(storage, layout)
+    _write_job_record(storage, layout, job, claim.fingerprint, claim.runs)
 
 
 def _write_job_record(

@@ -155,6 +155,13 @@ class ReplicaPool:
         while len(self.replicas) < self.size:
             self.start()
 
+    def resize(self, size: int) -> None:
+        """`size` replicas from now on: those started last beyond it end now; start_missing adds the
+        ones missing."""
+        self.size = size
+        for replica in self.replicas[size:]:
+            self.forget(replica)
+
     def _next_log_file(self) -> str:
         self._started += 1
         return replica_log_file(self._job, self._started)

@@ -17,11 +17,11 @@ import ray
 from common.layout import OutputLayout
 from common.retry import storage_problem
 from common.storage import FileInfo, Storage
-from jobs.capacity import choose_device, cluster_shape, describe_cluster, replica_count
+from jobs.capacity import choose_device, cluster_shape, describe_cluster, replica_count, replicas_up_now
 from jobs.committed import CommittedShards, ManifestWriter, committed_shards
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.lease import Lease, acquire_lease
-from jobs.manifest import claim_output, record_run, remove_uncommitted_files
+from jobs.manifest import OutputClaim, check_claim, record_run, remove_uncommitted_files, take_claim
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.progress import Progress
 from jobs.ray_auth import use_token_for_drivers
@@ -83,40 +83,79 @@ def run_job(
     storage = Storage(job.storage, job.retry)
     layout = OutputLayout(job.output.path)
 
+    # Everything that refuses the job without reading its rows comes first, before any engine starts:
+    # the input's listing, the model's and adapters' files, the output's owner.
     files = list_inputs(storage, job).files
-    shards = plan_shards(job.input, files, storage, job.prompt)
-    if not shards and job.input.require_rows:
-        raise SpecError(
-            f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
-            "(input.require_rows is set)"
-        )
     try:
         lease = acquire_lease(storage, layout, job.output.lease_ttl_s)
     except (SpecError, OutputBusy):
         raise
     except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
         raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
-    run = _Run(job, storage, layout, files, shards, lease, started)
-    options = _Options(overwrite, pool, engine_factory, retry_errors, progress, quiet, stop)
+    own_pool = pool is None
     try:
+        claim = check_claim(storage, layout, job, files, overwrite)
+        if pool is None:
+            pool = replicas_started_while_planning(job, engine_factory, quiet)
+        elif not pool.serves(job.model):
+            raise SpecError("the replica pool given serves a different model configuration")
+        # Reading the footers and byte ranges of a large input takes a while; the engines load meanwhile.
+        shards = plan_shards(job.input, files, storage, job.prompt)
+        if not shards and job.input.require_rows:
+            raise SpecError(
+                f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
+                "(input.require_rows is set)"
+            )
+        run = _Run(job, storage, layout, files, shards, claim, lease, started)
+        options = _Options(pool, own_pool, retry_errors, progress, stop)
         return _run_holding_the_lease(run, options)
     finally:
+        if own_pool and pool is not None:
+            pool.shutdown()
         lease.release()
 
 
-def new_replica_pool(
-    job: JobSpec, shards_to_run: int | None, engine_factory: EngineFactory, quiet: bool
-) -> ReplicaPool:
-    """As many replicas as the cluster holds or can add for the job (never more than its shards; None:
-    a pool kept warm for the jobs to come), on the device the job and the cluster choose. Its actors
-    start when a dispatcher first runs."""
+def warm_replica_pool(job: JobSpec, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
+    """As many replicas as the cluster holds or can add for the job, on the device the job and the
+    cluster choose, kept warm for the jobs to come (notebooks, the batch service). Its actors start
+    when a dispatcher first runs."""
     ensure_ray(quiet)
     shape = cluster_shape()
     device = choose_device(job.resources.accelerator, shape)
-    count = replica_count(job, shape, device, sys.maxsize if shards_to_run is None else shards_to_run)
-    purpose = "kept warm for the jobs to come" if shards_to_run is None else f"for {shards_to_run} shard(s) to run"
-    log.info("%d replica(s) on %s %s; the cluster: %s", count, device, purpose, describe_cluster(shape, device))
+    count = replica_count(job, shape, device, sys.maxsize)
+    log.info("%d replica(s) on %s kept warm; the cluster: %s", count, device, describe_cluster(shape, device))
     return ReplicaPool(job.model, job, count, engine_factory, quiet=quiet, device=device)
+
+
+def replicas_started_while_planning(job: JobSpec, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
+    """A run's own replicas, started before it plans: as many as the nodes up now hold for the job
+    (replicas_up_now), so that their engines load while the driver reads the input's footers. The
+    plan then sizes the pool (_size_to_plan)."""
+    ensure_ray(quiet)
+    shape = cluster_shape()
+    device = choose_device(job.resources.accelerator, shape)
+    count = replicas_up_now(job, shape, device)
+    log.info(
+        "starting %d replica(s) on %s while planning; the cluster: %s", count, device, describe_cluster(shape, device)
+    )
+    pool = ReplicaPool(job.model, job, count, engine_factory, quiet=quiet, device=device)
+    pool.start_missing()
+    return pool
+
+
+def _size_to_plan(job: JobSpec, pool: ReplicaPool, shards_to_run: int) -> None:
+    """The run's own pool, as many replicas as its shards to run can use: those started while planning
+    beyond that end, and those the nodes up now could not hold are asked for (the autoscaler's cue)."""
+    shape = cluster_shape()
+    count = replica_count(job, shape, pool.device, shards_to_run)
+    log.info(
+        "%d replica(s) on %s for %d shard(s) to run; the cluster: %s",
+        count,
+        pool.device,
+        shards_to_run,
+        describe_cluster(shape, pool.device),
+    )
+    pool.resize(count)
 
 
 @dataclass(frozen=True)
@@ -128,6 +167,7 @@ class _Run:
     layout: OutputLayout
     files: list[FileInfo]
     shards: list[Shard]
+    claim: OutputClaim
     lease: Lease
     started: float  # time.perf_counter() at the start
 
@@ -136,19 +176,18 @@ class _Run:
 class _Options:
     """How the caller wants it run (see run_job)."""
 
-    overwrite: bool
-    pool: ReplicaPool | None
-    engine_factory: EngineFactory
+    pool: ReplicaPool
+    own_pool: bool  # started for this run: sized to its plan, ended after its shards
     retry_errors: str | None
     progress: Progress | None
-    quiet: bool
     stop: threading.Event | None
 
 
 def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
-    job, storage, layout, files, shards, lease = run.job, run.storage, run.layout, run.files, run.shards, run.lease
-    overwrite, pool, progress, quiet = options.overwrite, options.pool, options.progress, options.quiet
-    files_added = claim_output(storage, layout, job, files, overwrite)
+    job, storage, layout, shards, lease = run.job, run.storage, run.layout, run.shards, run.lease
+    pool, progress = options.pool, options.progress
+    take_claim(storage, layout, job, run.claim)
+    files_added = run.claim.files_added
     if files_added:
         log.info("%d input file(s) new since the last run: %s", len(files_added), ", ".join(files_added[:5]))
     committed = committed_shards(storage, layout)
@@ -168,12 +207,11 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
 
     outcome = DispatchOutcome()
     replicas = 0
+    if todo and options.own_pool:
+        _size_to_plan(job, pool, len(todo))
+    if not todo and options.own_pool:
+        pool.shutdown()  # those started while planning: nothing is left to run
     if todo:
-        own_pool = pool is None
-        if pool is None:
-            pool = new_replica_pool(job, len(todo), options.engine_factory, quiet)
-        elif not pool.serves(job.model):
-            raise SpecError("the replica pool given serves a different model configuration")
         replicas = pool.size
         if progress is not None:
             progress.start(todo)
@@ -182,8 +220,8 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         finally:
             if progress is not None:
                 progress.close()
-            if own_pool:
-                pool.shutdown()
+            if options.own_pool:
+                pool.shutdown()  # now, not after the summary and report: their GPUs are free
 
     lease.check()
     # The manifest as stored decides what is done, not what this driver saw: a commit whose write

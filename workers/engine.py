@@ -65,7 +65,12 @@ def engine_environment(spec: ModelSpec, device: str) -> dict[str, str]:
         # vLLM on CPU reserves most of the memory for its KV cache unless told; 1 GiB serves a node
         # shared with other processes (the test models need far less).
         environment["VLLM_CPU_KVCACHE_SPACE"] = "1"
-        if spec.tensor_parallel_size > 1:
+        if spec.tensor_parallel_size == 1:
+            # The engine core and its one worker run in the replica's own process instead of two
+            # spawned ones, each importing torch and vLLM again: an engine starts in ~3 s instead of
+            # ~17 s on 2 cores, and generates as fast (bench/results/engine-process.txt).
+            environment["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        else:
             # vLLM's CPU workers each bind OpenMP threads to their own cores; inside an actor they
             # cannot discover a NUMA layout, so give one core per tensor-parallel rank.
             environment["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(core) for core in range(spec.tensor_parallel_size))

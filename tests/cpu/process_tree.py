@@ -19,6 +19,11 @@ def niceness(pid: int) -> int:
     return int(fields[16])
 
 
+def command_line(pid: int) -> str:
+    """What `pid` runs, as ps shows it (vLLM names its engine processes VLLM::EngineCore, VLLM::Worker)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+
+
 def pids_mentioning(text: str) -> list[int]:
     """The processes whose command line holds `text` (a test's own temporary directory or port)."""
     import os

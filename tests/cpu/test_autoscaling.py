@@ -22,6 +22,7 @@ from jobs.capacity import (
     choose_device,
     node_types_from_config,
     replica_count,
+    replicas_up_now,
 )
 from schemas import SpecError, parse_job
 from schemas.job import JobSpec
@@ -66,6 +67,18 @@ def test_no_more_replicas_start_than_there_are_shards_to_run(tmp_path):
     assert replica_count(_job(tmp_path, tp=2), shape, "gpu", 3) == 3
     assert replica_count(_job(tmp_path, tp=2, replicas=4), shape, "gpu", 1) == 1
     assert replica_count(_job(tmp_path, accelerator="gpu", replicas=3), ClusterShape([{"CPU": 0.0}]), "gpu", 2) == 2
+
+
+def test_replicas_started_while_planning_are_only_those_the_nodes_up_now_hold(tmp_path):
+    # Before the plan, herd does not know how many shards there are: it never makes the autoscaler add
+    # a node for them, and never starts more than the job would run.
+    assert replicas_up_now(_job(tmp_path, tp=2), _shipped_cluster(), "gpu") == 0
+    one_a100_node = [{"CPU": 96.0, "GPU": 8.0}]
+    assert replicas_up_now(_job(tmp_path, tp=2), _shipped_cluster(one_a100_node), "gpu") == 4
+    assert replicas_up_now(_job(tmp_path, tp=2, max_replicas=3), _shipped_cluster(one_a100_node), "gpu") == 3
+    assert replicas_up_now(_job(tmp_path, tp=8), _shipped_cluster(one_a100_node), "gpu") == 1
+    # On CPU one engine already uses the node's cores.
+    assert replicas_up_now(_job(tmp_path), ClusterShape([{"CPU": 16.0}]), "cpu") == 1
 
 
 def test_a_replica_no_node_type_can_hold_fails_at_once_naming_the_largest(tmp_path):

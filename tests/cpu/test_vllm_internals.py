@@ -31,6 +31,9 @@ def generate_once(engine):
 if __name__ == "__main__":
     spec = ModelSpec(path=sys.argv[1], max_model_len=512, dtype="float32")
     os.environ.update(engine_environment(spec, "cpu"))
+    # The engine core in a process of its own, as on a GPU and with tensor parallelism (on CPU with
+    # TP 1 it runs in the replica's process, where its death is an exception in the caller).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
     engine = VllmEngine(sys.argv[1], spec, "cpu")
     stepper = vllm_internals.step_engine(engine.llm)
     found = {
