@@ -43,13 +43,18 @@ def _peak_rss_mb(pid: int) -> float:
 
 def _busy_fraction(records: list) -> float:
     """Per replica, the time it had a shard in hand over the whole run; averaged."""
-    from jobs.run_stats import by_replica, covered_seconds
+    from jobs.run_stats import covered_seconds
 
     first = min(shard.started_at for shard in records)
     last = max(shard.finished_at for shard in records)
+    replicas = {shard.replica for shard in records}
     fractions = [
-        covered_seconds((shard.started_at, shard.finished_at) for shard in own) / (last - first)
-        for own in by_replica(records).values()
+        covered_seconds(
+            [shard.started_at for shard in records if shard.replica == replica],
+            [shard.finished_at for shard in records if shard.replica == replica],
+        )
+        / (last - first)
+        for replica in replicas
     ]
     return sum(fractions) / len(fractions)
 

@@ -98,7 +98,7 @@ def engine_busy_seconds(records: list[dict[str, Any]]) -> float:
     from jobs.run_stats import covered_seconds
 
     return covered_seconds(
-        (r["generate_started_at"], r["generate_started_at"] + r["generate_seconds"]) for r in records
+        [r["generate_started_at"] for r in records], [r["generate_started_at"] + r["generate_seconds"] for r in records]
     )
 
 

@@ -53,7 +53,9 @@ _FETCH_TIMEOUT_S = 60.0
 
 @dataclass
 class DispatchOutcome:
-    committed: dict[str, ShardRecord] = field(default_factory=dict)
+    # The shards this run committed, by id: their records are in the manifest (a million of them
+    # would not fit here as objects).
+    committed: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)  # shard id -> why
     attempts: int = 0
     replicas_replaced: int = 0  # all replacements, lost nodes included
@@ -393,7 +395,7 @@ class Dispatcher:
         except Exception as error:  # noqa: BLE001 - storage gave up after the retry policy
             self._retry_or_fail(queue, shard, f"could not commit: {_reason(error)}")
             return
-        self.outcome.committed[shard.shard_id] = record
+        self.outcome.committed.add(shard.shard_id)
         if self.progress is not None:
             self.progress.committed(record, shard)
         log.info(

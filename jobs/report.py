@@ -17,7 +17,7 @@ from common.layout import OutputLayout
 from common.output_codec import decode_data, decode_errors
 from common.storage import Storage
 from jobs.committed import CommittedShards, committed_shards
-from jobs.run_stats import covered_seconds
+from jobs.run_stats import covered_seconds, per_replica
 from schemas.results import reason_key
 
 # Rows of the data files read for the length distributions: enough for a histogram, bounded.
@@ -82,17 +82,13 @@ def _throughput(records: CommittedShards) -> tuple[str | None, str]:
 
 def _replica_load(records: CommittedShards) -> tuple[str | None, str]:
     import matplotlib.pyplot as plt
-    import pyarrow.compute as pc
 
     if not len(records):
         return None, _table(["replica", "shards", "busy s", "idle s"], [])
     start, end = float(_column(records, "started_at").min()), float(_column(records, "finished_at").max())
-    table = records.table
     rows = []
-    for replica in sorted(pc.unique(table.column("replica")).to_pylist()):
-        own = table.filter(pc.equal(table.column("replica"), replica))
-        spans = zip(own.column("started_at").to_numpy(), own.column("finished_at").to_numpy(), strict=True)
-        busy = covered_seconds((float(low), float(high)) for low, high in spans)
+    for replica, own in per_replica(records.table).items():
+        busy = covered_seconds(own.column("started_at").to_numpy(), own.column("finished_at").to_numpy())
         rows.append([replica, own.num_rows, round(busy, 1), round(max(0.0, end - start - busy), 1)])
     figure, axes = plt.subplots(figsize=(8, 0.6 + 0.5 * len(rows)))
     names = [row[0] for row in rows]

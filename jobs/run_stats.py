@@ -1,36 +1,42 @@
-"""Figures computed from manifest records, for the summary and the report."""
+"""Figures computed from the manifest's columns, for the summary and the report."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Sequence
 
-from schemas.shard import ShardRecord
-
-
-def covered_seconds(spans: Iterable[tuple[float, float]]) -> float:
-    """The time covered by at least one of the spans (a replica's shards overlap: never add them)."""
-    covered, until = 0.0, float("-inf")
-    for start, end in sorted(spans):
-        if end > until:
-            covered += end - max(start, until)
-            until = end
-    return covered
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
-def by_replica(records: Iterable[ShardRecord]) -> dict[str, list[ShardRecord]]:
-    grouped: dict[str, list[ShardRecord]] = defaultdict(list)
-    for record in records:
-        grouped[record.replica].append(record)
-    return dict(grouped)
+def covered_seconds(starts: Sequence[float] | np.ndarray, ends: Sequence[float] | np.ndarray) -> float:
+    """The time covered by at least one of the spans starts[i]..ends[i] (a replica's shards overlap:
+    never add them)."""
+    starts, ends = np.asarray(starts, dtype=float), np.asarray(ends, dtype=float)
+    if not len(starts):
+        return 0.0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], ends[order]
+    # What the spans before each one already cover reaches up to the latest end among them.
+    reached = np.concatenate(([-np.inf], np.maximum.accumulate(ends)[:-1]))
+    return float(np.sum(np.where(ends > reached, ends - np.maximum(starts, reached), 0.0)))
 
 
-def tokens_per_s_by_replica(records: Iterable[ShardRecord]) -> dict[str, float]:
+def per_replica(table: pa.Table) -> dict[str, pa.Table]:
+    """A manifest table's rows by the replica that ran them, in the replicas' name order."""
+    replicas = table.column("replica")
+    return {name: table.filter(pc.equal(replicas, name)) for name in sorted(pc.unique(replicas).to_pylist())}
+
+
+def tokens_per_s_by_replica(table: pa.Table) -> dict[str, float]:
     """Generated tokens over the time the replica was generating."""
     rates = {}
-    for replica, own in by_replica(records).items():
-        seconds = covered_seconds((r.generate_started_at, r.generate_started_at + r.generate_seconds) for r in own)
-        rates[replica] = round(sum(r.completion_tokens for r in own) / seconds, 1) if seconds > 0 else 0.0
+    for replica, own in per_replica(table).items():
+        started = own.column("generate_started_at").to_numpy()
+        seconds = covered_seconds(started, started + own.column("generate_seconds").to_numpy())
+        tokens = pc.sum(own.column("completion_tokens")).as_py() or 0
+        rates[replica] = round(tokens / seconds, 1) if seconds > 0 else 0.0
     return rates
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import pyarrow.compute as pc
 import ray
 
 from common.layout import OutputLayout
@@ -233,6 +234,7 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     if landed:
         log.info("%d shard(s) whose commit seemed to fail were committed after all (its answer was lost)", len(landed))
         outcome.failed = {shard_id: why for shard_id, why in outcome.failed.items() if shard_id not in records}
+        outcome.committed.update(landed)
     removed = remove_uncommitted_files(storage, layout, stored)
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
@@ -264,7 +266,7 @@ RETRY_STAGES = {"generate": ("generate",), "all": ("read", "render", "generate")
 def _error_retries(shards: list[Shard], committed: CommittedShards, stages: str) -> list[Shard]:
     with_errors = committed.with_error_rows()
     return [
-        shard.model_copy(update={"retry": ErrorRetry(stages=RETRY_STAGES[stages], previous=committed[shard.shard_id])})
+        shard.with_retry(ErrorRetry(stages=RETRY_STAGES[stages], previous=committed[shard.shard_id]))
         for shard in shards
         if shard.shard_id in with_errors
     ]
@@ -281,13 +283,10 @@ def _summarize(
     files_added: list[str],
 ) -> RunSummary:
     total = records.total
-
-    def this_run(field: str) -> int:
-        return sum(getattr(record, field) for record in outcome.committed.values())
-
-    completion_tokens_this_run = this_run("completion_tokens")
+    this_run = records.only(outcome.committed)
+    completion_tokens_this_run = this_run.total("completion_tokens")
     reasons = records.error_reasons()
-    finished = [record.finished_at for record in outcome.committed.values()]
+    first_finished = pc.min(this_run.table.column("finished_at")).as_py()  # None: nothing ran
     rows_in, error_rows = total("rows_in"), total("error_rows")
     status = "succeeded"
     if outcome.failed:
@@ -316,14 +315,16 @@ def _summarize(
         replicas_replaced=outcome.replicas_replaced,
         errors_by_stage=errors_by_stage(reasons),
         top_error_reasons=top_error_reasons(reasons),
-        tokens_per_s_by_replica=tokens_per_s_by_replica(outcome.committed.values()),
-        time_to_first_shard_s=round(min(finished) - (time.time() - wall_seconds), 2) if finished else None,
+        tokens_per_s_by_replica=tokens_per_s_by_replica(this_run.table),
+        time_to_first_shard_s=None
+        if first_finished is None
+        else round(first_finished - (time.time() - wall_seconds), 2),
         this_run=RunTotals(
             files_added=files_added,
             shards_run=len(outcome.committed),
-            rows_in=this_run("rows_in"),
-            rows_out=this_run("rows_out"),
-            error_rows=this_run("error_rows"),
+            rows_in=this_run.total("rows_in"),
+            rows_out=this_run.total("rows_out"),
+            error_rows=this_run.total("error_rows"),
             completion_tokens=completion_tokens_this_run,
         ),
     )

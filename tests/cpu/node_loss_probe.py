@@ -92,7 +92,7 @@ def main(config: dict) -> dict:
         "failed": outcome.failed,
         "replicas_replaced": outcome.replicas_replaced,
         "replica_crashes": outcome.replica_crashes,
-        "replicas_used": len({record.replica for record in outcome.committed.values()}),
+        "replicas_used": len(set(commits)),
         "lost_at_commit": lost_at_commit,
     }
 

@@ -43,7 +43,13 @@ def main(config: dict) -> dict:
     # Slow enough that a replica ready a moment after the other still finds shards left.
     pool = ReplicaPool(job.model, job, count, FakeEngineFactory(seconds_per_call=0.5))
     layout = OutputLayout(job.output.path)
-    outcome = Dispatcher(job, pool, lambda record: commit_shard(storage, layout, record)).run(shards)
+    replicas_used = set()
+
+    def commit(record) -> None:
+        commit_shard(storage, layout, record)
+        replicas_used.add(record.replica)
+
+    outcome = Dispatcher(job, pool, commit).run(shards)
     groups = [placement_group_table(replica.placement_group) for replica in pool.replicas]
     node_ids = {node.node_id: index for index, node in enumerate(nodes)}
     result = {
@@ -54,7 +60,7 @@ def main(config: dict) -> dict:
         "strategies": [group["strategy"] for group in groups],
         "bundle_gpus": [[bundle.get("GPU", 0) for bundle in group["bundles"].values()] for group in groups],
         "bundle_nodes": [sorted({node_ids[node] for node in group["bundles_to_node_id"].values()}) for group in groups],
-        "replicas_used": len({record.replica for record in outcome.committed.values()}),
+        "replicas_used": len(replicas_used),
     }
     pool.shutdown()
     return result

@@ -117,3 +117,15 @@ def test_the_throughput_and_replica_plots_come_from_the_manifest_columns_and_add
     _, load = _replica_load(records)
     assert "<td>a</td><td>2</td><td>60.0</td><td>0.0</td>" in load
     assert "<td>b</td><td>1</td><td>20.0</td><td>40.0</td>" in load
+    from jobs.run_stats import tokens_per_s_by_replica
+
+    # a generated 3,200 tokens over 0..60 (its overlapping shards counted once), b 400 over 0..20.
+    assert tokens_per_s_by_replica(records.table) == {"a": round(3200 / 60, 1), "b": 20.0}
+
+
+def test_the_time_spans_cover_is_their_union_in_any_order():
+    from jobs.run_stats import covered_seconds
+
+    assert covered_seconds([5.0, 0.0, 1.0, 20.0], [6.0, 2.0, 3.0, 21.0]) == 5.0  # 0-3, 5-6, 20-21
+    assert covered_seconds([0.0, 2.0], [10.0, 4.0]) == 10.0  # one inside another
+    assert covered_seconds([], []) == 0.0
