@@ -19,6 +19,7 @@ BENCHMARKS = (
     "gpu",
     "driver",
     "billion",
+    "engine_start",
 )
 
 

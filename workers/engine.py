@@ -68,7 +68,7 @@ def engine_environment(spec: ModelSpec, device: str) -> dict[str, str]:
         if spec.tensor_parallel_size == 1:
             # The engine core and its one worker run in the replica's own process instead of two
             # spawned ones, each importing torch and vLLM again: an engine starts in ~3 s instead of
-            # ~17 s on 2 cores, and generates as fast (bench/results/engine-process.txt).
+            # ~17 s on 2 cores, and generates as fast (python -m bench engine_start).
             environment["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         else:
             # vLLM's CPU workers each bind OpenMP threads to their own cores; inside an actor they

@@ -31,7 +31,7 @@ def test_small_shards_are_grouped_up_to_a_shards_rows_and_bytes_and_large_or_ret
         generate_started_at=0, generate_seconds=0, shard_seconds=0, started_at=0, finished_at=0, outputs=[],
         replica="r", attempts=1,
     )  # fmt: skip
-    retried = _shard("again", 3).model_copy(update={"retry": ErrorRetry(stages=("generate",), previous=previous)})
+    retried = _shard("again", 3).with_retry(ErrorRetry(stages=("generate",), previous=previous))
     pending = deque([small[0], retried, small[1]])
     assert next_group(pending, 1024, 10**6) == [small[0]]
     assert next_group(pending, 1024, 10**6) == [retried]
