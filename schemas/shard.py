@@ -126,4 +126,3 @@ class ErrorRetry(BaseModel):
 
     stages: tuple[str, ...]  # error rows of these stages are run again; the others are kept as they are
     previous: ShardRecord
-
