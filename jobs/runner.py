@@ -84,36 +84,41 @@ def run_job(
     storage = Storage(job.storage, job.retry)
     layout = OutputLayout(job.output.path)
 
-    # Everything that refuses the job without reading its rows comes first, before any engine starts:
-    # the input's listing, the model's and adapters' files, the output's owner.
     files = list_inputs(storage, job).files
-    try:
-        lease = acquire_lease(storage, layout, job.output.lease_ttl_s)
-    except (SpecError, OutputBusy):
-        raise
-    except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
-        raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
+    # The first file's plan checks the input against a real file (its columns, its format).
+    first = plan_shards(job.input, files[:1], storage, job.prompt)
+    rest = files[1:]
     own_pool = pool is None
+    if pool is not None and not pool.serves(job.model):
+        raise SpecError("the replica pool given serves a different model configuration")
+    if own_pool and any(info.size for info in rest):
+        # More to plan: replicas load their engines while the driver reads the other files' footers,
+        # once nothing cheap refuses the job (the model's and adapters' files, the output's owner).
+        check_claim(storage, layout, job, files, overwrite)
+        pool = replicas_started_while_planning(job, engine_factory, quiet)
     try:
-        claim = check_claim(storage, layout, job, files, overwrite)
-        if pool is None:
-            pool = replicas_started_while_planning(job, engine_factory, quiet)
-        elif not pool.serves(job.model):
-            raise SpecError("the replica pool given serves a different model configuration")
-        # Reading the footers and byte ranges of a large input takes a while; the engines load meanwhile.
-        shards = plan_shards(job.input, files, storage, job.prompt)
+        shards = first + plan_shards(job.input, rest, storage, job.prompt)
         if not shards and job.input.require_rows:
             raise SpecError(
                 f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
                 "(input.require_rows is set)"
             )
-        run = _Run(job, storage, layout, files, shards, claim, lease, started)
-        options = _Options(pool, own_pool, retry_errors, progress, stop)
-        return _run_holding_the_lease(run, options)
+        try:
+            lease = acquire_lease(storage, layout, job.output.lease_ttl_s)
+        except (SpecError, OutputBusy):
+            raise
+        except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
+            raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
+        try:
+            claim = check_claim(storage, layout, job, files, overwrite)  # again: now under the lease
+            run = _Run(job, storage, layout, files, shards, claim, lease, started)
+            options = _Options(pool, own_pool, engine_factory, quiet, retry_errors, progress, stop)
+            return _run_holding_the_lease(run, options)
+        finally:
+            lease.release()
     finally:
         if own_pool and pool is not None:
             pool.shutdown()
-        lease.release()
 
 
 def warm_replica_pool(job: JobSpec, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
@@ -144,19 +149,31 @@ def replicas_started_while_planning(job: JobSpec, engine_factory: EngineFactory,
     return pool
 
 
-def _size_to_plan(job: JobSpec, pool: ReplicaPool, shards_to_run: int) -> None:
-    """The run's own pool, as many replicas as its shards to run can use: those started while planning
-    beyond that end, and those the nodes up now could not hold are asked for (the autoscaler's cue)."""
+def _sized_to_plan(
+    job: JobSpec, pool: ReplicaPool | None, shards_to_run: int, engine_factory: EngineFactory, quiet: bool
+) -> ReplicaPool | None:
+    """The run's own pool, as many replicas as its shards to run can use: of those started while
+    planning, the ones beyond that end, and those the nodes up now could not hold are asked for (the
+    autoscaler's cue); with nothing to run, none."""
+    if not shards_to_run:
+        if pool is not None:
+            pool.shutdown()
+        return pool
+    ensure_ray(quiet)
     shape = cluster_shape()
-    count = replica_count(job, shape, pool.device, shards_to_run)
+    device = pool.device if pool is not None else choose_device(job.resources.accelerator, shape)
+    count = replica_count(job, shape, device, shards_to_run)
     log.info(
         "%d replica(s) on %s for %d shard(s) to run; the cluster: %s",
         count,
-        pool.device,
+        device,
         shards_to_run,
-        describe_cluster(shape, pool.device),
+        describe_cluster(shape, device),
     )
+    if pool is None:
+        return ReplicaPool(job.model, job, count, engine_factory, quiet=quiet, device=device)
     pool.resize(count)
+    return pool
 
 
 @dataclass(frozen=True)
@@ -177,8 +194,10 @@ class _Run:
 class _Options:
     """How the caller wants it run (see run_job)."""
 
-    pool: ReplicaPool
+    pool: ReplicaPool | None  # the caller's, or this run's own started while it planned (or not yet)
     own_pool: bool  # started for this run: sized to its plan, ended after its shards
+    engine_factory: EngineFactory
+    quiet: bool
     retry_errors: str | None
     progress: Progress | None
     stop: threading.Event | None
@@ -208,11 +227,10 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
 
     outcome = DispatchOutcome()
     replicas = 0
-    if todo and options.own_pool:
-        _size_to_plan(job, pool, len(todo))
-    if not todo and options.own_pool:
-        pool.shutdown()  # those started while planning: nothing is left to run
+    if options.own_pool:
+        pool = _sized_to_plan(job, pool, len(todo), options.engine_factory, options.quiet)
     if todo:
+        assert pool is not None
         replicas = pool.size
         if progress is not None:
             progress.start(todo)

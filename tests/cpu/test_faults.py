@@ -34,7 +34,7 @@ from tests.cpu.conftest import (
 )
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
-from tests.cpu.process_tree import descendants, end_processes_mentioning
+from tests.cpu.process_tree import end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -244,13 +244,14 @@ def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(r
 
 def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal.Signals, **sections) -> None:
     """Runs a 600-row job on the shared pool of real engines and sends `sent` to the first replica's
-    engine processes once a shard has committed (every replica is generating then). The job must
+    engine once a shard has committed (every replica is generating then). On CPU with TP 1 the engine
+    runs in the replica's own process (workers/engine.py), which is what gets the signal. The job must
     finish with that replica replaced, every row once and none an error."""
     import threading
 
     expected = _write_prompts(tmp_path / "in.jsonl", 600)
     victim, victim_pid = started_replica(tiny_pool)
-    engine_pids = descendants(victim_pid)
+    engine_pids = [victim_pid]
     outcomes = []
 
     def run() -> None:
@@ -287,21 +288,40 @@ def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal
     assert sorted(ids) == expected
 
 
-def test_a_killed_vllm_engine_core_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
-    """The real engine: its core process is SIGKILLed while the replica's shards share its batch."""
+def test_a_killed_vllm_engine_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
+    """The real engine, SIGKILLed while the replica's shards share its batch."""
     _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path, signal.SIGKILL)
 
 
-def test_a_stalled_vllm_engine_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
+def test_a_stopped_vllm_replica_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
     run_tiny, tiny_pool, tmp_path, caplog
 ):
-    """The real engine: its core process is stopped (SIGSTOP), so the replica's process still answers
-    but its engine never steps again; only the stall watch can tell."""
+    """The real engine's process is stopped (SIGSTOP): it neither dies nor answers; only the stall
+    watch can tell."""
     import logging
 
     with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
         _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path, signal.SIGSTOP, resources={"stall_timeout_s": 10})
-    assert "made no progress for" in caplog.text and "resources.stall_timeout_s 10s" in caplog.text
+    assert "did not answer for" in caplog.text and "resources.stall_timeout_s 10s" in caplog.text
+
+
+def test_fake_engine_that_hangs_while_its_replica_answers_is_replaced_after_stall_timeout(
+    ray_session, tiny_model, tmp_path, caplog
+):
+    """A step that never returns (a stuck kernel, a core process stopped): the replica still answers
+    its heartbeats, saying how long since its engine last moved."""
+    import logging
+
+    expected = _write_prompts(tmp_path / "in.jsonl", 120)
+    factory = FakeEngineFactory(seconds_per_call=0.1, deaths_dir=str(tmp_path / "hangs"), deaths=1, fault="hang")
+    with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
+        _, outcome = _run_on_fake_engine(tmp_path, tiny_model, factory, replicas=2, resources={"stall_timeout_s": 4})
+    assert "made no progress for" in caplog.text and "resources.stall_timeout_s 4s" in caplog.text
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
 
 
 def test_fake_engine_capacity_that_never_comes_ends_the_job_within_capacity_timeout_with_exit_7(

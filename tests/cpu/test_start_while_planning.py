@@ -22,12 +22,16 @@ _LOADING_WAIT_S = 120.0
 
 
 def _job(tmp_path: Path, tiny_model: Path) -> Any:
-    with open(tmp_path / "in.jsonl", "w") as handle:
-        for index in range(30):
-            handle.write(json.dumps({"id": f"row-{index}", "prompt": f"question {index}"}) + "\n")
+    """Two input files: the first is planned before any replica starts (it checks the input), the
+    second while they start."""
+    (tmp_path / "in").mkdir()
+    for part in range(2):
+        with open(tmp_path / "in" / f"part-{part}.jsonl", "w") as handle:
+            for index in range(15):
+                handle.write(json.dumps({"id": f"row-{part}-{index}", "prompt": f"question {index}"}) + "\n")
     return parse_job(
         {
-            "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "id_column": "id"},
+            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt", "id_column": "id"},
             "model": tiny_model_spec(tiny_model),
             "sampling": {"max_new_tokens": 4},
             "output": {"path": str(tmp_path / "out")},
@@ -51,18 +55,20 @@ def test_fake_engine_replicas_load_their_engines_while_the_driver_plans(
     plan = jobs.runner.plan_shards
 
     def plan_once_an_engine_loads(*arguments: Any) -> Any:
-        # Planning a large input reads thousands of footers; here it waits (bounded) for an engine to
-        # start loading, which can only happen if replicas were started before the plan.
-        deadline = time.monotonic() + _LOADING_WAIT_S
-        while not any(loading.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # The first file is planned before any replica starts (it checks the input). Planning the rest
+        # of a large input reads thousands of footers; here it waits (bounded) for an engine to start
+        # loading, which can only happen if replicas were started before that.
+        if planning_saw:
+            deadline = time.monotonic() + _LOADING_WAIT_S
+            while not any(loading.iterdir()) and time.monotonic() < deadline:
+                time.sleep(0.1)
         planning_saw.append(any(loading.iterdir()))
         return plan(*arguments)
 
     monkeypatch.setattr(jobs.runner, "plan_shards", plan_once_an_engine_loads)
     outcome = run_job(_job(tmp_path, tiny_model), engine_factory=FakeEngineFactory(loading_dir=str(loading)))
 
-    assert planning_saw == [True]
+    assert planning_saw == [False, True]
     assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.rows_out == 30
     assert outcome.summary.replicas == 1 and outcome.summary.replicas_replaced == 0
 

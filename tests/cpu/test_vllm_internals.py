@@ -21,6 +21,10 @@ from tests.cpu.process_tree import descendants
 from workers import vllm_internals
 from workers.engine import EngineRequest, VllmEngine, engine_environment
 
+def generate_once_ids(engine):
+    request = EngineRequest([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))
+    return engine.generate([request])[0][0].token_ids
+
 def generate_once(engine):
     try:
         engine.generate([EngineRequest([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])
@@ -41,12 +45,9 @@ if __name__ == "__main__":
         "dead_error_is_exception": issubclass(vllm_internals.engine_dead_error(), Exception),
         "final_only": str(vllm_internals.final_outputs_only()),
         "alive_is_not_dead": vllm_internals.engine_process_died(engine.llm) is False,
+        "separate_core": vllm_internals.engine_core_in_this_process(engine.llm) is False,
         # Continuous feeding over these: one request through the engine.
-        "generated": len(
-            engine.generate([EngineRequest([1, 5, 9], 1, SamplingSpec(max_new_tokens=3, ignore_eos=True))])[0][
-                0
-            ].token_ids
-        ),
+        "generated": len(generate_once_ids(engine)),
     }
     # The engine core dies while nothing runs (killed, out of memory): the next requests meet vLLM's
     # EngineDeadError when they are added, not while stepping.
@@ -59,6 +60,11 @@ if __name__ == "__main__":
     found["after_death"] = [generate_once(engine), generate_once(engine)]
     vllm_internals.shut_down(engine.llm)
     found["shut_down"] = True
+    # herd's CPU default (TP 1): the core in this process, told apart by the same client check.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    inside = VllmEngine(sys.argv[1], spec, "cpu")
+    found["core_inside"] = vllm_internals.engine_core_in_this_process(inside.llm)
+    found["inside_generated"] = len(generate_once_ids(inside))
     print("FOUND " + json.dumps(found), flush=True)
 """
 
@@ -80,7 +86,8 @@ def test_every_vllm_internal_herd_touches_is_where_herd_expects_it_and_a_dead_en
     assert line, result.stderr[-3000:]
     found = json.loads(line.removeprefix("FOUND "))
     assert found["methods"] == ["add_request", "step", "has_unfinished_requests", "abort_request"]
-    assert found["dead_error_is_exception"] and found["alive_is_not_dead"]
+    assert found["dead_error_is_exception"] and found["alive_is_not_dead"] and found["separate_core"]
+    assert found["core_inside"] and found["inside_generated"] == 3
     assert found["final_only"].endswith("FINAL_ONLY")
     assert found["generated"] == 3 and found["shut_down"]
     # A dead engine is herd's EngineDead from every later call: the replica ends and its
