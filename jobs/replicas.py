@@ -37,6 +37,7 @@ FORWARDED_VARIABLES = frozenset(
         "VLLM_LOGGING_LEVEL",
         "VLLM_ATTENTION_BACKEND",
         "VLLM_USE_MODELSCOPE",
+        "VLLM_ENABLE_V1_MULTIPROCESSING",
         "HF_HOME",
         "HF_HUB_CACHE",
         "HF_HUB_OFFLINE",

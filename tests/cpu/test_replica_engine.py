@@ -122,3 +122,17 @@ def test_dedupe_waits_for_a_prompt_another_shard_in_flight_is_generating(tiny_po
     rows = read_rows(str(tmp_path / "out" / "data"))
     answers = {(prompts[index], row["completion"]) for index, row in enumerate(rows)}
     assert len(rows) == 10 and len(answers) == 3
+
+
+def test_a_cpu_replica_runs_its_engine_core_inside_unless_the_drivers_environment_says_otherwise(monkeypatch):
+    from jobs.replicas import _actor_environment
+    from schemas.job import ModelSpec
+
+    variable = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    monkeypatch.delenv(variable, raising=False)
+    assert _actor_environment(ModelSpec(path="/m"), "cpu")[variable] == "0"
+    # vLLM's own layout where its worker processes are needed (TP > 1) or the GPU is fed best by it.
+    assert variable not in _actor_environment(ModelSpec(path="/m", tensor_parallel_size=2), "cpu")
+    assert variable not in _actor_environment(ModelSpec(path="/m"), "gpu")
+    monkeypatch.setenv(variable, "1")
+    assert _actor_environment(ModelSpec(path="/m"), "cpu")[variable] == "1"
