@@ -79,6 +79,20 @@ def probe(what: str, path: str, endpoint: str | None = None, at_once: int | None
     if what == "plan":
         spec = InputSpec(path=path, prompt_column="prompt", rows_per_shard=10000)
         count = len(plan_shards(spec, storage.expand_inputs(path), storage))
+    elif what == "plan_memory":
+        # What the plan holds per shard once planned (10 shards a file here), traced apart from the
+        # reading's own garbage: the figure that decides a million-shard plan's size.
+        import tracemalloc
+
+        spec = InputSpec(path=path, prompt_column="prompt", rows_per_shard=1000)
+        files = storage.expand_inputs(path)
+        tracemalloc.start()
+        shards = plan_shards(spec, files, storage)
+        count = len(shards)
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        print("FIGURES " + json.dumps({"count": count, "bytes_per_shard": held / count}))
+        return
     else:
         count = len(committed_shards(storage, OutputLayout(path)))
     seconds = time.perf_counter() - started
@@ -121,6 +135,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--s3-files", type=int, default=300)
     arguments = parser.parse_args(argv)
     plan = _measure("plan", _inputs(arguments.files, arguments.rows_per_file))
+    memory = _measure("plan_memory", _inputs(arguments.files, arguments.rows_per_file))
     resume = _measure("resume", _manifest(arguments.manifest_shards))
     slow_s3 = _on_slow_s3(arguments.s3_files)
     record(
@@ -129,13 +144,15 @@ def main(argv: list[str]) -> int:
             "files": arguments.files,
             "rows": arguments.files * arguments.rows_per_file,
             "plan": plan,
+            "plan_held": memory,
             "manifest_shards": arguments.manifest_shards,
             "resume": resume,
             "plan_on_s3_with_latency": slow_s3,
             "targets": {"plan_seconds": 10, "plan_peak_rss_mb": 500, "resume_seconds": 5},
         },
         f"plan: {plan['count']} shards from {arguments.files} files in {plan['seconds']:.2f}s "
-        f"(peak RSS {plan['peak_rss_mb']:.0f} MB, target < 10 s and < 500 MB); resume over "
+        f"(peak RSS {plan['peak_rss_mb']:.0f} MB, target < 10 s and < 500 MB), "
+        f"{memory['bytes_per_shard']:.0f} bytes held a planned shard; resume over "
         f"{resume['count']} committed shards in {resume['seconds']:.2f}s (target < 5 s); {slow_s3['files']} files "
         f"on S3 at 20 ms a request: footers 32 at once {slow_s3['speedup']:.1f}x faster than one at a time "
         f"({sum(slow_s3['seconds_32_at_once']) / 2:.1f}s vs {sum(slow_s3['seconds_one_at_a_time']) / 2:.1f}s)",
