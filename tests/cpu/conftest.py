@@ -1,6 +1,7 @@
 """Shared, expensive fixtures: the tiny model, one local Ray, one pool of two warm vLLM engines, moto S3.
 
-Engines take 30-60 s to start on two cores, so every end-to-end test shares the same two replicas.
+A replica takes 10-20 s to start on two cores (its process's imports, then the engine inside it), so
+every end-to-end test shares the same two replicas.
 """
 
 from __future__ import annotations
