@@ -74,7 +74,9 @@ def run_job(
     quiet: bool = False,
     stop: threading.Event | None = None,
 ) -> RunOutcome:
-    """`pool` lets several jobs on the same model share warm engines (tests, notebooks).
+    """Plans, claims the output, runs the shards not committed yet and writes the summary. Without
+    `pool`, the run starts its own replicas, while it plans when there is more than one file to plan.
+    `pool` lets several jobs on the same model share warm engines (tests, notebooks).
     `retry_errors` ("generate" or "all") also runs again the error rows of those stages in shards
     committed earlier. `progress` shows the run as it goes; `quiet` keeps the replicas' output in
     their log files. `stop`, once set, ends the run early: running shards finish and commit, the
@@ -136,7 +138,7 @@ def warm_replica_pool(job: JobSpec, engine_factory: EngineFactory, quiet: bool) 
 def replicas_started_while_planning(job: JobSpec, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
     """A run's own replicas, started before it plans: as many as the nodes up now hold for the job
     (replicas_up_now), so that their engines load while the driver reads the input's footers. The
-    plan then sizes the pool (_size_to_plan)."""
+    plan then sizes the pool (_sized_to_plan)."""
     ensure_ray(quiet)
     shape = cluster_shape()
     device = choose_device(job.resources.accelerator, shape)
