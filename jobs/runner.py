@@ -143,9 +143,13 @@ def replicas_started_while_planning(job: JobSpec, engine_factory: EngineFactory,
     shape = cluster_shape()
     device = choose_device(job.resources.accelerator, shape)
     count = replicas_up_now(job, shape, device)
-    log.info(
-        "starting %d replica(s) on %s while planning; the cluster: %s", count, device, describe_cluster(shape, device)
-    )
+    if count:  # none where every node would have to be added: the plan decides how many to ask for
+        log.info(
+            "starting %d replica(s) on %s while planning; the cluster: %s",
+            count,
+            device,
+            describe_cluster(shape, device),
+        )
     pool = ReplicaPool(job.model, job, count, engine_factory, quiet=quiet, device=device)
     pool.start_missing()
     return pool
