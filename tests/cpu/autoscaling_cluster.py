@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.cpu.conftest import free_port
 from tests.cpu.process_tree import end_processes_mentioning
-from tests.cpu.ray_heads import token_auth_environment
+from tests.cpu.ray_heads import FAST_NODE_DEATH, token_auth_environment
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ def autoscaling_cluster(
         f"--autoscaling-config={config_path}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
+        f"--system-config={json.dumps(FAST_NODE_DEATH)}",
     ]
     auth = token_auth_environment(temp_dir)
     # The nodes the autoscaler adds are started by its monitor, and so inherit this environment.

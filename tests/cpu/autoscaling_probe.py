@@ -102,14 +102,17 @@ def main(config: dict) -> None:
 
     # The shipped cluster's shape: no GPU is up, the device and the replicas come from the node types.
     explicit = _job(config, "explicit", {"replicas": 2}, {})
-    _report("explicit", run_job(explicit, engine_factory=FakeEngineFactory(seconds_per_call=0.3)))
+    started = time.monotonic()
+    outcome = run_job(explicit, engine_factory=FakeEngineFactory(seconds_per_call=0.3))
+    _report("explicit", outcome, seconds=round(time.monotonic() - started, 1))
 
     # As many as the node types allow, up to max_replicas; a node lost mid-job with no crash allowed.
     auto = _job(config, "auto", {"replicas": "auto", "max_replicas": 3}, {"max_replica_restarts": 0})
     lost: list[int] = []
     lose_a_node_after(Path(auto.output.path) / "manifest", 4, config["temp_dir"], lost)
+    started = time.monotonic()
     outcome = run_job(auto, engine_factory=FakeEngineFactory(seconds_per_call=1.0))
-    _report("auto", outcome, nodes_lost=len(lost))
+    _report("auto", outcome, nodes_lost=len(lost), seconds=round(time.monotonic() - started, 1))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ from jobs.planner import plan_shards
 from jobs.replicas import ReplicaPool
 from schemas import parse_job
 from tests.cpu.fake_engine import FakeEngineFactory
+from tests.cpu.ray_heads import FAST_NODE_DEATH
 
 
 def main(config: dict) -> dict:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": FAST_NODE_DEATH})
     nodes = [cluster.add_node(num_cpus=4, num_gpus=1) for _ in range(2)]
     ray.init(address=cluster.address)
     job = parse_job(
@@ -56,10 +57,12 @@ def main(config: dict) -> dict:
     )
     commits = []
     lost_at_commit: list[int] = []
+    lost_at: list[float] = []
 
     def lose_node_0() -> None:
         cluster.remove_node(nodes[0], allow_graceful=False)  # its raylet and workers end at once
         lost_at_commit.append(len(commits))
+        lost_at.append(time.monotonic())
 
     def lose_node_0_once_every_replica_is_loading() -> None:
         # Once each replica's engine has begun to load: a node lost before its actor exists only moves
@@ -83,7 +86,9 @@ def main(config: dict) -> dict:
 
     if while_starting:
         threading.Thread(target=lose_node_0_once_every_replica_is_loading, daemon=True).start()
+    started = time.monotonic()
     outcome = Dispatcher(job, pool, commit).run(shards)
+    ended = time.monotonic()
     pool.shutdown()
     return {
         "replicas": pool.size,
@@ -94,6 +99,8 @@ def main(config: dict) -> dict:
         "replica_crashes": outcome.replica_crashes,
         "replicas_used": len(set(commits)),
         "lost_at_commit": lost_at_commit,
+        "seconds_after_loss": [round(ended - at, 1) for at in lost_at],
+        "seconds": round(ended - started, 1),
     }
 
 

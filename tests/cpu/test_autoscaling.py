@@ -134,7 +134,7 @@ def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_n
     with max_replicas 3 gets a third, loses a node mid-job with max_replica_restarts 0, and finishes.
     The cluster uses token authentication, and the driver joins it as from a user's shell: RAY_ADDRESS
     and a token, without RAY_AUTH_MODE (herd turns token mode on; Ray would refuse the driver)."""
-    ids = _rows(1600, tmp_path / "in.jsonl")
+    ids = _rows(800, tmp_path / "in.jsonl")
     worker_types = {"gpu-2x": ({"CPU": 2, "GPU": 2}, 4)}
     with autoscaling_cluster({"CPU": 0}, worker_types, max_workers=4) as cluster:
         config = {
