@@ -18,7 +18,6 @@ from pathlib import Path
 
 from tests.cpu.conftest import free_port
 
-
 # Tests about a lost node have the cluster declare it dead after ~3 s of failed health checks instead
 # of Ray's default ~15 s (5 checks 3 s apart): the loss is under test, not how long Ray takes to see it.
 FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}

@@ -6,10 +6,6 @@ what is under test is how replicas get their nodes from the autoscaler, not what
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +22,6 @@ from jobs.capacity import (
 )
 from schemas import SpecError, parse_job
 from schemas.job import JobSpec
-from tests.cpu.autoscaling_cluster import autoscaling_cluster
 from tests.cpu.conftest import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,47 +116,15 @@ def test_the_autoscaler_config_is_found_by_the_gcs_port_of_its_monitor(tmp_path)
     assert autoscaling_config_path(6380, tmp_path / "no-proc") is None
 
 
-def _rows(count: int, path: Path) -> list[str]:
-    ids = [f"row-{index:05d}" for index in range(count)]
-    path.write_text("".join(json.dumps({"id": row_id, "prompt": f"prompt {row_id}"}) + "\n" for row_id in ids))
-    return ids
-
-
-@pytest.mark.own_engine
-def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_node(tmp_path, tiny_model):
+@pytest.mark.cluster_scenario("autoscaling_from_zero")
+def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_node(scenario_result):
     """A head with no GPU and no CPU for replicas (the shipped shape) and one GPU worker type at zero
     nodes. A TP=2 job asking for 2 replicas makes the autoscaler add 2 nodes; then `replicas: auto`
     with max_replicas 3 gets a third, loses a node mid-job with max_replica_restarts 0, and finishes.
     The cluster uses token authentication, and the driver joins it as from a user's shell: RAY_ADDRESS
     and a token, without RAY_AUTH_MODE (herd turns token mode on; Ray would refuse the driver)."""
-    ids = _rows(800, tmp_path / "in.jsonl")
-    worker_types = {"gpu-2x": ({"CPU": 2, "GPU": 2}, 4)}
-    with autoscaling_cluster({"CPU": 0}, worker_types, max_workers=4) as cluster:
-        config = {
-            "address": cluster.address,
-            "temp_dir": cluster.temp_dir,
-            "model": str(tiny_model),
-            "input": str(tmp_path / "in.jsonl"),
-            "output": str(tmp_path / "out"),
-        }
-        (tmp_path / "config.json").write_text(json.dumps(config))
-        result = subprocess.run(
-            [sys.executable, "-m", "tests.cpu.autoscaling_probe", str(tmp_path / "config.json")],
-            cwd=REPO,
-            env={
-                **{name: value for name, value in os.environ.items() if name != "RAY_AUTH_MODE"},
-                "RAY_AUTH_TOKEN_PATH": cluster.auth_environment["RAY_AUTH_TOKEN_PATH"],
-            },
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    lines = [
-        json.loads(line.removeprefix("PROBE ")) for line in result.stdout.splitlines() if line.startswith("PROBE ")
-    ]
-    reports = {line["job"]: line for line in lines}
-    assert set(reports) == {"start", "explicit", "auto"}, result.stdout[-2000:] + result.stderr[-4000:]
-    log = result.stderr
+    reports, log = scenario_result["reports"], scenario_result["log"]
+    assert set(reports) == {"start", "explicit", "auto"}, scenario_result["stdout"][-2000:] + log[-4000:]
 
     assert reports["start"]["gpu_nodes"] == 0
     explicit = reports["explicit"]
@@ -176,5 +139,5 @@ def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_n
     assert auto["replicas_replaced"] >= 1
     assert "its node is gone (preempted or lost)" in log
     for name in ("explicit", "auto"):
-        written = [row["id"] for row in read_rows(str(tmp_path / "out" / name / "data"))]
-        assert sorted(written) == ids, name  # every row once
+        written = [row["id"] for row in read_rows(str(scenario_result["output"] / name / "data"))]
+        assert sorted(written) == scenario_result["ids"], name  # every row once

@@ -7,68 +7,19 @@ where Ray puts replicas, not what they generate.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from schemas import SpecError, parse_job
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS
-from tests.cpu.process_tree import end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _probe(
-    tmp_path: Path,
-    tiny_model: Path,
-    tp: int = 1,
-    gpus_per_node: int = 1,
-    nodes: int = 1,
-    probe: str = "placement_probe",
-    rows: int = 300,
-    when: str = "mid_job",
-) -> dict:
-    (tmp_path / "in.jsonl").write_text(
-        "".join(json.dumps({"prompt": f"prompt {index}"}) + "\n" for index in range(rows))
-    )
-    config = {
-        "tp": tp,
-        "gpus_per_node": gpus_per_node,
-        "nodes": nodes,
-        "model": str(tiny_model),
-        "input": str(tmp_path / "in.jsonl"),
-        "output": str(tmp_path / "out"),
-        "when": when,
-        "loading_dir": str(tmp_path / "loading"),
-    }
-    (tmp_path / "loading").mkdir()
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    ray_dir = tempfile.mkdtemp(prefix="hp", dir="/tmp")
-    os.makedirs(os.path.join(ray_dir, "ray"))
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", f"tests.cpu.{probe}", str(tmp_path / "config.json")],
-            cwd=REPO,
-            env={**os.environ, "RAY_TMPDIR": ray_dir},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        end_processes_mentioning(ray_dir)
-        shutil.rmtree(ray_dir, ignore_errors=True)
-    line = next((line for line in result.stdout.splitlines() if line.startswith("PROBE ")), None)
-    assert line, result.stdout[-2000:] + result.stderr[-3000:]
-    return json.loads(line.removeprefix("PROBE "))
-
-
-def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(tmp_path, tiny_model):
-    result = _probe(tmp_path, tiny_model, tp=2, gpus_per_node=3, nodes=2)
+@pytest.mark.cluster_scenario("tp2_on_3_gpu_nodes")
+def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(scenario_result):
+    result = scenario_result
     assert result["device"] == "gpu"
     assert result["replicas"] == 2  # 3 // 2 per node, two nodes
     assert result["committed"] == result["shards"] > 2
@@ -79,8 +30,9 @@ def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(tmp_path, tiny
     assert result["bundle_nodes"][0] != result["bundle_nodes"][1]
 
 
-def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(tmp_path, tiny_model):
-    result = _probe(tmp_path, tiny_model, probe="node_loss_probe", rows=800)
+@pytest.mark.cluster_scenario("node_lost_mid_job")
+def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(scenario_result):
+    result = scenario_result
     assert result["failed"] == {} and result["committed"] == result["shards"] > 10, result
     # The lost node's replica was replaced although retry.max_replica_restarts is 0: a lost node is
     # not a crash of herd's.
@@ -88,13 +40,11 @@ def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(tmp
     assert result["replicas_used"] >= 3
 
 
-def test_fake_engine_node_lost_while_its_replica_loads_is_not_counted_as_a_crash(tmp_path, tiny_model):
+@pytest.mark.cluster_scenario("node_lost_while_loading")
+def test_fake_engine_node_lost_while_its_replica_loads_is_not_counted_as_a_crash(scenario_result):
     """Spot capacity reclaimed while a replica's engine still loads its weights (minutes, for 70B):
     with retry.max_replica_restarts 0 the replica is replaced all the same, and every shard commits."""
-    # Enough shards that the other replica is still busy when the cluster declares the node dead (the
-    # probe's cluster does so in ~3 s, more on a loaded machine): the death is seen, and judged, before
-    # the job ends.
-    result = _probe(tmp_path, tiny_model, probe="node_loss_probe", rows=900, when="while_starting")
+    result = scenario_result
     assert result["lost_at_commit"] == [0], result  # before any replica had finished starting
     assert result["failed"] == {} and result["committed"] == result["shards"], result
     assert result["replicas_replaced"] >= 1 and result["replica_crashes"] == 0, result
