@@ -186,15 +186,14 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str,
     import os
 
     from common.node_cache import cache_root
-    from workers.engine import EngineRequest, VllmEngine, engine_environment, row_seed
+    from workers.engine import EngineRequest, VllmEngine, engine_variables_set, row_seed
     from workers.model_source import resolve_model, with_local_adapters
     from workers.output_capture import output_sent_to
 
     device = "cpu" if not _has_gpu() else "gpu"
-    for name, value in engine_environment(job.model, device).items():
-        os.environ.setdefault(name, value)  # as a replica's engine gets them
     log_file = str(cache_root() / "logs" / f"calibrate-{os.getpid()}.log")
-    with output_sent_to(log_file):  # vLLM's own lines stay out of the plan's output
+    # The engine gets the settings a replica's engine gets; vLLM's own lines stay out of the plan's output.
+    with engine_variables_set(job.model, device), output_sent_to(log_file):
         storage = Storage(job.storage, job.retry)
         engine = VllmEngine(resolve_model(job.model.path, storage), with_local_adapters(job.model, storage), device)
         requests = [EngineRequest(ids, row_seed(job.sampling.seed, row.row_id), job.sampling) for row, ids in rendered]

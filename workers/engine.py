@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +84,20 @@ def engine_environment(spec: ModelSpec, device: str) -> dict[str, str]:
             # cannot discover a NUMA layout, so give one core per tensor-parallel rank.
             environment["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(core) for core in range(spec.tensor_parallel_size))
     return environment
+
+
+@contextmanager
+def engine_variables_set(spec: ModelSpec, device: str) -> Iterator[None]:
+    """engine_environment's settings in this process's environment while an engine of this process
+    is built and runs, where the user set none; removed after. Left set, a later job of the same
+    process (a notebook) would forward them to its replicas, whose model may need others."""
+    added = {name: value for name, value in engine_environment(spec, device).items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def vllm_options(model_dir: str, spec: ModelSpec, device: str) -> dict[str, Any]:

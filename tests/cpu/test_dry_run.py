@@ -4,6 +4,7 @@ no vLLM, no torch."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,52 @@ def test_a_plan_over_many_files_reads_an_even_spread_of_them_estimates_the_rest_
 
     assert "planned from 5 of the 20 files, spread evenly" in _describe_plan(sampled)
     assert f"about {sampled['shards']} shard(s)" in _describe_plan(sampled)
+
+
+def test_fake_engine_calibration_sets_the_engines_variables_only_while_its_engine_runs(
+    tmp_path, tiny_model, monkeypatch
+):
+    """`plan --calibrate` (herd.plan(calibrate=N)) builds an engine in the caller's process. It gets the
+    variables a replica's engine gets (the engine core in-process for TP 1 on CPU) while it runs; after,
+    they are gone, or a later job of that process (a notebook) would forward them to replicas whose
+    model needs others. A value the user set stays theirs. Fake engine: what is under test is the
+    process's environment, not what the engine generates."""
+    from types import SimpleNamespace
+
+    import herd
+    import workers.engine
+    from jobs import dry_run
+
+    seen = []
+
+    class EnvironmentRecordingEngine:
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(
+                {name: os.environ.get(name) for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE")}
+            )
+
+        def generate(self, requests):
+            return [[SimpleNamespace(token_ids=[7, 7, 7])] for _ in requests]
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(workers.engine, "VllmEngine", EnvironmentRecordingEngine)
+    monkeypatch.setattr(dry_run, "_has_gpu", lambda: False)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # the user's own
+    monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"question {index}"}) + "\n" for index in range(8))
+    )
+    job = {
+        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 16},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    plan = herd.plan(job, calibrate=4)
+    assert plan["calibration"]["rows"] == 4 and plan["calibration"]["completion_tokens_per_row"] == 3
+    assert seen == [{"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "3"}]
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
