@@ -136,9 +136,9 @@ def warm_replica_pool(job: JobSpec, engine_factory: EngineFactory, quiet: bool) 
 
 
 def replicas_started_while_planning(job: JobSpec, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:
-    """A run's own replicas, started before it plans: as many as the nodes up now hold for the job
-    (replicas_up_now), so that their engines load while the driver reads the input's footers. The
-    plan then sizes the pool (_sized_to_plan)."""
+    """A run's own replicas, started once its first input file is planned and before the rest are:
+    as many as the nodes up now hold for the job (replicas_up_now), so that their engines load while
+    the driver reads the other files' footers. The plan then sizes the pool (_sized_to_plan)."""
     ensure_ray(quiet)
     shape = cluster_shape()
     device = choose_device(job.resources.accelerator, shape)
