@@ -19,6 +19,7 @@ import posixpath
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from common.retry import is_transient, storage_problem
 from common.storage import FileInfo, Storage, absolute
@@ -27,12 +28,17 @@ from schemas.input_files import compression_of, format_from_name, hive_partition
 from schemas.job import DEMO_MODEL, InputSpec, JobSpec, PromptSpec
 from schemas.shard import TO_END_OF_FILE, Shard
 
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
 log = logging.getLogger(__name__)
 
 # Without a size in its header, a compressed file is assumed to hold this many times its bytes.
 _ASSUMED_COMPRESSION_RATIO = 4
 # Planning ranks JSONL shards by their bytes over a typical line's length.
 _TYPICAL_LINE_BYTES = 200
+# Files planned a batch at a time: their footers are read at once, and only one batch's are held.
+_FILES_A_BATCH = 1000
 
 
 @dataclass
@@ -115,7 +121,7 @@ def plan_shards(
     root = input_root(input_spec.path)
     template_columns = prompt.template_columns() if prompt is not None else set()
 
-    def file_shards(info: FileInfo) -> list[Shard]:
+    def file_shards(info: FileInfo, footer: pq.FileMetaData | Exception | None) -> list[Shard]:
         label = file_label(info.url, root)
         base = {
             "file_url": info.url,
@@ -124,28 +130,41 @@ def plan_shards(
             "file_version": info.version,
             "partition": hive_partition(label),
         }
-        if input_spec.format_of(info.url) == "parquet":
-            return _parquet_shards(info, base, input_spec, template_columns, storage)
+        if footer is not None:
+            return _parquet_shards(footer, base, input_spec, template_columns)
         if compression_of(info.url) is not None:
             return _compressed_jsonl_shards(info, base, input_spec, storage)
         return _jsonl_shards(info, base, input_spec)
 
     # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
-    # once. In file order all the same, and the first file (in that order) that fails is the error.
+    # once, a batch of files at a time (a batch's footers are all that is held). In file order all the
+    # same, and the first file (in that order) that fails is the error.
     at_once = storage.small_reads_at_once(files[0].url) if files else 1
     threads = ThreadPoolExecutor(at_once, thread_name_prefix="plan")
+    shards: list[Shard] = []
     try:
-        return [shard for shards in threads.map(file_shards, files) for shard in shards]
+        for start in range(0, len(files), _FILES_A_BATCH):
+            batch = files[start : start + _FILES_A_BATCH]
+            parquet = [info for info in batch if input_spec.format_of(info.url) == "parquet"]
+            footers = dict(zip((info.url for info in parquet), storage.parquet_footers(parquet), strict=True))
+            footer_of = [footers.get(info.url) for info in batch]
+            # Only compressed JSONL still reads (its size field): the rest is arithmetic on what is here.
+            reading = any(compression_of(info.url) and info.url not in footers for info in batch)
+            planned = (threads.map if reading else map)(file_shards, batch, footer_of)
+            shards += [shard for one_file in planned for shard in one_file]
+        return shards
     finally:
         threads.shutdown(cancel_futures=True)  # after a bad file, the files not read yet are not read
 
 
 def _parquet_shards(
-    info: FileInfo, base: dict, input_spec: InputSpec, template_columns: set[str], storage: Storage
+    footer: pq.FileMetaData | Exception, base: dict, input_spec: InputSpec, template_columns: set[str]
 ) -> list[Shard]:
     label = base["file_label"]
     try:
-        metadata = storage.parquet_metadata(info.url, size=info.size)
+        if isinstance(footer, Exception):
+            raise footer
+        metadata = footer
         columns = set(metadata.schema.to_arrow_schema().names)
     except Exception as error:
         if is_transient(error):

@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -307,3 +308,53 @@ def test_a_truncated_parquet_file_is_refused_naming_the_file(tmp_path):
     spec = InputSpec(path=str(tmp_path / "a.parquet"), prompt_column="prompt")
     with pytest.raises(SpecError, match=r"a\.parquet: not a readable Parquet file"):
         _plan(spec)
+
+
+def _parquet_files_on_s3(tmp_path: Path, s3_endpoint: str, folder: str, files: int) -> Path:
+    """`files` small Parquet files, and wide.parquet whose footer is longer than the 64 kB a first
+    read takes (300 columns in 12 row groups), on disk and the same under s3://herd-test/<folder>/."""
+    import s3fs
+
+    local = tmp_path / folder
+    local.mkdir()
+    for index in range(files):
+        rows = [f"file {index} row {row}" for row in range(40)]
+        pq.write_table(pa.table({"prompt": rows}), local / f"{index:03d}.parquet")
+    columns = {f"c{column}": list(range(120)) for column in range(300)}
+    pq.write_table(
+        pa.table({"prompt": [f"wide {row}" for row in range(120)], **columns}),
+        local / "wide.parquet",
+        row_group_size=10,
+    )
+    assert pq.ParquetFile(local / "wide.parquet").metadata.serialized_size > 64 * 1024
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).put(f"{local}/", f"herd-test/{folder}/", recursive=True)
+    return local
+
+
+def _planned(folder: str, storage: Storage, **options: object) -> list[tuple]:
+    shards = _plan(InputSpec(path=folder, prompt_column="prompt", **options), storage)
+    # Not the shard ids: they hold the file's version, an mtime on disk and an ETag on S3.
+    return [(shard.file_label, shard.start, shard.end, shard.row_groups, shard.columns) for shard in shards]
+
+
+def test_parquet_footers_on_s3_cost_one_ranged_get_each_and_a_footer_over_64_kb_a_second(tmp_path, s3_endpoint):
+    local = _parquet_files_on_s3(tmp_path, s3_endpoint, "footers", 20)
+    expected = _planned(str(local), STORAGE, rows_per_shard=25)
+    assert len(expected) == 20 * 2 + 6  # 40-row files in two; the 120 wide rows in groups of 10, two a shard
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        assert _planned("s3://herd-test/footers/", storage, rows_per_shard=25) == expected
+    gets = Counter(path.rsplit("/", 1)[-1] for method, path in proxy.log if method == "GET" and ".parquet" in path)
+    assert gets == {**{f"{index:03d}.parquet": 1 for index in range(20)}, "wide.parquet": 2}
+    # The listing's sizes are used: no file is asked its size (the one HEAD asks whether the input is a file).
+    assert [path for method, path in proxy.log if method == "HEAD" and ".parquet" in path] == []
+
+
+def test_parquet_footers_on_throttling_s3_are_retried_until_every_file_is_planned(tmp_path, s3_endpoint):
+    local = _parquet_files_on_s3(tmp_path, s3_endpoint, "footers-throttled", 60)
+    expected = _planned(str(local), STORAGE)
+    retry = RetrySpec(attempts=20, backoff_base_s=0.01, backoff_cap_s=0.05)
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.3, seed=7) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), retry)
+        assert _planned("s3://herd-test/footers-throttled/", storage) == expected
+    assert proxy.failed > 10
