@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
-import os
 import posixpath
 import struct
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,10 +39,6 @@ _ASSUMED_COMPRESSION_RATIO = 4
 _TYPICAL_LINE_BYTES = 200
 # Files planned a batch at a time: their footers are read at once, and only one batch's are held.
 _FILES_A_BATCH = 1000
-# A planning process of its own for every this many files on S3 (one starts in 1-2 s: its imports),
-# up to one a core and at most this many.
-_FILES_A_PROCESS = 5000
-_MOST_PLANNING_PROCESSES = 8
 
 
 @dataclass
@@ -123,37 +117,6 @@ def list_inputs(storage: Storage, job: JobSpec) -> InputFiles:
 
 def plan_shards(
     input_spec: InputSpec, files: list[FileInfo], storage: Storage, prompt: PromptSpec | None = None
-) -> list[Shard]:
-    """The shards of these files, in file order. A large input on S3 is planned by several processes:
-    a footer read costs the S3 client ~1.7 ms of CPU (botocore builds and parses each request), so one
-    process plans at most ~550 files a second however many reads it has in flight."""
-    processes = _planning_processes(files, storage)
-    if processes == 1:
-        return _plan_here(input_spec, files, storage, prompt)
-    return _plan_across_processes(input_spec, files, storage, prompt, processes)
-
-
-def _planning_processes(files: list[FileInfo], storage: Storage) -> int:
-    if not files or storage.small_reads_at_once(files[0].url) == 1:  # a disk's reads cost no request
-        return 1
-    return max(1, min(os.cpu_count() or 1, _MOST_PLANNING_PROCESSES, len(files) // _FILES_A_PROCESS))
-
-
-def _plan_across_processes(
-    input_spec: InputSpec, files: list[FileInfo], storage: Storage, prompt: PromptSpec | None, processes: int
-) -> list[Shard]:
-    """A contiguous slice of the files a process, joined in order: the first file (in that order) that
-    fails is still the error. Spawned, not forked: the driver holds Ray's threads by now."""
-    size = math.ceil(len(files) / processes)
-    slices = [files[start : start + size] for start in range(0, len(files), size)]
-    log.info("planning %d files in %d processes", len(files), len(slices))
-    with ProcessPoolExecutor(len(slices), mp_context=multiprocessing.get_context("spawn")) as pool:
-        planned = [pool.submit(_plan_here, input_spec, part, storage, prompt) for part in slices]
-        return [shard for future in planned for shard in future.result()]
-
-
-def _plan_here(
-    input_spec: InputSpec, files: list[FileInfo], storage: Storage, prompt: PromptSpec | None
 ) -> list[Shard]:
     root = input_root(input_spec.path)
     template_columns = prompt.template_columns() if prompt is not None else set()

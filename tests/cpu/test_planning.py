@@ -358,27 +358,3 @@ def test_parquet_footers_on_throttling_s3_are_retried_until_every_file_is_planne
         storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), retry)
         assert _planned("s3://herd-test/footers-throttled/", storage) == expected
     assert proxy.failed > 10
-
-
-def test_a_large_input_on_s3_is_planned_by_several_processes_into_the_same_shards_and_the_same_first_error(
-    tmp_path, s3_endpoint, monkeypatch, caplog
-):
-    import s3fs
-
-    from jobs import planner
-
-    _parquet_files_on_s3(tmp_path, s3_endpoint, "footers-processes", 40)
-    storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec())
-    one_process = _planned("s3://herd-test/footers-processes/", storage)
-    monkeypatch.setattr(planner, "_FILES_A_PROCESS", 10)  # 5,000 in earnest
-    monkeypatch.setattr(planner.os, "cpu_count", lambda: 3)
-    with caplog.at_level("INFO", logger="jobs.planner"):
-        assert _planned("s3://herd-test/footers-processes/", storage) == one_process
-    assert "planning 41 files in 3 processes" in caplog.text
-    # Two files that are not Parquet, in the second and third processes' slices: the first in file
-    # order is the one named.
-    filesystem = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    filesystem.pipe("herd-test/footers-processes/033.parquet", b"not parquet at all")
-    filesystem.pipe("herd-test/footers-processes/020.parquet", b"PAR1 but nothing else")
-    with pytest.raises(SpecError, match=r"^020\.parquet: not a readable Parquet file"):
-        _planned("s3://herd-test/footers-processes/", storage)
