@@ -54,13 +54,20 @@ def ensure_ray(quiet: bool = False) -> None:
     sigterm_handler = signal.getsignal(signal.SIGTERM)
     address = os.environ.get("RAY_ADDRESS")
     options: dict = {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
-    if address:
-        use_token_for_drivers()
-        ray.init(address=address, **options)
-    else:
-        ray.init(include_dashboard=False, **options)
-    if threading.current_thread() is threading.main_thread() and sigterm_handler is not None:
-        signal.signal(signal.SIGTERM, sigterm_handler)
+    try:
+        if address:
+            use_token_for_drivers()
+            ray.init(address=address, **options)
+        else:
+            ray.init(include_dashboard=False, **options)
+    except SystemExit as exit_:
+        # A SIGTERM that came while Ray was starting met Ray's handler: hand it to the caller's.
+        if exit_.code == signal.SIGTERM and callable(sigterm_handler):
+            sigterm_handler(signal.SIGTERM, None)
+        raise
+    finally:
+        if threading.current_thread() is threading.main_thread() and sigterm_handler is not None:
+            signal.signal(signal.SIGTERM, sigterm_handler)
 
 
 def run_job(

@@ -400,7 +400,10 @@ def test_sigterm_stops_the_driver_with_exit_code_130(tiny_model, tmp_path):
         while not (tmp_path / "out" / "job.json").exists():  # planned, claimed, starting replicas
             assert driver.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(8)  # past ray.init (which swaps SIGTERM handlers), while the replica's engine starts
+        while not list((tmp_path / "out" / "logs").glob("replica-*.log")):  # past ray.init: a replica starts
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)  # while the replica's engine starts
         assert driver.poll() is None
         driver.send_signal(signal.SIGTERM)
         log, _ = driver.communicate(timeout=120)
@@ -409,6 +412,33 @@ def test_sigterm_stops_the_driver_with_exit_code_130(tiny_model, tmp_path):
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert driver.returncode == 130, log[-2000:]
     assert "herd: interrupted; committed shards are kept, re-run the same command to resume" in log
+
+
+def test_a_sigterm_while_ray_starts_reaches_the_callers_handler_not_rays_exit_15(monkeypatch):
+    """ray.init installs a handler that exits with code 15 before ensure_ray can put the caller's back:
+    a scheduler's SIGTERM in that window must still end as the CLI's "interrupted" (exit 130)."""
+    import ray
+
+    from jobs import runner
+
+    def ray_init_that_gets_a_sigterm(**options: object) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # what ray.init installs
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs before this returns
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", ray_init_that_gets_a_sigterm)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.ensure_ray()
+        assert signal.getsignal(signal.SIGTERM) is interrupted
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "openai"])
