@@ -1,12 +1,11 @@
-"""Scenarios on Ray clusters of their own, run in the background of the test session.
+"""Scenarios on Ray clusters of their own, run in the background of the test session
+(tests/cpu/background.py).
 
 Each one (a TP 2 placement over two nodes, a node lost mid-job or while its replica loads, an
 autoscaler adding nodes from zero) takes 30-90 s that are mostly waiting: for nodes to start, for the
 cluster to declare a node dead, for the autoscaler. Run in line they added ~3 minutes to the test run
-on two cores while using little CPU. So they run one after another on a thread of their own from the
-session's start (conftest starts those the run's selected tests name), while the other tests use the
-CPU, and each test checks its scenario's result at its own place in the run. They use the fake engine
-(named so in their tests): two CPU cores cannot host a real engine per node.
+on two cores while using little CPU. They use the fake engine (named so in their tests): two CPU cores
+cannot host a real engine per node.
 """
 
 from __future__ import annotations
@@ -17,12 +16,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from tests.cpu.autoscaling_cluster import autoscaling_cluster
+from tests.cpu.background import background_scenario
 from tests.cpu.process_tree import end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +44,6 @@ def cluster_probe(
 ) -> dict:
     """Runs `tests.cpu.<probe>` (which starts a cluster_utils cluster) in a process of its own, with
     Ray's files in a directory of its own, and returns the JSON it prints."""
-    work_dir.mkdir(parents=True)
     _write_rows(rows, work_dir / "in.jsonl")
     config = {
         "tp": tp,
@@ -83,7 +79,6 @@ def cluster_probe(
 def autoscaling_from_zero(work_dir: Path, tiny_model: Path, *, rows: int) -> dict:
     """Runs tests.cpu.autoscaling_probe against a cluster whose autoscaler starts with no GPU node;
     returns its reports by job, its log, the input's ids and where the jobs wrote."""
-    work_dir.mkdir(parents=True)
     ids = _write_rows(rows, work_dir / "in.jsonl")
     worker_types = {"gpu-2x": ({"CPU": 2, "GPU": 2}, 4)}
     with autoscaling_cluster({"CPU": 0}, worker_types, max_workers=4) as cluster:
@@ -122,29 +117,24 @@ def autoscaling_from_zero(work_dir: Path, tiny_model: Path, *, rows: int) -> dic
 
 # Rows enough that each job still runs when the cluster has declared the lost node dead (~3 s,
 # tests/cpu/ray_heads.FAST_NODE_DEATH) and a replacement has started, on a machine the other tests load.
-SCENARIOS: dict[str, Callable[[Path, Path], Any]] = {
-    "tp2_on_3_gpu_nodes": lambda work, model: cluster_probe(work, model, tp=2, gpus_per_node=3, nodes=2),
-    "node_lost_mid_job": lambda work, model: cluster_probe(work, model, probe="node_loss_probe", rows=1200),
-    "node_lost_while_loading": lambda work, model: cluster_probe(
-        work, model, probe="node_loss_probe", rows=1200, when="while_starting"
-    ),
-    "autoscaling_from_zero": lambda work, model: autoscaling_from_zero(work, model, rows=1200),
-}
+_NODE_LOSS_ROWS = 1200
 
 
-class BackgroundScenarios:
-    """The named scenarios, started one after another on one thread (one cluster at a time: each
-    starts 3-5 raylets)."""
+@background_scenario("tp2_on_3_gpu_nodes")
+def tp2_on_3_gpu_nodes(work_dir: Path, tiny_model: Path) -> dict:
+    return cluster_probe(work_dir, tiny_model, tp=2, gpus_per_node=3, nodes=2)
 
-    def __init__(self, names: list[str], work_root: Path, tiny_model: Path) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cluster-scenario")
-        self._futures: dict[str, Future] = {
-            name: self._executor.submit(SCENARIOS[name], work_root / name, tiny_model) for name in names
-        }
 
-    def result(self, name: str) -> Any:
-        # Bounded by each scenario's own subprocess timeouts, one after another.
-        return self._futures[name].result(timeout=1800)
+@background_scenario("node_lost_mid_job")
+def node_lost_mid_job(work_dir: Path, tiny_model: Path) -> dict:
+    return cluster_probe(work_dir, tiny_model, probe="node_loss_probe", rows=_NODE_LOSS_ROWS)
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+
+@background_scenario("node_lost_while_loading")
+def node_lost_while_loading(work_dir: Path, tiny_model: Path) -> dict:
+    return cluster_probe(work_dir, tiny_model, probe="node_loss_probe", rows=_NODE_LOSS_ROWS, when="while_starting")
+
+
+@background_scenario("autoscaling_from_zero")
+def scaled_from_zero(work_dir: Path, tiny_model: Path) -> dict:
+    return autoscaling_from_zero(work_dir, tiny_model, rows=_NODE_LOSS_ROWS)

@@ -104,30 +104,31 @@ def started_replica(pool: Any) -> tuple[Any, int]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cluster_scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Starts, at the session's start, the background scenarios (tests/cpu/cluster_scenarios.py) that
-    the selected tests name with @pytest.mark.cluster_scenario(NAME), in the order those tests run."""
+def background_scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Starts, at the session's start, the background scenarios (tests/cpu/background.py) that the
+    selected tests name with @pytest.mark.background_scenario(NAME), in the order those tests run."""
     names = list(
         dict.fromkeys(
-            marker.args[0] for item in request.session.items for marker in item.iter_markers("cluster_scenario")
+            marker.args[0] for item in request.session.items for marker in item.iter_markers("background_scenario")
         )
     )
     if not names:
         yield None
         return
-    from tests.cpu.cluster_scenarios import BackgroundScenarios
+    import tests.cpu.cluster_scenarios  # noqa: F401 - registers the cluster scenarios
+    from tests.cpu.background import BackgroundScenarios
 
     scenarios = BackgroundScenarios(
-        names, tmp_path_factory.mktemp("cluster-scenarios"), request.getfixturevalue("tiny_model")
+        names, tmp_path_factory.mktemp("background-scenarios"), request.getfixturevalue("tiny_model")
     )
     yield scenarios
     scenarios.shutdown()
 
 
 @pytest.fixture
-def scenario_result(request: pytest.FixtureRequest, cluster_scenarios: Any) -> Any:
-    """The result of the background scenario this test names with @pytest.mark.cluster_scenario."""
-    return cluster_scenarios.result(request.node.get_closest_marker("cluster_scenario").args[0])
+def scenario_result(request: pytest.FixtureRequest, background_scenarios: Any) -> Any:
+    """The result of the background scenario this test names with @pytest.mark.background_scenario."""
+    return background_scenarios.result(request.node.get_closest_marker("background_scenario").args[0])
 
 
 def free_port() -> int:

@@ -116,7 +116,7 @@ def test_the_autoscaler_config_is_found_by_the_gcs_port_of_its_monitor(tmp_path)
     assert autoscaling_config_path(6380, tmp_path / "no-proc") is None
 
 
-@pytest.mark.cluster_scenario("autoscaling_from_zero")
+@pytest.mark.background_scenario("autoscaling_from_zero")
 def test_fake_engine_jobs_scale_a_cluster_up_from_zero_gpus_and_survive_a_lost_node(scenario_result):
     """A head with no GPU and no CPU for replicas (the shipped shape) and one GPU worker type at zero
     nodes. A TP=2 job asking for 2 replicas makes the autoscaler add 2 nodes; then `replicas: auto`

@@ -17,7 +17,7 @@ from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.cluster_scenario("tp2_on_3_gpu_nodes")
+@pytest.mark.background_scenario("tp2_on_3_gpu_nodes")
 def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(scenario_result):
     result = scenario_result
     assert result["device"] == "gpu"
@@ -30,7 +30,7 @@ def test_fake_engine_tp2_replicas_on_3_gpu_nodes_never_span_nodes(scenario_resul
     assert result["bundle_nodes"][0] != result["bundle_nodes"][1]
 
 
-@pytest.mark.cluster_scenario("node_lost_mid_job")
+@pytest.mark.background_scenario("node_lost_mid_job")
 def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(scenario_result):
     result = scenario_result
     assert result["failed"] == {} and result["committed"] == result["shards"] > 10, result
@@ -40,7 +40,7 @@ def test_fake_engine_job_survives_a_lost_node_without_counting_it_as_a_crash(sce
     assert result["replicas_used"] >= 3
 
 
-@pytest.mark.cluster_scenario("node_lost_while_loading")
+@pytest.mark.background_scenario("node_lost_while_loading")
 def test_fake_engine_node_lost_while_its_replica_loads_is_not_counted_as_a_crash(scenario_result):
     """Spot capacity reclaimed while a replica's engine still loads its weights (minutes, for 70B):
     with retry.max_replica_restarts 0 the replica is replaced all the same, and every shard commits."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cpu.background import background_scenario
 from tests.cpu.conftest import TEST_MAX_MODEL_LEN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,18 +79,24 @@ print("RESULT " + json.dumps(out, default=str))
 """
 
 
-@pytest.mark.own_engine
-def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engine(tiny_model, tmp_path):
-    script = tmp_path / "session.py"
+@background_scenario("python_api_session")
+def python_api_session(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
+    script = work_dir / "session.py"
     script.write_text(textwrap.dedent(_SESSION).replace("MAX_MODEL_LEN", str(TEST_MAX_MODEL_LEN)))
-    result = subprocess.run(
-        [sys.executable, str(script), str(tiny_model), str(tmp_path)],
-        cwd=tmp_path,  # not the repository: herd is used as an installed package
+    return subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(work_dir)],
+        cwd=work_dir,  # not the repository: herd is used as an installed package
         capture_output=True,
         text=True,
         timeout=900,
         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""},
     )
+
+
+@pytest.mark.background_scenario("python_api_session")
+def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engine(scenario_result):
+    result = scenario_result
+    work_dir = Path(result.args[3])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     out = json.loads(line.removeprefix("RESULT "))
@@ -106,7 +113,7 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     run_rows = {}
     from tests.cpu.conftest import read_rows
 
-    for row in read_rows(str(tmp_path / "run-out" / "data")):
+    for row in read_rows(str(work_dir / "run-out" / "data")):
         run_rows[row["id"]] = row["completion"]
     assert run_rows == dict(zip(first["key"], first["completion"], strict=True))
     assert out["run_summary"]["status"] == "succeeded"

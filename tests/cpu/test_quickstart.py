@@ -11,13 +11,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.cpu.background import background_scenario
 from tests.cpu.conftest import read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@background_scenario("quickstart_plan_calibrated")
+def quickstart_plan_calibrated(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
+    """The dry run of the quickstart, calibrated on 16 rows by an engine of its own (the demo model)."""
+    return subprocess.run(
+        [sys.executable, "submit.py", "plan", "examples/quickstart.yaml", "--calibrate", "16", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.own_engine
-def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answers_every_question(tmp_path):
+@pytest.mark.background_scenario("quickstart_plan_calibrated")
+def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answers_every_question(
+    tmp_path, background_scenarios
+):
     questions = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
     command = f"{sys.executable} submit.py run examples/quickstart.yaml --output {tmp_path / 'out'}"
     # Under a pseudo-terminal (util-linux `script`), as a person runs it.
@@ -51,13 +67,7 @@ def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answer
     assert (tmp_path / "out" / "_SUCCESS").exists()
     # The dry run's estimate of generated tokens, calibrated on 16 rows, is within 2x of this run's.
     generated = json.loads((tmp_path / "out" / "summary.json").read_text())["completion_tokens"]
-    plan = subprocess.run(
-        [sys.executable, "submit.py", "plan", "examples/quickstart.yaml", "--calibrate", "16", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    plan = background_scenarios.result("quickstart_plan_calibrated")  # ran beside this test's run
     assert plan.returncode == 0, plan.stderr[-3000:]
     expected = json.loads(plan.stdout)["generated_tokens"]["expected"]
     assert generated / 2 <= expected <= generated * 2, (expected, generated)

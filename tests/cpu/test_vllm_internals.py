@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cpu.background import background_scenario
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Run in a process of its own: vLLM starts its engine core with spawn, which needs a main guard.
@@ -69,19 +71,22 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.own_engine
-def test_every_vllm_internal_herd_touches_is_where_herd_expects_it_and_a_dead_engine_is_engine_dead(
-    tiny_model, tmp_path
-):
-    (tmp_path / "probe.py").write_text(PROBE)
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "probe.py"), str(tiny_model)],
+@background_scenario("vllm_internals_probe")
+def vllm_internals_probe(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
+    (work_dir / "probe.py").write_text(PROBE)
+    return subprocess.run(
+        [sys.executable, str(work_dir / "probe.py"), str(tiny_model)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.background_scenario("vllm_internals_probe")
+def test_every_vllm_internal_herd_touches_is_where_herd_expects_it_and_a_dead_engine_is_engine_dead(scenario_result):
+    result = scenario_result
     line = next((line for line in result.stdout.splitlines() if line.startswith("FOUND ")), None)
     assert line, result.stderr[-3000:]
     found = json.loads(line.removeprefix("FOUND "))
