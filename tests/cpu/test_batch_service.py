@@ -420,9 +420,14 @@ def test_batches_of_one_model_share_its_warm_engine_on_the_cluster_ray_address_n
 
 
 @pytest.mark.own_engine
-def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one_root_run_it_once(tiny_model, tmp_path):
+def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one_root_run_it_once(
+    tiny_model, tmp_path, ray_cluster
+):
+    """The servers join the module's cluster (the killed one's replica ends with it, as a driver's
+    actors do), which spares each a Ray of its own to start."""
     service_file = _service_file(tmp_path, tiny_model, tmp_path / "root")
-    first = ServiceProcess(service_file, None, free_port(), tmp_path / "first.log")
+    cluster = ray_cluster[0]
+    first = ServiceProcess(service_file, None, free_port(), tmp_path / "first.log", cluster=cluster)
     later: list[ServiceProcess] = []
     try:
         first.wait_ready()
@@ -435,7 +440,10 @@ def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one
             time.sleep(0.1)
         first.kill()
         assert client_status(tmp_path, batch.id) == "in_progress"
-        later = [ServiceProcess(service_file, None, free_port(), tmp_path / f"next-{n}.log") for n in range(2)]
+        later = [
+            ServiceProcess(service_file, None, free_port(), tmp_path / f"next-{n}.log", cluster=cluster)
+            for n in range(2)
+        ]
         for server in later:
             server.wait_ready()
         done = _wait(_client(later[0], "unused"), batch.id, {"completed", "failed"})
