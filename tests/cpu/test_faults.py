@@ -111,14 +111,14 @@ def test_driver_killed_with_sigkill_then_rerun_in_json_mode_completes_without_re
 ):
     """The rerun also shows the CLI's JSON mode: only JSON objects, progress and one summary, and only
     herd's own log lines (a process of its own is the point there too)."""
-    expected = _write_prompts(tmp_path / "in.jsonl", 240)
+    expected = _write_prompts(tmp_path / "in.jsonl", 160)
     output = tmp_path / "out"
     (tmp_path / "job.yaml").write_text(
         json.dumps(
             {
                 "input": _jsonl_input(tmp_path / "in.jsonl"),
                 "model": tiny_model_spec(tiny_model),
-                "sampling": {"max_new_tokens": 64, "ignore_eos": True, "seed": 2},
+                "sampling": {"max_new_tokens": 32, "ignore_eos": True, "seed": 2},
                 "output": {"path": str(output)},
             }
         )
