@@ -32,12 +32,27 @@ TEST_MAX_MODEL_LEN = 512
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Subprocess tests that start their own engines run first, before the shared replicas exist:
-    idle vLLM CPU workers poll, and would slow them down. Then the tests that start something long
-    and mostly idle (a storage outage of minutes) in the background, to be checked at their module's
-    place in the run."""
+    idle vLLM CPU workers poll, and would slow them down. With them, the other tests of their module
+    that use the same module-scoped fixture (a Ray head of the module's), which would otherwise be
+    started a second time. Then the tests that start something long and mostly idle (a storage outage
+    of minutes) in the background, to be checked at their module's place in the run."""
+
+    def module_fixtures(item: pytest.Item) -> set[tuple[str, str]]:
+        definitions = getattr(item, "_fixtureinfo", None)
+        if definitions is None:
+            return set()
+        return {
+            (item.module.__name__, name)
+            for name, defs in definitions.name2fixturedefs.items()
+            if defs and defs[-1].scope == "module"
+        }
+
+    with_own_engines = {
+        fixture for item in items if item.get_closest_marker("own_engine") for fixture in module_fixtures(item)
+    }
 
     def order(item: pytest.Item) -> int:
-        if item.get_closest_marker("own_engine"):
+        if item.get_closest_marker("own_engine") or module_fixtures(item) & with_own_engines:
             return 0
         return 1 if item.get_closest_marker("starts_early") else 2
 
