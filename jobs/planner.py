@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import posixpath
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from common.retry import is_transient, storage_problem
 from common.storage import FileInfo, Storage, absolute
+from jobs.planning_processes import plan_in_processes
 from schemas.errors import SpecError
 from schemas.input_files import compression_of, format_from_name, hive_partition, is_hidden
 from schemas.job import DEMO_MODEL, InputSpec, JobSpec, PromptSpec
@@ -39,6 +41,10 @@ _ASSUMED_COMPRESSION_RATIO = 4
 _TYPICAL_LINE_BYTES = 200
 # Files planned a batch at a time: their footers are read at once, and only one batch's are held.
 _FILES_A_BATCH = 1000
+# A planning process of its own for every this many files on S3 (one starts in 1-2 s: its imports),
+# up to one a core and at most this many.
+_FILES_A_PROCESS = 5000
+_MOST_PLANNING_PROCESSES = 8
 
 
 @dataclass
@@ -118,6 +124,27 @@ def list_inputs(storage: Storage, job: JobSpec) -> InputFiles:
 def plan_shards(
     input_spec: InputSpec, files: list[FileInfo], storage: Storage, prompt: PromptSpec | None = None
 ) -> list[Shard]:
+    """The shards of these files, in file order. A large input on S3 is planned by several processes
+    (jobs/planning_processes.py): one process's S3 client tops out at ~550 footers a second."""
+    processes = _planning_processes(files, storage)
+    if processes == 1:
+        return plan_here(input_spec, files, storage, prompt)
+    size = math.ceil(len(files) / processes)
+    slices = [files[start : start + size] for start in range(0, len(files), size)]
+    log.info("planning %d files in %d processes", len(files), len(slices))
+    return plan_in_processes(input_spec, slices, storage, prompt)
+
+
+def _planning_processes(files: list[FileInfo], storage: Storage) -> int:
+    if not files or storage.small_reads_at_once(files[0].url) == 1:  # a disk's reads cost no request
+        return 1
+    return max(1, min(os.cpu_count() or 1, _MOST_PLANNING_PROCESSES, len(files) // _FILES_A_PROCESS))
+
+
+def plan_here(
+    input_spec: InputSpec, files: list[FileInfo], storage: Storage, prompt: PromptSpec | None = None
+) -> list[Shard]:
+    """plan_shards in this process."""
     root = input_root(input_spec.path)
     template_columns = prompt.template_columns() if prompt is not None else set()
 

@@ -358,3 +358,67 @@ def test_parquet_footers_on_throttling_s3_are_retried_until_every_file_is_planne
         storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), retry)
         assert _planned("s3://herd-test/footers-throttled/", storage) == expected
     assert proxy.failed > 10
+
+
+def test_a_large_input_on_s3_is_planned_by_several_processes_into_the_same_shards_and_the_same_first_error(
+    tmp_path, s3_endpoint, monkeypatch, caplog
+):
+    import s3fs
+
+    from jobs import planner
+
+    _parquet_files_on_s3(tmp_path, s3_endpoint, "footers-processes", 40)
+    storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec())
+    one_process = _planned("s3://herd-test/footers-processes/", storage)
+    monkeypatch.setattr(planner, "_FILES_A_PROCESS", 10)  # 5,000 in earnest
+    monkeypatch.setattr(planner.os, "cpu_count", lambda: 3)
+    with caplog.at_level("INFO", logger="jobs.planner"):
+        assert _planned("s3://herd-test/footers-processes/", storage) == one_process
+    assert "planning 41 files in 3 processes" in caplog.text
+    # Two files that are not Parquet, in the second and third processes' slices: the first in file
+    # order is the one named.
+    filesystem = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    filesystem.pipe("herd-test/footers-processes/033.parquet", b"not parquet at all")
+    filesystem.pipe("herd-test/footers-processes/020.parquet", b"PAR1 but nothing else")
+    with pytest.raises(SpecError, match=r"^020\.parquet: not a readable Parquet file"):
+        _planned("s3://herd-test/footers-processes/", storage)
+
+
+# A user's script as scripts and Airflow files often are: herd called at top level, no main guard.
+_UNGUARDED_SCRIPT = """
+import json, logging, os, sys
+from pathlib import Path
+from common.storage import Storage
+from jobs import planner
+from schemas.job import InputSpec, RetrySpec, StorageSpec
+
+with open(Path(sys.argv[2]) / "ran.txt", "a") as ran:
+    ran.write("ran\\n")
+logging.basicConfig(level=logging.INFO)
+planner._FILES_A_PROCESS = 10
+planner.os.cpu_count = lambda: 2
+storage = Storage(StorageSpec(endpoint_url=sys.argv[1]), RetrySpec())
+spec = InputSpec(path="s3://herd-test/unguarded/", prompt_column="prompt")
+shards = planner.plan_shards(spec, storage.expand_inputs(spec.path), storage)
+print("SHARDS " + json.dumps([[shard.file_label, shard.start, shard.end] for shard in shards]))
+"""
+
+
+def test_planning_processes_never_run_a_callers_script_without_a_main_guard_again(tmp_path, s3_endpoint):
+    _parquet_files_on_s3(tmp_path, s3_endpoint, "unguarded", 24)
+    storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec())
+    expected = [[label, start, end] for label, start, end, *_ in _planned("s3://herd-test/unguarded/", storage)]
+    (tmp_path / "pipeline.py").write_text(_UNGUARDED_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "pipeline.py"), s3_endpoint, str(tmp_path)],
+        cwd=tmp_path,  # herd from PYTHONPATH, as an installed package: the planning processes find it too
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "planning 25 files in 2 processes" in result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("SHARDS ")]
+    assert json.loads(line.removeprefix("SHARDS ")) == expected
+    assert (tmp_path / "ran.txt").read_text() == "ran\n"  # the script ran once, not once more per process
