@@ -422,3 +422,15 @@ def test_planning_processes_never_run_a_callers_script_without_a_main_guard_agai
     [line] = [line for line in result.stdout.splitlines() if line.startswith("SHARDS ")]
     assert json.loads(line.removeprefix("SHARDS ")) == expected
     assert (tmp_path / "ran.txt").read_text() == "ran\n"  # the script ran once, not once more per process
+
+
+def test_a_planning_process_that_dies_is_an_error_with_its_exit_code_and_last_words(tmp_path, monkeypatch):
+    from jobs import planning_processes
+
+    dying = tmp_path / "python"
+    dying.write_text("#!/bin/sh\necho 'MemoryError: killed while planning' >&2\nexit 3\n")
+    dying.chmod(0o755)
+    monkeypatch.setattr(planning_processes.sys, "executable", str(dying))
+    spec = InputSpec(path=str(tmp_path / "in.jsonl"), prompt_column="prompt")
+    with pytest.raises(RuntimeError, match=r"exit code 3: MemoryError: killed while planning"):
+        planning_processes.plan_in_processes(spec, [[], []], STORAGE, None)
