@@ -111,11 +111,12 @@ def _on_slow_s3(files: int) -> dict:
     import s3fs
 
     from bench.common import moto_s3
-    from common.storage import _S3
+    from common.storage import Storage
+    from schemas.job import RetrySpec, StorageSpec
     from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 
     data = _inputs(files, 1000)
-    default = _S3.small_reads_at_once
+    default = Storage(StorageSpec(), RetrySpec()).small_reads_at_once("s3://bench/plan/")
     seconds: dict[int, list[float]] = {1: [], default: []}
     with moto_s3() as endpoint:
         filesystem = s3fs.S3FileSystem(endpoint_url=endpoint)

@@ -36,13 +36,14 @@ def plan_in_processes(
     """The shards of every slice, planned by a process each, joined in slice order; of slices that
     fail, the first one's error is raised, so the first failing file in order is still the one named.
     Interrupted (Ctrl-C), the planning processes are ended at once."""
+    environment = _worker_environment()
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "jobs.planning_processes"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_worker_environment(),
+            env=environment,
         )
         for _ in slices
     ]
