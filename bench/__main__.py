@@ -20,6 +20,7 @@ BENCHMARKS = (
     "driver",
     "billion",
     "engine_start",
+    "fleet",
 )
 
 

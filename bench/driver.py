@@ -7,7 +7,8 @@ time per committed shard (its dispatch loop, commits, checkpoints, lease, Ray's 
 the figure holds whatever the replicas cost this machine: one driver core commits 1 / that shards a
 second. Side by side in one run: the same shards on 2 and on `--replicas` replicas (the loop's cost
 per shard must not grow with the replicas it watches), interleaved. The replicas' own busy share is
-what `python -m bench scale` simulates (64 and 256 replicas) and `python -m bench overlap` measures.
+what `python -m bench fleet` measures with 64 on real Ray, `python -m bench scale` simulates (64 and 256
+replicas) and `python -m bench overlap` measures for one real engine.
 """
 
 from __future__ import annotations

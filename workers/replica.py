@@ -49,6 +49,11 @@ class Replica:
         self.storage = Storage(storage, retry)
         model_dir = resolve_model(model.path, self.storage)
         self.engine = engine_factory(model_dir, with_local_adapters(model, self.storage), device)
+        # pyarrow imports pandas at the first pa.table() of a process: left to the first shard's write,
+        # that import holds the shard while the engine idles (64 replicas sharing a machine's cores
+        # idled ~20 s each: `python -m bench fleet`); paid here, it is start-up time.
+        import pandas  # noqa: F401
+
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their
         # requests together.
         self.context = ReplicaContext(name=f"{socket.gethostname()}:{os.getpid()}")

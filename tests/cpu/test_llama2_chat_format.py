@@ -107,3 +107,20 @@ def test_a_prompt_column_with_a_job_system_prompt_is_the_reference_system_dialog
 def test_a_message_holding_special_tags_is_refused_as_in_the_reference(llama2_tokenizer, tag):
     with pytest.raises(RenderError, match="special tags"):
         llama2_chat_token_ids([user(f"please {tag} obey")], llama2_tokenizer)
+
+
+@pytest.mark.parametrize("name", sorted(DIALOGS))
+def test_the_fake_engines_torch_free_tokenizer_renders_the_ids_transformers_does(tiny_model, tiny_tokenizer, name):
+    """The fake engine's tokenizer for benchmarks of tens of replicas (tests/cpu/fake_engine.py) must
+    count the same tokens as the real one, raw and llama2-chat, and decode alike."""
+    from tests.cpu.fake_engine import TokenizerWithoutTorch
+
+    light = TokenizerWithoutTorch(str(tiny_model))
+    dialog = DIALOGS[name]
+    assert llama2_chat_token_ids(dialog, light) == llama2_chat_token_ids(dialog, tiny_tokenizer)
+    text = dialog[-1]["content"]
+    raw = PromptSpec(format="raw")
+    source = PromptSource(text=text)
+    assert render_token_ids(source, raw, light) == render_token_ids(source, raw, tiny_tokenizer)
+    ids = tiny_tokenizer.encode(text, add_special_tokens=True)
+    assert light.decode(ids, skip_special_tokens=True) == tiny_tokenizer.decode(ids, skip_special_tokens=True)

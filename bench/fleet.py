@@ -1,0 +1,202 @@
+"""64 replicas on real Ray: does one driver keep them fed?
+
+A Ray cluster of this machine's own (`ray.cluster_utils`: a head and nodes of 16 logical CPUs each;
+Ray places by them, the processes share this machine's cores), herd's ReplicaPool, Dispatcher and
+ManifestWriter on local disk, and `--replicas` replicas of the fake engine (named so: two CPU cores
+cannot generate for 64 replicas; it tokenizes with the real tokenizer and sleeps instead of
+generating, one call at a time per replica as an engine at a fixed rate). Two runs on the same shards:
+
+- shards of a few seconds (`--shard-seconds`): each replica's idle share, from the manifest (the time
+  none of its shards was generating) between the moment every replica had its first shard and the
+  moment the first replica ran out of work, target under 2%; and the run's wall time over the ideal
+  (every replica generating from the first moment to the last);
+- the same shards answered at once: the shards committed a second, against the target of 200.
+
+In both, the driver's own cost per committed shard: its CPU time (its loop, commits, checkpoints, Ray's
+client threads) and its loop's wall time outside `ray.wait` (what it spends between answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import record, tiny_model
+
+CPUS_PER_NODE = 16
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _TimedWait:
+    """ray.wait, adding up the time the driver's loop spends blocked in it."""
+
+    def __init__(self, wait: Any) -> None:
+        self.wait = wait
+        self.seconds = 0.0
+
+    def __call__(self, *arguments: Any, **options: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.wait(*arguments, **options)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def _inputs(directory: Path, shards: int, rows_per_shard: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = shards * rows_per_shard
+    pq.write_table(
+        pa.table({"prompt": [f"prompt {row}" for row in range(rows)]}),
+        directory / "prompts.parquet",
+        row_group_size=rows_per_shard * 8,
+    )
+    return directory
+
+
+def idle_shares(table: Any) -> list[float]:
+    """Each replica's share of the steady window it spent with no shard generating. The window runs
+    from the moment the last replica started its first shard (before it, a replica may still be
+    starting) to the moment the first replica finished its last (after it, the queue is dry)."""
+    from jobs.run_stats import covered_seconds, per_replica
+
+    spans = {}
+    for name, own in per_replica(table).items():
+        starts = own.column("generate_started_at").to_numpy()
+        spans[name] = (starts, starts + own.column("generate_seconds").to_numpy())
+    window_start = max(starts.min() for starts, _ in spans.values())
+    window_end = min(ends.max() for _, ends in spans.values())
+    if window_end <= window_start:
+        raise RuntimeError("no steady window: give each replica more shards (--shards)")
+    shares = []
+    for starts, ends in spans.values():
+        covered = covered_seconds(np.clip(starts, window_start, window_end), np.clip(ends, window_start, window_end))
+        shares.append(1 - covered / (window_end - window_start))
+    return shares
+
+
+def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: Path) -> dict[str, Any]:
+    import ray
+
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs.committed import ManifestWriter, committed_shards
+    from jobs.dispatch import Dispatcher
+    from jobs.planner import plan_shards
+    from jobs.replicas import ReplicaPool
+    from schemas import parse_job
+    from tests.cpu.fake_engine import FakeEngineFactory
+
+    job = parse_job(
+        {
+            "input": {"path": str(data), "prompt_column": "prompt", "rows_per_shard": rows_per_shard},
+            "model": {"path": str(tiny_model()), "max_model_len": 512},
+            "prompt": {"format": "raw"},
+            "sampling": {"max_new_tokens": 1},
+            "resources": {"replicas": replicas, "shards_in_flight": 2},
+            "output": {"path": str(work / f"out-{seconds:g}s")},
+        }
+    )
+    storage = Storage(job.storage, job.retry)
+    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
+    layout = OutputLayout(job.output.path)
+    manifest = ManifestWriter(storage, layout)
+    factory = FakeEngineFactory(seconds_per_call=seconds, light_tokenizer=True)
+    started = time.perf_counter()
+    pool = ReplicaPool(job.model, job, size=replicas, engine_factory=factory)
+    timed_wait = _TimedWait(ray.wait)
+    try:
+        pool.start_missing()
+        ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started: not what is measured
+        up_s = time.perf_counter() - started
+        ray.wait = timed_wait  # the dispatcher's one blocking call; put back below
+        cpu, started = _cpu_seconds(), time.perf_counter()
+        outcome = Dispatcher(job, pool, manifest.commit).run(shards)
+        manifest.finish()
+        wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    finally:
+        ray.wait = timed_wait.wait
+        pool.shutdown()
+    assert len(outcome.committed) == len(shards) and not outcome.failed, outcome.failed
+    found = {
+        "replicas": replicas,
+        "shard_seconds": seconds,
+        "shards": len(shards),
+        "replicas_up_s": up_s,
+        "wall_s": wall,
+        "commits_per_s": len(shards) / wall,
+        "driver_cpu_ms_per_shard": 1000 * cpu / len(shards),
+        "driver_loop_ms_per_shard": 1000 * (wall - timed_wait.seconds) / len(shards),
+    }
+    if seconds > 0:
+        shares = idle_shares(committed_shards(storage, layout).table)
+        ideal = len(shards) * seconds / replicas  # every replica generating from the start to the end
+        found |= {
+            "replicas_idle_mean": float(np.mean(shares)),
+            "replicas_idle_max": float(np.max(shares)),
+            "wall_over_ideal": wall / ideal,
+        }
+    return found
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench fleet")
+    parser.add_argument("--replicas", type=int, default=64)
+    parser.add_argument("--shards", type=int, default=2560, help="of --rows-per-shard rows each (40 a replica)")
+    parser.add_argument("--rows-per-shard", type=int, default=4)
+    parser.add_argument("--shard-seconds", type=float, default=3.0, help="the fake engine's time for a shard")
+    arguments = parser.parse_args(argv)
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(-(-arguments.replicas // CPUS_PER_NODE)):
+        cluster.add_node(num_cpus=CPUS_PER_NODE)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        with tempfile.TemporaryDirectory() as work_dir:
+            work = Path(work_dir)
+            os.environ.setdefault("HERD_CACHE_DIR", str(work / "node-cache"))
+            data = _inputs(work / "in", arguments.shards, arguments.rows_per_shard)
+            runs = [
+                _run(arguments.replicas, seconds, data, arguments.rows_per_shard, work)
+                for seconds in (arguments.shard_seconds, 0.0)
+            ]
+            for found in runs:
+                print(found, flush=True)
+        ray.shutdown()
+    finally:
+        cluster.shutdown()
+    busy, flat_out = runs
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record(
+        "fleet",
+        {
+            "engine": "fake, sleeps instead of generating (light tokenizer)",
+            "nodes": f"{-(-arguments.replicas // CPUS_PER_NODE)} of {CPUS_PER_NODE} logical CPUs, on this machine",
+            "runs": runs,
+            "driver_peak_rss_mb": peak_rss_mb,
+            "targets": {"replicas_idle": 0.02, "commits_per_s": 200},
+        },
+        f"fleet: {arguments.replicas} replicas, shards of {arguments.shard_seconds:g} s: idle "
+        f"{100 * busy['replicas_idle_mean']:.2f}% on average, {100 * busy['replicas_idle_max']:.2f}% at most "
+        f"(target < 2%), wall / ideal {busy['wall_over_ideal']:.3f}; "
+        f"answered at once: {flat_out['commits_per_s']:.0f} commits/s (target >= 200); "
+        f"the driver's CPU {busy['driver_cpu_ms_per_shard']:.2f} / {flat_out['driver_cpu_ms_per_shard']:.2f} ms a "
+        f"shard, its loop outside ray.wait {busy['driver_loop_ms_per_shard']:.2f} / "
+        f"{flat_out['driver_loop_ms_per_shard']:.2f} ms a shard; peak RSS {peak_rss_mb:.0f} MB",
+    )
+    return 0
