@@ -74,7 +74,7 @@ def idle_shares(table: Any) -> list[float]:
     from jobs.run_stats import covered_seconds, per_replica
 
     spans = {}
-    for name, own in per_replica(table).items():
+    for name, own in per_replica(table, ["generate_started_at", "generate_seconds"]).items():
         starts = own.column("generate_started_at").to_numpy()
         spans[name] = (starts, starts + own.column("generate_seconds").to_numpy())
     window_start = max(starts.min() for starts, _ in spans.values())

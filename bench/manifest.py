@@ -126,6 +126,37 @@ def probe(root: str, shards: int, endpoint: str | None) -> None:
     print("FIGURES " + json.dumps(figures))
 
 
+def report_probe(root: str) -> None:
+    """Runs in the child process: what report.html, the run summary and `inspect` compute over every
+    committed shard (the plots from binned series, sums and reasons from the columns), timed each. The
+    report's sampled rows read at most 64 files whatever the shard count: not part of this."""
+    from common.layout import OutputLayout
+    from common.storage import Storage
+    from jobs import report, run_stats
+    from jobs.committed import committed_shards
+    from schemas.job import RetrySpec, StorageSpec
+
+    records = committed_shards(Storage(StorageSpec(), RetrySpec()), OutputLayout(root))
+    planned = list(records)  # inspect narrows the committed set to the planned shards
+    steps = {
+        "report_throughput_plot": lambda: report._throughput(records),
+        "report_replica_load_plot": lambda: report._replica_load(records),
+        "report_attempts_plot": lambda: report._attempts(records),
+        "report_files_sampled": lambda: (report._spread(records, "data"), report._spread(records, "errors")),
+        "summary_tokens_per_s_by_replica": lambda: run_stats.tokens_per_s_by_replica(records.table),
+        "summary_error_reasons": lambda: (records.error_reasons(), records.with_error_rows()),
+        "inspect_committed_of_planned": lambda: records.only(planned).total("rows_out"),
+        "inspect_committed_of_half_planned": lambda: records.only(planned[::2]).total("rows_out"),
+    }
+    figures = {"shards": len(records)}
+    for name, step in steps.items():
+        started = time.perf_counter()
+        step()
+        figures[name] = time.perf_counter() - started
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("FIGURES " + json.dumps(figures))
+
+
 def _resume(root: str, shards: int, endpoint: str | None = None, proxy: Any = None) -> dict[str, Any]:
     if proxy is not None:
         proxy.log.clear()
@@ -243,6 +274,8 @@ def main(argv: list[str]) -> int:
         print(f"disk {layout} {compare}: {rounds[layout][-1]}", flush=True)
     disk_million = _resume(million, arguments.shards)
     print(f"disk {CHECKPOINTED} {arguments.shards}: {disk_million}", flush=True)
+    reporting = run_script(["-c", f"from bench.manifest import report_probe; report_probe({million!r})"])[1]
+    print(f"report, summary and inspect over {arguments.shards}: {reporting}", flush=True)
 
     s3: dict[str, Any] = {}
     with (
@@ -281,6 +314,7 @@ def main(argv: list[str]) -> int:
             "disk": {"compare_shards": compare, "rounds": rounds, "million": disk_million},
             "s3": s3,
             "run": requests,
+            "report_summary_inspect_seconds": reporting,
             "ratios": {
                 "disk_records_only_over_checkpointed": disk_ratio,
                 "s3_records_only_over_checkpointed": s3_ratio,
@@ -293,6 +327,8 @@ def main(argv: list[str]) -> int:
         f"at {compare:,} on disk records-only / checkpointed = {disk_ratio:.1f}x, at {compare_s3:,} on S3 "
         f"{s3_ratio:.1f}x; a committed shard costs "
         + ", ".join(f"{count:.2f} {kind}" for kind, count in per_shard.items())
-        + f" requests ({requests['shards']} shards of {requests['rows_per_shard']} rows, fake engine)",
+        + f" requests ({requests['shards']} shards of {requests['rows_per_shard']} rows, fake engine); "
+        f"report.html's plots, the summary's figures and inspect's sums over them "
+        f"{sum(value for key, value in reporting.items() if key not in ('shards', 'peak_rss_mb')):.2f}s",
     )
     return 0

@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -113,7 +114,11 @@ class CommittedShards(Mapping[str, ShardRecord]):
 
     def __init__(self, table: pa.Table) -> None:
         self.table = table  # one row per shard
-        self._row_of = {shard_id: row for row, shard_id in enumerate(table.column("shard_id").to_pylist())}
+
+    @cached_property
+    def _row_of(self) -> dict[str, int]:
+        """Built on the first lookup by id: sums, narrowing and files need none."""
+        return {shard_id: row for row, shard_id in enumerate(self.table.column("shard_id").to_pylist())}
 
     def __getitem__(self, shard_id: str) -> ShardRecord:
         return next(_records_of(self.table.slice(self._row_of[shard_id], 1)))
@@ -122,18 +127,21 @@ class CommittedShards(Mapping[str, ShardRecord]):
         return shard_id in self._row_of
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._row_of)
+        return iter(self.table.column("shard_id").to_pylist())
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return self.table.num_rows
 
     def values(self) -> _Records:  # type: ignore[override]
         return _Records(self.table)
 
     def only(self, shard_ids: Collection[str]) -> CommittedShards:
-        """The records of these shards (those committed)."""
-        rows = sorted(self._row_of[shard_id] for shard_id in shard_ids if shard_id in self._row_of)
-        return CommittedShards(self.table.take(pa.array(rows, type=pa.int64())))
+        """The records of these shards (those committed), in the manifest's order."""
+        wanted = pa.array(shard_ids if isinstance(shard_ids, list) else list(shard_ids), type=pa.string())
+        chosen = pc.is_in(self.table.column("shard_id"), value_set=wanted)
+        if pc.all(chosen).as_py() is not False:  # all of them (a finished job): no copy of every column
+            return self
+        return CommittedShards(self.table.filter(chosen))
 
     def total(self, field: str) -> int:
         return int(pc.sum(self.table.column(field)).as_py() or 0)
@@ -147,14 +155,23 @@ class CommittedShards(Mapping[str, ShardRecord]):
         """Error rows by reason, over every record (only those with errors are parsed)."""
         reasons = self.table.column("error_reasons")
         counted: Counter[str] = Counter()
-        for text in reasons.filter(pc.not_equal(reasons, "{}")).to_pylist():
-            counted.update(json.loads(text))
+        # Each distinct text once: shards with errors mostly share a few reasons.
+        distinct = pc.value_counts(reasons.filter(pc.not_equal(reasons, "{}")))
+        texts, shard_counts = distinct.field("values").to_pylist(), distinct.field("counts").to_pylist()
+        for text, shards in zip(texts, shard_counts, strict=True):
+            counted.update({reason: rows * shards for reason, rows in json.loads(text).items()})
         return counted
 
-    def output_urls(self, folder: str | None = None) -> list[str]:
-        """The data and error files the records name (those in `folder` only, if given), in the records' order."""
-        urls = pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url").to_pylist()
-        return urls if folder is None else [url for url in urls if output_folder_and_name(url)[0] == folder]
+    def output_urls(self, folder: str | None = None, at_most: int | None = None) -> list[str]:
+        """The data and error files the records name, in the records' order: those in `folder` only, if
+        given; at most `at_most` of them, evenly spread, if given (chosen in Arrow: a million shards'
+        URLs never become Python strings for a sample)."""
+        urls = pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url")
+        if folder is not None:  # output_folder_and_name's folder, in Arrow: the URL's second-to-last part
+            urls = urls.filter(pc.match_substring_regex(urls, f"(^|/){re.escape(folder)}/[^/]+/?$"))
+        if at_most is not None:
+            urls = urls.take(pa.array(range(0, len(urls), max(1, -(-len(urls) // at_most))), type=pa.int64()))
+        return urls.to_pylist()
 
     def output_names(self) -> set[tuple[str, str]]:
         """(folder, file name) of every data and error file the records name."""

@@ -87,7 +87,7 @@ def _replica_load(records: CommittedShards) -> tuple[str | None, str]:
         return None, _table(["replica", "shards", "busy s", "idle s"], [])
     start, end = float(_column(records, "started_at").min()), float(_column(records, "finished_at").max())
     rows = []
-    for replica, own in per_replica(records.table).items():
+    for replica, own in per_replica(records.table, ["started_at", "finished_at"]).items():
         busy = covered_seconds(own.column("started_at").to_numpy(), own.column("finished_at").to_numpy())
         rows.append([replica, own.num_rows, round(busy, 1), round(max(0.0, end - start - busy), 1)])
     figure, axes = plt.subplots(figsize=(8, 0.6 + 0.5 * len(rows)))
@@ -101,9 +101,7 @@ def _replica_load(records: CommittedShards) -> tuple[str | None, str]:
 
 def _spread(records: CommittedShards, folder: str) -> list[str]:
     """At most _SAMPLED_FILES of the records' files in `folder` (URLs), evenly spread over them."""
-    files = records.output_urls(folder)
-    step = max(1, -(-len(files) // _SAMPLED_FILES))
-    return files[::step]
+    return records.output_urls(folder, at_most=_SAMPLED_FILES)
 
 
 def _sampled_rows(storage: Storage, records: CommittedShards) -> list[dict[str, Any]]:

@@ -23,16 +23,26 @@ def covered_seconds(starts: Sequence[float] | np.ndarray, ends: Sequence[float] 
     return float(np.sum(np.where(ends > reached, ends - np.maximum(starts, reached), 0.0)))
 
 
-def per_replica(table: pa.Table) -> dict[str, pa.Table]:
-    """A manifest table's rows by the replica that ran them, in the replicas' name order."""
-    replicas = table.column("replica")
-    return {name: table.filter(pc.equal(replicas, name)) for name in sorted(pc.unique(replicas).to_pylist())}
+def per_replica(table: pa.Table, columns: Sequence[str]) -> dict[str, pa.Table]:
+    """`columns` of a manifest table's rows by the replica that ran them, in the replicas' name order.
+    One grouping pass over replica numbers, not a pass over every column per replica: a million
+    shards on 64 replicas take well under a second."""
+    encoded = pc.dictionary_encode(table.column("replica")).combine_chunks()
+    numbers = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(numbers, kind="stable")  # each replica's rows together, in table order
+    bounds = np.searchsorted(numbers[order], np.arange(len(encoded.dictionary) + 1))
+    narrow = table.select(list(columns))
+    groups = {
+        name: narrow.take(pa.array(order[bounds[number] : bounds[number + 1]]))
+        for number, name in enumerate(encoded.dictionary.to_pylist())
+    }
+    return {name: groups[name] for name in sorted(groups)}
 
 
 def tokens_per_s_by_replica(table: pa.Table) -> dict[str, float]:
     """Generated tokens over the time the replica was generating."""
     rates = {}
-    for replica, own in per_replica(table).items():
+    for replica, own in per_replica(table, ["generate_started_at", "generate_seconds", "completion_tokens"]).items():
         started = own.column("generate_started_at").to_numpy()
         seconds = covered_seconds(started, started + own.column("generate_seconds").to_numpy())
         tokens = pc.sum(own.column("completion_tokens")).as_py() or 0

@@ -129,6 +129,40 @@ def test_sums_selection_and_named_files_come_from_the_columns(tmp_path):
     assert chosen.total("rows_in") == 200
     assert ("errors", records[1].outputs[1].url.rsplit("/", 1)[-1]) in committed.output_names()
     assert len(committed.output_names()) == sum(len(record.outputs) for record in records)
+    everything = committed.only([record.shard_id for record in reversed(records)])
+    assert list(everything) == list(committed) and everything.total("rows_in") == 600
+    assert not committed.only([])
+
+
+def test_reasons_files_and_replicas_are_counted_from_the_columns_as_record_by_record(tmp_path):
+    """What the summary and report.html compute over a million shards, in Arrow, against the same
+    figures computed one record at a time."""
+    from jobs.run_stats import per_replica
+
+    storage, layout = Storage(StorageSpec(), RetrySpec()), OutputLayout(str(tmp_path / "out"))
+    reasons = [{"generate: too long": 2}, {"read: bad JSON": 1, "generate: too long": 1}, {}]
+    records = [
+        _record(index, error_rows=sum(reasons[index % 3].values())).model_copy(
+            update={"error_reasons": reasons[index % 3], "replica": f"node-{index % 4}:replica"}
+        )
+        for index in range(30)
+    ]
+    write_checkpoint(storage, layout, 1, 1, records)
+    committed = committed_shards(storage, layout)
+    expected: Counter[str] = Counter()
+    for record in records:
+        expected.update(record.error_reasons)
+    assert committed.error_reasons() == expected == Counter({"generate: too long": 30, "read: bad JSON": 10})
+    urls = [output.url for record in records for output in record.outputs]
+    errors = [url for url in urls if "/errors/" in url]
+    assert committed.output_urls() == urls and committed.output_urls("errors") == errors
+    assert committed.output_urls("errors", at_most=3) == errors[:: -(-len(errors) // 3)]
+    assert committed.output_urls("data", at_most=100) == [url for url in urls if "/data/" in url]
+    grouped = per_replica(committed.table, ["shard_id", "finished_at"])
+    assert list(grouped) == [f"node-{number}:replica" for number in range(4)]
+    for name, own in grouped.items():
+        assert own.column_names == ["shard_id", "finished_at"]
+        assert own.column("shard_id").to_pylist() == [record.shard_id for record in records if record.replica == name]
 
 
 def test_a_record_file_beats_a_checkpoint_and_a_later_checkpoint_an_earlier_one(output):
