@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -51,6 +52,48 @@ def write_prompts(directory: Path, prompts: int, files: int, seed: int = 1, row_
             row_group_size=row_group_size,
         )
     return directory
+
+
+def tiny_shards_input(directory: Path, shards: int, rows_per_shard: int) -> Path:
+    """One Parquet file of `shards` x `rows_per_shard` short prompts: many tiny shards, for benchmarks of
+    the driver and its replicas rather than of generation."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = shards * rows_per_shard
+    pq.write_table(
+        pa.table({"prompt": [f"prompt {row}" for row in range(rows)]}),
+        directory / "prompts.parquet",
+        row_group_size=rows_per_shard * 8,
+    )
+    return directory
+
+
+def planned_tiny_shards_job(
+    data: Path, rows_per_shard: int, replicas: int, shards_in_flight: int, output: Path
+) -> tuple[Any, Any, list[Any]]:
+    """A job over tiny_shards_input's file on the tiny model (raw prompts, one new token), its storage and
+    its planned shards: (job, storage, shards)."""
+    from common.storage import Storage
+    from jobs.planner import plan_shards
+    from schemas import parse_job
+
+    job = parse_job(
+        {
+            "input": {"path": str(data), "prompt_column": "prompt", "rows_per_shard": rows_per_shard},
+            "model": {"path": str(tiny_model()), "max_model_len": 512},
+            "prompt": {"format": "raw"},
+            "sampling": {"max_new_tokens": 1},
+            "resources": {"replicas": replicas, "shards_in_flight": shards_in_flight},
+            "output": {"path": str(output)},
+        }
+    )
+    storage = Storage(job.storage, job.retry)
+    return job, storage, plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time so far (user and system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tiny_model() -> Path:

@@ -15,56 +15,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import record, tiny_model
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _inputs(directory: Path, shards: int, rows_per_shard: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = shards * rows_per_shard
-    pq.write_table(
-        pa.table({"prompt": [f"prompt {row}" for row in range(rows)]}),
-        directory / "prompts.parquet",
-        row_group_size=rows_per_shard * 8,
-    )
-    return directory
+from bench.common import cpu_seconds, planned_tiny_shards_job, record, tiny_shards_input
 
 
 def _run(replicas: int, data: Path, rows_per_shard: int, work: Path) -> dict[str, Any]:
     from common.layout import OutputLayout
-    from common.storage import Storage
     from jobs.committed import ManifestWriter
     from jobs.dispatch import Dispatcher
-    from jobs.planner import plan_shards
     from jobs.replicas import ReplicaPool
-    from schemas import parse_job
     from tests.cpu.fake_engine import FakeEngineFactory
 
-    job = parse_job(
-        {
-            "input": {"path": str(data), "prompt_column": "prompt", "rows_per_shard": rows_per_shard},
-            "model": {"path": str(tiny_model()), "max_model_len": 512},
-            "prompt": {"format": "raw"},
-            "sampling": {"max_new_tokens": 1},
-            "resources": {"replicas": replicas, "shards_in_flight": 4},
-            "output": {"path": str(work / f"out-{replicas}-{time.monotonic_ns()}")},
-        }
+    job, storage, shards = planned_tiny_shards_job(
+        data, rows_per_shard, replicas, 4, work / f"out-{replicas}-{time.monotonic_ns()}"
     )
-    storage = Storage(job.storage, job.retry)
-    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
     manifest = ManifestWriter(storage, OutputLayout(job.output.path))
     pool = ReplicaPool(job.model, job, size=replicas, engine_factory=FakeEngineFactory(seconds_per_call=0.0))
     try:
@@ -72,10 +40,10 @@ def _run(replicas: int, data: Path, rows_per_shard: int, work: Path) -> dict[str
 
         ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started: not what is measured
         # The driver's loop and commits, as run_job drives them (planning and the report are once a run).
-        cpu, started = _cpu_seconds(), time.perf_counter()
+        cpu, started = cpu_seconds(), time.perf_counter()
         outcome = Dispatcher(job, pool, manifest.commit).run(shards)
         manifest.finish()
-        wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+        wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:
         pool.shutdown()
     assert len(outcome.committed) == len(shards) and not outcome.failed, outcome.failed
@@ -102,7 +70,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         os.environ.setdefault("HERD_CACHE_DIR", str(work / "node-cache"))
-        data = _inputs(work / "in", arguments.shards, arguments.rows_per_shard)
+        data = tiny_shards_input(work / "in", arguments.shards, arguments.rows_per_shard)
         for replicas in (arguments.replicas, 2, 2, arguments.replicas):
             runs[replicas].append(_run(replicas, data, arguments.rows_per_shard, work))
             print(runs[replicas][-1], flush=True)

@@ -28,14 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import record, tiny_model
+from bench.common import cpu_seconds, planned_tiny_shards_job, record, tiny_shards_input
 
 CPUS_PER_NODE = 16
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class _TimedWait:
@@ -51,20 +46,6 @@ class _TimedWait:
             return self.wait(*arguments, **options)
         finally:
             self.seconds += time.perf_counter() - started
-
-
-def _inputs(directory: Path, shards: int, rows_per_shard: int) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    directory.mkdir(parents=True, exist_ok=True)
-    rows = shards * rows_per_shard
-    pq.write_table(
-        pa.table({"prompt": [f"prompt {row}" for row in range(rows)]}),
-        directory / "prompts.parquet",
-        row_group_size=rows_per_shard * 8,
-    )
-    return directory
 
 
 def idle_shares(table: Any) -> list[float]:
@@ -92,26 +73,12 @@ def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: P
     import ray
 
     from common.layout import OutputLayout
-    from common.storage import Storage
     from jobs.committed import ManifestWriter, committed_shards
     from jobs.dispatch import Dispatcher
-    from jobs.planner import plan_shards
     from jobs.replicas import ReplicaPool
-    from schemas import parse_job
     from tests.cpu.fake_engine import FakeEngineFactory
 
-    job = parse_job(
-        {
-            "input": {"path": str(data), "prompt_column": "prompt", "rows_per_shard": rows_per_shard},
-            "model": {"path": str(tiny_model()), "max_model_len": 512},
-            "prompt": {"format": "raw"},
-            "sampling": {"max_new_tokens": 1},
-            "resources": {"replicas": replicas, "shards_in_flight": 2},
-            "output": {"path": str(work / f"out-{seconds:g}s")},
-        }
-    )
-    storage = Storage(job.storage, job.retry)
-    shards = plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
+    job, storage, shards = planned_tiny_shards_job(data, rows_per_shard, replicas, 2, work / f"out-{seconds:g}s")
     layout = OutputLayout(job.output.path)
     manifest = ManifestWriter(storage, layout)
     factory = FakeEngineFactory(seconds_per_call=seconds, light_tokenizer=True)
@@ -123,10 +90,10 @@ def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: P
         ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started: not what is measured
         up_s = time.perf_counter() - started
         ray.wait = timed_wait  # the dispatcher's one blocking call; put back below
-        cpu, started = _cpu_seconds(), time.perf_counter()
+        cpu, started = cpu_seconds(), time.perf_counter()
         outcome = Dispatcher(job, pool, manifest.commit).run(shards)
         manifest.finish()
-        wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+        wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:
         ray.wait = timed_wait.wait
         pool.shutdown()
@@ -170,7 +137,7 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as work_dir:
             work = Path(work_dir)
             os.environ.setdefault("HERD_CACHE_DIR", str(work / "node-cache"))
-            data = _inputs(work / "in", arguments.shards, arguments.rows_per_shard)
+            data = tiny_shards_input(work / "in", arguments.shards, arguments.rows_per_shard)
             runs = [
                 _run(arguments.replicas, seconds, data, arguments.rows_per_shard, work)
                 for seconds in (arguments.shard_seconds, 0.0)
