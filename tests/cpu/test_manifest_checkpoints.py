@@ -147,8 +147,10 @@ def test_reasons_files_and_replicas_are_counted_from_the_columns_as_record_by_re
         )
         for index in range(30)
     ]
-    write_checkpoint(storage, layout, 1, 1, records)
+    write_checkpoint(storage, layout, 1, 1, records[:13])  # two checkpoints: columns of several chunks
+    write_checkpoint(storage, layout, 2, 2, records[13:])
     committed = committed_shards(storage, layout)
+    assert committed.table.column("replica").num_chunks == 2
     expected: Counter[str] = Counter()
     for record in records:
         expected.update(record.error_reasons)
