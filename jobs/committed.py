@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from common.layout import OutputLayout
 from common.storage import Storage, join
 from schemas.errors import StorageUnavailable
-from schemas.shard import SHARD_ID_PATTERN, ShardRecord, output_folder_and_name
+from schemas.shard import SHARD_ID_PATTERN, ShardRecord, in_output_folder, output_folder_and_name
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ class CommittedShards(Mapping[str, ShardRecord]):
         given; at most `at_most` of them, evenly spread, if given (chosen in Arrow: a million shards'
         URLs never become Python strings for a sample)."""
         urls = pc.struct_field(pc.list_flatten(self.table.column("outputs")), "url")
-        if folder is not None:  # output_folder_and_name's folder, in Arrow: the URL's second-to-last part
-            urls = urls.filter(pc.match_substring_regex(urls, f"(^|/){re.escape(folder)}/[^/]+/?$"))
+        if folder is not None:
+            urls = urls.filter(pc.match_substring_regex(urls, in_output_folder(folder)))
         if at_most is not None:
             urls = urls.take(pa.array(range(0, len(urls), max(1, -(-len(urls) // at_most))), type=pa.int64()))
         return urls.to_pylist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -73,6 +74,12 @@ def output_folder_and_name(url: str) -> tuple[str, str]:
     """(data or errors, file name) of an output file's URL, whatever its root is spelled like."""
     folder, name = url.rstrip("/").rsplit("/", 2)[-2:]
     return folder, name
+
+
+def in_output_folder(folder: str) -> str:
+    """A regular expression (for pyarrow's match_substring_regex) matching the URLs whose
+    output_folder_and_name folder is `folder`: the URL's second-to-last part."""
+    return f"(^|/){re.escape(folder)}/[^/]+/*$"
 
 
 class OutputObject(BaseModel):
