@@ -81,7 +81,7 @@ def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: P
     job, storage, shards = planned_tiny_shards_job(data, rows_per_shard, replicas, 2, work / f"out-{seconds:g}s")
     layout = OutputLayout(job.output.path)
     manifest = ManifestWriter(storage, layout)
-    factory = FakeEngineFactory(seconds_per_call=seconds, light_tokenizer=True)
+    factory = FakeEngineFactory(seconds_per_call=seconds)
     started = time.perf_counter()
     pool = ReplicaPool(job.model, job, size=replicas, engine_factory=factory)
     timed_wait = _TimedWait(ray.wait)
@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
     record(
         "fleet",
         {
-            "engine": "fake, sleeps instead of generating (light tokenizer)",
+            "engine": "fake, sleeps instead of generating (tokenizes through `tokenizers` alone)",
             "nodes": f"{-(-arguments.replicas // CPUS_PER_NODE)} of {CPUS_PER_NODE} logical CPUs, on this machine",
             "runs": runs,
             "driver_peak_rss_mb": peak_rss_mb,

