@@ -107,6 +107,16 @@ def tiny_pool(ray_session: None, tiny_model: Path, tmp_path_factory: pytest.Temp
     pool.shutdown()
 
 
+def every_replica_up(pool: Any) -> None:
+    """Returns once each of the pool's replicas has its engine up (a run then spreads over them all
+    from its first shard, instead of the first replica up taking every shard of a short job)."""
+    import ray
+
+    while len(pool.replicas) < pool.size:
+        pool.start()
+    ray.get([replica.actor.ready.remote() for replica in pool.replicas])
+
+
 def started_replica(pool: Any) -> tuple[Any, int]:
     """The pool's first replica, once it is up, and its process id."""
     import ray

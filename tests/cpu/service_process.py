@@ -29,6 +29,7 @@ class ServiceProcess:
     ) -> None:
         """`cluster`: RAY_ADDRESS and its authentication, for a service whose replicas run on a
         cluster; without it the service starts a Ray of its own, as on a laptop."""
+        self.service_file, self.keys_file = service_file, keys_file
         self.port = port
         self.log_file = log_file
         self.ray_dir = tempfile.mkdtemp(prefix="hs", dir="/tmp")  # short: Ray's socket paths have a length limit

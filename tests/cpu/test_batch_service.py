@@ -421,40 +421,35 @@ def test_batches_of_one_model_share_its_warm_engine_on_the_cluster_ray_address_n
 
 @pytest.mark.own_engine
 def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one_root_run_it_once(
-    tiny_model, tmp_path, ray_cluster
+    service, tmp_path, ray_cluster
 ):
-    """The servers join the module's cluster (the killed one's replica ends with it, as a driver's
+    """The server killed is the module's own (so this test comes last in the module: an engine start
+    fewer); the next two join the same cluster (the killed one's replica ends with it, as a driver's
     actors do), which spares each a Ray of its own to start."""
-    service_file = _service_file(tmp_path, tiny_model, tmp_path / "root")
-    cluster = ray_cluster[0]
-    first = ServiceProcess(service_file, None, free_port(), tmp_path / "first.log", cluster=cluster)
-    later: list[ServiceProcess] = []
+    client = _client(service)
+    upload = client.files.create(file=("big.jsonl", _requests(300, max_tokens=64)), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 300
+    while client.batches.retrieve(batch.id).request_counts.completed == 0:
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.1)
+    service.kill()
+    assert client_status(service.service_file.parent, batch.id) == "in_progress"
+    later = [
+        ServiceProcess(service.service_file, service.keys_file, free_port(), tmp_path / f"next-{n}.log", ray_cluster[0])
+        for n in range(2)
+    ]
     try:
-        first.wait_ready()
-        client = _client(first, "unused")
-        upload = client.files.create(file=("big.jsonl", _requests(300, max_tokens=64)), purpose="batch")
-        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
-        deadline = time.monotonic() + 300
-        while client.batches.retrieve(batch.id).request_counts.completed == 0:
-            assert time.monotonic() < deadline, first.log()
-            time.sleep(0.1)
-        first.kill()
-        assert client_status(tmp_path, batch.id) == "in_progress"
-        later = [
-            ServiceProcess(service_file, None, free_port(), tmp_path / f"next-{n}.log", cluster=cluster)
-            for n in range(2)
-        ]
         for server in later:
             server.wait_ready()
-        done = _wait(_client(later[0], "unused"), batch.id, {"completed", "failed"})
+        done = _wait(_client(later[0]), batch.id, {"completed", "failed"})
         assert done.status == "completed", done.errors
-        answers = _lines(_client(later[1], "unused"), done.output_file_id)
+        answers = _lines(_client(later[1]), done.output_file_id)
         assert sorted(line["custom_id"] for line in answers) == sorted(f"req-{index}" for index in range(300))
         assert done.request_counts.completed == 300 and done.error_file_id is None
         # One of the two servers ran the rest; the other never started an engine.
         assert sorted(server.log().count(" is ready") for server in later) == [0, 1]
     finally:
-        first.kill()
         for server in later:
             server.kill()
 

@@ -11,11 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.replicas import ReplicaPool
-from jobs.runner import run_job
-from schemas import SpecError, parse_job
+from schemas import SpecError
 from schemas.errors import ExitCode
-from tests.cpu.conftest import read_rows, tiny_model_spec
+from tests.cpu.conftest import every_replica_up, read_rows
 
 
 def _write_jsonl(path, rows) -> None:
@@ -69,23 +67,23 @@ def test_n_samples_differ_when_sampling_and_n_with_greedy_decoding_is_refused_up
     assert not (tmp_path / "greedy").exists()
 
 
-def test_the_same_seed_gives_the_same_completions_with_one_replica_or_two(run_tiny, tiny_model, tmp_path):
-    _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {index} about the sea"} for index in range(24)])
-    sections = {
-        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
-        "sampling": {"max_new_tokens": 10, "temperature": 0.9, "seed": 21},
-    }
-    two = run_tiny(output={"path": str(tmp_path / "two")}, **sections)
-    assert two.summary.replicas == 2
-    job = parse_job({**sections, "model": tiny_model_spec(tiny_model), "output": {"path": str(tmp_path / "one")}})
-    pool = ReplicaPool(job.model, job, size=1)
-    try:
-        one = run_job(job, pool=pool)
-    finally:
-        pool.shutdown()
-    assert one.summary.replicas == 1
-    completions = {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "two" / "data"))}
-    assert {row["id"]: row["completion"] for row in read_rows(str(tmp_path / "one" / "data"))} == completions
+def test_the_same_seed_gives_the_same_completions_with_one_replica_or_two(run_tiny, tiny_pool, tmp_path):
+    """Twelve shards spread over the shared pool's two replicas, then every row in one shard on one of them."""
+    every_replica_up(tiny_pool)
+    prompts = [f"question {index} about the sea" for index in range(24)]
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "in.parquet")
+    sampling = {"max_new_tokens": 10, "temperature": 0.9, "seed": 21}
+
+    def run(output: str, rows_per_shard: int) -> tuple[int, dict[str, str]]:
+        source = {"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": rows_per_shard}
+        outcome = run_tiny(input=source, sampling=sampling, output={"path": str(tmp_path / output)})
+        replicas = len(outcome.summary.tokens_per_s_by_replica)
+        return replicas, {row["id"]: row["completion"] for row in read_rows(str(tmp_path / output / "data"))}
+
+    two, by_two = run("two", rows_per_shard=2)
+    one, by_one = run("one", rows_per_shard=24)
+    assert (two, one) == (2, 1)
+    assert len(by_two) == 24 and by_one == by_two
 
 
 def test_dedupe_generates_identical_prompts_once_and_gives_every_row_the_answer(run_tiny, tmp_path):
