@@ -9,11 +9,15 @@ scenarios the selected tests name (@pytest.mark.background_scenario(NAME)), one 
 thread, in the order those tests run, while the other tests use the rest of the machine.
 
 A scenario is a function of (its own work directory, the tiny model's directory), registered under
-its name with @background_scenario(NAME) beside the test that checks it.
+its name with @background_scenario(NAME) beside the test that checks it. One that keeps a core busy
+and is checked late in the run says `after_own_engine_tests=True`: it waits, in line, until the
+`own_engine` tests (which run first and keep both cores busy) are over, and runs beside the tests
+after them, which leave a core idle for much of their time.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,11 +25,17 @@ from typing import Any
 
 Scenario = Callable[[Path, Path], Any]
 SCENARIOS: dict[str, Scenario] = {}
+AFTER_OWN_ENGINE_TESTS: set[str] = set()
+
+# Set by conftest when the first test outside the own_engine group starts (or the session ends).
+OWN_ENGINE_TESTS_OVER = threading.Event()
 
 
-def background_scenario(name: str) -> Callable[[Scenario], Scenario]:
+def background_scenario(name: str, *, after_own_engine_tests: bool = False) -> Callable[[Scenario], Scenario]:
     def register(scenario: Scenario) -> Scenario:
         SCENARIOS[name] = scenario
+        if after_own_engine_tests:
+            AFTER_OWN_ENGINE_TESTS.add(name)
         return scenario
 
     return register
@@ -38,14 +48,24 @@ class BackgroundScenarios:
     def __init__(self, names: list[str], work_root: Path, tiny_model: Path) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-scenario")
         self._futures: dict[str, Future] = {}
+        self._ending = False
         for name in names:
             work_dir = work_root / name
             work_dir.mkdir(parents=True)
-            self._futures[name] = self._executor.submit(SCENARIOS[name], work_dir, tiny_model)
+            self._futures[name] = self._executor.submit(self._run, name, work_dir, tiny_model)
+
+    def _run(self, name: str, work_dir: Path, tiny_model: Path) -> Any:
+        if name in AFTER_OWN_ENGINE_TESTS:
+            OWN_ENGINE_TESTS_OVER.wait()
+            if self._ending:
+                raise RuntimeError(f"the session ended before the background scenario {name} ran")
+        return SCENARIOS[name](work_dir, tiny_model)
 
     def result(self, name: str) -> Any:
         # Bounded by each scenario's own subprocess timeouts, one after another.
         return self._futures[name].result(timeout=2400)
 
     def shutdown(self) -> None:
+        self._ending = True
+        OWN_ENGINE_TESTS_OVER.set()  # a scenario still waiting for it ends instead of running
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -57,6 +57,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 1 if item.get_closest_marker("starts_early") else 2
 
     items.sort(key=order)
+    OWN_ENGINE_GROUP.update(item.nodeid for item in items if order(item) == 0)
+
+
+OWN_ENGINE_GROUP: set[str] = set()  # the tests that run first (pytest_collection_modifyitems)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid not in OWN_ENGINE_GROUP:
+        from tests.cpu.background import OWN_ENGINE_TESTS_OVER
+
+        OWN_ENGINE_TESTS_OVER.set()
 
 
 @pytest.fixture(scope="session")

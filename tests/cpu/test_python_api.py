@@ -79,7 +79,7 @@ print("RESULT " + json.dumps(out, default=str))
 """
 
 
-@background_scenario("python_api_session")
+@background_scenario("python_api_session", after_own_engine_tests=True)
 def python_api_session(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
     script = work_dir / "session.py"
     script.write_text(textwrap.dedent(_SESSION).replace("MAX_MODEL_LEN", str(TEST_MAX_MODEL_LEN)))

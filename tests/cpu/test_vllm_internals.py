@@ -71,7 +71,7 @@ if __name__ == "__main__":
 """
 
 
-@background_scenario("vllm_internals_probe")
+@background_scenario("vllm_internals_probe", after_own_engine_tests=True)
 def vllm_internals_probe(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
     (work_dir / "probe.py").write_text(PROBE)
     return subprocess.run(
