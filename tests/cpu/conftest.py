@@ -124,8 +124,7 @@ def every_replica_up(pool: Any) -> None:
     from its first shard, instead of the first replica up taking every shard of a short job)."""
     import ray
 
-    while len(pool.replicas) < pool.size:
-        pool.start()
+    pool.start_missing()
     ray.get([replica.actor.ready.remote() for replica in pool.replicas])
 
 
@@ -133,8 +132,7 @@ def started_replica(pool: Any) -> tuple[Any, int]:
     """The pool's first replica, once it is up, and its process id."""
     import ray
 
-    while len(pool.replicas) < pool.size:
-        pool.start()
+    pool.start_missing()
     replica = pool.replicas[0].actor
     name = ray.get(replica.ready.remote())  # "host:pid"
     return replica, int(name.rsplit(":", 1)[1])

@@ -2,9 +2,9 @@
 
 It uses the tiny model's real tokenizer (through the `tokenizers` library, without transformers and
 torch: a fake replica starts in ~1.7 s instead of ~7 s), so rendering and token counts are real; only
-generation is faked (tokens derived from the request's seed, after a fixed delay). It can also fail on chosen
-calls, to play a replica that dies in the middle of a shard: its process exits, or its engine fails
-as vLLM's does when its core process dies.
+generation is faked (tokens derived from the request's seed, after a fixed delay). It can also fail
+on chosen calls, to play a replica that dies in the middle of a shard: its process exits, or its
+engine fails as vLLM's does when its core process dies.
 """
 
 from __future__ import annotations
