@@ -1,18 +1,19 @@
 """Scenarios that run in the background of the test session, each checked by its test at its own place.
 
 Two kinds take long without keeping both cores busy: scenarios on Ray clusters of their own
-(tests/cpu/cluster_scenarios.py), which mostly wait for nodes, for Ray to declare a node dead or for
-the autoscaler; and processes with an engine of their own (a Python session using `import herd`, the
-vLLM internals probe, the quickstart's `plan --calibrate`), which keep one core busy. Run in line, the
-tests that start them left a core idle for minutes. So conftest starts, from the session's start, the
-scenarios the selected tests name (@pytest.mark.background_scenario(NAME)), one after another on one
-thread, in the order those tests run, while the other tests use the rest of the machine.
+(tests/cpu/cluster_scenarios.py, the Ray Jobs flows of test_ray_jobs.py), which mostly wait for nodes,
+for Ray to declare a node dead, for the autoscaler or for a job; and processes with an engine of their
+own (a Python session using `import herd`, the vLLM internals probe, the quickstart's `plan
+--calibrate`), which keep one core busy. Run in line, the tests that start them left a core idle for
+minutes. So conftest starts, from the session's start, the scenarios the selected tests name
+(@pytest.mark.background_scenario(NAME)), one after another on one thread, in the order those tests
+run, while the other tests use the rest of the machine.
 
 A scenario is a function of (its own work directory, the tiny model's directory), registered under
 its name with @background_scenario(NAME) beside the test that checks it. One that keeps a core busy
-and is checked late in the run says `after_own_engine_tests=True`: it waits, in line, until the
-`own_engine` tests (which run first and keep both cores busy) are over, and runs beside the tests
-after them, which leave a core idle for much of their time.
+and is checked late in the run says `after_own_engine_tests=True`: it waits, behind every other
+scenario, until the `own_engine` tests (which run first and keep both cores busy) are over, and runs
+beside the tests after them, which leave a core idle for much of their time.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ def background_scenario(name: str, *, after_own_engine_tests: bool = False) -> C
 
 class BackgroundScenarios:
     """The named scenarios, started one after another on one thread (one at a time: a cluster starts
-    3-5 raylets, an engine keeps a core busy)."""
+    3-5 raylets, an engine keeps a core busy), in the order given except that those which wait for the
+    own_engine tests come after all the others."""
 
     def __init__(self, names: list[str], work_root: Path, tiny_model: Path) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-scenario")
         self._futures: dict[str, Future] = {}
         self._ending = False
-        for name in names:
+        # The ones that wait for the own_engine tests go last, so that none holds up the line.
+        for name in sorted(names, key=lambda name: name in AFTER_OWN_ENGINE_TESTS):
             work_dir = work_root / name
             work_dir.mkdir(parents=True)
             self._futures[name] = self._executor.submit(self._run, name, work_dir, tiny_model)

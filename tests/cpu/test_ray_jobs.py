@@ -1,5 +1,9 @@
 """Ray Jobs end to end: a `ray start --head` on 127.0.0.1, herd jobs submitted, followed and stopped
-through submit.py, as a scheduler would drive it. Real engine (the tiny Llama on vLLM CPU)."""
+through submit.py, as a scheduler would drive it. Real engine (the tiny Llama on vLLM CPU).
+
+The four flows mostly wait (on the Jobs API, on the head's processes), so they run one after another
+on one head in the background of the session (tests/cpu/background.py), beside the other tests; each
+test below checks what its flow recorded."""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.cpu.background import background_scenario
 from tests.cpu.conftest import free_port, tiny_model_spec
 from tests.cpu.process_tree import end_processes_mentioning
 from tests.cpu.ray_heads import start_ray_head, token_auth_environment
@@ -48,15 +55,21 @@ class RayHead:
             **self._command(arguments, extra_environment), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
 
+    def jobs_client(self) -> Any:
+        """A Jobs API client of this process, let in with the head's token."""
+        from ray.job_submission import JobSubmissionClient
 
-@pytest.fixture(scope="module")
+        token = Path(self.auth_environment["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+        return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {token}"})
+
+
+@contextmanager
 def ray_head() -> Iterator[RayHead]:
     temp_dir = tempfile.mkdtemp(prefix="hh", dir="/tmp")
-    dashboard = free_port()
-    start_ray_head(temp_dir, num_cpus=2, dashboard_port=dashboard)
-    auth = token_auth_environment(temp_dir)
-    head = RayHead(f"http://127.0.0.1:{dashboard}", auth)
     try:
+        dashboard = free_port()
+        start_ray_head(temp_dir, num_cpus=2, dashboard_port=dashboard)
+        head = RayHead(f"http://127.0.0.1:{dashboard}", token_auth_environment(temp_dir))
         deadline = time.monotonic() + 60
         while head.herd("list").returncode != 0:
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
@@ -67,43 +80,26 @@ def ray_head() -> Iterator[RayHead]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _job_file(tmp_path: Path, tiny_model: Path, rows: int, name: str, input_path: str | None = None) -> Path:
-    (tmp_path / "in.jsonl").write_text(
+def _job_file(work_dir: Path, tiny_model: Path, rows: int, name: str, input_path: str | None = None) -> Path:
+    (work_dir / "in.jsonl").write_text(
         "".join(json.dumps({"prompt": f"question {index}"}) + "\n" for index in range(rows))
     )
     job = {
         "name": name,
-        "input": {"path": input_path or str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
+        "input": {"path": input_path or str(work_dir / "in.jsonl"), "prompt_column": "prompt"},
         "model": tiny_model_spec(tiny_model),
         "sampling": {"max_new_tokens": 8},
-        "output": {"path": str(tmp_path / "out")},
+        "output": {"path": str(work_dir / "out")},
     }
-    (tmp_path / f"{name}.json").write_text(json.dumps(job))
-    return tmp_path / f"{name}.json"
-
-
-def _status(head: RayHead, job_id: str) -> dict:
-    result = head.herd("status", job_id, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-@pytest.mark.own_engine
-def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(ray_head, tiny_model, tmp_path):
-    job_file = _job_file(tmp_path, tiny_model, 1, "cluster-missing-input", input_path=str(tmp_path / "nothing-*.jsonl"))
-    result = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "input.path: no files match" in result.stdout
+    (work_dir / f"{name}.json").write_text(json.dumps(job))
+    return work_dir / f"{name}.json"
 
 
 def _wait_for_status(head: RayHead, job_id: str, wanted: tuple[str, ...], seconds: float) -> None:
     """Polls the Jobs API from this process: a `submit.py status` a second would start a Python that
-    imports Ray each time, tens of CPU seconds over a test (the tests call `submit.py status` where
+    imports Ray each time, tens of CPU seconds over a test (the flows call `submit.py status` where
     what it says is checked)."""
-    from ray.job_submission import JobSubmissionClient
-
-    token = Path(head.auth_environment["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-    jobs_client = JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {token}"})
+    jobs_client = head.jobs_client()
     deadline = time.monotonic() + seconds
     while (state := str(jobs_client.get_job_status(job_id).value)) not in wanted:
         assert time.monotonic() < deadline, state
@@ -114,43 +110,30 @@ def _submit_wait(head: RayHead, job_file: Path, **environment: str) -> subproces
     return head.herd_in_background("submit", str(job_file), "--wait", "--python", sys.executable, **environment)
 
 
-@pytest.mark.own_engine
-def test_a_submitted_job_succeeds_a_resubmission_follows_it_and_after_success_runs_nothing_and_no_secret_shows(
-    ray_head, tiny_model, tmp_path, monkeypatch
-):
-    secret = "hf_leak_test_submitted_0123456789"
-    job_file = _job_file(tmp_path, tiny_model, 40, "cluster-retried")
-    first = _submit_wait(ray_head, job_file, HF_TOKEN=secret)
+def _failing_job(head: RayHead, work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
+    job_file = _job_file(work_dir, tiny_model, 1, "cluster-missing-input", input_path=str(work_dir / "nothing-*.jsonl"))
+    return head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
+
+
+SECRET = "hf_leak_test_submitted_0123456789"
+
+
+def _job_submitted_three_times(head: RayHead, work_dir: Path, tiny_model: Path) -> dict[str, Any]:
+    job_file = _job_file(work_dir, tiny_model, 40, "cluster-retried")
+    first = _submit_wait(head, job_file, HF_TOKEN=SECRET)
     job_id = first.stdout.readline().strip()
-    _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
-    # A scheduler's retry while the first attempt runs: the same Ray job, followed to its end.
-    second = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
-    _, first_err = first.communicate(timeout=600)
-    assert first.returncode == second.returncode == 0, first_err[-2000:] + second.stderr[-2000:]
-    assert second.stdout.strip().splitlines()[0] == job_id
-    assert f"job {job_id} is already running; following it" in second.stderr
-    status, logs = _status(ray_head, job_id), ray_head.herd("logs", job_id)
-    assert (status["status"], status["exit_code"], status["herd_job"]) == ("SUCCEEDED", 0, "cluster-retried"), (
-        logs.stdout[-3000:]
-    )
-    assert (tmp_path / "out" / "_SUCCESS").exists()
-    assert "herd: succeeded: 40 rows in, 40 rows out" in logs.stdout
-    # Once it succeeded, submitting it again runs nothing.
-    third = ray_head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
-    assert third.returncode == 0 and f"job {job_id} already succeeded; nothing to run" in third.stderr
-    listed = [line for line in ray_head.herd("list").stdout.splitlines() if "cluster-retried" in line]
-    assert len(listed) == 1 and job_id in listed[0], listed
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["rows_out"] == 40
-    # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
-    from ray.job_submission import JobSubmissionClient
-
-    from jobs.ray_auth import auth_headers
-
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", ray_head.auth_environment["RAY_AUTH_TOKEN_PATH"])
-    runtime_env = JobSubmissionClient(ray_head.address, headers=auth_headers()).get_job_info(job_id).runtime_env
-    assert "env_vars" in runtime_env and secret not in json.dumps(runtime_env)
+    _wait_for_status(head, job_id, ("RUNNING",), 120)
+    # A scheduler's retry while the first attempt runs.
+    second = head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
+    _, first_errors = first.communicate(timeout=600)
+    status = head.herd("status", job_id, "--json")
+    logs = head.herd("logs", job_id)
+    # Once it succeeded.
+    third = head.herd("submit", str(job_file), "--wait", "--python", sys.executable)
+    listed = head.herd("list")
+    runtime_env = head.jobs_client().get_job_info(job_id).runtime_env
     # Ray's state API, as anyone on the cluster reads it (a token-authenticated client).
-    listing = subprocess.run(
+    actor_runtime_envs = subprocess.run(
         [
             sys.executable,
             "-c",
@@ -158,37 +141,126 @@ def test_a_submitted_job_succeeds_a_resubmission_follows_it_and_after_success_ru
             "from ray.util.state import list_actors\n"
             "actors = list_actors(address=sys.argv[1], detail=True, raise_on_missing_output=False)\n"
             "print(json.dumps([actor.serialized_runtime_env or '' for actor in actors]))\n",
-            ray_head.address,
+            head.address,
         ],
-        env={**os.environ, **ray_head.auth_environment},
+        env={**os.environ, **head.auth_environment},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert listing.returncode == 0, listing.stderr[-2000:]
-    runtime_envs = json.loads(listing.stdout.splitlines()[-1])
-    assert runtime_envs and not any(secret in runtime_env for runtime_env in runtime_envs)
+    return {
+        "job_id": job_id,
+        "first": (first.returncode, first_errors),
+        "second": second,
+        "status": status,
+        "logs": logs,
+        "third": third,
+        "listed": listed,
+        "runtime_env": runtime_env,
+        "actor_runtime_envs": actor_runtime_envs,
+        "output": work_dir / "out",
+    }
 
 
-@pytest.mark.own_engine
-def test_sigterm_to_submit_wait_stops_the_ray_job_it_follows(ray_head, tiny_model, tmp_path):
-    follower = _submit_wait(ray_head, _job_file(tmp_path, tiny_model, 2000, "cluster-killed"))
+def _job_whose_follower_gets_sigterm(head: RayHead, work_dir: Path, tiny_model: Path) -> dict[str, Any]:
+    follower = _submit_wait(head, _job_file(work_dir, tiny_model, 2000, "cluster-killed"))
     job_id = follower.stdout.readline().strip()
-    _wait_for_status(ray_head, job_id, ("RUNNING",), 120)
+    _wait_for_status(head, job_id, ("RUNNING",), 120)
     follower.send_signal(signal.SIGTERM)  # what Airflow does to a task it kills
     _, errors = follower.communicate(timeout=60)
-    assert follower.returncode == 130, errors[-2000:]
-    assert f"stopped the Ray job {job_id}" in errors
-    _wait_for_status(ray_head, job_id, ("STOPPED",), 60)
-    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    _wait_for_status(head, job_id, ("STOPPED",), 60)
+    return {"job_id": job_id, "returncode": follower.returncode, "errors": errors, "output": work_dir / "out"}
 
 
-def test_a_head_python_without_herd_fails_saying_to_pass_python(ray_head, tiny_model, tmp_path):
+def _job_for_a_python_without_herd(head: RayHead, work_dir: Path, tiny_model: Path) -> dict[str, Any]:
     # A Python with none of herd's packages, as a cluster's default `python` is.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
-    job_file = _job_file(tmp_path, tiny_model, 1, "cluster-no-herd")
-    bare = str(tmp_path / "bare" / "bin" / "python")
-    result = ray_head.herd("submit", str(job_file), "--wait", "--python", bare)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(work_dir / "bare")], check=True, timeout=120)
+    job_file = _job_file(work_dir, tiny_model, 1, "cluster-no-herd")
+    bare = str(work_dir / "bare" / "bin" / "python")
+    return {"python": bare, "result": head.herd("submit", str(job_file), "--wait", "--python", bare)}
+
+
+FLOWS: dict[str, Callable[[RayHead, Path, Path], Any]] = {
+    "failing": _failing_job,
+    "submitted_three_times": _job_submitted_three_times,
+    "sigterm": _job_whose_follower_gets_sigterm,
+    "python_without_herd": _job_for_a_python_without_herd,
+}
+
+
+@background_scenario("ray_jobs")
+def ray_jobs(work_dir: Path, tiny_model: Path) -> dict[str, Any]:
+    """Every flow on one head, each in a directory of its own; a flow that raises records the error for
+    its test and the next flow still runs."""
+    outcomes: dict[str, Any] = {}
+    with ray_head() as head:
+        for name, flow in FLOWS.items():
+            (work_dir / name).mkdir()
+            try:
+                outcomes[name] = flow(head, work_dir / name, tiny_model)
+            except Exception as error:  # noqa: BLE001 - the flow's test raises it
+                outcomes[name] = error
+    return outcomes
+
+
+def flow_outcome(scenario_result: dict[str, Any], name: str) -> Any:
+    outcome = scenario_result[name]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+@pytest.mark.background_scenario("ray_jobs")
+def test_submit_wait_exits_with_the_jobs_own_exit_code_when_it_fails(scenario_result):
+    result = flow_outcome(scenario_result, "failing")
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "input.path: no files match" in result.stdout
+
+
+@pytest.mark.background_scenario("ray_jobs")
+def test_a_submitted_job_succeeds_a_resubmission_follows_it_and_after_success_runs_nothing_and_no_secret_shows(
+    scenario_result,
+):
+    flow = flow_outcome(scenario_result, "submitted_three_times")
+    job_id, (first_returncode, first_errors), second = flow["job_id"], flow["first"], flow["second"]
+    # The retry while the first attempt ran followed the same Ray job to its end.
+    assert first_returncode == second.returncode == 0, first_errors[-2000:] + second.stderr[-2000:]
+    assert second.stdout.strip().splitlines()[0] == job_id
+    assert f"job {job_id} is already running; following it" in second.stderr
+    assert flow["status"].returncode == 0, flow["status"].stderr
+    status, logs = json.loads(flow["status"].stdout), flow["logs"].stdout
+    ended = (status["status"], status["exit_code"], status["herd_job"])
+    assert ended == ("SUCCEEDED", 0, "cluster-retried"), logs[-3000:]
+    assert (flow["output"] / "_SUCCESS").exists()
+    assert "herd: succeeded: 40 rows in, 40 rows out" in logs
+    # Once it succeeded, submitting it again ran nothing.
+    third = flow["third"]
+    assert third.returncode == 0 and f"job {job_id} already succeeded; nothing to run" in third.stderr
+    listed = [line for line in flow["listed"].stdout.splitlines() if "cluster-retried" in line]
+    assert len(listed) == 1 and job_id in listed[0], listed
+    assert json.loads((flow["output"] / "summary.json").read_text())["rows_out"] == 40
+    # The token set where the job was submitted is in no runtime_env Ray shows: the job's or its actors'.
+    runtime_env = flow["runtime_env"]
+    assert "env_vars" in runtime_env and SECRET not in json.dumps(runtime_env)
+    listing = flow["actor_runtime_envs"]
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    actor_runtime_envs = json.loads(listing.stdout.splitlines()[-1])
+    assert actor_runtime_envs and not any(SECRET in runtime_env for runtime_env in actor_runtime_envs)
+
+
+@pytest.mark.background_scenario("ray_jobs")
+def test_sigterm_to_submit_wait_stops_the_ray_job_it_follows(scenario_result):
+    flow = flow_outcome(scenario_result, "sigterm")
+    assert flow["returncode"] == 130, flow["errors"][-2000:]
+    assert f"stopped the Ray job {flow['job_id']}" in flow["errors"]
+    # (The flow waited for the Jobs API to say STOPPED.)
+    assert not (flow["output"] / "_SUCCESS").exists()
+
+
+@pytest.mark.background_scenario("ray_jobs")
+def test_a_head_python_without_herd_fails_saying_to_pass_python(scenario_result):
+    flow = flow_outcome(scenario_result, "python_without_herd")
+    result, bare = flow["result"], flow["python"]
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"herd: {bare} on the head has no herd installed" in result.stdout
     assert "pass --python" in result.stdout and "No module named" not in result.stdout
