@@ -31,8 +31,9 @@ TEST_MAX_MODEL_LEN = 512
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Subprocess tests that start their own engines run first, before the shared replicas exist:
-    idle vLLM CPU workers poll, and would slow them down. With them, the other tests of their module
+    """Subprocess tests that start their own engines run first, together: they keep both cores busy,
+    and the background scenarios that keep a core busy wait for them to end (tests/cpu/background.py)
+    to run beside the tests after them, which leave one idle. With them, the other tests of their module
     that use the same module-scoped fixture (a Ray head of the module's), which would otherwise be
     started a second time. Then the tests that start something long and mostly idle (a storage outage
     of minutes) in the background, to be checked at their module's place in the run."""
