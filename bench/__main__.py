@@ -21,6 +21,7 @@ BENCHMARKS = (
     "billion",
     "engine_start",
     "fleet",
+    "footer_client",
 )
 
 
