@@ -4,10 +4,10 @@ Two kinds take long without keeping both cores busy: scenarios on Ray clusters o
 (tests/cpu/cluster_scenarios.py, the Ray Jobs flows of test_ray_jobs.py), which mostly wait for nodes,
 for Ray to declare a node dead, for the autoscaler or for a job; and processes with an engine of their
 own (a Python session using `import herd`, the vLLM internals probe, the quickstart's `plan
---calibrate`), which keep one core busy. Run in line, the tests that start them left a core idle for
-minutes. So conftest starts, from the session's start, the scenarios the selected tests name
-(@pytest.mark.background_scenario(NAME)), one after another on one thread, in the order those tests
-run, while the other tests use the rest of the machine.
+--calibrate`, the tensor-parallel run), which keep about one core busy. Run in line, the tests that
+start them left a core idle for minutes. So conftest starts, from the session's start, the scenarios the
+selected tests name (@pytest.mark.background_scenario(NAME)), one after another on one thread, in the
+order those tests run, while the other tests use the rest of the machine.
 
 A scenario is a function of (its own work directory, the tiny model's directory), registered under
 its name with @background_scenario(NAME) beside the test that checks it. One that keeps a core busy
