@@ -159,6 +159,20 @@ class GeneratedS3:
         ).encode()
 
 
+def planning_job(endpoint: str, model_path: str) -> Any:
+    """The job whose input is this server's s3://bench/in/ (default shard size)."""
+    from schemas import parse_job
+
+    return parse_job(
+        {
+            "input": {"path": f"s3://{BUCKET}/in/", "prompt_column": "prompt"},
+            "model": {"path": model_path, "max_model_len": 512},
+            "output": {"path": "/tmp/herd-bench-billion-out"},
+            "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
+        }
+    )
+
+
 def probe(what: str, endpoint: str) -> None:
     """In the child process: plans (or dry-runs) s3://bench/in/, timed, with this process's peak RSS."""
     import os
@@ -166,16 +180,8 @@ def probe(what: str, endpoint: str) -> None:
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
     from common.storage import Storage
     from jobs.planner import list_inputs, plan_shards
-    from schemas import parse_job
 
-    job = parse_job(
-        {
-            "input": {"path": f"s3://{BUCKET}/in/", "prompt_column": "prompt"},  # default shard size
-            "model": {"path": str(tiny_model()), "max_model_len": 512},
-            "output": {"path": "/tmp/herd-bench-billion-out"},
-            "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
-        }
-    )
+    job = planning_job(endpoint, str(tiny_model()))
     started = time.perf_counter()
     if what == "plan":
         storage = Storage(job.storage, job.retry)

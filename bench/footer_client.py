@@ -25,7 +25,6 @@ from typing import Any
 
 from bench.common import REPO, record
 
-_TAIL_BYTES = 64 * 1024  # what herd reads of a file's end first (common/storage.py)
 _AT_ONCE = 128  # footers herd reads at once
 
 
@@ -45,19 +44,13 @@ def _server(files: int) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()  # type: ignore[union-attr]
 
 
-def _herd_reads(endpoint: str) -> tuple[int, Callable[[], None]]:
+def _herd_reads(endpoint: str) -> tuple[list[Any], Callable[[], None]]:
+    """The listed files, and herd's read of their footers."""
+    from bench.billion import planning_job
     from common.storage import Storage
     from jobs.planner import list_inputs
-    from schemas import parse_job
 
-    job = parse_job(
-        {
-            "input": {"path": "s3://bench/in/", "prompt_column": "prompt"},
-            "model": {"path": "unused", "max_model_len": 512},
-            "output": {"path": "/tmp/herd-bench-footer-client"},
-            "storage": {"endpoint_url": endpoint, "region": "us-east-1"},
-        }
-    )
+    job = planning_job(endpoint, "unused")
     storage = Storage(job.storage, job.retry)
     files = list_inputs(storage, job).files
 
@@ -65,10 +58,10 @@ def _herd_reads(endpoint: str) -> tuple[int, Callable[[], None]]:
         footers = storage.parquet_footers(files)
         assert not any(isinstance(footer, Exception) for footer in footers), footers[:3]
 
-    return len(files), read
+    return files, read
 
 
-def _presigned_reads(endpoint: str, files: int, *, signer_only: bool) -> Callable[[], None]:
+def _presigned_reads(endpoint: str, files: list[Any], *, signer_only: bool) -> Callable[[], None]:
     import aiohttp
     import botocore.session
     import pyarrow as pa
@@ -76,32 +69,34 @@ def _presigned_reads(endpoint: str, files: int, *, signer_only: bool) -> Callabl
     from botocore.auth import S3SigV4QueryAuth
     from botocore.awsrequest import AWSRequest
 
+    from bench.billion import BUCKET
+    from common.storage import _FOOTER_READ_BYTES
+
     client = botocore.session.get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1")
     credentials = client._request_signer._credentials.get_frozen_credentials()
-    keys = [f"in/part-{index:06d}.parquet" for index in range(files)]
-    size = len(client.get_object(Bucket="bench", Key=keys[0])["Body"].read())
+    keys = [info.url.removeprefix(f"s3://{BUCKET}/") for info in files]
 
     def urls() -> list[str]:
         if not signer_only:
-            return [client.generate_presigned_url("get_object", Params={"Bucket": "bench", "Key": key}) for key in keys]
+            return [client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}) for key in keys]
         signed = []
         for key in keys:
-            request = AWSRequest(method="GET", url=f"{endpoint}/bench/{key}")
+            request = AWSRequest(method="GET", url=f"{endpoint}/{BUCKET}/{key}")
             S3SigV4QueryAuth(credentials, "s3", "us-east-1", expires=3600).add_auth(request)
             signed.append(request.url)
         return signed
 
     async def read_all(signed: list[str]) -> None:
-        tail = {"Range": f"bytes={max(0, size - _TAIL_BYTES)}-{size - 1}"}
         limit = asyncio.Semaphore(_AT_ONCE)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=_AT_ONCE)) as session:
 
-            async def one(url: str) -> None:
+            async def one(url: str, size: int) -> None:
+                tail = {"Range": f"bytes={max(0, size - _FOOTER_READ_BYTES)}-{size - 1}"}
                 async with limit, session.get(url, headers=tail) as response:
                     assert response.status == 206, response.status
                     pq.ParquetFile(pa.BufferReader(await response.read())).metadata  # noqa: B018 - parsed as herd does
 
-            await asyncio.gather(*(one(url) for url in signed))
+            await asyncio.gather(*(one(url, info.size) for url, info in zip(signed, files, strict=True)))
 
     return lambda: asyncio.run(read_all(urls()))
 
@@ -129,14 +124,14 @@ def main(argv: list[str]) -> int:
         samples: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(arguments.rounds):
             for name, read in sides.items():
-                samples[name].append(_cpu_ms_a_file(read, files))
+                samples[name].append(_cpu_ms_a_file(read, len(files)))
                 print(f"{name}: {samples[name][-1]:.3f} ms of CPU a file", flush=True)
     finally:
         server.kill()
     medians = {name: statistics.median(values) for name, values in samples.items()}
     herd_ms = medians["herd (s3fs, aiobotocore)"]
     figures: dict[str, Any] = {
-        "files": files,
+        "files": len(files),
         "rounds": arguments.rounds,
         "cpu_ms_a_file": samples,
         "median_cpu_ms_a_file": medians,
@@ -146,7 +141,7 @@ def main(argv: list[str]) -> int:
         "footer_client",
         figures,
         "footer_client: the client's CPU a footer, median of "
-        f"{arguments.rounds} rounds over {files:,} files: "
+        f"{arguments.rounds} rounds over {len(files):,} files: "
         + ", ".join(f"{name} {value:.3f} ms" for name, value in medians.items())
         + f"; herd's way costs {figures['herd_over_presigned']:.2f}x the presigned one",
     )
