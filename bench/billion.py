@@ -40,6 +40,12 @@ def _parquet_file(rows: int) -> bytes:
     return buffer.getvalue()
 
 
+class _ManyConnectionsServer(ThreadingHTTPServer):
+    # Planning opens 128 connections at once in each process: the default backlog (5) would reset them,
+    # where S3 would not.
+    request_queue_size = 1024
+
+
 class GeneratedS3:
     """Just enough of S3 for listing and reading: every key under in/ is the same Parquet file."""
 
@@ -73,7 +79,7 @@ class GeneratedS3:
 
             do_HEAD = do_GET
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http = _ManyConnectionsServer(("127.0.0.1", 0), Handler)
         self.http.daemon_threads = True
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
 

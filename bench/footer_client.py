@@ -1,14 +1,14 @@
-"""Where planning's CPU goes on S3: the client's CPU for one Parquet footer read, herd's way against a
-lighter one, measured before building it (issue 19 item 1: 100,000 files planned in under 60 s).
+"""Where planning's CPU goes on S3: the client's CPU for one Parquet footer read, herd's way against the
+way it read them before and a bare floor (issue 19 item 1: 100,000 files planned in under 60 s).
 
-herd reads footers through s3fs, i.e. aiobotocore: per request, botocore builds, signs, sends and
-parses through its event hooks and endpoint rules. The other side: URLs presigned by botocore (the
-same credentials, endpoint and addressing; `generate_presigned_url`, or its signer alone) fetched with
-aiohttp, which s3fs already installs, then parsed by pyarrow as herd parses them. Both read the last
-64 kB of each file, as many at once as herd does, from the `billion` benchmark's S3 server running in
-a process of its own with no added latency, so the CPU time of this process is the client's alone.
-The sides alternate over rounds (this machine's speed drifts); printed: CPU milliseconds a file for
-each, and the ratio.
+herd reads footers through URLs presigned by s3fs's botocore client, fetched with aiohttp
+(common/s3_ranged_reads.py). Before, it read them through s3fs's `cat_ranges`, i.e. aiobotocore: per
+request, botocore builds, signs, sends and parses through its event hooks and endpoint rules. The floor:
+URLs presigned by a plain botocore client, fetched with aiohttp, nothing else. All read the last 64 kB of
+each file, as many at once as herd does, and parse it with pyarrow, from the `billion` benchmark's S3 server
+running in a process of its own with no added latency, so the CPU time of this process is the client's
+alone. The sides alternate over rounds (this machine's speed drifts); printed: CPU milliseconds a file for
+each, and the ratios.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from typing import Any
 from bench.common import REPO, record
 
 _AT_ONCE = 128  # footers herd reads at once
+_HERD = "herd (presigned by s3fs's client, aiohttp)"
+_BEFORE = "s3fs cat_ranges (aiobotocore; herd before)"
+_FLOOR = "presigned by botocore + aiohttp (floor)"
 
 
 def _server(files: int) -> tuple[subprocess.Popen, str]:
     script = (
         "import time\n"
-        "from http.server import ThreadingHTTPServer\n"
         "from bench.billion import GeneratedS3, _parquet_file\n"
-        # 128 connections opened at once overflow the default backlog of 5 (resets, not reads).
-        "ThreadingHTTPServer.request_queue_size = 1024\n"
         f"server = GeneratedS3({files}, _parquet_file(10_000), 0.0)\n"
         "server.__enter__()\n"
         "print(server.endpoint, flush=True)\n"
@@ -44,49 +44,49 @@ def _server(files: int) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()  # type: ignore[union-attr]
 
 
-def _herd_reads(endpoint: str) -> tuple[list[Any], Callable[[], None]]:
-    """The listed files, and herd's read of their footers."""
+def _herd_reads(endpoint: str) -> tuple[list[Any], Callable[[], None], Callable[[], None]]:
+    """The listed files; herd's read of their footers; and s3fs's `cat_ranges` of the same bytes, parsed alike
+    (herd's way until the presigned reads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from bench.billion import planning_job
-    from common.storage import Storage
+    from common.storage import _FOOTER_READ_BYTES, Storage
     from jobs.planner import list_inputs
 
     job = planning_job(endpoint, "unused")
     storage = Storage(job.storage, job.retry)
     files = list_inputs(storage, job).files
+    backend, _ = storage._backend(files[0].url)
+    paths = [backend.path(info.url) for info in files]
 
-    def read() -> None:
+    def herd() -> None:
         footers = storage.parquet_footers(files)
         assert not any(isinstance(footer, Exception) for footer in footers), footers[:3]
 
-    return files, read
+    def s3fs_cat_ranges() -> None:
+        starts = [max(0, info.size - _FOOTER_READ_BYTES) for info in files]
+        tails = backend.fs.cat_ranges(paths, starts, [info.size for info in files], batch_size=_AT_ONCE)
+        for tail in tails:
+            pq.ParquetFile(pa.BufferReader(tail)).metadata  # noqa: B018 - parsed as herd does
+
+    return files, herd, s3fs_cat_ranges
 
 
-def _presigned_reads(endpoint: str, files: list[Any], *, signer_only: bool) -> Callable[[], None]:
+def _presigned_reads(endpoint: str, files: list[Any]) -> Callable[[], None]:
     import aiohttp
     import botocore.session
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from botocore.auth import S3SigV4QueryAuth
-    from botocore.awsrequest import AWSRequest
 
     from bench.billion import BUCKET
     from common.storage import _FOOTER_READ_BYTES
 
     client = botocore.session.get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    credentials = client._request_signer._credentials.get_frozen_credentials()
     keys = [info.url.removeprefix(f"s3://{BUCKET}/") for info in files]
 
-    def urls() -> list[str]:
-        if not signer_only:
-            return [client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}) for key in keys]
-        signed = []
-        for key in keys:
-            request = AWSRequest(method="GET", url=f"{endpoint}/{BUCKET}/{key}")
-            S3SigV4QueryAuth(credentials, "s3", "us-east-1", expires=3600).add_auth(request)
-            signed.append(request.url)
-        return signed
-
-    async def read_all(signed: list[str]) -> None:
+    async def read_all() -> None:
+        signed = [client.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key}) for key in keys]
         limit = asyncio.Semaphore(_AT_ONCE)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=_AT_ONCE)) as session:
 
@@ -98,7 +98,7 @@ def _presigned_reads(endpoint: str, files: list[Any], *, signer_only: bool) -> C
 
             await asyncio.gather(*(one(url, info.size) for url, info in zip(signed, files, strict=True)))
 
-    return lambda: asyncio.run(read_all(urls()))
+    return lambda: asyncio.run(read_all())
 
 
 def _cpu_ms_a_file(read: Callable[[], None], files: int) -> float:
@@ -115,11 +115,11 @@ def main(argv: list[str]) -> int:
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
     server, endpoint = _server(arguments.files)
     try:
-        files, herd = _herd_reads(endpoint)
+        files, herd, before = _herd_reads(endpoint)
         sides: dict[str, Callable[[], None]] = {
-            "herd (s3fs, aiobotocore)": herd,
-            "presigned (generate_presigned_url) + aiohttp": _presigned_reads(endpoint, files, signer_only=False),
-            "signed (S3SigV4QueryAuth) + aiohttp": _presigned_reads(endpoint, files, signer_only=True),
+            _HERD: herd,
+            _BEFORE: before,
+            _FLOOR: _presigned_reads(endpoint, files),
         }
         samples: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(arguments.rounds):
@@ -129,13 +129,13 @@ def main(argv: list[str]) -> int:
     finally:
         server.kill()
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    herd_ms = medians["herd (s3fs, aiobotocore)"]
     figures: dict[str, Any] = {
         "files": len(files),
         "rounds": arguments.rounds,
         "cpu_ms_a_file": samples,
         "median_cpu_ms_a_file": medians,
-        "herd_over_presigned": herd_ms / medians["presigned (generate_presigned_url) + aiohttp"],
+        "before_over_herd": medians[_BEFORE] / medians[_HERD],
+        "herd_over_floor": medians[_HERD] / medians[_FLOOR],
     }
     record(
         "footer_client",
@@ -143,6 +143,7 @@ def main(argv: list[str]) -> int:
         "footer_client: the client's CPU a footer, median of "
         f"{arguments.rounds} rounds over {len(files):,} files: "
         + ", ".join(f"{name} {value:.3f} ms" for name, value in medians.items())
-        + f"; herd's way costs {figures['herd_over_presigned']:.2f}x the presigned one",
+        + f"; the s3fs way costs {figures['before_over_herd']:.2f}x herd's, herd's {figures['herd_over_floor']:.2f}x "
+        "the floor",
     )
     return 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 
+from common import s3_ranged_reads
 from common.node_cache import exclusive
 from common.retry import call_with_retry, is_transient, is_transient_code
 from schemas.job import RetrySpec, StorageSpec
@@ -229,8 +230,24 @@ class _S3(_Backend):
 
     def read_ranges(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
         # In s3fs's event loop, without a thread each: threads waiting on that loop spent the
-        # driver's CPU handing the GIL around (bench billion: 2,000 files planned 1.7x faster).
-        return self.fs.cat_ranges(paths, starts, ends, on_error="return", batch_size=self.small_reads_at_once)
+        # driver's CPU handing the GIL around (bench billion: 2,000 files planned 1.7x faster). Presigned
+        # GETs first, at a third of botocore's CPU a read; s3fs reads what they did not get, and its
+        # answer (bytes or its error) is the one returned.
+        results: list[bytes | Exception | None] = list(
+            s3_ranged_reads.read_ranges(self.fs, paths, starts, ends, at_once=self.small_reads_at_once)
+        )
+        left = [index for index, result in enumerate(results) if result is None]
+        if left:
+            again = self.fs.cat_ranges(
+                [paths[index] for index in left],
+                [starts[index] for index in left],
+                [ends[index] for index in left],
+                on_error="return",
+                batch_size=self.small_reads_at_once,
+            )
+            for index, result in zip(left, again, strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]  # every None was read again
 
     def open_input(self, path: str, size: int | None = None) -> Any:
         # No read-ahead: pyarrow asks for what it decodes (buffered, a block at a time), and a
@@ -326,6 +343,9 @@ class Storage:
                     # A connection for each read made at once (botocore keeps 10): with 10, planning's
                     # footer reads ran 10 at a time (python -m bench billion: 146 files/s).
                     "max_pool_connections": _S3.small_reads_at_once,
+                    # Presigned URLs too (footer reads) signed with SigV4: botocore would presign with SigV2,
+                    # which the regions opened since 2014 refuse.
+                    "signature_version": "s3v4",
                 },
                 # Replicas write from other processes: a cached listing would hide their files.
                 "use_listings_cache": False,

@@ -1,0 +1,127 @@
+"""Parquet footers on S3 are read through presigned URLs over aiohttp (a third of botocore's CPU a read),
+and whatever that way does not get is read by s3fs, whose answer stands: these pin down both halves on the
+moto server, through the logging proxy that shows each request as it arrived."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from common.storage import FileInfo, Storage
+from schemas.job import RetrySpec, StorageSpec
+from tests.cpu.conftest import FAKE_AWS_SECRET
+from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
+
+# Keys as data lakes name them: Hive partitions (=), spaces, +, non-ASCII; each must arrive as signed.
+_KEYS = ["lake/date=2024-01-01/part 0.parquet", "lake/tag=a+b/part-1.parquet", "lake/région=ü/part-2.parquet"]
+
+
+def _parquet(rows: int) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"prompt": [f"row {row}" for row in range(rows)]}), buffer)
+    return buffer.getvalue()
+
+
+def _sigv4_query_signature_matches(method: str, raw_path: str, host: str, secret: str) -> bool:
+    """Checks a presigned URL's SigV4 signature against the path and query as the server received them,
+    as S3 does (AWS's Signature Version 4 for query parameters), independently of botocore's signer."""
+    split = urlsplit(raw_path)
+    query = parse_qsl(split.query, keep_blank_values=True)
+    given = dict(query)["X-Amz-Signature"]
+    canonical_query = "&".join(
+        f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}"
+        for name, value in sorted(query)
+        if name != "X-Amz-Signature"
+    )
+    params = dict(query)
+    signed_headers = params["X-Amz-SignedHeaders"]
+    assert signed_headers == "host", signed_headers
+    canonical = "\n".join([method, split.path, canonical_query, f"host:{host}\n", signed_headers, "UNSIGNED-PAYLOAD"])
+    _, date, region, service, _ = params["X-Amz-Credential"].split("/")
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), given)
+
+
+@pytest.fixture(scope="module")
+def lake(s3_endpoint: str) -> dict[str, bytes]:
+    """The files of _KEYS under s3://herd-test/, of different lengths, by key."""
+    filesystem = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    files = {key: _parquet(10 + 5 * index) for index, key in enumerate(_KEYS)}
+    for key, data in files.items():
+        filesystem.pipe(f"herd-test/{key}", data)
+    return files
+
+
+def test_footers_come_from_presigned_gets_whose_sigv4_signature_matches_the_key_as_it_arrived(s3_endpoint, lake):
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        files = storage.expand_inputs("s3://herd-test/lake/")
+        footers = storage.parquet_footers(files)
+    assert [info.url for info in files] == sorted(f"s3://herd-test/{key}" for key in _KEYS)
+    for info, footer in zip(files, footers, strict=True):
+        expected = pq.ParquetFile(pa.BufferReader(lake[info.url.removeprefix("s3://herd-test/")])).metadata
+        assert footer.equals(expected), info.url
+    reads = [path for method, path in proxy.log if method == "GET" and ".parquet" in path]
+    assert len(reads) == len(_KEYS)  # one each: none was left to s3fs
+    host = proxy.endpoint.removeprefix("http://")
+    for path in reads:
+        assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in path, path  # SigV4: SigV2 is refused by newer regions
+        assert _sigv4_query_signature_matches("GET", path, host, FAKE_AWS_SECRET), path
+
+
+def test_a_footer_the_presigned_way_cannot_read_is_read_by_s3fs_whose_error_names_what_is_wrong(s3_endpoint, lake):
+    listed = {
+        info.url: info
+        for info in Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec()).expand_inputs("s3://herd-test/lake/")
+    }
+    present = listed["s3://herd-test/lake/date=2024-01-01/part 0.parquet"]
+    gone = FileInfo(url="s3://herd-test/lake/date=2024-01-02/part 0.parquet", size=present.size, version="")
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        found, missing = storage.parquet_footers([present, gone])
+    assert found.num_rows == 10
+    assert isinstance(missing, FileNotFoundError)  # s3fs's error for NoSuchKey, as before the presigned way
+    gets = [path for method, path in proxy.log if method == "GET" and "2024-01-02" in path]
+    assert len(gets) == 2 and "X-Amz-Signature" in gets[0] and "X-Amz-Signature" not in gets[1], gets
+
+
+def test_a_footer_is_read_as_stored_even_when_the_object_says_it_is_gzip_encoded(s3_endpoint):
+    # Browsers' and CDNs' uploads often set Content-Encoding; botocore hands back the stored bytes, and so
+    # must the presigned way (an HTTP client that decompresses would fail here and leave it to s3fs).
+    data = _parquet(7)
+    filesystem = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    filesystem.pipe("herd-test/encoded/labelled-gzip.parquet", data, ContentEncoding="gzip")
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        (footer,) = storage.parquet_footers(storage.expand_inputs("s3://herd-test/encoded/"))
+    assert footer.num_rows == 7
+    gets = [path for method, path in proxy.log if method == "GET" and ".parquet" in path]
+    assert len(gets) == 1 and "X-Amz-Signature" in gets[0], gets
+
+
+def test_footer_reads_go_through_the_proxy_the_environment_names_as_botocores_requests_do(
+    s3_endpoint, lake, monkeypatch
+):
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.endpoint)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec(attempts=1))
+        footers = storage.parquet_footers(storage.expand_inputs("s3://herd-test/lake/"))
+    assert sorted(footer.num_rows for footer in footers) == [10, 15, 20]
+    gets = [path for method, path in proxy.log if method == "GET" and ".parquet" in path]
+    # Forward-proxied: the whole URL in the request line; presigned, so none was left to s3fs.
+    assert len(gets) == len(_KEYS) and all(path.startswith(s3_endpoint) and "X-Amz-Signature" in path for path in gets)
