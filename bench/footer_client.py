@@ -2,7 +2,7 @@
 way it read them before and a bare floor (issue 19 item 1: 100,000 files planned in under 60 s).
 
 herd reads footers through URLs presigned by s3fs's botocore client, fetched with aiohttp
-(common/s3_ranged_reads.py). Before, it read them through s3fs's `cat_ranges`, i.e. aiobotocore: per
+(common/s3_presigned.py). Before, it read them through s3fs's `cat_ranges`, i.e. aiobotocore: per
 request, botocore builds, signs, sends and parses through its event hooks and endpoint rules. The floor:
 URLs presigned by a plain botocore client, fetched with aiohttp, nothing else. All read the last 64 kB of
 each file, as many at once as herd does, and parse it with pyarrow, from the `billion` benchmark's S3 server

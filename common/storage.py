@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import fsspec
 
-from common import s3_ranged_reads
+from common import s3_presigned
 from common.node_cache import exclusive
 from common.retry import call_with_retry, is_transient, is_transient_code
 from schemas.job import RetrySpec, StorageSpec
@@ -116,6 +116,10 @@ class _Backend:
     def file_names(self, path: str) -> list[str]:
         """The names of the files directly under a folder, sorted; [] when it does not exist."""
         raise NotImplementedError
+
+    def find(self, path: str) -> dict[str, dict[str, Any]]:
+        """Every file under a folder, however deep, by path, with its details (size, version)."""
+        return self.fs.find(path, detail=True)
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
         raise NotImplementedError
@@ -234,7 +238,7 @@ class _S3(_Backend):
         # GETs first, at a third of botocore's CPU a read; s3fs reads what they did not get, and its
         # answer (bytes or its error) is the one returned.
         results: list[bytes | Exception | None] = list(
-            s3_ranged_reads.read_ranges(self.fs, paths, starts, ends, at_once=self.small_reads_at_once)
+            s3_presigned.read_ranges(self.fs, paths, starts, ends, at_once=self.small_reads_at_once)
         )
         left = [index for index, result in enumerate(results) if result is None]
         if left:
@@ -295,6 +299,12 @@ class _S3(_Backend):
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
         return self.fs.cat(paths, on_error="raise", max_concurrency=1)  # concurrently, one GET each
+
+    def find(self, path: str) -> dict[str, dict[str, Any]]:
+        # Presigned pages, parsed at a fraction of botocore's CPU (0.2 ms a key: 20 s for 100,000 files);
+        # s3fs lists what they could not.
+        found = s3_presigned.find(self.fs, path)
+        return found if found is not None else super().find(path)
 
     def delete_files(self, paths: list[str]) -> None:
         # DeleteObjects, 1,000 keys a request (the 100 records a checkpoint replaces: one request, not
@@ -384,7 +394,7 @@ class Storage:
             found = {}
             for name, info in matched.items():
                 if info.get("type") == "directory":
-                    found.update(fs.find(name, detail=True))
+                    found.update(backend.find(name))
                 else:
                     found[name] = info
             return [

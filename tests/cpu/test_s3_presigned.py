@@ -125,3 +125,67 @@ def test_footer_reads_go_through_the_proxy_the_environment_names_as_botocores_re
     gets = [path for method, path in proxy.log if method == "GET" and ".parquet" in path]
     # Forward-proxied: the whole URL in the request line; presigned, so none was left to s3fs.
     assert len(gets) == len(_KEYS) and all(path.startswith(s3_endpoint) and "X-Amz-Signature" in path for path in gets)
+
+
+_LISTED = [
+    "listing/a.jsonl",
+    "listing/date=2024-01-01/part 0.parquet",
+    "listing/tag=a+b/part%1.parquet",
+    "listing/région=ü/deep/er/part-2.parquet",
+    "listing/sub/",  # a folder marker, as consoles create them
+    "listing/~tilde & amp.jsonl",
+]
+
+
+@pytest.fixture(scope="module")
+def listed_folder(s3_endpoint: str) -> None:
+    filesystem = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    for index, key in enumerate(_LISTED):
+        filesystem.pipe(f"herd-test/{key}", b"x" * index)
+    filesystem.pipe("herd-test/listing-beside/not-this.jsonl", b"beside the folder, not in it")
+
+
+def _described(files: list[FileInfo]) -> list[tuple[str, int, str]]:
+    return [(info.url, info.size, info.version) for info in files]
+
+
+def test_a_folder_is_listed_through_presigned_pages_into_exactly_what_s3fs_lists(
+    s3_endpoint, listed_folder, monkeypatch
+):
+    from common import s3_presigned
+
+    expected = {
+        f"s3://{name}": (info["size"], info["ETag"])
+        for name, info in s3fs.S3FileSystem(endpoint_url=s3_endpoint).find("herd-test/listing", detail=True).items()
+    }
+    assert len(expected) == len(_LISTED)
+    monkeypatch.setattr(s3_presigned, "_KEYS_A_PAGE", 2)  # 1,000 in earnest: pages follow continuation tokens
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        files = storage.expand_inputs("s3://herd-test/listing/")
+    assert {url: (size, version) for url, size, version in _described(files)} == expected
+    # The listing's pages (s3fs's `info` asked first whether the path is a folder, with a page of its own).
+    pages = [path for method, path in proxy.log if "list-type=2" in path and "X-Amz-Signature" in path]
+    assert len(pages) == 3 and all("max-keys=2" in page for page in pages), proxy.log
+    assert not [path for method, path in proxy.log if "list-type=2" in path and "delimiter=&" in path], proxy.log
+    host = proxy.endpoint.removeprefix("http://")
+    for page in pages:
+        assert _sigv4_query_signature_matches("GET", page, host, FAKE_AWS_SECRET), page
+
+
+def test_a_listing_whose_presigned_pages_are_throttled_is_listed_by_s3fs_and_retried_to_the_same_files(
+    s3_endpoint, listed_folder
+):
+    expected = _described(
+        Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec()).expand_inputs("s3://herd-test/listing/")
+    )
+    retry = RetrySpec(attempts=30, backoff_base_s=0.01, backoff_cap_s=0.05)
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.5, seed=3) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), retry)
+        assert _described(storage.expand_inputs("s3://herd-test/listing/")) == expected
+    unsigned = [
+        path
+        for method, path in proxy.log
+        if method == "GET" and "list-type=2" in path and "X-Amz-Signature" not in path
+    ]
+    assert proxy.failed > 0 and unsigned, proxy.log  # s3fs listed where the presigned page was refused
