@@ -235,8 +235,8 @@ class _S3(_Backend):
     def read_ranges(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
         # In s3fs's event loop, without a thread each: threads waiting on that loop spent the
         # driver's CPU handing the GIL around (bench billion: 2,000 files planned 1.7x faster). Presigned
-        # GETs first, at a third of botocore's CPU a read; s3fs reads what they did not get, and its
-        # answer (bytes or its error) is the one returned.
+        # GETs first, at a fraction of botocore's CPU a read (bench footer_client); s3fs reads what they
+        # did not get, and its answer (bytes or its error) is the one returned.
         results: list[bytes | Exception | None] = list(
             s3_presigned.read_ranges(self.fs, paths, starts, ends, at_once=self.small_reads_at_once)
         )
@@ -353,8 +353,8 @@ class Storage:
                     # A connection for each read made at once (botocore keeps 10): with 10, planning's
                     # footer reads ran 10 at a time (python -m bench billion: 146 files/s).
                     "max_pool_connections": _S3.small_reads_at_once,
-                    # Presigned URLs too (footer reads) signed with SigV4: botocore would presign with SigV2,
-                    # which the regions opened since 2014 refuse.
+                    # Presigned URLs too (the ones common/s3_presigned.py reproduces) signed with SigV4:
+                    # botocore would presign with SigV2, which the regions opened since 2014 refuse.
                     "signature_version": "s3v4",
                 },
                 # Replicas write from other processes: a cached listing would hide their files.

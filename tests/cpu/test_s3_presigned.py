@@ -189,3 +189,18 @@ def test_a_listing_whose_presigned_pages_are_throttled_is_listed_by_s3fs_and_ret
         if method == "GET" and "list-type=2" in path and "X-Amz-Signature" not in path
     ]
     assert proxy.failed > 0 and unsigned, proxy.log  # s3fs listed where the presigned page was refused
+
+
+def test_temporary_credentials_session_token_is_signed_into_every_presigned_url(s3_endpoint, lake, monkeypatch):
+    # Roles, SSO and STS give temporary keys with a token: botocore presigns with it, and so must herd.
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "herd-test-session-token/with+odd=characters")
+    with FlakyS3Proxy(s3_endpoint, failure_rate=0.0) as proxy:  # a new endpoint: a new client, with the token
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        footers = storage.parquet_footers(storage.expand_inputs("s3://herd-test/lake/"))
+    assert sorted(footer.num_rows for footer in footers) == [10, 15, 20]
+    signed = [path for method, path in proxy.log if "X-Amz-Signature" in path]
+    assert len(signed) == 1 + len(_KEYS), proxy.log  # the listing's page and each footer: none left to s3fs
+    host = proxy.endpoint.removeprefix("http://")
+    for path in signed:
+        assert "X-Amz-Security-Token=herd-test-session-token%2Fwith%2Bodd%3Dcharacters" in path, path
+        assert _sigv4_query_signature_matches("GET", path, host, FAKE_AWS_SECRET), path
