@@ -44,9 +44,9 @@ _URL_LIFETIME_S = 3600  # a URL is used at once; an hour covers a clock skew of 
 # botocore's own defaults: a server that stops answering is given up on after a minute, not five.
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60)
 
+_not_reproduced: set[str] = set()  # buckets whose presigned URLs _BucketAccess could not reproduce
 # One session (a pool of connections) per event loop: s3fs runs every call on fsspec's one loop, and a
 # forked process gets a new loop, so it never shares a parent's sockets.
-_not_reproduced: set[str] = set()  # buckets whose presigned URLs _BucketAccess could not reproduce
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 
 
