@@ -59,6 +59,7 @@ class GeneratedS3:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()  # the open connections
 
     @property
     def endpoint(self) -> str:
@@ -75,11 +76,24 @@ class GeneratedS3:
 
     def __exit__(self, *exc: object) -> None:
         assert self.server is not None
-        self.loop.call_soon_threadsafe(self.server.close)
+        server = self.server
+
+        async def shut() -> None:
+            server.close()
+            # Closing the connections ends their handlers as a client's closing does (cancelled, asyncio's
+            # streams would log each).
+            connections = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for writer in list(self.writers):
+                writer.close()
+            await asyncio.gather(*connections, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        self.loop.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -98,6 +112,7 @@ class GeneratedS3:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client closed its connection
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     def _etag(self, key: str) -> str:
