@@ -9,18 +9,23 @@ user's script or Airflow file that calls herd at top level, without a main guard
 in each. The parent's sys.path goes with it, so it imports the same herd.
 
 Protocol: the parent writes one pickle (input spec, files, storage, prompt spec) to the child's stdin;
-the child answers one pickle on stdout: ("shards", [Shard, ...]) or ("error", the exception planning
-raised). Anything else the child prints goes to its stderr, which the parent shows if it fails.
+the child answers a pickle on stdout for each batch of files it has planned, ("shards", [Shard, ...]),
+and then ("done", None), or ("error", the exception planning raised) instead. The parent takes each
+batch in as it comes, while the child plans the next: the driver's share of the work (a million shards
+take ~15 s to unpickle) does not wait for the end, and the child holds one batch's shards, not its
+slice's. Anything else the child prints goes to its stderr (a file), which the parent shows if it fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from common.storage import FileInfo, Storage
@@ -38,40 +43,58 @@ def plan_in_processes(
     fail, the first one's error is raised, so the first failing file in order is still the one named.
     Interrupted (Ctrl-C), the planning processes are ended at once."""
     environment = _worker_environment()
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jobs.planning_processes"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environment,
-        )
-        for _ in slices
-    ]
-    payloads = [pickle.dumps((input_spec, files, storage, prompt)) for files in slices]
-    talking = ThreadPoolExecutor(len(workers), thread_name_prefix="planning-process")
-    try:
-        answers = list(talking.map(_answer, workers, payloads))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-        talking.shutdown(cancel_futures=True)
+    with contextlib.ExitStack() as closing:
+        # A file, not a pipe: nobody has to read it while the child works, and it cannot fill up.
+        logs = [closing.enter_context(tempfile.TemporaryFile()) for _ in slices]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "jobs.planning_processes"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env=environment,
+            )
+            for log_file in logs
+        ]
+        payloads = [pickle.dumps((input_spec, files, storage, prompt)) for files in slices]
+        talking = ThreadPoolExecutor(len(workers), thread_name_prefix="planning-process")
+        try:
+            answers = list(talking.map(_answer, workers, payloads, logs))
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+            talking.shutdown(cancel_futures=True)
     shards: list[Shard] = []
-    for kind, value in answers:
-        if kind == "error":
-            raise value
-        shards += value
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+        shards += answer
     return shards
 
 
-def _answer(worker: subprocess.Popen, payload: bytes) -> tuple[str, Any]:
-    out, err = worker.communicate(payload)
-    if worker.returncode != 0 or not out:
-        tail = err.decode(errors="replace")[-2000:]
-        raise RuntimeError(f"a planning process ended with exit code {worker.returncode}: {tail}")
-    return pickle.loads(out)  # from the child this process started, over its own pipe
+def _answer(worker: subprocess.Popen, payload: bytes, log_file: IO[bytes]) -> list[Shard] | BaseException:
+    """The child's shards, batch by batch as it sends them, or the error its planning raised."""
+    assert worker.stdin is not None and worker.stdout is not None
+    with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit code says why
+        worker.stdin.write(payload)
+        worker.stdin.close()
+    shards: list[Shard] = []
+    while True:
+        try:
+            kind, value = pickle.load(worker.stdout)  # from the child this process started, over its own pipe
+        except EOFError:
+            worker.wait()
+            log_file.seek(0)
+            tail = log_file.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"a planning process ended with exit code {worker.returncode}: {tail}") from None
+        if kind == "shards":
+            shards += value
+        elif kind == "error":
+            return value
+        else:
+            return shards
 
 
 def _worker_environment() -> dict[str, str]:
@@ -86,13 +109,15 @@ def _serve() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a library's print must not corrupt the answer
     input_spec, files, storage, prompt = pickle.loads(sys.stdin.buffer.read())
 
-    from jobs.planner import plan_here
+    from jobs.planner import plan_batches
 
     try:
-        answer: tuple[str, Any] = ("shards", plan_here(input_spec, files, storage, prompt))
+        for batch in plan_batches(input_spec, files, storage, prompt):
+            pickle.dump(("shards", batch), answer_to)
+            answer_to.flush()
+        pickle.dump(("done", None), answer_to)
     except Exception as error:  # noqa: BLE001 - handed to the parent, which raises it
-        answer = ("error", error)
-    answer_to.write(pickle.dumps(answer))
+        pickle.dump(("error", error), answer_to)
     answer_to.close()
 
 
