@@ -228,11 +228,12 @@ async def _bucket_access(fs: S3FileSystem, bucket: str) -> _BucketAccess | None:
         probe = urlsplit(await fs._url(f"{bucket}/{_PROBE_KEY}", expires=_URL_LIFETIME_S))
         credentials = await fs.session.get_credentials()
         frozen = await credentials.get_frozen_credentials() if credentials is not None else None
+        usable = frozen is not None and probe.path.endswith(_PROBE_KEY) and "X-Amz-Credential=" in probe.query
+        access = _BucketAccess(probe, frozen.secret_key, frozen.token) if usable else None
     except Exception:  # noqa: BLE001 - s3fs's own requests will name what is wrong
         return None
-    if frozen is None or not probe.path.endswith(_PROBE_KEY) or "X-Amz-Credential=" not in probe.query:
+    if access is None:
         return None
-    access = _BucketAccess(probe, frozen.secret_key, frozen.token)
     if not access.reproduces_probe:
         if bucket not in _not_reproduced:  # once: planning asks for every thousand files
             _not_reproduced.add(bucket)

@@ -1,6 +1,7 @@
-"""Parquet footers on S3 are read through presigned URLs over aiohttp (a third of botocore's CPU a read),
-and whatever that way does not get is read by s3fs, whose answer stands: these pin down both halves on the
-moto server, through the logging proxy that shows each request as it arrived."""
+"""Parquet footers and folder listings on S3 go through presigned URLs over aiohttp (a fraction of
+botocore's CPU), and whatever that way does not get is made by s3fs, whose answer stands: these pin down
+both halves on the moto server, through the logging proxy that shows each request as it arrived, and
+herd's signer against botocore's."""
 
 from __future__ import annotations
 
@@ -204,3 +205,46 @@ def test_temporary_credentials_session_token_is_signed_into_every_presigned_url(
     for path in signed:
         assert "X-Amz-Security-Token=herd-test-session-token%2Fwith%2Bodd%3Dcharacters" in path, path
         assert _sigv4_query_signature_matches("GET", path, host, FAKE_AWS_SECRET), path
+
+
+def _botocore_presigned(client: object, key: str) -> str:
+    return client.generate_presigned_url("get_object", Params={"Bucket": "lake-bucket", "Key": key})  # type: ignore[attr-defined]
+
+
+def test_herds_signer_gives_the_url_botocore_presigns_for_keys_with_characters_that_need_quoting(monkeypatch):
+    import datetime
+
+    import botocore.auth
+    import botocore.config
+    import botocore.session
+    from botocore.utils import percent_encode
+
+    from common.s3_presigned import _PROBE_KEY, _BucketAccess
+
+    now = datetime.datetime(2026, 12, 3, 1, 2, 3)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
+    for endpoint, region in [
+        ("http://127.0.0.1:9000", "us-east-1"),
+        ("https://s3.eu-central-1.amazonaws.com", "eu-central-1"),
+    ]:
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id="AKIAHERDSIGNERTEST01",
+            aws_secret_access_key="signer/secret+key=0123456789abcdefghij",
+            aws_session_token="token/with+odd=characters",
+            config=botocore.config.Config(signature_version="s3v4"),
+        )
+
+        access = _BucketAccess(
+            urlsplit(_botocore_presigned(client, _PROBE_KEY)),
+            "signer/secret+key=0123456789abcdefghij",
+            "token/with+odd=characters",
+        )
+        assert access.reproduces_probe
+        for key in [*_KEYS, "tilde~and space/a%b&c.parquet"]:
+            ours = access._url(access.key_prefix + percent_encode(key, safe="/~"), {}, now.strftime("%Y%m%dT%H%M%SZ"))
+            theirs = _botocore_presigned(client, key)
+            assert urlsplit(ours).path == urlsplit(theirs).path, key
+            assert dict(parse_qsl(urlsplit(ours).query)) == dict(parse_qsl(urlsplit(theirs).query)), key
