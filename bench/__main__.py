@@ -22,6 +22,7 @@ BENCHMARKS = (
     "engine_start",
     "fleet",
     "footer_client",
+    "wide_files",
 )
 
 
