@@ -7,9 +7,9 @@ Why: planning 100,000 files on S3 reads a footer from each and lists a hundred p
 through s3fs each footer read spent ~3 ms of the driver's CPU in botocore's request pipeline, this way
 ~0.5 ms (python -m bench footer_client), and botocore parsed a listing at ~0.2 ms a key, ElementTree here
 at ~0.04 ms (python -m bench billion lists 100,000 keys in 7 s, through s3fs in 15-23 s). Only what
-succeeds is answered here. Any other answer (missing, denied, throttled, a wrong
-region, a dropped connection, a certificate aiohttp does not trust) leaves the request to s3fs, so that
-errors, region redirects and what counts as transient stay exactly s3fs's.
+succeeds is answered here. Any other answer (missing, denied, throttled, a wrong region, a dropped
+connection, a certificate aiohttp does not trust) leaves the request to s3fs, so that errors, region
+redirects and what counts as transient stay exactly s3fs's.
 """
 
 from __future__ import annotations
