@@ -114,8 +114,12 @@ async def _find(fs: S3FileSystem, path: str) -> dict[str, dict[str, Any]] | None
         return None
     session = _session(fs.loop)
     # s3fs lists the folder's prefix with a slash, so that "in" does not take "input/..." too.
-    query = {"list-type": "2", "prefix": f"{key}/" if key else "", "encoding-type": "url"}
-    query["max-keys"] = str(_KEYS_A_PAGE)
+    query = {
+        "list-type": "2",
+        "prefix": f"{key}/" if key else "",
+        "encoding-type": "url",
+        "max-keys": str(_KEYS_A_PAGE),
+    }
     found: dict[str, dict[str, Any]] = {}
     while True:
         try:
