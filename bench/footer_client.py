@@ -1,12 +1,13 @@
 """Where planning's CPU goes on S3: the client's CPU for one Parquet footer read, herd's way against the
-way it read them before and against botocore's own presigning (issue 19 item 1: 100,000 files planned in
+ways it read them before and against botocore's own presigning (issue 19 item 1: 100,000 files planned in
 under 60 s).
 
-herd reads footers with aiohttp from URLs signed as s3fs's botocore client presigns them
-(common/s3_presigned.py). Before, it read them through s3fs's `cat_ranges`, i.e. aiobotocore: per
-request, botocore builds, signs, sends and parses through its event hooks and endpoint rules. The third
-side, the design input measured before herd's way was built: a URL presigned by a plain botocore client
-for each key (`generate_presigned_url`), fetched with aiohttp. All read the last 64 kB of each file, as
+herd reads footers with its own HTTP client (common/http_get.py) from URLs signed as s3fs's botocore
+client presigns them (common/s3_presigned.py). Before, it sent the same URLs with aiohttp, and before
+that it read them through s3fs's `cat_ranges`, i.e. aiobotocore: per request, botocore builds, signs,
+sends and parses through its event hooks and endpoint rules. The last side, the design input measured
+before herd's way was built: a URL presigned by a plain botocore client for each key
+(`generate_presigned_url`), fetched with aiohttp. All read the last 64 kB of each file, as
 many at once as herd does, and parse it with pyarrow, from the `billion` benchmark's S3 server running in
 a process of its own with no added latency, so the CPU time of this process is the client's alone. The
 sides alternate over rounds (this machine's speed drifts); printed: CPU milliseconds a file for each,
@@ -27,8 +28,9 @@ from typing import Any
 from bench.common import REPO, cpu_seconds, record
 
 _AT_ONCE = 128  # footers herd reads at once
-_HERD = "herd (signed as s3fs's client presigns, aiohttp)"
-_BEFORE = "s3fs cat_ranges (aiobotocore; herd before)"
+_HERD = "herd (signed as s3fs's client presigns, herd's HTTP client)"
+_AIOHTTP = "the same URLs sent by aiohttp (herd before its own client)"
+_BEFORE = "s3fs cat_ranges (aiobotocore; herd before presigning)"
 _BOTOCORE = "presigned by botocore key by key + aiohttp"
 
 
@@ -45,13 +47,17 @@ def _server(files: int) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()  # type: ignore[union-attr]
 
 
-def _herd_reads(endpoint: str) -> tuple[list[Any], Callable[[], None], Callable[[], None]]:
-    """The listed files; herd's read of their footers; and s3fs's `cat_ranges` of the same bytes, parsed alike
-    (herd's way until the presigned reads)."""
+def _herd_reads(endpoint: str) -> tuple[list[Any], dict[str, Callable[[], None]]]:
+    """The listed files; herd's read of their footers, the same URLs sent by aiohttp, and s3fs's
+    `cat_ranges` of the same bytes, each parsed alike."""
+    import aiohttp
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import yarl
+    from fsspec.asyn import sync
 
-    from bench.billion import planning_job
+    from bench.billion import BUCKET, planning_job
+    from common.s3_presigned import _bucket_access
     from common.storage import _FOOTER_READ_BYTES, Storage
     from jobs.planner import list_inputs
 
@@ -71,7 +77,24 @@ def _herd_reads(endpoint: str) -> tuple[list[Any], Callable[[], None], Callable[
         for tail in tails:
             pq.ParquetFile(pa.BufferReader(tail)).metadata  # noqa: B018 - parsed as herd does
 
-    return files, herd, s3fs_cat_ranges
+    access = sync(backend.fs.loop, _bucket_access, backend.fs, BUCKET)
+    assert access is not None, "herd's signer did not reproduce the client's presigned URL"
+
+    async def aiohttp_reads() -> None:
+        limit = asyncio.Semaphore(_AT_ONCE)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+            async def one(info: Any) -> None:
+                url = yarl.URL(access.object_url(info.url.removeprefix(f"s3://{BUCKET}/")), encoded=True)
+                tail = {"Range": f"bytes={max(0, info.size - _FOOTER_READ_BYTES)}-{info.size - 1}"}
+                async with limit, session.get(url, headers=tail) as response:
+                    assert response.status == 206, response.status
+                    pq.ParquetFile(pa.BufferReader(await response.read())).metadata  # noqa: B018 - parsed as herd does
+
+            await asyncio.gather(*(one(info) for info in files))
+
+    return files, {_HERD: herd, _AIOHTTP: lambda: asyncio.run(aiohttp_reads()), _BEFORE: s3fs_cat_ranges}
 
 
 def _presigned_reads(endpoint: str, files: list[Any]) -> Callable[[], None]:
@@ -116,12 +139,8 @@ def main(argv: list[str]) -> int:
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
     server, endpoint = _server(arguments.files)
     try:
-        files, herd, before = _herd_reads(endpoint)
-        sides: dict[str, Callable[[], None]] = {
-            _HERD: herd,
-            _BEFORE: before,
-            _BOTOCORE: _presigned_reads(endpoint, files),
-        }
+        files, sides = _herd_reads(endpoint)
+        sides[_BOTOCORE] = _presigned_reads(endpoint, files)
         samples: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(arguments.rounds):
             for name, read in sides.items():
@@ -136,6 +155,7 @@ def main(argv: list[str]) -> int:
         "cpu_ms_a_file": samples,
         "median_cpu_ms_a_file": medians,
         "before_over_herd": medians[_BEFORE] / medians[_HERD],
+        "aiohttp_over_herd": medians[_AIOHTTP] / medians[_HERD],
         "botocore_presigned_over_herd": medians[_BOTOCORE] / medians[_HERD],
     }
     record(
@@ -144,7 +164,8 @@ def main(argv: list[str]) -> int:
         "footer_client: the client's CPU a footer, median of "
         f"{arguments.rounds} rounds over {len(files):,} files: "
         + ", ".join(f"{name} {value:.3f} ms" for name, value in medians.items())
-        + f"; the s3fs way costs {figures['before_over_herd']:.2f}x herd's, botocore's presigning "
+        + f"; the s3fs way costs {figures['before_over_herd']:.2f}x herd's, aiohttp "
+        f"{figures['aiohttp_over_herd']:.2f}x, botocore's presigning "
         f"{figures['botocore_presigned_over_herd']:.2f}x",
     )
     return 0

@@ -1,15 +1,15 @@
 """The S3 requests planning makes by the thousand, for a fraction of the client's CPU: the ranged reads
-of Parquet footers and the pages of a folder's listing, each sent by aiohttp (which s3fs already runs
-on) to a URL signed exactly as s3fs's own botocore client presigns it (its credentials, endpoint,
-addressing and region; checked against a URL that client presigns).
+of Parquet footers and the pages of a folder's listing, each sent by herd's own small HTTP client
+(common/http_get.py) to a URL signed exactly as s3fs's own botocore client presigns it (its credentials,
+endpoint, addressing and region; checked against a URL that client presigns).
 
 Why: planning 100,000 files on S3 reads a footer from each and lists a hundred pages of a thousand keys;
 through s3fs each footer read spent ~3 ms of the driver's CPU in botocore's request pipeline, this way
-~0.5 ms (python -m bench footer_client), and botocore parsed a listing at ~0.2 ms a key, ElementTree here
+~0.3 ms (python -m bench footer_client), and botocore parsed a listing at ~0.2 ms a key, ElementTree here
 at ~0.04 ms (python -m bench billion lists 100,000 keys in 7 s, through s3fs in 15-23 s). Only what
 succeeds is answered here. Any other answer (missing, denied, throttled, a wrong region, a dropped
-connection, a certificate aiohttp does not trust) leaves the request to s3fs, so that errors, region
-redirects and what counts as transient stay exactly s3fs's.
+connection, a certificate not trusted, a body the client does not read) leaves the request to s3fs, so
+that errors, region redirects and what counts as transient stay exactly s3fs's.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
 
-import aiohttp
-import yarl
 from botocore.utils import percent_encode
 from fsspec.asyn import sync
+
+from common.http_get import HttpClient, HttpError, host_header
 
 if TYPE_CHECKING:
     from s3fs import S3FileSystem
@@ -42,13 +42,13 @@ log = logging.getLogger(__name__)
 _PROBE_KEY = "herd-address-probe"  # presigned only, never read: its URL shows where and how keys are addressed
 _KEYS_A_PAGE = 1000  # S3's most in one page of a listing
 _URL_LIFETIME_S = 3600  # a URL is used at once; an hour covers a clock skew of minutes
-# botocore's own defaults: a server that stops answering is given up on after a minute, not five.
-_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60)
+# botocore's own defaults (60 s to connect, 60 s to read): a server that stops answering is given up on.
+_TIMEOUT_S = 60
 
 _not_reproduced: set[str] = set()  # buckets whose presigned URLs _BucketAccess could not reproduce
-# One session (a pool of connections) per event loop: s3fs runs every call on fsspec's one loop, and a
+# One client (a pool of connections) per event loop: s3fs runs every call on fsspec's one loop, and a
 # forked process gets a new loop, so it never shares a parent's sockets.
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HttpClient] = weakref.WeakKeyDictionary()
 
 
 def read_ranges(
@@ -68,7 +68,7 @@ def find(fs: S3FileSystem, path: str) -> dict[str, dict[str, Any]] | None:
 async def _read_all(
     fs: S3FileSystem, paths: list[str], starts: list[int], ends: list[int], at_once: int
 ) -> list[bytes | None]:
-    session = _session(fs.loop)
+    client = _client(fs.loop)
     limit = asyncio.Semaphore(at_once)
     buckets = {bucket: await _bucket_access(fs, bucket) for bucket in {path.split("/", 1)[0] for path in paths}}
 
@@ -80,7 +80,7 @@ async def _read_all(
         if access is None:
             return None
         async with limit:
-            return await _read_one(session, access, access.object_url(key), start, end)
+            return await _read_one(client, access, access.object_url(key), start, end)
 
     results = await asyncio.gather(*(one(*read) for read in zip(paths, starts, ends, strict=True)))
     left = sum(result is None for result in results)
@@ -89,17 +89,13 @@ async def _read_all(
     return list(results)
 
 
-async def _read_one(
-    session: aiohttp.ClientSession, access: _BucketAccess, url: str, start: int, end: int
-) -> bytes | None:
+async def _read_one(client: HttpClient, access: _BucketAccess, url: str, start: int, end: int) -> bytes | None:
     try:
-        wanted = {"Range": f"bytes={start}-{end - 1}"}
-        async with session.get(_as_signed(url), headers=wanted, proxy=access.proxy) as response:
-            if response.status not in (200, 206):
-                return None
-            body = await response.read()
-    except Exception:  # noqa: BLE001 - whatever failed here, s3fs reads it again and names its error
+        response = await client.get(url, {"Range": f"bytes={start}-{end - 1}"}, proxy=access.proxy)
+    except HttpError:  # s3fs reads it again and names its error
         return None
+    # The stored bytes, as botocore gives them, even under a Content-Encoding: nothing is decompressed.
+    body = response.body
     if response.status == 206 and len(body) == end - start:
         return body
     if response.status == 200 and start == 0 and len(body) == end:  # the whole object, asked whole
@@ -112,7 +108,7 @@ async def _find(fs: S3FileSystem, path: str) -> dict[str, dict[str, Any]] | None
     access = await _bucket_access(fs, bucket)
     if access is None:
         return None
-    session = _session(fs.loop)
+    client = _client(fs.loop)
     # s3fs lists the folder's prefix with a slash, so that "in" does not take "input/..." too.
     query = {
         "list-type": "2",
@@ -123,10 +119,10 @@ async def _find(fs: S3FileSystem, path: str) -> dict[str, dict[str, Any]] | None
     found: dict[str, dict[str, Any]] = {}
     while True:
         try:
-            async with session.get(_as_signed(access.listing_url(query)), proxy=access.proxy) as response:
-                if response.status != 200:
-                    return None
-                page = ElementTree.fromstring(await response.read())
+            response = await client.get(access.listing_url(query), proxy=access.proxy)
+            if response.status != 200:
+                return None
+            page = ElementTree.fromstring(response.body)
             for entry in page.iterfind("{*}Contents"):
                 # encoding-type=url: keys come URL-encoded (an XML page cannot hold every character a key
                 # may have), decoded as botocore decodes them.
@@ -145,12 +141,6 @@ async def _find(fs: S3FileSystem, path: str) -> dict[str, dict[str, Any]] | None
         query["continuation-token"] = token
 
 
-def _as_signed(url: str) -> yarl.URL:
-    # encoded=True: sent exactly as signed (yarl would otherwise requote the key, e.g. a%3Db as a=b,
-    # and the signature would no longer match on a real S3).
-    return yarl.URL(url, encoded=True)
-
-
 class _BucketAccess:
     """Presigned GET URLs in one bucket exactly as s3fs's client presigns them, for a fraction of its CPU
     (botocore's presigning runs its endpoint rules and event hooks, ~1 ms a URL, and its signer ~0.2 ms).
@@ -158,8 +148,8 @@ class _BucketAccess:
     the signing region and the access key; each URL is then signed here with SigV4 for query parameters,
     with the credentials of the session that client was made from (herd gives s3fs no keys of its own).
     The probe's own signature is recomputed first: if this signer does not reproduce it exactly (another
-    signing scheme, a token it does not carry), it is not used. The proxy is looked up once too (aiohttp's
-    trust_env does it per request: 0.7 ms)."""
+    signing scheme, a token it does not carry), it is not used. The proxy is looked up once too (a lookup
+    per request, as aiohttp's trust_env makes, cost 0.7 ms)."""
 
     def __init__(self, probe: SplitResult, secret_key: str, token: str | None) -> None:
         given = dict(parse_qsl(probe.query))
@@ -167,11 +157,7 @@ class _BucketAccess:
         self.secret_key = secret_key
         self.token = token
         self.scheme, self.netloc = probe.scheme, probe.netloc
-        default_port = {"http": 80, "https": 443}.get(probe.scheme)
-        # What the Host header will say: botocore and aiohttp both leave a default port out.
-        self.host = probe.hostname or ""
-        if probe.port is not None and probe.port != default_port:
-            self.host = f"{self.host}:{probe.port}"
+        self.host = host_header(probe)  # what the request's Host header will say, the one signed header
         path = probe.path.removesuffix(_PROBE_KEY)
         self.key_prefix = path
         # The bucket itself: /bucket on a path-style endpoint, / on a virtual-host one.
@@ -249,32 +235,17 @@ async def _bucket_access(fs: S3FileSystem, bucket: str) -> _BucketAccess | None:
     return access
 
 
-def _session(loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
-    session = _sessions.get(loop)
-    if session is None or session.closed:
+def _client(loop: asyncio.AbstractEventLoop) -> HttpClient:
+    client = _clients.get(loop)
+    if client is None:
         # botocore's trust: AWS_CA_BUNDLE when set, else the system's.
         certificates = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
-        session = aiohttp.ClientSession(
-            # No limit of its own: each caller bounds how many requests it makes at once.
-            connector=aiohttp.TCPConnector(limit=0, ssl=certificates),
-            timeout=_TIMEOUT,
-            auto_decompress=False,  # the stored bytes, as botocore gives them, even with a Content-Encoding
-        )
-        _sessions[loop] = session
-        atexit.register(_close, loop, session)
-    return session
+        client = _clients[loop] = HttpClient(certificates=certificates, timeout_s=_TIMEOUT_S)
+        atexit.register(_close, loop, client)
+    return client
 
 
-def _close(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
-    """At exit, as s3fs closes its own client: on the loop if it still runs, else the sockets directly."""
-    if session.closed:
-        return
+def _close(loop: asyncio.AbstractEventLoop, client: HttpClient) -> None:
+    """At exit, as s3fs closes its own client: on the loop while it still runs (its transports are its own)."""
     if loop.is_running():
-        try:
-            sync(loop, session.close, timeout=1)
-            return
-        except Exception:  # noqa: BLE001 - exiting; the sockets are closed below
-            pass
-    connector = session.connector
-    if connector is not None:
-        connector._close()
+        loop.call_soon_threadsafe(client.close)

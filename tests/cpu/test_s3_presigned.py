@@ -1,4 +1,4 @@
-"""Parquet footers and folder listings on S3 go through presigned URLs over aiohttp (a fraction of
+"""Parquet footers and folder listings on S3 go through presigned URLs over herd's HTTP client (a fraction of
 botocore's CPU), and whatever that way does not get is made by s3fs, whose answer stands: these pin down
 both halves on the moto server, through the logging proxy that shows each request as it arrived, and
 herd's signer against botocore's."""
