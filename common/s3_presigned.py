@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import hashlib
 import hmac
 import logging
@@ -123,15 +124,18 @@ async def _find(fs: S3FileSystem, path: str) -> dict[str, dict[str, Any]] | None
             if response.status != 200:
                 return None
             page = ElementTree.fromstring(response.body)
-            for entry in page.iterfind("{*}Contents"):
+            # Tags in the page's namespace, spelled out: ElementTree's C code finds an exact tag itself and
+            # hands a wildcard ({*}Key) to its Python path engine, which took a third of the listing's CPU.
+            ns = page.tag[: page.tag.index("}") + 1] if page.tag.startswith("{") else ""
+            for entry in page.findall(f"{ns}Contents"):
                 # encoding-type=url: keys come URL-encoded (an XML page cannot hold every character a key
                 # may have), decoded as botocore decodes them.
-                name = f"{bucket}/{unquote_plus(entry.findtext('{*}Key', ''))}"
-                size = int(entry.findtext("{*}Size", "0"))
-                etag = entry.findtext("{*}ETag", "")
+                name = f"{bucket}/{unquote_plus(entry.findtext(f'{ns}Key', ''))}"
+                size = int(entry.findtext(f"{ns}Size", "0"))
+                etag = entry.findtext(f"{ns}ETag", "")
                 found[name] = {"name": name, "Key": name, "type": "file", "size": size, "Size": size, "ETag": etag}
-            truncated = page.findtext("{*}IsTruncated") == "true"
-            token = page.findtext("{*}NextContinuationToken")
+            truncated = page.findtext(f"{ns}IsTruncated") == "true"
+            token = page.findtext(f"{ns}NextContinuationToken")
         except Exception:  # noqa: BLE001 - s3fs lists it again and names its error
             return None
         if not truncated:
@@ -180,8 +184,17 @@ class _BucketAccess:
         parameters, the host the only signed header, the payload unsigned, as S3 presigned URLs are)."""
         stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         scope = f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
-        query = {
-            **query,
+        canonical_query = self._canonical_query(tuple(query.items()), stamp, scope)
+        canonical = f"GET\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        return f"{self.scheme}://{self.netloc}{path}?{canonical_query}&X-Amz-Signature={signature}"
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - a few entries, as long-lived as the bucket's access
+    def _canonical_query(self, query: tuple[tuple[str, str], ...], stamp: str, scope: str) -> str:
+        """The query with the signing parameters, canonically encoded and sorted: the same for every
+        object's URL signed in the same second, as planning signs them (~35 µs of a URL's ~50)."""
+        signing = {
             "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
             "X-Amz-Credential": f"{self.access_key}/{scope}",
             "X-Amz-Date": stamp,
@@ -189,15 +202,11 @@ class _BucketAccess:
             "X-Amz-SignedHeaders": "host",
         }
         if self.token:
-            query["X-Amz-Security-Token"] = self.token
-        canonical_query = "&".join(
-            f"{name}={value}"
-            for name, value in sorted((_quoted(name), _quoted(value)) for name, value in query.items())
+            signing["X-Amz-Security-Token"] = self.token
+        pairs = [*query, *signing.items()]
+        return "&".join(
+            f"{name}={value}" for name, value in sorted((_quoted(name), _quoted(value)) for name, value in pairs)
         )
-        canonical = f"GET\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
-        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
-        return f"{self.scheme}://{self.netloc}{path}?{canonical_query}&X-Amz-Signature={signature}"
 
     def _signing_key(self, day: str) -> bytes:
         if day not in self._signing_keys:
