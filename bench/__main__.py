@@ -23,6 +23,7 @@ BENCHMARKS = (
     "fleet",
     "footer_client",
     "wide_files",
+    "commits",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import random
@@ -175,6 +176,7 @@ def moto_s3() -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request: it costs the shared cores
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:

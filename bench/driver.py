@@ -41,7 +41,7 @@ def _run(replicas: int, data: Path, rows_per_shard: int, work: Path) -> dict[str
         ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started: not what is measured
         # The driver's loop and commits, as run_job drives them (planning and the report are once a run).
         cpu, started = cpu_seconds(), time.perf_counter()
-        outcome = Dispatcher(job, pool, manifest.commit).run(shards)
+        outcome = Dispatcher(job, pool, manifest.commit_all).run(shards)
         manifest.finish()
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:

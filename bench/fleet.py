@@ -91,7 +91,7 @@ def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: P
         up_s = time.perf_counter() - started
         ray.wait = timed_wait  # the dispatcher's one blocking call; put back below
         cpu, started = cpu_seconds(), time.perf_counter()
-        outcome = Dispatcher(job, pool, manifest.commit).run(shards)
+        outcome = Dispatcher(job, pool, manifest.commit_all).run(shards)
         manifest.finish()
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:

@@ -29,7 +29,8 @@ class HttpError(Exception):
 
 # What may go wrong with one request, all raised as HttpError (asyncio.IncompleteReadError is an
 # EOFError, ssl.SSLError an OSError, a head over the StreamReader's 64 kB limit a LimitOverrunError).
-_FAILURES = (HttpError, OSError, EOFError, ValueError, TimeoutError, asyncio.LimitOverrunError)
+# asyncio.TimeoutError is TimeoutError from Python 3.11 on, a class of its own before.
+_FAILURES = (HttpError, OSError, EOFError, ValueError, TimeoutError, asyncio.TimeoutError, asyncio.LimitOverrunError)
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,11 @@ class HttpClient:
         for reused in (True, False) if idle else (False,):
             writer = idle.pop() if reused and idle else None
             try:
-                async with asyncio.timeout(self._timeout_s):
-                    writer = writer or await self._open(target, proxy)
-                    writer.write(request)
-                    response, keep = await _response(self._readers[writer])
+                # As botocore: a time to connect, then a time for the answer (wait_for, not Python
+                # 3.11's asyncio.timeout: herd runs on 3.10 too).
+                writer = writer or await asyncio.wait_for(self._open(target, proxy), self._timeout_s)
+                writer.write(request)
+                response, keep = await asyncio.wait_for(_response(self._readers[writer]), self._timeout_s)
             except _FAILURES as error:
                 self._forget(writer)
                 if reused and isinstance(error, (ConnectionError, asyncio.IncompleteReadError)):
@@ -117,6 +119,8 @@ class HttpClient:
             reader, writer = await asyncio.open_connection(via.hostname, via.port or 80)
             if tls is not None:
                 try:
+                    if not hasattr(writer, "start_tls"):  # Python 3.10: s3fs makes these requests
+                        raise HttpError("TLS through a proxy's tunnel needs Python 3.11")
                     await _tunnel(reader, writer, f"{_bracketed(target.hostname or '')}:{port}", proxy)
                     await writer.start_tls(tls, server_hostname=target.hostname)
                 except BaseException:

@@ -33,7 +33,7 @@ from jobs.replica_state import NODE_LEFT, Phase, ReplicaState
 from jobs.replicas import ReplicaPool, last_log_lines
 from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.job import JobSpec
-from schemas.shard import Shard, ShardRecord
+from schemas.shard import Shard, ShardRecord, ShardResult
 from workers.replica import HEALTH_GROUP
 from workers.shard_io import ShardInputError
 
@@ -115,11 +115,13 @@ class Dispatcher:
         self,
         job: JobSpec,
         pool: ReplicaPool,
-        commit: Callable[[ShardRecord], None],
+        commit: Callable[[list[ShardRecord]], list[Exception | None]],
         progress: Progress | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        """`stop`: once set, no shard is handed out any more; those running finish and commit, the
+        """`commit`: commits the records of shards that finished together, each's error or None (a
+        ManifestWriter's commit_all); what it raises (OutputBusy, StorageUnavailable) stops the run.
+        `stop`: once set, no shard is handed out any more; those running finish and commit, the
         others fail as stopped (a later run resumes them)."""
         self.stop = stop
         self.job = job
@@ -174,6 +176,7 @@ class Dispatcher:
             if done and waiting:  # and whatever else is already finished, before assigning again
                 more, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 done += more
+            finished: list[tuple[Shard, ShardResult]] = []
             for ref in done:
                 replica = waiting_for.get(ref)
                 if replica is not None and replica.waiting_on is ref:
@@ -182,7 +185,9 @@ class Dispatcher:
                     else:
                         self._on_started(queue, replica)
                 elif ref in queue.running:  # not taken back from a stalled replica meanwhile
-                    self._on_finished(queue, ref)
+                    finished += self._on_finished(queue, ref)
+            if finished:
+                self._commit(queue, finished)
             self._give_up_on_slow_starts(queue)
             self._decide_verdicts()
             self._watch_capacity(queue)
@@ -346,7 +351,8 @@ class Dispatcher:
         log.info("replica %s is ready", name)
         self._replicas_changed()
 
-    def _on_finished(self, queue: _Queue, ref: Any) -> None:
+    def _on_finished(self, queue: _Queue, ref: Any) -> list[tuple[Shard, ShardResult]]:
+        """The call's shards that succeeded, to commit; the others are retried or failed here."""
         replica, group = queue.running.pop(ref)
         try:
             result = ray.get(ref, timeout=_FETCH_TIMEOUT_S)
@@ -363,17 +369,19 @@ class Dispatcher:
                 self._on_replica_death(replica, error)
             for shard in group:
                 self._retry_or_fail(queue, shard, f"replica died: {_reason(error)}")
-            return
+            return []
         except Exception as error:  # noqa: BLE001 - every other failure is the call's shards'
             outcomes = [error] * len(group)
         else:
             outcomes = result if len(group) > 1 else [result]  # process_group answers a list
         replica.give_slot_back()
+        succeeded = []
         for shard, outcome in zip(group, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 self._on_shard_failed(queue, shard, outcome)
             else:
-                self._commit(queue, shard, outcome)
+                succeeded.append((shard, outcome))
+        return succeeded
 
     def _on_shard_failed(self, queue: _Queue, shard: Shard, error: BaseException) -> None:
         cause = getattr(error, "cause", None) or error
@@ -386,15 +394,22 @@ class Dispatcher:
         else:
             self._retry_or_fail(queue, shard, _reason(error))
 
-    def _commit(self, queue: _Queue, shard: Shard, result: Any) -> None:
-        record = ShardRecord(**result.model_dump(), attempts=queue.attempts[shard.shard_id])
-        try:
-            self.commit(record)
-        except (OutputBusy, StorageUnavailable):
-            raise  # another run took the output over, or storage stayed down: this one stops
-        except Exception as error:  # noqa: BLE001 - storage gave up after the retry policy
-            self._retry_or_fail(queue, shard, f"could not commit: {_reason(error)}")
-            return
+    def _commit(self, queue: _Queue, finished: list[tuple[Shard, ShardResult]]) -> None:
+        """Commits shards that finished together, their records written at once."""
+        records = [
+            ShardRecord(**result.model_dump(), attempts=queue.attempts[shard.shard_id]) for shard, result in finished
+        ]
+        # Raised (OutputBusy: another run took the output over; StorageUnavailable) or returned, either stops it.
+        errors = self.commit(records)
+        for (shard, _), record, error in zip(finished, records, errors, strict=True):
+            if isinstance(error, (OutputBusy, StorageUnavailable)):
+                raise error
+            if error is not None:  # storage gave up after the retry policy
+                self._retry_or_fail(queue, shard, f"could not commit: {_reason(error)}")
+            else:
+                self._committed(shard, record)
+
+    def _committed(self, shard: Shard, record: ShardRecord) -> None:
         self.outcome.committed.add(shard.shard_id)
         if self.progress is not None:
             self.progress.committed(record, shard)

@@ -2,11 +2,11 @@
 
 A Parquet file on S3 costs ~0.6 ms of CPU to plan (its footer read, presigned and sent by herd's HTTP
 client, ~0.33 ms; its shards, and their way back to the driver, the rest; `python -m bench billion`),
-which caps one process at ~1,600 files a second however many reads it has in flight. Each planning process is a fresh interpreter
-started as `python -m jobs.planning_processes`, not a multiprocessing child: 'spawn' and 'forkserver'
-import the caller's __main__ in every child, and a user's script or Airflow file that calls herd at top
-level, without a main guard, would run again in each. The parent's sys.path goes with it, so it
-imports the same herd.
+which caps one process at ~1,600 files a second however many reads it has in flight. Each planning
+process is a fresh interpreter started as `python -m jobs.planning_processes`, not a multiprocessing
+child: 'spawn' and 'forkserver' import the caller's __main__ in every child, and a user's script or
+Airflow file that calls herd at top level, without a main guard, would run again in each. The parent's
+sys.path goes with it, so it imports the same herd.
 
 Protocol: the parent writes one pickle (input spec, files, storage, prompt spec) to the child's stdin;
 the child answers a pickle on stdout for each batch of files it has planned, ("shards", [Shard, ...]),

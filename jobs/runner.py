@@ -234,9 +234,9 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
 
     manifest = ManifestWriter(storage, layout)
 
-    def commit(record: ShardRecord) -> None:
+    def commit(records: list[ShardRecord]) -> list[Exception | None]:
         lease.check()  # a run whose lease was taken over commits nothing more
-        manifest.commit(record)
+        return manifest.commit_all(records)
 
     outcome = DispatchOutcome()
     replicas = 0

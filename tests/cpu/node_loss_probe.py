@@ -74,15 +74,17 @@ def main(config: dict) -> dict:
                 return
             time.sleep(0.1)
 
-    def commit(record) -> None:
-        commit_shard(storage, layout, record)
-        commits.append(record.replica)
-        # Here, on the main thread: Ray's Cluster starts nodes with signal handlers.
-        if not while_starting and len(commits) == 4:
-            lose_node_0()
-            cluster.add_node(num_cpus=4, num_gpus=1)
-        if while_starting and len(commits) == 1:
-            cluster.add_node(num_cpus=4, num_gpus=1)
+    def commit(records) -> list[None]:
+        for record in records:
+            commit_shard(storage, layout, record)
+            commits.append(record.replica)
+            # Here, on the main thread: Ray's Cluster starts nodes with signal handlers.
+            if not while_starting and len(commits) == 4:
+                lose_node_0()
+                cluster.add_node(num_cpus=4, num_gpus=1)
+            if while_starting and len(commits) == 1:
+                cluster.add_node(num_cpus=4, num_gpus=1)
+        return [None] * len(records)
 
     if while_starting:
         threading.Thread(target=lose_node_0_once_every_replica_is_loading, daemon=True).start()

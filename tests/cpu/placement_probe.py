@@ -45,9 +45,11 @@ def main(config: dict) -> dict:
     layout = OutputLayout(job.output.path)
     replicas_used = set()
 
-    def commit(record) -> None:
-        commit_shard(storage, layout, record)
-        replicas_used.add(record.replica)
+    def commit(records) -> list[None]:
+        for record in records:
+            commit_shard(storage, layout, record)
+            replicas_used.add(record.replica)
+        return [None] * len(records)
 
     outcome = Dispatcher(job, pool, commit).run(shards)
     groups = [placement_group_table(replica.placement_group) for replica in pool.replicas]

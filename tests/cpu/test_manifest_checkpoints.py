@@ -4,6 +4,7 @@ at a bounded number of requests."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import Counter
 
 import pytest
@@ -275,3 +276,31 @@ def test_a_reader_that_lists_before_a_running_driver_compacts_lists_again_and_mi
 
     committed = committed_shards(CompactsAfterTheFirstListing(StorageSpec(), RetrySpec()), layout)
     assert len(listed) == 3 and sorted(committed) == sorted(_record(index).shard_id for index in range(4))
+
+
+def test_shards_that_finish_together_are_committed_at_once_each_with_its_own_outcome(tmp_path):
+    records = [_record(index) for index in range(10)]
+    refused = f"{records[3].shard_id}.json"
+    # Every record's write waits here until 8 are written together: one at a time, it would break.
+    together = threading.Barrier(8, timeout=30)
+
+    class OneRecordRefused(Storage):
+        def write_atomic(self, url: str, data: bytes) -> int:
+            if url.endswith(".json") and int(url.split("-")[-1].removesuffix(".json"), 16) < 8:
+                together.wait()
+            if url.endswith(refused):
+                raise PermissionError(f"{url}: denied")
+            return super().write_atomic(url, data)
+
+    storage, layout = OneRecordRefused(StorageSpec(), RetrySpec()), OutputLayout(str(tmp_path / "out"))
+    writer = ManifestWriter(storage, layout, every=4)
+    errors = writer.commit_all(records)
+    outcomes = [type(error).__name__ if error else None for error in errors]
+    assert outcomes == [None] * 3 + ["PermissionError"] + [None] * 6
+    # The 9 that landed: two checkpoints of 4, as many as one at a time makes, and one record file waiting.
+    assert _checkpoints(storage, layout) == ["_checkpoint-000001-000001.parquet", "_checkpoint-000002-000002.parquet"]
+    assert len([name for name in _manifest_names(storage, layout) if name.endswith(".json")]) == 1
+    landed = sorted(record.shard_id for index, record in enumerate(records) if index != 3)
+    assert sorted(committed_shards(storage, layout)) == landed
+    writer.finish()
+    assert sorted(committed_shards(storage, layout)) == landed
