@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import html
 import io
 import json
+import re
 import resource
 import threading
 import time
@@ -42,7 +44,9 @@ def _parquet_file(rows: int) -> bytes:
 
 
 class GeneratedS3:
-    """Just enough of S3 for listing and reading: every key under in/ is the same Parquet file.
+    """Just enough of S3 for listing and reading: every key under in/ is the same Parquet file. Objects
+    written to it (PUT; deleted by POST ?delete, as s3fs deletes) are held in memory, listed and read
+    back beside them (`bench commits`).
 
     HTTP/1.1 with keep-alive on asyncio streams, in a thread of its own: it shares this machine's 2 cores
     with the planner it answers, and http.server's thread-per-connection handlers spent ~0.6 ms of CPU a
@@ -54,6 +58,7 @@ class GeneratedS3:
         # (prefix, delimiter) -> (keys, common prefixes): a listing's pages are asked for one by one.
         self.listings: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
         self.content = content
+        self.written: dict[str, bytes] = {}
         self.latency_s = latency_s
         self.requests: Counter[str] = Counter()
         self.loop = asyncio.new_event_loop()
@@ -101,8 +106,11 @@ class GeneratedS3:
                 headers = {
                     name.lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:] if line)
                 }
+                if headers.get("expect", "").lower() == "100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                sent = await reader.readexactly(int(headers.get("content-length", "0")))
                 await asyncio.sleep(self.latency_s)
-                status, body, answer_headers = self.serve(method, target, headers)
+                status, body, answer_headers = self.serve(method, target, headers, sent)
                 lines = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Content-Length: {len(body)}"]
                 lines += [f"{name}: {value}" for name, value in answer_headers.items()]
                 writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -116,16 +124,36 @@ class GeneratedS3:
             writer.close()
 
     def _etag(self, key: str) -> str:
-        return '"' + hashlib.md5(key.encode()).hexdigest() + '"'
+        """As S3's: the MD5 of what was written; a generated file's differs by key (each its own file)."""
+        content = self.written.get(key)
+        return '"' + hashlib.md5(key.encode() if content is None else content).hexdigest() + '"'
 
-    def serve(self, method: str, target: str, request_headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    def serve(
+        self, method: str, target: str, request_headers: dict[str, str], sent: bytes = b""
+    ) -> tuple[int, bytes, dict[str, str]]:
         """The status, body and headers S3 would answer; counted by kind."""
         url = urlparse(target)
-        query = parse_qs(url.query)
+        query = parse_qs(url.query, keep_blank_values=True)
         key = unquote(url.path.lstrip("/").split("/", 1)[1]) if "/" in url.path.lstrip("/") else ""
         if "list-type" in query:
             kind = "LIST"
             answer = (200, self._listing(query), {"Content-Type": "application/xml"})
+        elif method == "PUT":
+            kind = "PUT"
+            self.written[key] = sent
+            self.listings.clear()
+            answer = (200, b"", {"ETag": self._etag(key)})
+        elif method == "POST" and "delete" in query:
+            kind = "POST (delete)"
+            keys = [html.unescape(found) for found in re.findall(r"<Key>(.*?)</Key>", sent.decode())]
+            for gone in keys:
+                self.written.pop(gone, None)
+            self.listings.clear()
+            deleted = "".join(f"<Deleted><Key>{html.escape(gone)}</Key></Deleted>" for gone in keys)
+            answer = (200, f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult>{deleted}</DeleteResult>'.encode(), {})
+        elif key in self.written:
+            kind = method
+            answer = (200, self.written[key], {"ETag": self._etag(key), "Content-Type": "application/octet-stream"})
         elif key in self.key_set:
             kind = method
             size = len(self.content)
@@ -149,7 +177,7 @@ class GeneratedS3:
     def _matching(self, prefix: str, delimiter: str) -> tuple[list[str], list[str]]:
         """The keys under `prefix`, and with a delimiter the "folders" below it, as S3 lists them."""
         if (prefix, delimiter) not in self.listings:
-            keys = [key for key in self.keys if key.startswith(prefix)]
+            keys = [key for key in sorted([*self.keys, *self.written]) if key.startswith(prefix)]
             folders: list[str] = []
             if delimiter:
                 below = [key for key in keys if delimiter in key[len(prefix) :]]
@@ -167,9 +195,10 @@ class GeneratedS3:
         entries = []
         page = matching[start : start + limit]
         for key in page:
+            size = len(self.written[key]) if key in self.written else len(self.content)
             entries.append(
-                f"<Contents><Key>{key}</Key><LastModified>2026-12-01T00:00:00.000Z</LastModified>"
-                f"<ETag>{self._etag(key)}</ETag><Size>{len(self.content)}</Size>"
+                f"<Contents><Key>{html.escape(key)}</Key><LastModified>2026-12-01T00:00:00.000Z</LastModified>"
+                f"<ETag>{self._etag(key)}</ETag><Size>{size}</Size>"
                 "<StorageClass>STANDARD</StorageClass></Contents>"
             )
         truncated = start + limit < len(matching)
