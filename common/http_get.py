@@ -116,6 +116,8 @@ class HttpClient:
             reader, writer = await asyncio.open_connection(target.hostname, port, ssl=tls)
         else:
             via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if via.scheme != "http":  # a proxy spoken to over TLS: s3fs makes these requests
+                raise HttpError(f"a {via.scheme}:// proxy")
             reader, writer = await asyncio.open_connection(via.hostname, via.port or 80)
             if tls is not None:
                 try:
