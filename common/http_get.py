@@ -2,8 +2,8 @@
 footers, listing pages) to URLs it has signed itself (common/s3_presigned.py).
 
 Why not aiohttp: its generality (cookies, redirects, tracing, streamed bodies) cost ~0.15 ms of CPU a
-request more: a footer read, signed, sent and parsed, costs 0.48 ms through aiohttp and 0.33 ms through
-this (`python -m bench footer_client`), 15 s of CPU at 100,000 footers.
+request more: a footer read, signed, sent and parsed, costs 0.45 ms through aiohttp and 0.32 ms through
+this (`python -m bench footer_client`), 13 s of CPU at 100,000 footers.
 It does only what those requests need: a body of a stated Content-Length, on a connection kept for the
 next request unless the server closes it. Anything else (a chunked body, a head over 64 kB, a connection
 closed early, a timeout) raises HttpError, and the caller makes that request another way. Through a
