@@ -73,7 +73,7 @@ def probe(what: str, path: str, endpoint: str | None = None, at_once: int | None
     from schemas.job import InputSpec, RetrySpec, StorageSpec
 
     if at_once is not None:
-        storage_module._S3.small_reads_at_once = at_once
+        storage_module._S3.small_requests_at_once = at_once
     storage = Storage(StorageSpec(endpoint_url=endpoint), RetrySpec())
     started = time.perf_counter()
     if what == "plan":
@@ -116,7 +116,7 @@ def _on_slow_s3(files: int) -> dict:
     from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
 
     data = _inputs(files, 1000)
-    default = Storage(StorageSpec(), RetrySpec()).small_reads_at_once("s3://bench/plan/")
+    default = Storage(StorageSpec(), RetrySpec()).small_requests_at_once("s3://bench/plan/")
     seconds: dict[int, list[float]] = {1: [], default: []}
     with moto_s3() as endpoint:
         filesystem = s3fs.S3FileSystem(endpoint_url=endpoint)

@@ -74,7 +74,7 @@ class _Backend:
     conditional writes, and the fastest way to list and read many files. Storage picks one per URL
     and never asks which it has."""
 
-    small_reads_at_once: int
+    small_requests_at_once: int
 
     def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
         self.fs = fs
@@ -125,7 +125,7 @@ class _Backend:
         raise NotImplementedError
 
     def read_ranges(self, paths: list[str], starts: list[int], ends: list[int]) -> list[bytes | Exception]:
-        """Each path's bytes [start, end), small_reads_at_once of them at a time; per path the
+        """Each path's bytes [start, end), small_requests_at_once of them at a time; per path the
         bytes or the exception its read raised."""
         return self.fs.cat_ranges(paths, starts, ends, on_error="return")
 
@@ -140,8 +140,9 @@ class _LocalDisk(_Backend):
     where fsspec's per-call overhead dominates (a 100k-shard manifest)."""
 
     # Small reads take microseconds: threads would only contend for the GIL (planning 1,000 footers
-    # took 0.37 s one at a time, 0.60 s with 32 threads).
-    small_reads_at_once = 1
+    # took 0.37 s one at a time, 0.60 s with 32 threads). A small synced write (a manifest record) takes
+    # ~0.5 ms, and 64 replicas' commits made at once cost the driver ~0.6 ms of CPU more a shard.
+    small_requests_at_once = 1
 
     def path(self, url: str) -> str:
         return absolute(url)
@@ -216,10 +217,10 @@ class _S3(_Backend):
     """One PUT makes a write atomic; If-None-Match and If-Match (AWS, MinIO and moto honour them)
     make creates and replacements conditional; a version is the object's ETag."""
 
-    # A small read costs a round trip (tens of ms in a region): many at once. Planning 2,000 footers at
-    # 20 ms a request (bench billion): 4.5 s 32 at once, 3.2 s 64, 2.9 s 128, where the driver's CPU
-    # becomes the limit.
-    small_reads_at_once = 128
+    # A small read or write costs a round trip (tens of ms in a region): many at once. Planning 2,000
+    # footers at 20 ms a request (bench billion): 4.5 s 32 at once, 3.2 s 64, 2.9 s 128, where the
+    # driver's CPU becomes the limit; commits, `bench commits`.
+    small_requests_at_once = 128
 
     def path(self, url: str) -> str:
         return url.removeprefix("s3://")
@@ -238,7 +239,7 @@ class _S3(_Backend):
         # GETs first, at a fraction of botocore's CPU a read (bench footer_client); s3fs reads what they
         # did not get, and its answer (bytes or its error) is the one returned.
         results: list[bytes | Exception | None] = list(
-            s3_presigned.read_ranges(self.fs, paths, starts, ends, at_once=self.small_reads_at_once)
+            s3_presigned.read_ranges(self.fs, paths, starts, ends, at_once=self.small_requests_at_once)
         )
         left = [index for index, result in enumerate(results) if result is None]
         if left:
@@ -247,7 +248,7 @@ class _S3(_Backend):
                 [starts[index] for index in left],
                 [ends[index] for index in left],
                 on_error="return",
-                batch_size=self.small_reads_at_once,
+                batch_size=self.small_requests_at_once,
             )
             for index, result in zip(left, again, strict=True):
                 results[index] = result
@@ -352,7 +353,7 @@ class Storage:
                     "retries": {"max_attempts": 1, "mode": "standard"},
                     # A connection for each read made at once (botocore keeps 10): with 10, planning's
                     # footer reads ran 10 at a time (python -m bench billion: 146 files/s).
-                    "max_pool_connections": _S3.small_reads_at_once,
+                    "max_pool_connections": _S3.small_requests_at_once,
                     # Presigned URLs too (the ones common/s3_presigned.py reproduces) signed with SigV4:
                     # botocore would presign with SigV2, which the regions opened since 2014 refuse.
                     "signature_version": "s3v4",
@@ -374,10 +375,11 @@ class Storage:
             backend = _LocalDisk(fsspec.filesystem("file"))
         return backend, backend.path(url)
 
-    def small_reads_at_once(self, url: str) -> int:
-        """How many small reads (a footer, a size field) of files like `url` are worth making at once."""
+    def small_requests_at_once(self, url: str) -> int:
+        """How many small requests (reading a footer or a size field, writing a manifest record) on files
+        like `url` are worth making at once."""
         backend, _ = self._backend(url)
-        return backend.small_reads_at_once
+        return backend.small_requests_at_once
 
     def _retry(self, what: str, operation: Callable[[], T]) -> T:
         return call_with_retry(operation, self.retry, what)

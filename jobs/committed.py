@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY = 100  # commits per checkpoint: the most record files a crash leaves
 CHECKPOINTS_PER_MERGE = 10
 MERGED_LEVELS = 2  # checkpoints of 100 merge into 1,000, those into 10,000, and no further
-# Record files written at once when several shards finish together: a commit is one small write whose
-# time is the store's round trip (a PUT, tens of ms on S3), so one at a time would cap a driver at a
-# few dozen commits a second whatever its replicas do (python -m bench commits).
-COMMITS_AT_ONCE = 32
 
 RECORD_FILE = re.compile(rf"(?:{SHARD_ID_PATTERN})\.json")
 CHECKPOINT_FILE = re.compile(r"_checkpoint-(\d{6,})-(\d{6,})\.parquet")
@@ -290,8 +286,10 @@ class ManifestWriter:
             raise error
 
     def commit_all(self, records: Sequence[ShardRecord]) -> list[Exception | None]:
-        """Commits each record, their files written at once; for each, None once committed or the error
-        its write raised (the others are committed all the same)."""
+        """Commits each record; for each, None once committed or the error its write raised (the others
+        are committed all the same). On S3 their files are written at once: a commit is a PUT whose time
+        is a round trip, and one at a time a driver would commit a few dozen shards a second whatever its
+        replicas do (python -m bench commits)."""
 
         def write(record: ShardRecord) -> Exception | None:
             try:
@@ -300,8 +298,9 @@ class ManifestWriter:
                 return error
             return None
 
-        if len(records) > 1:
-            self._writers = self._writers or ThreadPoolExecutor(COMMITS_AT_ONCE, thread_name_prefix="commit")
+        at_once = self.storage.small_requests_at_once(self.layout.manifest_dir)
+        if len(records) > 1 and at_once > 1:
+            self._writers = self._writers or ThreadPoolExecutor(at_once, thread_name_prefix="commit")
             errors = list(self._writers.map(write, records))
         else:
             errors = [write(record) for record in records]

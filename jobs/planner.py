@@ -137,7 +137,7 @@ def plan_shards(
 
 
 def _planning_processes(files: list[FileInfo], storage: Storage) -> int:
-    if not files or storage.small_reads_at_once(files[0].url) == 1:  # a disk's reads cost no request
+    if not files or storage.small_requests_at_once(files[0].url) == 1:  # a disk's reads cost no request
         return 1
     return max(1, min(os.cpu_count() or 1, _MOST_PLANNING_PROCESSES, len(files) // _FILES_A_PROCESS))
 
@@ -175,7 +175,7 @@ def plan_batches(
     # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
     # once, a batch of files at a time (a batch's footers are all that is held). In file order all the
     # same, and the first file (in that order) that fails is the error.
-    at_once = storage.small_reads_at_once(files[0].url) if files else 1
+    at_once = storage.small_requests_at_once(files[0].url) if files else 1
     threads = ThreadPoolExecutor(at_once, thread_name_prefix="plan")
     try:
         for start in range(0, len(files), _FILES_A_BATCH):

@@ -278,7 +278,7 @@ def test_a_reader_that_lists_before_a_running_driver_compacts_lists_again_and_mi
     assert len(listed) == 3 and sorted(committed) == sorted(_record(index).shard_id for index in range(4))
 
 
-def test_shards_that_finish_together_are_committed_at_once_each_with_its_own_outcome(tmp_path):
+def test_shards_that_finish_together_are_committed_at_once_on_s3_each_with_its_own_outcome(tmp_path, s3_endpoint):
     records = [_record(index) for index in range(10)]
     refused = f"{records[3].shard_id}.json"
     # Every record's write waits here until 8 are written together: one at a time, it would break.
@@ -292,7 +292,8 @@ def test_shards_that_finish_together_are_committed_at_once_each_with_its_own_out
                 raise PermissionError(f"{url}: denied")
             return super().write_atomic(url, data)
 
-    storage, layout = OneRecordRefused(StorageSpec(), RetrySpec()), OutputLayout(str(tmp_path / "out"))
+    storage = OneRecordRefused(StorageSpec(endpoint_url=s3_endpoint), RetrySpec())
+    layout = OutputLayout(f"s3://herd-test/{tmp_path.name}")
     writer = ManifestWriter(storage, layout, every=4)
     errors = writer.commit_all(records)
     outcomes = [type(error).__name__ if error else None for error in errors]
