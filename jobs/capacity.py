@@ -93,7 +93,8 @@ def replica_count(job: JobSpec, shape: ClusterShape, device: str, shards: int) -
     if possible < 1:
         raise SpecError(_no_room_message(job, shape, device))
     if wanted == "auto":
-        # On CPU one engine already uses the node's cores; a second would only compete for them.
+        # On CPU a second engine would compete with the first for the cores that the driver and Ray
+        # leave (docs/clusters.md: one engine thread beat two on 2 cores).
         count = possible if device == "gpu" else 1
         return useful_replicas(min(count, job.resources.max_replicas or count), shards)
     return useful_replicas(min(wanted, possible), shards)
