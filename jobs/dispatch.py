@@ -140,6 +140,9 @@ class Dispatcher:
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         queue = _Queue(pending=deque(dispatch_order(shards)))
+        # The job goes with every shard: put in the object store once, it is not pickled again for
+        # each call (~0.15 ms of the driver's CPU a shard, of ~2-5; `python -m bench driver`).
+        self._job_in_store = ray.put(self.job)
         self._total = len(shards)
         self.pool.start_missing()
         for replica in self.pool.replicas:
@@ -330,9 +333,9 @@ class Dispatcher:
                 queue.attempts[shard.shard_id] += 1
                 self.outcome.attempts += 1
             if len(group) == 1:
-                ref = replica.actor.process.remote(group[0], self.job)
+                ref = replica.actor.process.remote(group[0], self._job_in_store)
             else:
-                ref = replica.actor.process_group.remote(group, self.job)
+                ref = replica.actor.process_group.remote(group, self._job_in_store)
             queue.running[ref] = (replica, group)
 
     def _on_started(self, queue: _Queue, replica: ReplicaState) -> None:
