@@ -8,9 +8,9 @@ the figure holds whatever the replicas cost this machine: one driver core commit
 second. Side by side in one run: the same shards on 2 and on `--replicas` replicas (the loop's cost
 per shard must not grow with the replicas it watches), and on `--replicas` with the job pickled into
 every shard's call, as the dispatcher sent it before it put the job in Ray's object store once;
-interleaved. The replicas' own busy share is
-what `python -m bench fleet` measures with 64 on real Ray, `python -m bench scale` simulates (64 and 256
-replicas) and `python -m bench overlap` measures for one real engine.
+interleaved. The replicas' own busy share is what `python -m bench fleet` measures with 64 on real
+Ray, `python -m bench scale` simulates (64 and 256 replicas) and `python -m bench overlap` measures for
+one real engine.
 """
 
 from __future__ import annotations
