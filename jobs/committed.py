@@ -277,6 +277,7 @@ class ManifestWriter:
         self.levels: list[list[_Checkpoint]] = [[] for _ in range(merged_levels)]
         self.pending: list[ShardRecord] = []
         self._next_number: int | None = None
+        self._writes_at_once = storage.small_requests_at_once(layout.manifest_dir)  # asked once, not per commit
         self._writers: ThreadPoolExecutor | None = None
 
     def commit(self, record: ShardRecord) -> None:
@@ -298,9 +299,8 @@ class ManifestWriter:
                 return error
             return None
 
-        at_once = self.storage.small_requests_at_once(self.layout.manifest_dir)
-        if len(records) > 1 and at_once > 1:
-            self._writers = self._writers or ThreadPoolExecutor(at_once, thread_name_prefix="commit")
+        if len(records) > 1 and self._writes_at_once > 1:
+            self._writers = self._writers or ThreadPoolExecutor(self._writes_at_once, thread_name_prefix="commit")
             errors = list(self._writers.map(write, records))
         else:
             errors = [write(record) for record in records]
