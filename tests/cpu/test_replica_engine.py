@@ -136,3 +136,26 @@ def test_a_cpu_replica_runs_its_engine_core_inside_unless_the_drivers_environmen
     assert variable not in _actor_environment(ModelSpec(path="/m"), "gpu")
     monkeypatch.setenv(variable, "1")
     assert _actor_environment(ModelSpec(path="/m"), "cpu")[variable] == "1"
+
+
+def test_the_collector_pauses_inside_and_what_lived_through_it_is_frozen_after():
+    import gc
+
+    from workers.engine import collector_paused_then_heap_frozen
+
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    try:
+        with collector_paused_then_heap_frozen():
+            assert not gc.isenabled()
+            made_inside = [[index] for index in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen_before + len(made_inside)
+        # A caller that had paused the collector itself keeps it paused.
+        gc.disable()
+        with collector_paused_then_heap_frozen():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

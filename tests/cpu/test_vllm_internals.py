@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Run in a process of its own: vLLM starts its engine core with spawn, which needs a main guard.
 PROBE = """
-import json, os, signal, sys, time
+import gc, json, os, signal, sys, time
 from schemas.job import ModelSpec, SamplingSpec
 from tests.cpu.process_tree import descendants
 from workers import vllm_internals
@@ -34,15 +34,25 @@ def generate_once(engine):
     except Exception as error:
         return {"raised": type(error).__name__}
 
+collections_before_vllm_engine_imported = []
+
+def count_collection(phase, info):
+    if phase == "start" and "vllm.entrypoints.llm" not in sys.modules:
+        collections_before_vllm_engine_imported.append(info["generation"])
+
 if __name__ == "__main__":
+    assert "torch" not in sys.modules and "vllm" not in sys.modules
+    gc.callbacks.append(count_collection)
     spec = ModelSpec(path=sys.argv[1], max_model_len=512, dtype="float32")
     os.environ.update(engine_environment(spec, "cpu"))
     # The engine core in a process of its own, as on a GPU and with tensor parallelism (on CPU with
     # TP 1 it runs in the replica's process, where its death is an exception in the caller).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
     engine = VllmEngine(sys.argv[1], spec, "cpu")
+    gc.callbacks.remove(count_collection)
     stepper = vllm_internals.step_engine(engine.llm)
     found = {
+        "collections_while_torch_and_vllm_import": len(collections_before_vllm_engine_imported),
         "methods": [name for name in vllm_internals.ENGINE_METHODS if callable(getattr(stepper, name, None))],
         "dead_error_is_exception": issubclass(vllm_internals.engine_dead_error(), Exception),
         "final_only": str(vllm_internals.final_outputs_only()),
@@ -99,3 +109,12 @@ def test_every_vllm_internal_herd_touches_is_where_herd_expects_it_and_a_dead_en
     # shards run elsewhere, instead of each row failing on its own as a generate error.
     assert found["dead_is_dead"]
     assert [call["raised"] for call in found["after_death"]] == ["EngineDead", "EngineDead"]
+
+
+@pytest.mark.background_scenario("vllm_internals_probe")
+def test_torch_and_vllm_import_with_the_garbage_collector_paused(scenario_result):
+    """workers/engine.py's collector_paused_then_heap_frozen: without it, the collector makes hundreds
+    of passes over the objects those imports create (~3 s of a replica's start on 2 cores)."""
+    line = next((line for line in scenario_result.stdout.splitlines() if line.startswith("FOUND ")), None)
+    assert line, scenario_result.stderr[-3000:]
+    assert json.loads(line.removeprefix("FOUND "))["collections_while_torch_and_vllm_import"] == 0
