@@ -100,34 +100,45 @@ def run_job(
     own_pool = pool is None
     if pool is not None and not pool.serves(job.model):
         raise SpecError("the replica pool given serves a different model configuration")
-    if own_pool and any(info.size for info in rest):
-        # More to plan: replicas load their engines while the driver reads the other files' footers,
-        # once nothing cheap refuses the job (the model's and adapters' files, the output's owner).
-        check_claim(storage, layout, job, files, overwrite)
-        pool = replicas_started_while_planning(job, engine_factory, quiet)
+    # A run that starts its replicas while it plans takes the output's lease first: on an output
+    # another live run holds, it exits busy before any engine loads (on GPUs, minutes of weights onto
+    # GPUs the live run may need). Otherwise the lease waits for the plan, so that an input that
+    # refuses the job leaves nothing at the output.
+    starts_while_planning = own_pool and any(info.size for info in rest)
+    lease: Lease | None = _lease_of(storage, layout, job) if starts_while_planning else None
     try:
-        shards = first + plan_shards(job.input, rest, storage, job.prompt)
-        if not shards and job.input.require_rows:
-            raise SpecError(
-                f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
-                "(input.require_rows is set)"
-            )
+        if starts_while_planning:
+            # Replicas load their engines while the driver reads the other files' footers, once
+            # nothing cheap refuses the job (the model's and adapters' files, the output's owner).
+            check_claim(storage, layout, job, files, overwrite)
+            pool = replicas_started_while_planning(job, engine_factory, quiet)
         try:
-            lease = acquire_lease(storage, layout, job.output.lease_ttl_s)
-        except (SpecError, OutputBusy):
-            raise
-        except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
-            raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
-        try:
-            claim = check_claim(storage, layout, job, files, overwrite)  # again: now under the lease
+            shards = first + plan_shards(job.input, rest, storage, job.prompt)
+            if not shards and job.input.require_rows:
+                raise SpecError(
+                    f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
+                    "(input.require_rows is set)"
+                )
+            lease = lease or _lease_of(storage, layout, job)
+            claim = check_claim(storage, layout, job, files, overwrite)  # under the lease, the plan whole
             run = _Run(job, storage, layout, files, shards, claim, lease, started)
             options = _Options(pool, own_pool, engine_factory, quiet, retry_errors, progress, stop)
             return _run_holding_the_lease(run, options)
         finally:
-            lease.release()
+            if own_pool and pool is not None:
+                pool.shutdown()
     finally:
-        if own_pool and pool is not None:
-            pool.shutdown()
+        if lease is not None:
+            lease.release()
+
+
+def _lease_of(storage: Storage, layout: OutputLayout, job: JobSpec) -> Lease:
+    try:
+        return acquire_lease(storage, layout, job.output.lease_ttl_s)
+    except (SpecError, OutputBusy):
+        raise
+    except Exception as error:  # noqa: BLE001 - a denied or absent bucket, or storage that keeps failing
+        raise storage_problem(f"output.path: cannot write to {job.output.path}", error) from None
 
 
 def warm_replica_pool(job: JobSpec, engine_factory: EngineFactory, quiet: bool) -> ReplicaPool:

@@ -125,3 +125,32 @@ def test_two_runs_started_at_once_on_one_output_one_runs_and_the_other_exits_bus
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
     assert len(ids) == len(set(ids)) == 400
     assert not (tmp_path / "out" / "_lease.json").exists()  # released at the end
+
+
+def test_a_run_on_an_output_another_run_holds_exits_busy_before_starting_any_replica(tmp_path, tiny_model, monkeypatch):
+    """With more than one file to plan, a run starts its replicas while it plans; on a busy output it
+    must not (on GPUs they would load weights onto GPUs the live run may need, only to end)."""
+    import jobs.runner
+    from jobs.runner import run_job
+    from schemas import parse_job
+
+    (tmp_path / "in").mkdir()
+    for part in range(2):
+        (tmp_path / "in" / f"part-{part}.jsonl").write_text(json.dumps({"prompt": f"question {part}"}) + "\n")
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+            "model": tiny_model_spec(tiny_model),
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    started: list[str] = []
+    monkeypatch.setattr(jobs.runner, "replicas_started_while_planning", lambda *arguments: started.append("started"))
+    storage, layout = Storage(StorageSpec(), RetrySpec(attempts=1)), OutputLayout(str(tmp_path / "out"))
+    holder = acquire_lease(storage, layout, ttl_s=60)  # a live run of this process
+    try:
+        with pytest.raises(OutputBusy, match=f"held by {socket.gethostname()} pid {os.getpid()}"):
+            run_job(job)
+    finally:
+        holder.release()
+    assert started == []
