@@ -10,6 +10,7 @@ import gc
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,9 +164,16 @@ def collector_paused_then_heap_frozen() -> Iterator[None]:
     """Python's cyclic garbage collector paused while vLLM, torch and transformers import (~650,000
     objects, none of them garbage: the collector's passes over them cost ~2-3 s of a ~13 s import on
     2 cores), then everything alive frozen, so that the full collections vLLM runs while it builds the
-    engine skip those objects (~1 s more). vLLM freezes the heap itself once the engine is built
-    (EngineCore's freeze_gc_heap); this is the same, earlier. python -m bench engine_start measures it."""
+    engine skip those objects (~1 s more). vLLM freezes the heap itself once an in-process engine is
+    built (EngineCore's freeze_gc_heap); this is the same, earlier, and as there the garbage there is
+    is collected first, so none is kept for good. Once vLLM is imported (a second engine in a process:
+    a notebook's calibrations) there is nothing to gain, and it does nothing. python -m bench
+    engine_start measures it."""
+    if _VLLM_ENTRY_POINT in sys.modules:
+        yield
+        return
     was_enabled = gc.isenabled()
+    gc.collect()
     gc.disable()
     try:
         yield
@@ -173,6 +181,9 @@ def collector_paused_then_heap_frozen() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+_VLLM_ENTRY_POINT = "vllm.entrypoints.llm"  # the module `from vllm import LLM` loads
 
 
 class VllmEngine:

@@ -4,6 +4,7 @@ and the engine's processes run at normal priority."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def test_a_cpu_replica_runs_its_engine_core_inside_unless_the_drivers_environmen
     assert _actor_environment(ModelSpec(path="/m"), "cpu")[variable] == "1"
 
 
-def test_the_collector_pauses_inside_and_what_lived_through_it_is_frozen_after():
+def test_the_collector_pauses_inside_and_what_lived_through_it_is_frozen_after(monkeypatch):
     import gc
 
     from workers.engine import collector_paused_then_heap_frozen
@@ -156,6 +157,14 @@ def test_the_collector_pauses_inside_and_what_lived_through_it_is_frozen_after()
         with collector_paused_then_heap_frozen():
             pass
         assert not gc.isenabled()
+        gc.enable()
+        # Once vLLM is imported, a second engine of the process freezes nothing more.
+        monkeypatch.setitem(sys.modules, "vllm.entrypoints.llm", object())
+        frozen = gc.get_freeze_count()
+        with collector_paused_then_heap_frozen():
+            assert gc.isenabled()
+            made_later = [[index] for index in range(1000)]
+        assert gc.get_freeze_count() == frozen and len(made_later) == len(made_inside)
     finally:
         gc.unfreeze()
         gc.enable()
