@@ -164,7 +164,8 @@ def test_the_collector_pauses_inside_and_what_lived_through_it_is_frozen_after(m
         with collector_paused_then_heap_frozen():
             assert gc.isenabled()
             made_later = [[index] for index in range(1000)]
-        assert gc.get_freeze_count() == frozen and len(made_later) == len(made_inside)
+        # (Other threads of the session may free frozen objects meanwhile: the count may only fall.)
+        assert gc.get_freeze_count() <= frozen and len(made_later) == len(made_inside)
     finally:
         gc.unfreeze()
         gc.enable()
