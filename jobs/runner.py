@@ -106,11 +106,12 @@ def run_job(
     # refuses the job leaves nothing at the output.
     starts_while_planning = own_pool and any(info.size for info in rest)
     lease: Lease | None = _lease_of(storage, layout, job) if starts_while_planning else None
+    claim: OutputClaim | None = None
     try:
         if starts_while_planning:
             # Replicas load their engines while the driver reads the other files' footers, once
             # nothing cheap refuses the job (the model's and adapters' files, the output's owner).
-            check_claim(storage, layout, job, files, overwrite)
+            claim = check_claim(storage, layout, job, files, overwrite)
             pool = replicas_started_while_planning(job, engine_factory, quiet)
         try:
             shards = first + plan_shards(job.input, rest, storage, job.prompt)
@@ -119,8 +120,9 @@ def run_job(
                     f"input.path: the {len(files)} input file(s) matching {job.input.path!r} hold no rows "
                     "(input.require_rows is set)"
                 )
-            lease = lease or _lease_of(storage, layout, job)
-            claim = check_claim(storage, layout, job, files, overwrite)  # under the lease, the plan whole
+            if lease is None:  # no replica started while planning: the lease and the claim come now
+                lease = _lease_of(storage, layout, job)
+                claim = check_claim(storage, layout, job, files, overwrite)
             run = _Run(job, storage, layout, files, shards, claim, lease, started)
             options = _Options(pool, own_pool, engine_factory, quiet, retry_errors, progress, stop)
             return _run_holding_the_lease(run, options)
