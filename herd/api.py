@@ -40,6 +40,12 @@ _WARM_POOLS: dict[str, ReplicaPool] = {}
 _ENGINE_LOGS: list[str] = []
 # Columns generate adds to the caller's rows: the output's own, and the error of a row that failed.
 _ADDED_COLUMNS = (*OUTPUT_COLUMNS, "token_logprobs", "structured_valid", "error")
+_PANDAS_DTYPES = {
+    "sample_index": "Int64",
+    "prompt_tokens": "Int64",
+    "completion_tokens": "Int64",
+    "structured_valid": "boolean",
+}
 
 
 def run(
@@ -197,7 +203,8 @@ def generate(
 
     The rows run as a herd job (the same planning, commits and seeds as `herd run` on a Parquet file
     of the same rows), and the engines stay warm for the next call in this process (see shutdown()).
-    The result holds the caller's rows in their order, each repeated once per sample, with the
+    The result holds the caller's rows in their order (under their own index labels, for pandas),
+    each repeated once per sample, with the
     columns sample_index, completion, finish_reason, prompt_tokens, completion_tokens, model (and
     token_logprobs, structured_valid where the job fills them) and `error`: None, or "stage: reason"
     for a row that failed (its other added columns are then empty). The run's summary is in
@@ -448,9 +455,13 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
     if "error" not in values:
         values["error"] = [None] * len(added)
     if kind == "pandas":
-        result = data.iloc[positions].reset_index(drop=True)
+        import pandas as pd
+
+        # The caller's index labels stay, so that the result aligns with `data` (a column assigned
+        # from it, a join); failed rows leave the counts empty, so they are pandas' nullable integers.
+        result = data.iloc[positions].copy()
         for name, column in values.items():
-            result[name] = column
+            result[name] = pd.array(column, dtype=_PANDAS_DTYPES[name]) if name in _PANDAS_DTYPES else column
         result.attrs["herd_summary"] = summary.model_dump(mode="json")
         return result
     result = table.take(pa.array(positions, type=pa.int64()))

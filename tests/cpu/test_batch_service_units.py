@@ -12,7 +12,7 @@ from service.keys import ApiKeys
 from service.objects import Batch, BatchRecord
 from service.store import new_id
 from service.webhooks import secret_key, sign
-from service.worker import check_lines, fair_order
+from service.worker import check_lines, custom_ids_in, fair_order
 
 
 def _record(owner: str) -> BatchRecord:
@@ -69,6 +69,19 @@ def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
     assert by_line[6].param == "body.stream"
     assert "JSON object" in by_line[7].message
     assert by_line[8].param == "body.model"
+
+
+def test_a_file_from_a_windows_tool_with_a_byte_order_mark_and_crlf_lines_is_accepted():
+    """Windows PowerShell's `Out-File -Encoding utf8` and Notepad's "UTF-8 with BOM" start the file
+    with U+FEFF; herd's reader skips it, so the check before the batch runs must too."""
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": "hi"}}
+        for i in range(3)
+    ]
+    data = ("\ufeff" + "\r\n".join(json.dumps(line) for line in lines) + "\r\n").encode()
+    errors, models, total = check_lines(data)
+    assert errors == [] and models == {"m"} and total == 3
+    assert custom_ids_in(data) == ["r0", "r1", "r2"]
 
 
 def test_webhook_signatures_follow_standard_webhooks():

@@ -66,6 +66,16 @@ out["arrow_type"] = type(arrow).__name__
 out["arrow"] = arrow.to_pydict()
 out["arrow_summary"] = json.loads(arrow.schema.metadata[b"herd_summary"])
 
+# The same rows as a DataFrame of the caller's own index: the result keeps it, so that it aligns.
+framed = table.to_pandas().set_axis([100, 7, 42])
+labelled = herd.generate(framed, model=model, prompt_column="prompt", prompt={"format": "raw"}, sampling=sampling,
+                         progress="none")
+out["labelled_index"] = labelled.index.tolist()
+out["labelled_dtypes"] = {name: str(dtype) for name, dtype in labelled.dtypes.items()}
+out["labelled_aligns"] = framed.assign(completion=labelled["completion"])["completion"].equals(labelled["completion"])
+out["labelled_completions"] = [labelled["completion"].iloc[0], labelled["completion"].iloc[2]]
+out["labelled_tokens"] = [None if pd.isna(count) else int(count) for count in labelled["completion_tokens"]]
+
 try:
     herd.generate(table, model=model, prompt_column="prompt", prompt={"format": "raw"}, sampling=sampling,
                   max_error_fraction=0.1, progress="none")
@@ -132,6 +142,15 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert arrow["error"][0] is None and arrow["error"][2] is None
     assert arrow["error"][1].startswith("render: ") and "prompt" in arrow["error"][1]
     assert out["arrow_summary"]["error_rows"] == 1
+
+    # A DataFrame's own index labels stay, so a column assigned from the result lands on its rows; the
+    # counts are integers, empty for the failed row.
+    assert out["labelled_index"] == [100, 7, 42]
+    assert out["labelled_aligns"] is True
+    assert all(out["labelled_completions"])
+    dtypes = out["labelled_dtypes"]
+    assert dtypes["prompt_tokens"] == dtypes["completion_tokens"] == dtypes["sample_index"] == "Int64"
+    assert out["labelled_tokens"][1] is None and out["labelled_tokens"][0] > 0 and out["labelled_tokens"][2] > 0
 
     # Typed errors carry the command line's exit codes.
     assert out["over_threshold"] == [3, 1]
