@@ -50,35 +50,78 @@ class RequestRows:
     chat: bool
 
 
-def _column(values: list[Any]) -> pa.Array:
+# herd's own columns have one type in every file; so do kept columns read from Parquet (their input
+# type). Otherwise every shard's file would carry the types its own values suggest: a kept column with
+# no value in a shard would be of Arrow's null type there, and pyarrow, DuckDB and Spark refuse a
+# folder whose first file says null and another string; a decimal's precision would vary by shard.
+DATA_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "id": pa.string(),
+    "sample_index": pa.int64(),
+    "completion": pa.string(),
+    "finish_reason": pa.string(),
+    "prompt_tokens": pa.int64(),
+    "completion_tokens": pa.int64(),
+    "model": pa.string(),
+    "token_logprobs": pa.list_(pa.float64()),
+    "structured_valid": pa.bool_(),
+}
+ERROR_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "id": pa.string(),
+    "file": pa.string(),
+    "row": pa.int64(),
+    "stage": pa.string(),
+    "reason": pa.string(),
+}
+
+
+def _column(values: list[Any], known_type: pa.DataType | None) -> pa.Array:
+    if known_type is not None:
+        try:
+            return pa.array(values, type=known_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
+            pass  # a type Python values cannot be turned back into: the values' own, as below
     try:
-        return pa.array(values)
+        column = pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Mixed types across rows (a number here, text there): keep them all, as JSON text.
         return pa.array([None if value is None else json.dumps(value, ensure_ascii=False) for value in values])
+    # No value at all in this file (a JSON Lines input has no schema to say what there would be):
+    # text, which readers cast to whatever other files hold; they cannot cast anything to null.
+    return column.cast(pa.string()) if pa.types.is_null(column.type) else column
 
 
-def _encode_table(rows: list[dict[str, Any]], columns: list[str], file_format: str) -> bytes:
+def _encode_table(
+    rows: list[dict[str, Any]], columns: list[str], file_format: str, types: dict[str, pa.DataType]
+) -> bytes:
     if file_format != "parquet":
         return encode_jsonl([{name: row.get(name) for name in columns} for row in rows])
-    table = pa.table({name: _column([row.get(name) for row in rows]) for name in columns})
+    table = pa.table({name: _column([row.get(name) for row in rows], types.get(name)) for name in columns})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
 
 
-def encode_data(requests: list[RequestRows], columns: list[str], output_format: OutputFormat, model: str) -> bytes:
-    """A data file: herd's rows with `columns` (Parquet or JSONL), or one OpenAI result line per request."""
+def encode_data(
+    requests: list[RequestRows],
+    columns: list[str],
+    output_format: OutputFormat,
+    model: str,
+    input_types: dict[str, pa.DataType] | None = None,
+) -> bytes:
+    """A data file: herd's rows with `columns` (Parquet or JSONL), or one OpenAI result line per request.
+    `input_types`: the Arrow types of the input's columns where the input has them (Parquet), which
+    kept columns keep."""
     if output_format == "openai":
         return encode_jsonl([result_line(request, model).model_dump(mode="json") for request in requests])
-    return _encode_table([row for request in requests for row in request.rows], columns, output_format)
+    rows = [row for request in requests for row in request.rows]
+    return _encode_table(rows, columns, output_format, {**(input_types or {}), **DATA_COLUMN_TYPES})
 
 
 def encode_errors(errors: list[dict[str, Any]], output_format: OutputFormat) -> bytes:
     """An error file: herd's error rows (id, file, row, stage, reason), or OpenAI error lines."""
     if output_format == "openai":
         return encode_jsonl([error_line(error).model_dump(mode="json") for error in errors])
-    return _encode_table(errors, list(ERROR_COLUMNS), output_format)
+    return _encode_table(errors, list(ERROR_COLUMNS), output_format, ERROR_COLUMN_TYPES)
 
 
 def decode_data(data: bytes, url: str, columns: list[str] | None = None) -> list[dict[str, Any]]:

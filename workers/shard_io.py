@@ -35,6 +35,7 @@ class InputRow:
 class ShardRows:
     rows: list[InputRow] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    column_types: dict[str, pa.DataType] = field(default_factory=dict)  # as the input file has them (Parquet)
 
 
 def error_row(shard: Shard, row_id: str, position: int, stage: str, reason: str) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def _read_parquet(shard: Shard, input_spec: InputSpec, storage: Storage) -> Shar
         copy = str(row_group_copy(shard, storage))
         groups, skip = _groups_holding(copy, shard.start - shard.group_first_row, shard.end - shard.group_first_row)
         batches = _parquet_rows(storage, copy, groups, shard.columns, skip, shard.end - shard.start)
-    result = ShardRows()
+    result = ShardRows(column_types={field.name: field.type for field in batches[0].schema} if batches else {})
     position = shard.start
     for batch in batches:
         for values in _batch_rows(batch, shard, position, result):

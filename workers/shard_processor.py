@@ -252,7 +252,9 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     data_url = layout.data_file(shard.shard_id, token, extension)
     outputs = earlier_data_outputs(shard) if shard.retry is not None else []
     if rows:
-        encoded = encode_data(_by_request(generated, rows), output_columns(job), job.output.format, job.model.path)
+        encoded = encode_data(
+            _by_request(generated, rows), output_columns(job), job.output.format, job.model.path, read.column_types
+        )
         size = storage.write_atomic(data_url, encoded)
         outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))
         replica.moved_on()

@@ -104,6 +104,65 @@ def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_ro
     assert {row["date"] for row in rows} == {"2026-11-25"}
 
 
+def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_input_types(run_tiny, tmp_path):
+    """Each shard writes its own file. A column kept from a Parquet input keeps its type in every one
+    of them, even in a file where it has no value (a sparse column), so that pyarrow, DuckDB or Spark
+    read the folder as one table; from JSON Lines, a column without a value in a file is text there,
+    which readers cast to the other files' type, never Arrow's null type, which they cannot cast to."""
+    import decimal
+
+    count = 40
+    sparse = [None if index < 20 else f"note {index}" for index in range(count)]  # none in the first shards
+    prices = [decimal.Decimal(index) * decimal.Decimal("1.25") for index in range(count)]  # precision grows
+    stamps = [None if index < 20 else 1_700_000_000_123_456_789 + index for index in range(count)]
+    table = pa.table(
+        {
+            "prompt": _prompts(count),
+            "note": pa.array(sparse, pa.string()),
+            "price": pa.array(prices, pa.decimal128(12, 2)),
+            "at": pa.array(stamps, pa.timestamp("ns", tz="UTC")),
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=10)
+    lines = [{"prompt": prompt, "tag": None if index < 20 else index} for index, prompt in enumerate(_prompts(count))]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cuts = {
+        "parquet": {"keep_columns": ["note", "price", "at"], "rows_per_shard": 10},
+        "jsonl": {"keep_columns": ["tag"], "bytes_per_shard": 1024},
+    }
+    for name, cut in cuts.items():
+        outcome = run_tiny(
+            input={"path": str(tmp_path / f"in.{name}"), "prompt_column": "prompt", **cut},
+            sampling={"max_new_tokens": 1},
+            output={"path": str(tmp_path / f"out-{name}")},
+        )
+        assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards >= 2, name
+
+    files = sorted((tmp_path / "out-parquet" / "data").glob("*.parquet"))
+    assert len(files) >= 4
+    for path in files:
+        schema = pq.read_schema(path)
+        assert [schema.field(name).type for name in ("note", "price", "at")] == [
+            pa.string(),
+            pa.decimal128(12, 2),
+            pa.timestamp("ns", tz="UTC"),
+        ], path.name
+        assert schema.field("prompt_tokens").type == pa.int64()
+    read = pq.read_table(tmp_path / "out-parquet" / "data")  # the folder, as one dataset
+    positions = [int(row_id.rsplit(":", 1)[1]) for row_id in read.column("id").to_pylist()]
+    assert sorted(positions) == list(range(count))
+    read = read.take(sorted(range(count), key=positions.__getitem__))  # in input order
+    assert read.column("note").to_pylist() == sparse
+    assert read.column("price").to_pylist() == prices
+    assert read.column("at").cast(pa.int64()).to_pylist() == stamps  # to the nanosecond
+
+    jsonl_files = sorted((tmp_path / "out-jsonl" / "data").glob("*.parquet"))
+    tag_types = [pq.read_schema(path).field("tag").type for path in jsonl_files]
+    assert pa.string() in tag_types and pa.int64() in tag_types  # a file without a tag, one with
+    tags = pq.read_table(tmp_path / "out-jsonl" / "data").column("tag").to_pylist()
+    assert sorted(str(tag) for tag in tags if tag is not None) == sorted(str(index) for index in range(20, count))
+
+
 def test_jsonl_job_keeps_input_order_and_respects_max_new_tokens(run_tiny, tmp_path):
     prompts = _prompts(30)
     with open(tmp_path / "in.jsonl", "w") as handle:
