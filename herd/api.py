@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from schemas.errors import ErrorsOverThreshold, ExitCode, NoCapacity, ShardsFailed, SpecError
 from schemas.job import JobSpec, load_job, parse_job
-from schemas.results import OUTPUT_COLUMNS, RunSummary
+from schemas.results import OUTPUT_COLUMNS, RunSummary, output_columns
 
 if TYPE_CHECKING:
     from jobs.progress import Progress
@@ -421,7 +421,7 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
     import pyarrow as pa
 
     from common.layout import OutputLayout
-    from common.output_codec import decode_data, decode_errors
+    from common.output_codec import DATA_COLUMN_TYPES, decode_data, decode_errors
     from common.storage import Storage
     from jobs.committed import committed_shards
     from jobs.planner import with_absolute_paths
@@ -450,10 +450,9 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
                     added.append((position(row["id"]), row["sample_index"], row))
     added.sort(key=lambda item: (item[0], item[1]))
     positions = [item[0] for item in added]
-    columns = [name for name in _ADDED_COLUMNS if any(name in item[2] for item in added)] or ["error"]
+    # The job's columns, whether or not any row filled them (every row may have failed).
+    columns = [name for name in output_columns(spec) if name in _ADDED_COLUMNS] + ["error"]
     values = {name: [item[2].get(name) for item in added] for name in columns}
-    if "error" not in values:
-        values["error"] = [None] * len(added)
     if kind == "pandas":
         import pandas as pd
 
@@ -466,6 +465,6 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
         return result
     result = table.take(pa.array(positions, type=pa.int64()))
     for name, column in values.items():
-        result = result.append_column(name, pa.array(column))
+        result = result.append_column(name, pa.array(column, type=DATA_COLUMN_TYPES.get(name, pa.string())))
     metadata = {**(result.schema.metadata or {}), b"herd_summary": summary.model_dump_json().encode()}
     return result.replace_schema_metadata(metadata)

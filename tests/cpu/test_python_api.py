@@ -65,6 +65,9 @@ arrow = herd.generate(table, model=model, prompt_column="prompt", prompt={"forma
 out["arrow_type"] = type(arrow).__name__
 out["arrow"] = arrow.to_pydict()
 out["arrow_summary"] = json.loads(arrow.schema.metadata[b"herd_summary"])
+nothing = herd.generate(pa.table({"prompt": pa.array([None, None], pa.string())}), model=model, prompt_column="prompt",
+                        prompt={"format": "raw"}, sampling=sampling, progress="none")
+out["all_failed_types"] = {name: str(nothing.schema.field(name).type) for name in ("completion", "completion_tokens")}
 
 # The same rows as a DataFrame of the caller's own index: the result keeps it, so that it aligns.
 framed = table.to_pandas().set_axis([100, 7, 42])
@@ -142,6 +145,8 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert arrow["error"][0] is None and arrow["error"][2] is None
     assert arrow["error"][1].startswith("render: ") and "prompt" in arrow["error"][1]
     assert out["arrow_summary"]["error_rows"] == 1
+    # Where every row failed, the added columns still have their types (not Arrow's null type).
+    assert out["all_failed_types"] == {"completion": "string", "completion_tokens": "int64"}
 
     # A DataFrame's own index labels stay, so a column assigned from the result lands on its rows; the
     # counts are integers, empty for the failed row.
