@@ -36,27 +36,33 @@ def files_to_read(files: list[FileInfo], every_file: bool) -> list[FileInfo]:
     return [files[round(index * last / (FILES_READ - 1))] for index in range(FILES_READ)]
 
 
-def _sample(job: JobSpec, shards: list[Shard], storage: Storage, rows: int) -> tuple[list[Any], list[str], float]:
-    """Up to `rows` rows, from the start of each file first, and what was wrong with the others; and,
-    for JSONL, how many rows the shards read held per row the planner estimated (it guesses from bytes)."""
+def _sample(
+    job: JobSpec, shards: list[Shard], storage: Storage, rows: int
+) -> tuple[list[Any], list[str], list[str], float]:
+    """Up to `rows` rows, from the start of each file first, with where each is for a person (file,
+    row, id), and what was wrong with the others; and, for JSONL, how many rows the shards read held
+    per row the planner estimated (it guesses from bytes)."""
     firsts: dict[str, Shard] = {}
     for shard in shards:
         firsts.setdefault(shard.file_url, shard)
     # Every file's first shard (a problem in any file shows), then the rest in order.
     order = [*firsts.values(), *(shard for shard in shards if firsts[shard.file_url] is not shard)]
     sampled: list[Any] = []
+    places: list[str] = []
     errors: list[str] = []
     held, estimated = 0, 0
     for shard in order:
         if len(sampled) >= rows:
             break
         read = read_shard(shard, job.input, storage)
-        sampled += read.rows[: rows - len(sampled)]
+        taken = read.rows[: rows - len(sampled)]
+        sampled += taken
+        places += [f"{shard.file_label} {shard.where(row.position)} (id {row.row_id})" for row in taken]
         errors += [f"{error['file']} {shard.where(error['row'])}: {error['reason']}" for error in read.errors]
         if shard.format == "jsonl":
             held += len(read.rows) + len(read.errors)
             estimated += shard.estimated_rows
-    return sampled, errors, held / estimated if estimated else 1.0
+    return sampled, places, errors, held / estimated if estimated else 1.0
 
 
 def _tokenizer(job: JobSpec, storage: Storage) -> Any:
@@ -94,7 +100,7 @@ def dry_run(
     # What the files read hold, scaled to all by bytes (1 when every file was read).
     scale = sum(info.size for info in inputs.files) / max(1, sum(info.size for info in read))
     problems: list[str] = []
-    rows, errors, jsonl_ratio = _sample(job, shards, storage, sample_rows)
+    rows, places, errors, jsonl_ratio = _sample(job, shards, storage, sample_rows)
     problems += errors[:_EXAMPLES]
     problems += _adapter_problems(job, storage)
     tokenizer = _tokenizer(job, storage)
@@ -102,19 +108,19 @@ def dry_run(
     prompt_tokens: list[int] = []
     over_context, render_failures = [], []
     rendered_rows: list[tuple[Any, list[int]]] = []
-    for row in rows:
+    for row, place in zip(rows, places, strict=True):
         try:
             source = row.source or source_from_row(row.values, job.input, job.prompt)
             row_adapter(job, row.values, row.requested_model)
             ids = render_token_ids(source, job.prompt, tokenizer)
         except Exception as error:  # noqa: BLE001 - any row that cannot render is a problem to show
-            render_failures.append(f"{row.row_id}: {error}")
+            render_failures.append(f"{place}: {error}")
             continue
         prompt_tokens.append(len(ids))
         try:
             ids = fit_to_context(ids, job.sampling.max_new_tokens, job.model.max_model_len, job.prompt)
         except ValueError as error:
-            over_context.append(f"{row.row_id}: {error}")
+            over_context.append(f"{place}: {error}")
             continue
         rendered_rows.append((row, ids))
     if over_context:

@@ -107,9 +107,13 @@ def _malformed_lines(tmp_path: Path) -> dict:
 
 PROBLEMS = [
     (_missing_column_in_a_second_file, "part-1.parquet: column(s) ['prompt'] named in the job are not in the file"),
-    (_prompt_over_the_context, "1 of 2 sampled prompts do not fit the context"),
+    (_prompt_over_the_context, "1 of 2 sampled prompts do not fit the context, e.g. in.jsonl line at byte 20 (id"),
     (_duplicate_ids, "ids are not unique in the sample: a"),
-    (_rows_that_cannot_render, "2 of 3 sampled rows cannot be rendered"),
+    # Each problem names the file, the row and its id.
+    (
+        _rows_that_cannot_render,
+        "2 of 3 sampled rows cannot be rendered, e.g. in.jsonl line at byte 19 (id in.jsonl:19)",
+    ),
     (_malformed_lines, "in.jsonl line at byte 19: malformed JSON line"),  # a byte offset, not a row number
 ]
 
