@@ -67,11 +67,15 @@ _SHARED_FIELDS = {
     "metadata",
     "store",
     "stream",
+    "stream_options",  # only with stream, which a batch request cannot use
+    "service_tier",  # the hosted API's pricing and routing
+    "parallel_tool_calls",  # only with tools, which are refused
 }
+# Fields accepted with the value that asks for what herd does anyway.
+_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none"}
 _REFUSED_WHY = {
     "tools": "tool calls are not supported",
     "tool_choice": "tool calls are not supported",
-    "parallel_tool_calls": "tool calls are not supported",
     "functions": "function calls are not supported",
     "function_call": "function calls are not supported",
     "suffix": "insertion (suffix) is not supported",
@@ -82,8 +86,11 @@ _REFUSED_WHY = {
 
 
 def _check_fields(body: dict[str, Any], url: str) -> None:
-    for name in body:
-        if name in _SHARED_FIELDS or name in _BODY_FIELDS[url]:
+    for name, value in body.items():
+        # null is the API's "not given" (clients that serialize every field send it).
+        if value is None or name in _SHARED_FIELDS or name in _BODY_FIELDS[url]:
+            continue
+        if name in _DEFAULT_VALUES and value == _DEFAULT_VALUES[name]:
             continue
         why = _REFUSED_WHY.get(name, "not a field herd honours for this endpoint")
         raise RequestError(f"body.{name}: {why}; the request is refused rather than answered without it")

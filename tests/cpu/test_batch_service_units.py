@@ -71,6 +71,36 @@ def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
     assert by_line[8].param == "body.model"
 
 
+def test_fields_that_cannot_change_the_answer_are_accepted_and_the_others_refused():
+    """null is the API's "not given" (LiteLLM and other clients send every field), and some fields
+    only route or ask for what herd does anyway; a field that would change the answer is refused."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    accepted = [
+        {"tools": None, "tool_choice": None, "stream_options": None, "prediction": None, "response_format": None},
+        {"service_tier": "auto", "parallel_tool_calls": False, "store": False, "user": "u-1"},
+        {"modalities": ["text"], "tool_choice": "none", "stream": False, "logprobs": None, "stop": None},
+    ]
+    refused = [
+        ({"tool_choice": "auto"}, "body.tool_choice"),
+        ({"modalities": ["text", "audio"]}, "body.modalities"),
+        ({"prediction": {"type": "content", "content": "x"}}, "body.prediction"),
+        ({"reasoning_effort": "low"}, "body.reasoning_effort"),
+    ]
+    lines = [
+        {"custom_id": f"a{i}", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, **extra}}
+        for i, extra in enumerate(accepted)
+    ]
+    lines += [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, **extra}}
+        for i, (extra, _) in enumerate(refused)
+    ]
+    errors, _, total = check_lines("\n".join(json.dumps(line) for line in lines).encode())
+    assert total == len(accepted) + len(refused)
+    assert [(error.line, error.param) for error in errors] == [
+        (len(accepted) + 1 + index, param) for index, (_, param) in enumerate(refused)
+    ]
+
+
 def test_a_file_from_a_windows_tool_with_a_byte_order_mark_and_crlf_lines_is_accepted():
     """Windows PowerShell's `Out-File -Encoding utf8` and Notepad's "UTF-8 with BOM" start the file
     with U+FEFF; herd's reader skips it, so the check before the batch runs must too."""
