@@ -204,10 +204,10 @@ def generate(
     The rows run as a herd job (the same planning, commits and seeds as `herd run` on a Parquet file
     of the same rows), and the engines stay warm for the next call in this process (see shutdown()).
     The result holds the caller's rows in their order (under their own index labels, for pandas),
-    each repeated once per sample, with the
-    columns sample_index, completion, finish_reason, prompt_tokens, completion_tokens, model (and
-    token_logprobs, structured_valid where the job fills them) and `error`: None, or "stage: reason"
-    for a row that failed (its other added columns are then empty). The run's summary is in
+    each repeated once per sample, with the columns sample_index, completion, finish_reason,
+    prompt_tokens, completion_tokens, model (and token_logprobs, structured_valid where the job fills
+    them) and `error`: None, or "stage: reason" for a row that failed (its other added columns are
+    then empty; pandas gets the counts as nullable Int64). The run's summary is in
     `result.attrs["herd_summary"]` (pandas) or the schema metadata b"herd_summary" (Arrow).
 
     Args:
