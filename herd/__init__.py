@@ -10,6 +10,7 @@ Failures raise subclasses of HerdError, each carrying the exit code the command 
 Importing herd loads neither Ray nor vLLM: they load when a job first needs them.
 """
 
+from common.versions import herd_version
 from herd.api import generate, plan, run, shutdown
 from schemas.errors import (
     ErrorsOverThreshold,
@@ -37,8 +38,16 @@ __all__ = [
     "ShardsFailed",
     "SpecError",
     "StorageUnavailable",
+    "__version__",
     "generate",
     "plan",
     "run",
     "shutdown",
 ]
+
+
+def __getattr__(name: str) -> str:
+    # herd.__version__, looked up when asked rather than on every import.
+    if name == "__version__":
+        return herd_version()
+    raise AttributeError(f"module 'herd' has no attribute {name!r}")

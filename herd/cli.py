@@ -17,6 +17,7 @@ import traceback
 from typing import NoReturn
 
 import herd
+from common.versions import versions_line
 from schemas import SpecError, load_job
 from schemas.errors import ExitCode, HerdError, JobFailed
 from schemas.results import RunSummary
@@ -283,6 +284,17 @@ def _subcommand(commands: argparse._SubParsersAction, name: str, **options: obje
     return parser
 
 
+class _PrintVersions(argparse.Action):
+    """--version, whose versions are looked up only when it is given (the lookup takes ~0.1 s)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **options: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **options)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        print(versions_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -292,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "after retries (run again later), 7 no capacity within resources.capacity_timeout_s (run again "
         "later), 130 interrupted (re-run to resume).",
     )
+    parser.add_argument("--version", action=_PrintVersions, help="print herd's version and vLLM's, Ray's and Python's")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = _subcommand(commands, "run", help="run a job on an embedded local Ray, or the Ray at RAY_ADDRESS")

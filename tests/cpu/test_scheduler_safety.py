@@ -3,6 +3,7 @@ pipeline of new files, and commits whose answer was lost."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -109,6 +110,7 @@ def test_the_daily_pipeline_runs_only_each_new_folder_and_keeps_every_row_once(r
     assert len(ids) == len(set(ids)) == 15
     runs = json.loads((tmp_path / "out" / "job.json").read_text())["runs"]
     assert [run["rows_in"] for run in runs] == [5, 5, 5]
+    assert {run["herd"] for run in runs} == {importlib.metadata.version("herd")}  # which herd ran each
 
     # Without the option a grown input is another job; a changed earlier file is refused by name.
     _write_jsonl(tmp_path / "prompts" / "day=2026-11-26" / "part-0.jsonl", ["one more"])
