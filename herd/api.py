@@ -40,12 +40,6 @@ _WARM_POOLS: dict[str, ReplicaPool] = {}
 _ENGINE_LOGS: list[str] = []
 # Columns generate adds to the caller's rows: the output's own, and the error of a row that failed.
 _ADDED_COLUMNS = (*OUTPUT_COLUMNS, "token_logprobs", "structured_valid", "error")
-_PANDAS_DTYPES = {
-    "sample_index": "Int64",
-    "prompt_tokens": "Int64",
-    "completion_tokens": "Int64",
-    "structured_valid": "boolean",
-}
 
 
 def run(
@@ -456,11 +450,18 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
     if kind == "pandas":
         import pandas as pd
 
+        def nullable(arrow_type: pa.DataType | None) -> str | None:
+            # Failed rows leave the counts and flags empty: pandas' nullable kinds, not float or object.
+            if arrow_type is not None and pa.types.is_integer(arrow_type):
+                return "Int64"
+            return "boolean" if arrow_type is not None and pa.types.is_boolean(arrow_type) else None
+
         # The caller's index labels stay, so that the result aligns with `data` (a column assigned
-        # from it, a join); failed rows leave the counts empty, so they are pandas' nullable integers.
+        # from it, a join).
         result = data.iloc[positions].copy()
         for name, column in values.items():
-            result[name] = pd.array(column, dtype=_PANDAS_DTYPES[name]) if name in _PANDAS_DTYPES else column
+            dtype = nullable(DATA_COLUMN_TYPES.get(name))
+            result[name] = pd.array(column, dtype=dtype) if dtype is not None else column
         result.attrs["herd_summary"] = summary.model_dump(mode="json")
         return result
     result = table.take(pa.array(positions, type=pa.int64()))
