@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.jsonl import decode_jsonl, encode_jsonl
+from schemas.columns import ERROR_COLUMNS
 from schemas.openai_batch import (
     BatchError,
     BatchResponse,
@@ -31,7 +32,6 @@ from schemas.openai_batch import (
     TokenLogprob,
     Usage,
 )
-from schemas.results import ERROR_COLUMNS
 
 OutputFormat = Literal["parquet", "jsonl", "openai"]
 
@@ -106,15 +106,15 @@ def encode_data(
     columns: list[str],
     output_format: OutputFormat,
     model: str,
-    input_types: dict[str, pa.DataType] | None = None,
+    kept_types: dict[str, pa.DataType] | None = None,
 ) -> bytes:
     """A data file: herd's rows with `columns` (Parquet or JSONL), or one OpenAI result line per request.
-    `input_types`: the Arrow types of the input's columns where the input has them (Parquet), which
-    kept columns keep."""
+    `kept_types`: by output name, the Arrow types the kept columns have in the input where it has
+    types (Parquet)."""
     if output_format == "openai":
         return encode_jsonl([result_line(request, model).model_dump(mode="json") for request in requests])
     rows = [row for request in requests for row in request.rows]
-    return _encode_table(rows, columns, output_format, {**(input_types or {}), **DATA_COLUMN_TYPES})
+    return _encode_table(rows, columns, output_format, {**(kept_types or {}), **DATA_COLUMN_TYPES})
 
 
 def encode_errors(errors: list[dict[str, Any]], output_format: OutputFormat) -> bytes:

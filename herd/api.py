@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from schemas.columns import OPTIONAL_OUTPUT_COLUMNS, OUTPUT_COLUMNS
 from schemas.errors import ErrorsOverThreshold, ExitCode, NoCapacity, ShardsFailed, SpecError
 from schemas.job import JobSpec, load_job, parse_job
-from schemas.results import OUTPUT_COLUMNS, RunSummary, output_columns
+from schemas.results import RunSummary, output_columns
 
 if TYPE_CHECKING:
     from jobs.progress import Progress
@@ -39,7 +40,7 @@ _WARM_POOLS: dict[str, ReplicaPool] = {}
 # The replicas' log files of warm pools: they outlive any one call's temporary output.
 _ENGINE_LOGS: list[str] = []
 # Columns generate adds to the caller's rows: the output's own, and the error of a row that failed.
-_ADDED_COLUMNS = (*OUTPUT_COLUMNS, "token_logprobs", "structured_valid", "error")
+_ADDED_COLUMNS = (*OUTPUT_COLUMNS, *OPTIONAL_OUTPUT_COLUMNS, "error")
 
 
 def run(
@@ -176,7 +177,7 @@ def generate(
     prompt_column: str | None = None,
     messages_column: str | None = None,
     id_column: str | None = None,
-    keep_columns: list[str] | None = None,
+    keep_columns: list[str | dict[str, str]] | None = None,
     adapter_column: str | None = None,
     rows_per_shard: int | None = None,
     prompt: Section = None,

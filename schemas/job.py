@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.columns import HERD_OUTPUT_COLUMNS, ROW_ID_COLUMN
 from schemas.errors import SpecError, format_validation_error
 from schemas.input_files import FileFormat, format_from_name
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS, valid_tensor_parallel_sizes
@@ -44,9 +45,12 @@ class InputSpec(StrictModel):
     id_column: str | None = Field(
         default=None, description='The row id; without it rows get "<file>:<row>" (see What a job writes).'
     )
-    keep_columns: list[str] = Field(
+    keep_columns: list[str | dict[str, str]] = Field(
         default_factory=list,
-        description="Input columns (or Hive partition keys of the path) copied into every output row.",
+        description="Input columns (or Hive partition keys of the path) copied into every output row; "
+        "{column: name} keeps one under another name, as an input column named like one of herd's "
+        "(id, completion, model...) must be.",
+        examples=[["topic", {"completion": "reference_completion"}]],
     )
     adapter_column: str | None = Field(
         default=None,
@@ -74,6 +78,39 @@ class InputSpec(StrictModel):
         "successful run with an empty output.",
     )
 
+    @model_validator(mode="after")
+    def _kept_columns_have_names_of_their_own(self) -> InputSpec:
+        pairs = []
+        for entry in self.keep_columns:
+            if isinstance(entry, dict) and len(entry) != 1:
+                raise ValueError(f"keep_columns: {entry} must map one input column to its output name")
+            pairs.extend(entry.items() if isinstance(entry, dict) else [(entry, entry)])
+        names = [name for _, name in pairs]
+        columns = [column for column, _ in pairs]
+        repeated = sorted({column for column in columns if columns.count(column) > 1})
+        if repeated:
+            raise ValueError(f"keep_columns: {repeated[0]!r} is kept twice")
+        for column, name in pairs:
+            if name in HERD_OUTPUT_COLUMNS:
+                instead = f"keep it under another name: {{{column}: input_{name}}}"
+                if name == ROW_ID_COLUMN and self.id_column is None:
+                    instead = f"set id_column: {column} to make it the row id, or {instead}"
+                raise ValueError(
+                    f"keep_columns: {name!r} is a column herd writes itself ({', '.join(HERD_OUTPUT_COLUMNS)}); "
+                    f"{instead}"
+                )
+            if names.count(name) > 1:
+                raise ValueError(f"keep_columns: two columns would be written as {name!r}")
+        return self
+
+    @property
+    def kept_columns(self) -> dict[str, str]:
+        """Each input column the output keeps, and its name there."""
+        kept: dict[str, str] = {}
+        for entry in self.keep_columns:
+            kept.update(entry if isinstance(entry, dict) else {entry: entry})
+        return kept
+
     @property
     def is_request_file(self) -> bool:
         """OpenAI batch and hosted Llama 2 files carry their prompts and parameters in each request."""
@@ -98,7 +135,7 @@ class InputSpec(StrictModel):
             self.messages_column,
             self.id_column,
             self.adapter_column,
-            *self.keep_columns,
+            *self.kept_columns,
             *sorted(template_columns),
         ]
         return list(dict.fromkeys(column for column in named if column is not None))

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.columns import OUTPUT_COLUMNS, ROW_ID_COLUMN
 from schemas.job import JobSpec
-
-# Output rows: `id`, then the input columns the job keeps, then these, in this order.
-OUTPUT_COLUMNS = (
-    "sample_index",
-    "completion",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "model",
-)
-ERROR_COLUMNS = ("id", "file", "row", "stage", "reason")
 
 
 def reason_key(error: dict) -> str:
@@ -27,7 +17,7 @@ def reason_key(error: dict) -> str:
 
 def output_columns(job: JobSpec) -> list[str]:
     """The columns of this job's output files; the optional ones only when the job can fill them."""
-    columns = ["id", *job.input.keep_columns, *OUTPUT_COLUMNS]
+    columns = [ROW_ID_COLUMN, *job.input.kept_columns.values(), *OUTPUT_COLUMNS]
     if job.sampling.logprobs or job.input.is_request_file:
         columns.append("token_logprobs")
     if job.sampling.structured is not None or job.input.is_request_file:

@@ -155,7 +155,7 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
         prefix = ""
         if prompt.sampling.return_full_text:
             prefix = engine.tokenizer.decode(prompt.ids, skip_special_tokens=True)
-        kept = {column: prompt.row.values.get(column) for column in job.input.keep_columns}
+        kept = {name: prompt.row.values.get(column) for column, name in job.input.kept_columns.items()}
         structured = prompt.sampling.structured
         for index, sample in enumerate(samples):
             rows.append(
@@ -252,8 +252,13 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     data_url = layout.data_file(shard.shard_id, token, extension)
     outputs = earlier_data_outputs(shard) if shard.retry is not None else []
     if rows:
+        kept_types = {
+            name: read.column_types[column]
+            for column, name in job.input.kept_columns.items()
+            if column in read.column_types
+        }
         encoded = encode_data(
-            _by_request(generated, rows), output_columns(job), job.output.format, job.model.path, read.column_types
+            _by_request(generated, rows), output_columns(job), job.output.format, job.model.path, kept_types
         )
         size = storage.write_atomic(data_url, encoded)
         outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))

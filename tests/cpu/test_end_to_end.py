@@ -104,11 +104,15 @@ def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_ro
     assert {row["date"] for row in rows} == {"2026-11-25"}
 
 
-def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_input_types(run_tiny, tmp_path):
+def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_input_types_and_names(
+    run_tiny, tiny_model, tmp_path
+):
     """Each shard writes its own file. A column kept from a Parquet input keeps its type in every one
     of them, even in a file where it has no value (a sparse column), so that pyarrow, DuckDB or Spark
     read the folder as one table; from JSON Lines, a column without a value in a file is text there,
-    which readers cast to the other files' type, never Arrow's null type, which they cannot cast to."""
+    which readers cast to the other files' type, never Arrow's null type, which they cannot cast to.
+    Input columns named like herd's own (`id`, `model`) are kept under the names the job gives them,
+    with their values and types, beside herd's."""
     import decimal
 
     count = 40
@@ -121,13 +125,18 @@ def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_inpu
             "note": pa.array(sparse, pa.string()),
             "price": pa.array(prices, pa.decimal128(12, 2)),
             "at": pa.array(stamps, pa.timestamp("ns", tz="UTC")),
+            "id": pa.array(range(1000, 1000 + count), pa.int64()),  # not the job's id_column
+            "model": [f"phone-{index}" for index in range(count)],
         }
     )
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=10)
     lines = [{"prompt": prompt, "tag": None if index < 20 else index} for index, prompt in enumerate(_prompts(count))]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     cuts = {
-        "parquet": {"keep_columns": ["note", "price", "at"], "rows_per_shard": 10},
+        "parquet": {
+            "keep_columns": ["note", "price", "at", {"id": "input_id"}, {"model": "product_model"}],
+            "rows_per_shard": 10,
+        },
         "jsonl": {"keep_columns": ["tag"], "bytes_per_shard": 1024},
     }
     for name, cut in cuts.items():
@@ -155,6 +164,10 @@ def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_inpu
     assert read.column("note").to_pylist() == sparse
     assert read.column("price").to_pylist() == prices
     assert read.column("at").cast(pa.int64()).to_pylist() == stamps  # to the nanosecond
+    assert read.schema.field("input_id").type == pa.int64()
+    assert read.column("input_id").to_pylist() == list(range(1000, 1000 + count))
+    assert read.column("product_model").to_pylist() == [f"phone-{index}" for index in range(count)]
+    assert set(read.column("model").to_pylist()) == {str(tiny_model)}  # herd's own, beside the kept one
 
     jsonl_files = sorted((tmp_path / "out-jsonl" / "data").glob("*.parquet"))
     tag_types = [pq.read_schema(path).field("tag").type for path in jsonl_files]

@@ -73,6 +73,19 @@ INVALID_SPECS = [
         _with("input", format="openai-batch", prompt_column=None, adapter_column="a"),
         "input.format openai-batch has no columns: remove input.id_column, input.keep_columns and input.adapter_column",
     ),
+    # A kept column named like one herd writes would have been overwritten (or overwritten herd's).
+    (
+        _with("input", keep_columns=["topic", "completion"]),
+        "keep_columns: 'completion' is a column herd writes itself (id, sample_index, completion, finish_reason, "
+        "prompt_tokens, completion_tokens, model, token_logprobs, structured_valid); keep it under another name: "
+        "{completion: input_completion}",
+    ),
+    (_with("input", keep_columns=["id"]), "'id' is a column herd writes itself (id, sample_index, completion,"),
+    (_with("input", keep_columns=["id"]), "; set id_column: id to make it the row id, or keep it under another name"),
+    (_with("input", keep_columns=[{"sku": "model"}]), "keep it under another name: {sku: input_model}"),
+    (_with("input", keep_columns=["a", {"b": "a"}]), "keep_columns: two columns would be written as 'a'"),
+    (_with("input", keep_columns=["a", {"a": "b"}]), "keep_columns: 'a' is kept twice"),
+    (_with("input", keep_columns=[{"a": "x", "b": "y"}]), "must map one input column to its output name"),
     ({**VALID, "max_error_fraction": 2}, "max_error_fraction: Input should be less than or equal to 1"),
     ({**VALID, "outptu": {}}, "outptu: unknown field; allowed here: input, max_error_fraction, model"),
 ]
