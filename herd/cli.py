@@ -20,7 +20,7 @@ import herd
 from common.versions import versions_line
 from schemas import SpecError, load_job
 from schemas.errors import ExitCode, HerdError, JobFailed
-from schemas.results import RunSummary
+from schemas.results import RunSummary, throughput_text
 
 # "text" or "json" (--log-format): in json, every line herd prints is one JSON object.
 _LOG_FORMAT = {"value": "text"}
@@ -68,7 +68,7 @@ def _print_summary(summary: RunSummary) -> None:
         f"herd: {summary.status}: {summary.rows_in} rows in, {summary.rows_out} rows out, "
         f"{summary.error_rows} error rows\n"
         f"herd: {summary.prompt_tokens} prompt tokens, {summary.completion_tokens} generated tokens, "
-        f"{summary.tokens_per_s:.1f} tokens/s, wall {summary.wall_seconds:.1f}s\n"
+        f"{throughput_text(summary.tokens_per_s, summary.shards_run, summary.wall_seconds)}\n"
         f"herd: shards {summary.shards} ({summary.shards_run} run, {summary.shards_skipped} already "
         f"done, {len(summary.shards_failed)} failed) on {summary.replicas} replica(s)\n"
         f"herd: output in {summary.output} (data/, errors/, summary.json)"

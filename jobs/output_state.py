@@ -14,6 +14,7 @@ from jobs.lease import describe_holder, holder_is_gone
 from jobs.planner import plan_shards
 from schemas.errors import SpecError
 from schemas.job import JobSpec, RetrySpec, StorageSpec
+from schemas.results import throughput_text
 
 
 def output_state(root: str, storage_spec: StorageSpec | None = None) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def describe_state(state: dict[str, Any]) -> str:
     if summary:
         lines.append(
             f"summary:  {summary['status']}: {summary['rows_in']} rows in, {summary['rows_out']} out, "
-            f"{summary['error_rows']} errors, {summary['tokens_per_s']} tokens/s, wall {summary['wall_seconds']}s"
+            f"{summary['error_rows']} errors, "
+            f"{throughput_text(summary['tokens_per_s'], summary.get('shards_run', 1), summary['wall_seconds'])}"
         )
     return "\n".join(lines)

@@ -15,6 +15,13 @@ def reason_key(error: dict) -> str:
     return f"{error['stage']}: {re.sub(r'[0-9]+', 'N', str(error['reason']))[:160]}"
 
 
+def throughput_text(tokens_per_s: float, shards_run: int, wall_seconds: float) -> str:
+    """The run's speed as the summary lines say it: a run that found every shard done by earlier
+    runs generated nothing, which 0.0 tokens/s beside the output's token totals would hide."""
+    speed = f"{tokens_per_s:.1f} tokens/s" if shards_run else "nothing left to run"
+    return f"{speed}, wall {wall_seconds:.1f}s"
+
+
 def output_columns(job: JobSpec) -> list[str]:
     """The columns of this job's output files; the optional ones only when the job can fill them."""
     columns = [ROW_ID_COLUMN, *job.input.kept_columns.values(), *OUTPUT_COLUMNS]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from herd.cli import _print_summary
+from jobs.output_state import describe_state, output_state
 from schemas import SpecError
 from schemas.errors import ExitCode
 from tests.cpu.conftest import died_before_its_first_checkpoint, manifest_records, read_rows
@@ -105,7 +108,9 @@ def test_too_many_row_errors_fail_the_job_with_its_own_exit_code(run_tiny, tmp_p
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["error_rows"] == 3
 
 
-def test_a_rerun_skips_committed_shards_and_redoes_only_the_missing_one(run_tiny, tmp_path):
+def test_a_rerun_skips_committed_shards_and_redoes_only_the_missing_one_and_one_with_nothing_left_says_so(
+    run_tiny, tmp_path, capsys
+):
     _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"prompt number {index}"} for index in range(60)])
     job = {
         "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "bytes_per_shard": 1024},
@@ -126,6 +131,15 @@ def test_a_rerun_skips_committed_shards_and_redoes_only_the_missing_one(run_tiny
     assert {row["id"]: row["completion"] for row in after} == before
     assert len(list((tmp_path / "out" / "data").iterdir())) == first.summary.shards
     assert (tmp_path / "out" / "_SUCCESS").exists()
+    # What the terminal and `inspect` say of a run that generated something, and of one (a scheduler's
+    # retry) that found everything done: not "0.0 tokens/s" beside the output's token totals.
+    third = run_tiny(**job)
+    assert third.summary.shards_run == 0 and third.summary.completion_tokens == second.summary.completion_tokens > 0
+    _print_summary(second.summary)
+    assert re.search(r"generated tokens, [0-9.]+ tokens/s, wall", capsys.readouterr().out)
+    _print_summary(third.summary)
+    assert "generated tokens, nothing left to run, wall" in capsys.readouterr().out
+    assert "0 errors, nothing left to run, wall" in describe_state(output_state(str(tmp_path / "out")))
 
 
 def test_a_changed_job_is_refused_on_the_same_output_unless_overwrite(run_tiny, tmp_path):
