@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,6 +225,18 @@ class ModelSpec(StrictModel):
         return self
 
 
+@lru_cache(maxsize=16)
+def _template_names(template: str) -> frozenset[str]:
+    import jinja2
+    import jinja2.meta
+
+    try:
+        tree = jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError as error:
+        raise ValueError(f"template does not parse: {error.message} (line {error.lineno})") from None
+    return frozenset(jinja2.meta.find_undeclared_variables(tree))
+
+
 class PromptSpec(StrictModel):
     format: Literal["raw", "llama2-chat", "model-template"] = Field(
         default="raw",
@@ -248,16 +261,7 @@ class PromptSpec(StrictModel):
 
     def template_columns(self) -> set[str]:
         """The names the template reads from a row."""
-        if self.template is None:
-            return set()
-        import jinja2
-        import jinja2.meta
-
-        try:
-            tree = jinja2.Environment().parse(self.template)
-        except jinja2.TemplateSyntaxError as error:
-            raise ValueError(f"template does not parse: {error.message} (line {error.lineno})") from None
-        return jinja2.meta.find_undeclared_variables(tree)
+        return set(_template_names(self.template)) if self.template is not None else set()
 
     @model_validator(mode="after")
     def _system_prompt_needs_chat(self) -> PromptSpec:

@@ -105,6 +105,9 @@ def _compiled_template(source: str) -> Template:
 def source_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSpec) -> PromptSource:
     """The prompt source of a plain input row: its prompt column, its messages, or the template."""
     if prompt.template is not None:
+        for name in prompt.template_columns():
+            if isinstance(row.get(name), bytes):  # Jinja would write b'...' into the prompt
+                raise RenderError(f"{name}: expected text, got {_describe(row[name])}")
         try:
             # The row as one mapping, not keywords: a column may be called `self`.
             text = _compiled_template(prompt.template).render(row)
@@ -130,7 +133,11 @@ def _field(row: dict[str, Any], column: str) -> Any:
 
 
 def _describe(value: Any) -> str:
-    return "nothing (null)" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bytes):  # binary text columns are read as text where their bytes are UTF-8
+        return f"bytes that are not UTF-8 text {str(value)[:40]}"
+    return f"{type(value).__name__} {str(value)[:40]!r}"
 
 
 def row_adapter(job: JobSpec, values: dict[str, Any], requested_model: str | None) -> str | None:

@@ -5,6 +5,7 @@ A bad row becomes an error row here (with its file, row and the reason); it neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,13 +101,30 @@ def _read_parquet(shard: Shard, input_spec: InputSpec, storage: Storage) -> Shar
         groups, skip = _groups_holding(copy, shard.start - shard.group_first_row, shard.end - shard.group_first_row)
         batches = _parquet_rows(storage, copy, groups, shard.columns, skip, shard.end - shard.start)
     result = ShardRows(column_types={field.name: field.type for field in batches[0].schema} if batches else {})
+    binary = [name for name, column_type in result.column_types.items() if _holds_bytes(column_type)]
     position = shard.start
     for batch in batches:
         for values in _batch_rows(batch, shard, position, result):
             if values is not None:
-                _add_row(result, shard, position, values, input_spec)
+                _add_row(result, shard, position, _bytes_as_text(values, binary), input_spec)
             position += 1
     return result
+
+
+def _holds_bytes(column_type: pa.DataType) -> bool:
+    return pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type) or column_type == pa.binary_view()
+
+
+def _bytes_as_text(values: dict[str, Any], binary: list[str]) -> dict[str, Any]:
+    """Impala, Hive and older Spark write text as Parquet binary without marking it as text: such a
+    value is read as the text its bytes encode (UTF-8). Other bytes stay bytes, which a prompt refuses
+    by name; written back, a kept column keeps its binary type either way."""
+    for name in binary:
+        value = values.get(name)
+        if isinstance(value, bytes):
+            with contextlib.suppress(UnicodeDecodeError):
+                values[name] = value.decode("utf-8")
+    return values
 
 
 def _groups_holding(path: str, first: int, end: int) -> tuple[tuple[int, int], int]:

@@ -176,6 +176,47 @@ def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_inpu
     assert sorted(str(tag) for tag in tags if tag is not None) == sorted(str(index) for index in range(20, count))
 
 
+def test_text_written_as_parquet_binary_is_read_as_text_and_other_bytes_are_a_named_row_error(run_tiny, tmp_path):
+    """Impala, Hive and older Spark write text columns as binary without marking them as text: the
+    prompt, the id and a template's values are the text those bytes encode, a kept binary column
+    stays binary in the output, and a prompt whose bytes are not UTF-8 is that row's error."""
+    prompts = _prompts(3)
+    table = pa.table(
+        {
+            "key": pa.array([f"k{index}".encode() for index in range(4)], pa.binary()),
+            "question": pa.array([*(prompt.encode() for prompt in prompts), b"\xff\xfe not text"], pa.large_binary()),
+            "blob": pa.array([b"\x00\x01", b"tag", None, b"\xff"], pa.binary()),
+        }
+    )
+    pq.write_table(table, tmp_path / "impala.parquet")
+    input_section = {"path": str(tmp_path / "impala.parquet"), "id_column": "key", "keep_columns": ["blob"]}
+    outcome = run_tiny(
+        input={**input_section, "prompt_column": "question"},
+        sampling={"max_new_tokens": 2},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=0.5,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.error_rows == 1
+    data = pq.read_table(tmp_path / "out" / "data")
+    assert data.schema.field("blob").type == pa.binary()
+    rows = sorted(data.to_pylist(), key=lambda row: row["id"])
+    assert [row["id"] for row in rows] == ["k0", "k1", "k2"]
+    assert [row["blob"] for row in rows] == [b"\x00\x01", b"tag", None]
+    [error] = pq.read_table(tmp_path / "out" / "errors").to_pylist()
+    assert error["id"] == "k3" and error["row"] == 3
+    assert error["reason"].startswith("question: expected text, got bytes that are not UTF-8 text")
+    # The same prompts through a template: the same token counts (the text, not "b'...'").
+    templated = run_tiny(
+        input={**input_section, "rows_per_shard": 2},
+        prompt={"format": "raw", "template": "{{ question }}"},
+        sampling={"max_new_tokens": 2},
+        output={"path": str(tmp_path / "templated")},
+        max_error_fraction=0.5,
+    )
+    assert templated.summary.prompt_tokens == outcome.summary.prompt_tokens
+    assert templated.summary.error_rows == 1
+
+
 def test_jsonl_job_keeps_input_order_and_respects_max_new_tokens(run_tiny, tmp_path):
     prompts = _prompts(30)
     with open(tmp_path / "in.jsonl", "w") as handle:
