@@ -69,23 +69,30 @@ def file_label(url: str, root: str) -> str:
     return url[len(root.rstrip("/")) + 1 :]
 
 
-def select_inputs(input_spec: InputSpec, listed: list[FileInfo]) -> InputFiles:
+def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: str | None = None) -> InputFiles:
     """The listed files herd reads, and every other one with the reason, so that none is skipped
     without a word. A file named on its own must be readable; in a folder or a glob, bookkeeping
-    files (_SUCCESS, .crc) and files of other types are passed over and reported."""
+    files (_SUCCESS, .crc), files of other types and the job's own output (an output folder inside
+    the input folder) are passed over and reported."""
     root = input_root(input_spec.path)
     if len(listed) == 1 and listed[0].url.rstrip("/") == input_spec.path.rstrip("/"):
         input_spec.format_of(listed[0].url)  # raises a SpecError naming the file when it cannot be read
         return InputFiles(listed)
-    selected = InputFiles([])
+    output = absolute(output_path).rstrip("/") + "/" if output_path is not None else None
+    selected, own_output = InputFiles([]), 0
     for info in listed:
         label = file_label(info.url, root)
-        if is_hidden(label):
+        if output is not None and absolute(info.url).startswith(output):
+            own_output += 1  # a rerun would otherwise take its own results (and job.json) for prompts
+        elif is_hidden(label):
             selected.ignored.append((label, "hidden (a name starting with _ or .: Spark/Hadoop bookkeeping)"))
         elif input_spec.format == "auto" and format_from_name(label) is None:
             selected.ignored.append((label, "not .parquet/.pq or .jsonl/.ndjson/.json (optionally .gz/.bz2/.zst)"))
         else:
             selected.files.append(info)
+    if own_output:
+        label = file_label(output.rstrip("/"), absolute(root)) + "/"
+        selected.ignored.append((label, f"the job's own output (output.path): {own_output} file(s)"))
     return selected
 
 
@@ -111,7 +118,7 @@ def list_inputs(storage: Storage, job: JobSpec) -> InputFiles:
         raise storage_problem(f"input.path: cannot list {job.input.path}", error) from None
     if not listed:
         raise SpecError(f"input.path: no files match {job.input.path!r}")
-    inputs = select_inputs(job.input, listed)
+    inputs = select_inputs(job.input, listed, job.output.path)
     for label, why in inputs.ignored:
         log.warning("not an input: %s (%s)", label, why)
     if not inputs.files:

@@ -142,6 +142,29 @@ def test_a_rerun_skips_committed_shards_and_redoes_only_the_missing_one_and_one_
     assert "0 errors, nothing left to run, wall" in describe_state(output_state(str(tmp_path / "out")))
 
 
+def test_an_output_inside_the_input_folder_is_never_read_as_input(run_tiny, tmp_path, caplog):
+    """input.path: project/, output.path: project/out: a rerun lists the output's own files under the
+    input folder; they are passed over (said once, not a line per file), so that the rerun is the same
+    job, and --overwrite does not take the results of the run before for prompts."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    _write_jsonl(folder / "in.jsonl", [{"prompt": f"prompt {index}"} for index in range(5)])
+    job = {
+        "input": {"path": str(folder), "prompt_column": "prompt"},
+        "sampling": {"max_new_tokens": 2},
+        "output": {"path": str(folder / "out"), "format": "jsonl"},
+    }
+    assert run_tiny(**job).summary.rows_in == 5
+    caplog.clear()
+    again = run_tiny(**job)
+    assert (again.exit_code, again.summary.shards_run, again.summary.rows_in) == (ExitCode.SUCCESS, 0, 5)
+    [passed_over] = [record.getMessage() for record in caplog.records if "not an input" in record.getMessage()]
+    assert passed_over.startswith("not an input: out/ (the job's own output (output.path): ")
+    replaced = run_tiny(overwrite=True, **job)
+    assert (replaced.summary.shards_run, replaced.summary.rows_in) == (1, 5)
+    assert len(read_rows(str(folder / "out" / "data"))) == 5
+
+
 def test_a_changed_job_is_refused_on_the_same_output_unless_overwrite(run_tiny, tmp_path):
     _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"prompt {index}"} for index in range(5)])
     job = {
