@@ -75,10 +75,12 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
     files (_SUCCESS, .crc), files of other types and the job's own output (an output folder inside
     the input folder) are passed over and reported."""
     root = input_root(input_spec.path)
+    output = absolute(output_path).rstrip("/") + "/" if output_path is not None else None
+    if output is not None and (absolute(root).rstrip("/") + "/").startswith(output):
+        raise SpecError(f"output.path: {output_path} holds the input ({input_spec.path}); write the output elsewhere")
     if len(listed) == 1 and listed[0].url.rstrip("/") == input_spec.path.rstrip("/"):
         input_spec.format_of(listed[0].url)  # raises a SpecError naming the file when it cannot be read
         return InputFiles(listed)
-    output = absolute(output_path).rstrip("/") + "/" if output_path is not None else None
     selected, own_output = InputFiles([]), 0
     for info in listed:
         label = file_label(info.url, root)

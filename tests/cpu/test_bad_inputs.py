@@ -50,7 +50,14 @@ def _only_foreign_files(tmp: Path) -> str:
     return str(tmp / "inputs")
 
 
+def _inside_the_output(tmp: Path) -> str:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "in.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
+    return str(tmp / "out" / "in.jsonl")
+
+
 INPUT_CASES = [
+    (_inside_the_output, "output.path: {tmp}/out holds the input ({tmp}/out/in.jsonl); write the output elsewhere"),
     (_only_foreign_files, "none of the 2 file(s) under"),
     (_parquet_without_prompt, "in.parquet: column(s) ['prompt'] named in the job are not in the file"),
     (_truncated_parquet, "in.parquet: not a readable Parquet file"),
@@ -71,7 +78,7 @@ def test_unusable_input_is_refused_before_generation(tmp_path, make_input, messa
     )
     with pytest.raises(SpecError) as raised:
         run_job(job)
-    assert message in str(raised.value)
+    assert message.format(tmp=tmp_path) in str(raised.value)
     assert not (tmp_path / "out" / "data").exists()
 
 
