@@ -532,6 +532,11 @@ class JobSpec(StrictModel):
                 "give exactly one prompt source: input.prompt_column, input.messages_column or prompt.template"
                 + (f" (got {', '.join(sources)})" if sources else "")
             )
+        if self.output.format == "openai" and self.input.keep_columns:
+            raise ValueError(
+                "output.format openai writes OpenAI Batch result lines, which have no place for "
+                "input.keep_columns: write parquet or jsonl to keep them"
+            )
         if self.input.adapter_column is not None and not self.model.adapters:
             raise ValueError("input.adapter_column names adapters per row: list them in model.adapters")
         if self.input.messages_column is not None and self.prompt.format == "raw":

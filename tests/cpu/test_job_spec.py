@@ -86,6 +86,10 @@ INVALID_SPECS = [
     (_with("input", keep_columns=["a", {"b": "a"}]), "keep_columns: two columns would be written as 'a'"),
     (_with("input", keep_columns=["a", {"a": "b"}]), "keep_columns: 'a' is kept twice"),
     (_with("input", keep_columns=[{"a": "x", "b": "y"}]), "must map one input column to its output name"),
+    (
+        {**_with("input", keep_columns=["topic"]), "output": {"path": "out", "format": "openai"}},
+        "output.format openai writes OpenAI Batch result lines, which have no place for input.keep_columns",
+    ),
     ({**VALID, "max_error_fraction": 2}, "max_error_fraction: Input should be less than or equal to 1"),
     ({**VALID, "outptu": {}}, "outptu: unknown field; allowed here: input, max_error_fraction, model"),
 ]
