@@ -151,11 +151,12 @@ def _generate_all(
 
 def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, engine: Engine) -> list[dict[str, Any]]:
     rows = []
+    kept_columns = job.input.kept_columns
     for prompt, samples in generated:
         prefix = ""
         if prompt.sampling.return_full_text:
             prefix = engine.tokenizer.decode(prompt.ids, skip_special_tokens=True)
-        kept = {name: prompt.row.values.get(column) for column, name in job.input.kept_columns.items()}
+        kept = {name: prompt.row.values.get(column) for column, name in kept_columns.items()}
         structured = prompt.sampling.structured
         for index, sample in enumerate(samples):
             rows.append(
