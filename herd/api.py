@@ -127,7 +127,8 @@ def plan(
 
     Returns:
         What `herd plan --json` prints: files, shards, rows, token estimates, hours and cost, and
-        "problems" (empty when the job can run).
+        "problems" (empty when the job can run), and "warnings" (what may be a mistake but need not
+        be, e.g. a kept JSON Lines field that no sampled row has).
     """
     spec = _as_job(job, output)
     from common.layout import OutputLayout

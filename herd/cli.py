@@ -119,6 +119,8 @@ def command_plan(arguments: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(_describe_plan(report))
+    for warning in report["warnings"]:
+        _say(f"warning: {warning}", sys.stderr)
     for problem in report["problems"]:
         _say(f"problem: {problem}", sys.stderr)
     return int(ExitCode.INVALID) if report["problems"] else 0

@@ -134,6 +134,7 @@ def dry_run(
     duplicates = [row_id for row_id, count in Counter(row.row_id for row in rows).items() if count > 1]
     if duplicates:
         problems.append(f"ids are not unique in the sample: {', '.join(duplicates[:_EXAMPLES])}")
+    warnings = _kept_columns_not_seen(job, rows)
 
     exact = all(shard.format == "parquet" for shard in shards)
     total_rows = sum(
@@ -184,7 +185,24 @@ def dry_run(
         if hours is not None and gpu_hour_cost is not None
         else None,
         "problems": problems,
+        "warnings": warnings,
     }
+
+
+def _kept_columns_not_seen(job: JobSpec, rows: list[Any]) -> list[str]:
+    """A JSON Lines row holds the fields it has: a kept column that no sampled row holds is most
+    likely a typo, which would make an empty column (a Parquet file without it is refused instead).
+    Not a problem: the field may come in later rows."""
+    if not rows:
+        return []
+    fields = sorted({name for row in rows for name in row.values})
+    listed = ", ".join(fields[:20]) + (f" and {len(fields) - 20} more" if len(fields) > 20 else "")
+    return [
+        f"keep_columns: no sampled row has {column!r} (their fields: {listed}); its output column "
+        "stays empty unless later rows have it"
+        for column in job.input.kept_columns
+        if column not in fields
+    ]
 
 
 def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str, Any]:

@@ -155,8 +155,37 @@ def test_a_plan_over_many_files_reads_an_even_spread_of_them_estimates_the_rest_
 
     from herd.cli import _describe_plan
 
+    assert sampled["warnings"] == []
     assert "planned from 5 of the 20 files, spread evenly" in _describe_plan(sampled)
     assert f"about {sampled['shards']} shard(s)" in _describe_plan(sampled)
+
+
+def test_a_kept_json_lines_field_that_no_sampled_row_has_is_a_warning_that_names_the_fields(
+    tmp_path, tiny_model, capsys
+):
+    """A typo in keep_columns would leave the output's column empty: JSON Lines rows have no schema
+    to refuse it by (a Parquet file without the column is refused), so the plan warns, and exits 0."""
+    import herd
+
+    lines = [{"prompt": f"question {index}", "topic": "maths"} for index in range(30)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    job = {
+        "input": {"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt", "keep_columns": ["topic", "topc"]},
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 4},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    report = herd.plan(job, sample_rows=20)
+    assert report["problems"] == []
+    assert report["warnings"] == [
+        "keep_columns: no sampled row has 'topc' (their fields: prompt, topic); its output column stays empty "
+        "unless later rows have it"
+    ]
+    from herd.cli import main
+
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert main(["plan", str(tmp_path / "job.json")]) == 0
+    assert "herd: warning: keep_columns: no sampled row has 'topc'" in capsys.readouterr().err
 
 
 def test_fake_engine_calibration_sets_the_engines_variables_only_while_its_engine_runs(
