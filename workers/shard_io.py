@@ -225,6 +225,10 @@ def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardR
     return result
 
 
+_JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true or false", list: "an array"}
+_JSON_KINDS[type(None)] = "null"
+
+
 def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes, input_spec: InputSpec) -> None:
     fallback_id = f"{shard.file_label}:{position}"
     try:
@@ -236,7 +240,7 @@ def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes,
         result.errors.append(error_row(shard, fallback_id, position, "read", reason))
         return
     if not isinstance(values, dict):
-        reason = f"expected a JSON object, got {type(values).__name__}"
+        reason = f"expected a JSON object, got {_JSON_KINDS.get(type(values), type(values).__name__)}"
         result.errors.append(error_row(shard, fallback_id, position, "read", reason))
         return
     broken = _text_not_unicode(values)
