@@ -302,7 +302,11 @@ class SamplingSpec(StrictModel):
         default=0, ge=0, description="Each row's seed derives from this and the row id: re-runs reproduce completions."
     )
     n: int = Field(
-        default=1, ge=1, le=64, description="Samples per prompt, each its own output row (sample_index 0..n-1)."
+        default=1,
+        ge=1,
+        le=64,
+        description="Samples per prompt, each its own output row (sample_index 0..n-1); with greedy "
+        "decoding, n copies of its one answer.",
     )
     stop: list[str] = Field(default_factory=list, description="Stop sequences, not included in the completion.")
     ignore_eos: bool = Field(default=False, description="Keep generating after EOS, up to max_new_tokens.")
@@ -334,14 +338,15 @@ class SamplingSpec(StrictModel):
     def effective_temperature(self) -> float:
         return self.temperature if self.do_sample else 0.0
 
+    @property
+    def identical_samples(self) -> int:
+        """Greedy decoding has one answer, and vLLM refuses n > 1 for it: the engine generates it once
+        and the row gets it n times, as OpenAI answers n > 1 at temperature 0."""
+        return self.n if self.effective_temperature == 0 else 1
+
     @model_validator(mode="after")
     def _engine_accepts(self) -> SamplingSpec:
         """What vLLM would refuse for every request, refused here before any engine starts."""
-        if self.n > 1 and self.effective_temperature == 0:
-            raise ValueError(
-                f"n {self.n} needs sampling: greedy decoding (temperature 0 or do_sample false) gives "
-                "one answer, so vLLM refuses n > 1; set temperature > 0, or n 1"
-            )
         if any(stop == "" for stop in self.stop):
             raise ValueError("stop: an empty stop sequence would end every completion at once")
         if self.top_logprobs and not self.logprobs:

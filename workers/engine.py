@@ -238,7 +238,7 @@ class VllmEngine:
             frequency_penalty=sampling.frequency_penalty,
             logit_bias=sampling.logit_bias,
             structured_outputs=structured,
-            n=sampling.n,
+            n=sampling.n // sampling.identical_samples,
             temperature=sampling.effective_temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k is not None else 0,
@@ -274,6 +274,7 @@ class VllmEngine:
                 )
                 for completion in sorted(output.outputs, key=lambda completion: completion.index)
             ]
+            * request.sampling.identical_samples
             for request, output in zip(requests, outputs, strict=True)
         ]
 

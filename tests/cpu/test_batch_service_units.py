@@ -53,7 +53,7 @@ def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
         json.dumps(good),
         "",  # blank lines are allowed
         json.dumps({**good, "custom_id": "b", "body": {**good["body"], "functions": []}}),
-        json.dumps({**good, "custom_id": "c", "body": {**good["body"], "n": 2, "temperature": 0}}),
+        json.dumps({**good, "custom_id": "c", "body": {**good["body"], "n": 2, "temperature": 3}}),
         json.dumps({**good, "custom_id": "d", "url": "/v1/embeddings"}),
         json.dumps({**good, "custom_id": "e", "body": {**good["body"], "stream": True}}),
         json.dumps([1, 2]),
@@ -64,7 +64,7 @@ def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
     by_line = {error.line: error for error in errors}
     assert sorted(by_line) == [3, 4, 5, 6, 7, 8]
     assert by_line[3].param == "body.functions" and "function calls are not supported" in by_line[3].message
-    assert "n 2 needs sampling" in by_line[4].message
+    assert by_line[4].message == "body: temperature: Input should be less than or equal to 2"
     assert by_line[5].param == "url" and "/v1/embeddings" in by_line[5].message
     assert by_line[6].param == "body.stream"
     assert "JSON object" in by_line[7].message
@@ -79,6 +79,7 @@ def test_fields_that_cannot_change_the_answer_are_accepted_and_the_others_refuse
         {"tools": None, "tool_choice": None, "stream_options": None, "prediction": None, "response_format": None},
         {"service_tier": "auto", "parallel_tool_calls": False, "store": False, "user": "u-1"},
         {"modalities": ["text"], "tool_choice": "none", "stream": False, "logprobs": None, "stop": None},
+        {"n": 2, "temperature": 0},  # n copies of the one greedy answer, as OpenAI gives
     ]
     refused = [
         ({"tool_choice": "auto"}, "body.tool_choice"),

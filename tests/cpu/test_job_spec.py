@@ -37,8 +37,6 @@ INVALID_SPECS = [
         _with("sampling", structured={"regex": "a", "choices": ["b"]}),
         "give exactly one of json_schema, json_object, regex or choices",
     ),
-    (_with("sampling", n=3, temperature=0), "sampling: n 3 needs sampling: greedy decoding"),
-    (_with("sampling", n=2, do_sample=False), "sampling: n 2 needs sampling"),
     (_with("sampling", temperature=3), "sampling.temperature: Input should be less than or equal to 2"),
     (_with("sampling", stop=["", "x"]), "stop: an empty stop sequence would end every completion at once"),
     (

@@ -9,9 +9,7 @@ import math
 import jsonschema
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from schemas import SpecError
 from schemas.errors import ExitCode
 from tests.cpu.conftest import every_replica_up, read_rows
 
@@ -45,26 +43,27 @@ def test_a_template_builds_prompts_from_columns_and_a_missing_column_is_a_row_er
     assert "prompt.template: 'topic' is undefined" in error["reason"]
 
 
-def test_n_samples_differ_when_sampling_and_n_with_greedy_decoding_is_refused_up_front(run_tiny, tmp_path):
+def test_n_samples_differ_when_sampling_and_are_n_copies_of_the_one_greedy_answer(run_tiny, tmp_path):
+    """vLLM refuses n > 1 with greedy decoding; OpenAI answers it (with n equal choices). herd
+    generates the greedy answer once and gives each row n copies: what n 1 gives, n times."""
     _write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"tell a story number {index}"} for index in range(4)])
 
     def samples(output: str, **sampling) -> dict[str, list[str]]:
         run_tiny(
             input={"path": str(tmp_path / "in.jsonl"), "prompt_column": "prompt"},
-            sampling={"max_new_tokens": 12, "n": 4, "ignore_eos": True, **sampling},
+            sampling={"max_new_tokens": 12, "ignore_eos": True, **sampling},
             output={"path": str(tmp_path / output)},
         )
         by_id: dict[str, list[str]] = {}
-        for row in read_rows(str(tmp_path / output / "data")):
+        for row in sorted(read_rows(str(tmp_path / output / "data")), key=lambda row: row["sample_index"]):
             by_id.setdefault(row["id"], []).append(row["completion"])
         return by_id
 
-    sampled = samples("sampled", temperature=1.0, seed=11)
+    sampled = samples("sampled", n=4, temperature=1.0, seed=11)
     assert len(sampled) == 4 and all(len(set(texts)) == 4 for texts in sampled.values())
-    # vLLM refuses n > 1 with greedy decoding for every request: the spec says so before any engine.
-    with pytest.raises(SpecError, match="n 4 needs sampling"):
-        samples("greedy", do_sample=False)
-    assert not (tmp_path / "greedy").exists()
+    greedy = samples("greedy", n=3, do_sample=False)
+    once = samples("once", n=1, temperature=0.0)
+    assert greedy == {row_id: texts * 3 for row_id, texts in once.items()}
 
 
 def test_the_same_seed_gives_the_same_completions_with_one_replica_or_two(run_tiny, tiny_pool, tmp_path):
