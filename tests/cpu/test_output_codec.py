@@ -112,3 +112,13 @@ def test_openai_lines_are_typed_one_per_request_and_read_back_as_herd_rows():
 def test_every_jsonl_file_the_codec_writes_is_one_pyarrow_reads():
     data = encode_data([RequestRows("k1", _rows("k1", 1), chat=False)], COLUMNS, "jsonl", "m")
     assert pajson.read_json(io.BytesIO(data)).num_rows == 1
+
+
+def test_the_codec_types_every_column_herd_writes_and_nothing_else():
+    """The column names (schemas/columns.py, which the job spec checks kept columns against) and the
+    codec's types are two tables: a column added to one only would be untyped or unchecked."""
+    from common.output_codec import DATA_COLUMN_TYPES, ERROR_COLUMN_TYPES
+    from schemas.columns import ERROR_COLUMNS, HERD_OUTPUT_COLUMNS
+
+    assert sorted(DATA_COLUMN_TYPES) == sorted(HERD_OUTPUT_COLUMNS)
+    assert tuple(ERROR_COLUMN_TYPES) == ERROR_COLUMNS
