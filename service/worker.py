@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -394,8 +395,9 @@ def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:
             continue
         except ValidationError as error:
             first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            problem(f"body: {where}: {first['msg']}" if where else f"body: {first['msg']}", "body")
+            where = _request_field(".".join(str(part) for part in first["loc"]), request.get("body") or {})
+            param = f"body.{where}" if where else "body"
+            problem(f"{param}: {first['msg']}", param)
             continue
         custom_id = request["custom_id"]
         if custom_id in seen:
@@ -412,3 +414,11 @@ def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:
 
 def custom_ids_in(data: bytes) -> list[str]:
     return [json.loads(line)["custom_id"] for line in data.split(b"\n") if line.strip()]
+
+
+def _request_field(field: str, body: dict[str, Any]) -> str:
+    """A sampling field as the request line names it: herd validates `max_new_tokens`, which a line
+    gives as `max_tokens` or `max_completion_tokens`; the other names are the same."""
+    if field.split(".", 1)[0] != "max_new_tokens":
+        return field
+    return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"

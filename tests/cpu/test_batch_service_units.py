@@ -58,17 +58,25 @@ def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
         json.dumps({**good, "custom_id": "e", "body": {**good["body"], "stream": True}}),
         json.dumps([1, 2]),
         json.dumps({**good, "custom_id": "f", "body": {"messages": good["body"]["messages"]}}),
+        json.dumps({**good, "custom_id": "g", "body": {**good["body"], "max_tokens": 0}}),
+        json.dumps({**good, "custom_id": "h", "body": {**good["body"], "max_completion_tokens": -1}}),
     ]
     errors, models, total = check_lines("\n".join(lines).encode())
-    assert total == 7 and models == {"m"}
+    assert total == 9 and models == {"m"}
     by_line = {error.line: error for error in errors}
-    assert sorted(by_line) == [3, 4, 5, 6, 7, 8]
+    assert sorted(by_line) == [3, 4, 5, 6, 7, 8, 9, 10]
     assert by_line[3].param == "body.functions" and "function calls are not supported" in by_line[3].message
-    assert by_line[4].message == "body: temperature: Input should be less than or equal to 2"
+    assert (by_line[4].param, by_line[4].message) == (
+        "body.temperature",
+        "body.temperature: Input should be less than or equal to 2",
+    )
     assert by_line[5].param == "url" and "/v1/embeddings" in by_line[5].message
     assert by_line[6].param == "body.stream"
     assert "JSON object" in by_line[7].message
     assert by_line[8].param == "body.model"
+    # Named as the line names them, not as herd's job file does (max_new_tokens).
+    assert by_line[9].message == "body.max_tokens: Input should be greater than or equal to 1"
+    assert by_line[10].param == "body.max_completion_tokens"
 
 
 def test_fields_that_cannot_change_the_answer_are_accepted_and_the_others_refused():
