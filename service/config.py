@@ -64,6 +64,30 @@ class ServedModel(_Strict):
         once, not for every request line or /v1/models call."""
         return self.job_for("unused.jsonl", "unused").model.adapter_names()
 
+    @cached_property
+    def chat_unavailable(self) -> str | None:
+        """Why this model cannot answer /v1/chat/completions, or None. Chat messages become a prompt
+        through the tokenizer's chat template unless the job says llama2-chat; a base model's
+        tokenizer has none, and every chat request would fail after its engine loaded. Tokenizer
+        files that cannot be read now are no reason: the run says what is wrong."""
+        job = self.job_for("unused.jsonl", "unused")
+        if job.prompt.format == "llama2-chat":
+            return None
+        from common.storage import Storage
+        from workers.model_source import has_chat_template
+
+        try:
+            found = has_chat_template(job.model.path, Storage(job.storage, job.retry))
+        except Exception:  # noqa: BLE001 - a missing or unreachable file is the run's to report
+            return None
+        if found:
+            return None
+        return (
+            f"model {self.name!r} ({job.model.path}) has no chat template, so it cannot turn messages into "
+            "a prompt: send /v1/completions requests, or set its job's prompt.format: llama2-chat for a "
+            "Llama 2 chat model"
+        )
+
     @field_validator("job")
     @classmethod
     def _no_input_or_output(cls, job: dict[str, Any]) -> dict[str, Any]:

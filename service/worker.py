@@ -28,7 +28,7 @@ from service.config import ServedModel, ServiceSpec
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
 from service.store import Store
 from service.webhooks import WebhookSender
-from workers.request_formats import RequestError, openai_batch_request
+from workers.request_formats import OPENAI_CHAT_URL, RequestError, openai_batch_request
 
 log = logging.getLogger("herd.service")
 
@@ -146,6 +146,10 @@ class BatchWorker:
         if errors:
             return self._fail(record, errors[0].code, errors[0].message, errors)
         model = next(model for model in self.spec.models if model.name == names[0])
+        chat_line = _first_chat_line(data)
+        if chat_line is not None and model.chat_unavailable is not None:
+            error = BatchError(code="invalid_request", message=model.chat_unavailable, param="url", line=chat_line)
+            return self._fail(record, error.code, error.message, [error])
 
         def start(current: BatchRecord) -> bool:
             if current.batch.status != "validating":
@@ -422,3 +426,11 @@ def _request_field(field: str, body: dict[str, Any]) -> str:
     if field.split(".", 1)[0] != "max_new_tokens":
         return field
     return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+
+
+def _first_chat_line(data: bytes) -> int | None:
+    """The number of the first /v1/chat/completions line of a file whose lines check_lines passed."""
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip() and json.loads(line).get("url") == OPENAI_CHAT_URL:
+            return number
+    return None

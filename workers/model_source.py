@@ -108,6 +108,7 @@ _TOKENIZER_FILES = frozenset(
         "tokenizer.model",
         "added_tokens.json",
         "chat_template.jinja",
+        "chat_template.json",
         "config.json",
     }
 )
@@ -154,6 +155,16 @@ def tokenizer_directory(path: str, storage: Storage) -> str:
     if path.startswith("s3://"):
         return str(_fetch_from_storage(path, storage, only=_TOKENIZER_FILES))
     return path
+
+
+def has_chat_template(path: str, storage: Storage) -> bool:
+    """Whether the model's tokenizer sets a chat template (in tokenizer_config.json or a file of its
+    own, as transformers reads it): a chat model's has one, a base model's (Llama-2-7b-hf) none."""
+    directory = Path(tokenizer_directory(path, storage))
+    if (directory / "chat_template.jinja").exists() or (directory / "chat_template.json").exists():
+        return True
+    config = directory / "tokenizer_config.json"
+    return config.exists() and bool(json.loads(config.read_text()).get("chat_template"))
 
 
 def _demo_gguf_directory() -> Path:

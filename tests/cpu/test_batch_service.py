@@ -72,7 +72,12 @@ def _service_file(
                     "prompt": {"format": "llama2-chat"},
                     "retry": {"backoff_base_s": 0.1},
                 },
-            }
+            },
+            # The same weights as a base model is served: its tokenizer sets no chat template.
+            {
+                "name": "tiny-base",
+                "job": {"model": tiny_model_spec(tiny_model), "prompt": {"format": "model-template"}},
+            },
         ],
         "limits": {"max_upload_bytes": UPLOAD_LIMIT, "max_lines": 400, "completion_windows": ["24h", "4s"]},
     }
@@ -226,6 +231,18 @@ def test_logprobs_come_in_openais_shape_and_a_tools_request_fails_validation_nam
     assert problems[4].code == "invalid_json_line"
     assert problems[5].code == "duplicate_custom_id" and "line 1" in problems[5].message
     assert failed.output_file_id is None
+
+    # Chat requests to a model that cannot turn messages into a prompt fail before its engine loads.
+    base_file = _requests(1)[:-1].replace(b'"gpt-4o-mini"', b'"tiny-base"')
+    upload = client.files.create(file=("base.jsonl", base_file), purpose="batch")
+    failed = _wait(
+        client,
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h").id,
+        {"failed", "completed"},
+    )
+    [problem] = failed.errors.data
+    assert (failed.status, problem.line, problem.param) == ("failed", 1, "url")
+    assert problem.message.startswith("model 'tiny-base' (") and "has no chat template" in problem.message
 
     upload = client.files.create(file=("logprobs.jsonl", _requests(3, logprobs=True, top_logprobs=2)), purpose="batch")
     done = _wait(
