@@ -79,13 +79,19 @@ class InputSpec(StrictModel):
         "successful run with an empty output.",
     )
 
+    def _kept_pairs(self) -> list[tuple[str, str]]:
+        """(input column, output name) for each keep_columns entry, in order, repeats included."""
+        pairs: list[tuple[str, str]] = []
+        for entry in self.keep_columns:
+            pairs.extend(entry.items() if isinstance(entry, dict) else [(entry, entry)])
+        return pairs
+
     @model_validator(mode="after")
     def _kept_columns_have_names_of_their_own(self) -> InputSpec:
-        pairs = []
         for entry in self.keep_columns:
             if isinstance(entry, dict) and len(entry) != 1:
                 raise ValueError(f"keep_columns: {entry} must map one input column to its output name")
-            pairs.extend(entry.items() if isinstance(entry, dict) else [(entry, entry)])
+        pairs = self._kept_pairs()
         names = [name for _, name in pairs]
         columns = [column for column, _ in pairs]
         repeated = sorted({column for column in columns if columns.count(column) > 1})
@@ -107,10 +113,7 @@ class InputSpec(StrictModel):
     @property
     def kept_columns(self) -> dict[str, str]:
         """Each input column the output keeps, and its name there."""
-        kept: dict[str, str] = {}
-        for entry in self.keep_columns:
-            kept.update(entry if isinstance(entry, dict) else {entry: entry})
-        return kept
+        return dict(self._kept_pairs())
 
     @property
     def is_request_file(self) -> bool:

@@ -146,8 +146,8 @@ class BatchWorker:
         if errors:
             return self._fail(record, errors[0].code, errors[0].message, errors)
         model = next(model for model in self.spec.models if model.name == names[0])
-        chat_line = _first_chat_line(data)
-        if chat_line is not None and model.chat_unavailable is not None:
+        chat_line = _first_chat_line(data) if model.chat_unavailable is not None else None
+        if chat_line is not None:
             error = BatchError(code="invalid_request", message=model.chat_unavailable, param="url", line=chat_line)
             return self._fail(record, error.code, error.message, [error])
 
