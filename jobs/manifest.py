@@ -80,7 +80,10 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
                 }
             ),
         },
-        "prompt": job.prompt.model_dump(mode="json"),
+        # Only when set: outputs written before the option existed keep resuming.
+        "prompt": job.prompt.model_dump(
+            mode="json", exclude=set() if job.prompt.regenerate_final_answer else {"regenerate_final_answer"}
+        ),
         "sampling": job.sampling.model_dump(mode="json"),
         "optimize": job.optimize.model_dump(mode="json"),
         "output_format": job.output.format,

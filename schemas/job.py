@@ -41,7 +41,8 @@ class InputSpec(StrictModel):
     )
     messages_column: str | None = Field(
         default=None,
-        description="A list of {role: system|user|assistant, content} per row (chat formats only).",
+        description="A conversation per row (chat formats only): a list of {role: system|user|assistant, "
+        "content}, or ShareGPT's {from: system|human|gpt, value}.",
     )
     id_column: str | None = Field(
         default=None, description='The row id; without it rows get "<file>:<row>" (see What a job writes).'
@@ -254,6 +255,11 @@ class PromptSpec(StrictModel):
     on_overflow: Literal["error", "truncate"] = Field(
         default="error",
         description="A prompt that leaves no room for max_new_tokens: an error row, or keep its end.",
+    )
+    regenerate_final_answer: bool = Field(
+        default=False,
+        description="With input.messages_column: a conversation that ends with an assistant turn (a chat "
+        "dataset's answer) gets a new answer in its place; without it such a row is an error.",
     )
 
     @model_validator(mode="after")
@@ -549,6 +555,10 @@ class JobSpec(StrictModel):
             raise ValueError("input.adapter_column names adapters per row: list them in model.adapters")
         if self.input.messages_column is not None and self.prompt.format == "raw":
             raise ValueError("input.messages_column needs prompt.format llama2-chat or model-template")
+        if self.prompt.regenerate_final_answer and self.input.messages_column is None:
+            raise ValueError(
+                "prompt.regenerate_final_answer replaces the last answer of a conversation: set input.messages_column"
+            )
         return self
 
 

@@ -73,11 +73,24 @@ def llama2_chat_token_ids(dialog: Sequence[dict[str, str]], tokenizer: Tokenizer
     return ids
 
 
+# ShareGPT's turns ({from, value}; also SlimOrca's and OpenHermes's), as the roles they mean.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
 def _validated_messages(value: Any, column: str) -> list[dict[str, str]]:
     if not isinstance(value, (list, tuple)) or not value:
         raise RenderError(f"{column}: expected a non-empty list of {{role, content}}, got {_describe(value)}")
     messages = []
     for index, message in enumerate(value):
+        if isinstance(message, dict) and message.get("role") is None and message.get("from") is not None:
+            role = SHAREGPT_ROLES.get(message["from"])
+            if role is None:
+                raise RenderError(
+                    f"{column}[{index}].from: expected {', '.join(SHAREGPT_ROLES)}, got {message['from']!r}"
+                )
+            if not isinstance(message.get("value"), str):
+                raise RenderError(f"{column}[{index}].value: expected text, got {_describe(message.get('value'))}")
+            message = {"role": role, "content": message["value"]}
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise RenderError(f"{column}[{index}]: expected {{role, content}} with text content")
         if message.get("role") not in ("system", "user", "assistant"):
@@ -86,6 +99,22 @@ def _validated_messages(value: Any, column: str) -> list[dict[str, str]]:
             )
         messages.append({"role": message["role"], "content": message["content"]})
     return messages
+
+
+def _conversation(value: Any, column: str, prompt: PromptSpec) -> list[dict[str, str]]:
+    """A row's conversation, to be answered: a chat dataset's rows end with their answer, which
+    prompt.regenerate_final_answer replaces; an answer after the answer is never what was meant."""
+    messages = _validated_messages(value, column)
+    if messages[-1]["role"] != "assistant":
+        return messages
+    if not any(message["role"] == "user" for message in messages):
+        raise RenderError(f"{column}: the conversation has no user turn")
+    if not prompt.regenerate_final_answer:
+        raise RenderError(
+            f"{column}: the conversation ends with an assistant turn (its answer); set "
+            "prompt.regenerate_final_answer: true to generate a new answer in its place"
+        )
+    return messages[:-1]
 
 
 def _text(value: Any, where: str) -> str:
@@ -119,7 +148,7 @@ def source_from_row(row: dict[str, Any], input_spec: InputSpec, prompt: PromptSp
         return PromptSource(text=_text(text, "prompt.template"))
     if input_spec.messages_column is not None:
         column = input_spec.messages_column
-        return PromptSource(messages=_validated_messages(_field(row, column), column))
+        return PromptSource(messages=_conversation(_field(row, column), column, prompt))
     return PromptSource(text=_text(_field(row, input_spec.prompt_column), input_spec.prompt_column))
 
 

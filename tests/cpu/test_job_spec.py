@@ -34,6 +34,10 @@ INVALID_SPECS = [
     (_with("input", messages_column="m"), "give exactly one prompt source: input.prompt_column, input.messages_column"),
     (_with("input", format="openai-batch"), "input.format openai-batch carries its own prompts"),
     (
+        _with("prompt", format="llama2-chat", regenerate_final_answer=True),
+        "prompt.regenerate_final_answer replaces the last answer of a conversation: set input.messages_column",
+    ),
+    (
         _with("sampling", structured={"regex": "a", "choices": ["b"]}),
         "give exactly one of json_schema, json_object, regex or choices",
     ),

@@ -9,7 +9,9 @@ import math
 import jsonschema
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from jobs.manifest import OutputInUse
 from schemas.errors import ExitCode
 from tests.cpu.conftest import every_replica_up, read_rows
 
@@ -41,6 +43,80 @@ def test_a_template_builds_prompts_from_columns_and_a_missing_column_is_a_row_er
     [error] = read_rows(str(tmp_path / "out" / "errors"))
     assert error["id"] == "b" and error["stage"] == "render"
     assert "prompt.template: 'topic' is undefined" in error["reason"]
+
+
+def test_a_sharegpt_dataset_gets_its_final_answers_regenerated_and_answers_no_one_asked_for_are_row_errors(
+    run_tiny, tmp_path, tiny_tokenizer
+):
+    """A chat dataset as Hugging Face exports it (Parquet, a list of {from, value} turns ending with the
+    answer): each last answer is replaced, and the prompt is that of the same turns written with
+    OpenAI's roles, answered alike."""
+    from workers.rendering import llama2_chat_token_ids
+
+    turns = [
+        ("system", "You answer in one word."),
+        ("human", "Name a colour."),
+        ("gpt", "Blue."),
+        ("human", "And a fruit?"),
+        ("gpt", "Pear."),
+    ]
+    sharegpt = pa.struct([("from", pa.string()), ("value", pa.string())])
+    conversations = [
+        [{"from": who, "value": text} for who, text in turns],
+        [{"from": "human", "value": "Say hello."}],  # nothing to replace
+        [{"from": "human", "value": "hi"}, {"from": "bing", "value": "hello"}],
+        [{"from": "gpt", "value": "I start."}],
+    ]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["multi", "open", "bing", "answer-only"],
+                "conversations": pa.array(conversations, pa.list_(sharegpt)),
+            }
+        ),
+        inputs / "sharegpt.parquet",
+    )
+    roles = {"system": "system", "human": "user", "gpt": "assistant"}
+    asked = [{"role": roles[who], "content": text} for who, text in turns[:-1]]
+    _write_jsonl(inputs / "openai.jsonl", [{"id": "openai-roles", "conversations": asked}])
+    job = {
+        "input": {
+            "path": str(inputs),
+            "messages_column": "conversations",
+            "id_column": "id",
+            "keep_columns": [{"conversations": "reference"}],
+        },
+        "sampling": {"max_new_tokens": 6, "temperature": 0},
+        "max_error_fraction": 1.0,
+    }
+    outcome = run_tiny(
+        **job, prompt={"format": "llama2-chat", "regenerate_final_answer": True}, output={"path": str(tmp_path / "new")}
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    rows = {row["id"]: row for row in read_rows(str(tmp_path / "new" / "data"))}
+    assert sorted(rows) == ["multi", "open", "openai-roles"]
+    assert rows["multi"]["prompt_tokens"] == len(llama2_chat_token_ids(asked, tiny_tokenizer))
+    assert rows["multi"]["completion"] == rows["openai-roles"]["completion"]
+    assert rows["multi"]["reference"][-1] == {"from": "gpt", "value": "Pear."}  # the dataset's answer, kept
+    errors = {row["id"]: row["reason"] for row in read_rows(str(tmp_path / "new" / "errors"))}
+    assert errors == {
+        "bing": "conversations[1].from: expected system, human, gpt, got 'bing'",
+        "answer-only": "conversations: the conversation has no user turn",
+    }
+    # Without the option, a conversation that ends with its answer is not answered again.
+    run_tiny(**job, prompt={"format": "llama2-chat"}, output={"path": str(tmp_path / "as-is")})
+    assert sorted(row["id"] for row in read_rows(str(tmp_path / "as-is" / "data"))) == ["open", "openai-roles"]
+    errors = {row["id"]: row["reason"] for row in read_rows(str(tmp_path / "as-is" / "errors"))}
+    assert "prompt.regenerate_final_answer: true" in errors["multi"]
+    # The option decides what an output holds: setting it on that output is another job.
+    with pytest.raises(OutputInUse, match=r"changed: prompt.regenerate_final_answer"):
+        run_tiny(
+            **job,
+            prompt={"format": "llama2-chat", "regenerate_final_answer": True},
+            output={"path": str(tmp_path / "as-is")},
+        )
 
 
 def test_n_samples_differ_when_sampling_and_are_n_copies_of_the_one_greedy_answer(run_tiny, tmp_path):
