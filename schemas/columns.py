@@ -12,6 +12,8 @@ OUTPUT_COLUMNS = (
     "completion_tokens",
     "model",
 )
-OPTIONAL_OUTPUT_COLUMNS = ("token_logprobs", "structured_valid")  # only when the job can fill them
+TOKEN_LOGPROBS_COLUMN = "token_logprobs"  # only when the job asks for logprobs
+STRUCTURED_VALID_COLUMN = "structured_valid"  # only when the job constrains its output
+OPTIONAL_OUTPUT_COLUMNS = (TOKEN_LOGPROBS_COLUMN, STRUCTURED_VALID_COLUMN)
 HERD_OUTPUT_COLUMNS = (ROW_ID_COLUMN, *OUTPUT_COLUMNS, *OPTIONAL_OUTPUT_COLUMNS)
 ERROR_COLUMNS = ("id", "file", "row", "stage", "reason")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.columns import OUTPUT_COLUMNS, ROW_ID_COLUMN
+from schemas.columns import OUTPUT_COLUMNS, ROW_ID_COLUMN, STRUCTURED_VALID_COLUMN, TOKEN_LOGPROBS_COLUMN
 from schemas.job import JobSpec
 
 
@@ -26,9 +26,9 @@ def output_columns(job: JobSpec) -> list[str]:
     """The columns of this job's output files; the optional ones only when the job can fill them."""
     columns = [ROW_ID_COLUMN, *job.input.kept_columns.values(), *OUTPUT_COLUMNS]
     if job.sampling.logprobs or job.input.is_request_file:
-        columns.append("token_logprobs")
+        columns.append(TOKEN_LOGPROBS_COLUMN)
     if job.sampling.structured is not None or job.input.is_request_file:
-        columns.append("structured_valid")
+        columns.append(STRUCTURED_VALID_COLUMN)
     return columns
 
 

@@ -59,10 +59,15 @@ class ServedModel(_Strict):
         return parse_job(raw, source=f"models[{self.name}].job")
 
     @cached_property
-    def adapter_names(self) -> list[str]:
-        """The LoRA adapters of this model's job (model.adapters), which requests may name: parsed
+    def shared_job(self) -> JobSpec:
+        """This model's job with a placeholder input and output: what every batch of it shares, parsed
         once, not for every request line or /v1/models call."""
-        return self.job_for("unused.jsonl", "unused").model.adapter_names()
+        return self.job_for("unused.jsonl", "unused")
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters of this model's job (model.adapters), which requests may name."""
+        return self.shared_job.model.adapter_names()
 
     @cached_property
     def chat_unavailable(self) -> str | None:
@@ -70,7 +75,7 @@ class ServedModel(_Strict):
         through the tokenizer's chat template unless the job says llama2-chat; a base model's
         tokenizer has none, and every chat request would fail after its engine loaded. Tokenizer
         files that cannot be read now are no reason: the run says what is wrong."""
-        job = self.job_for("unused.jsonl", "unused")
+        job = self.shared_job
         if job.prompt.format == "llama2-chat":
             return None
         from common.storage import Storage
