@@ -195,7 +195,8 @@ def generate(
     progress: ProgressMode = "auto",
     verbose: bool = False,
 ) -> Any:
-    """Completions for every row of a pandas DataFrame or a pyarrow Table, as one of the same kind.
+    """Completions for every row of a pandas DataFrame or a pyarrow Table, as one of the same kind
+    (another table that exports Arrow, such as a Polars DataFrame, gives a pyarrow Table).
 
     The rows run as a herd job (the same planning, commits and seeds as `herd run` on a Parquet file
     of the same rows), and the engines stay warm for the next call in this process (see shutdown()).
@@ -207,7 +208,8 @@ def generate(
     `result.attrs["herd_summary"]` (pandas) or the schema metadata b"herd_summary" (Arrow).
 
     Args:
-        data: a pandas DataFrame or a pyarrow Table.
+        data: a pandas DataFrame, a pyarrow Table, or a table that exports Arrow's C stream (Polars,
+            DuckDB; `polars.from_arrow(result)` turns the result back into Polars).
         model: the job file's model section, as a dict or a ModelSpec, or just its path
             ("demo:smollm2-135m-instruct", a local checkpoint, s3://...).
         prompt_column, messages_column, id_column, keep_columns, adapter_column, rows_per_shard: the
@@ -232,7 +234,10 @@ def generate(
     import pyarrow as pa
 
     kind = _kind_of(data)
-    table = pa.Table.from_pandas(data, preserve_index=False) if kind == "pandas" else data
+    if kind == "pandas":
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    else:
+        table = _without_view_types(pa.table(data) if kind == "arrow stream" else data)
     _check_rows(table, id_column)
     workdir = Path(tempfile.mkdtemp(prefix="herd-generate-"))
     try:
@@ -367,7 +372,26 @@ def _kind_of(data: Any) -> str:
         return "arrow"
     if type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame":
         return "pandas"
-    raise SpecError(f"herd.generate takes a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
+    if hasattr(data, "__arrow_c_stream__"):  # Arrow's C stream: Polars, DuckDB, Daft, nanoarrow...
+        return "arrow stream"
+    kind = f"{type(data).__module__}.{type(data).__qualname__}"
+    lazy = " (collect it first)" if hasattr(data, "collect") else ""
+    raise SpecError(
+        "herd.generate takes a pandas DataFrame, a pyarrow Table or another table that exports Arrow "
+        f"(a Polars DataFrame), got {kind}{lazy}"
+    )
+
+
+def _without_view_types(table: Any) -> Any:
+    """Text and bytes as Arrow's plain string and binary: Polars exports text as string_view, which
+    pyarrow's take (how the result repeats rows per sample) has no kernel for."""
+    import pyarrow as pa
+
+    plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+    schema = pa.schema(
+        [field.with_type(plain.get(field.type, field.type)) for field in table.schema], metadata=table.schema.metadata
+    )
+    return table if schema.equals(table.schema) else table.cast(schema)
 
 
 def _check_rows(table: Any, id_column: str | None) -> None:

@@ -79,6 +79,19 @@ out["labelled_aligns"] = framed.assign(completion=labelled["completion"])["compl
 out["labelled_completions"] = [labelled["completion"].iloc[0], labelled["completion"].iloc[2]]
 out["labelled_tokens"] = [None if pd.isna(count) else int(count) for count in labelled["completion_tokens"]]
 
+# A Polars frame of the first call's rows (its text is Arrow's string_view) comes back as an Arrow table.
+import polars as pl
+polars_rows = herd.generate(
+    pl.from_pandas(frame), model=model, prompt_column="question", id_column="key", prompt={"format": "raw"},
+    sampling=sampling, rows_per_shard=16, progress="none",
+)
+out["polars_type"] = type(polars_rows).__name__
+out["polars"] = pl.from_arrow(polars_rows).select("key", "score", "completion").to_dict(as_series=False)
+try:
+    herd.generate(pl.from_pandas(frame).lazy(), model=model, prompt_column="question")
+except herd.SpecError as error:
+    out["lazy"] = str(error)
+
 try:
     herd.generate(table, model=model, prompt_column="prompt", prompt={"format": "raw"}, sampling=sampling,
                   max_error_fraction=0.1, progress="none")
@@ -157,6 +170,11 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert dtypes["prompt_tokens"] == dtypes["completion_tokens"] == dtypes["sample_index"] == "Int64"
     assert out["labelled_tokens"][1] is None and out["labelled_tokens"][0] > 0 and out["labelled_tokens"][2] > 0
 
+    # A Polars DataFrame: the same rows and seed give the same completions, as an Arrow table.
+    assert out["polars_type"] == "Table"
+    assert out["polars"] == {key: first[key] for key in ("key", "score", "completion")}
+    assert "got polars.lazyframe.frame.LazyFrame (collect it first)" in out["lazy"]
+
     # Typed errors carry the command line's exit codes.
     assert out["over_threshold"] == [3, 1]
     code, message = out["duplicate_ids"]
@@ -191,7 +209,7 @@ def test_generate_refuses_what_is_not_a_table_and_columns_it_would_overwrite():
 
     import herd
 
-    with pytest.raises(herd.SpecError, match="DataFrame or a pyarrow Table, got list"):
+    with pytest.raises(herd.SpecError, match=r"exports Arrow \(a Polars DataFrame\), got builtins\.list$"):
         herd.generate([{"prompt": "hi"}], model="unused", prompt_column="prompt")
     with pytest.raises(herd.SpecError, match="completion"):
         herd.generate(pd.DataFrame({"prompt": ["hi"], "completion": ["x"]}), model="unused", prompt_column="prompt")
