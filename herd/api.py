@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from jobs.progress import Progress
     from jobs.replicas import ReplicaPool
     from jobs.runner import RunOutcome
+    from schemas.shard import Shard
 
 JobLike = JobSpec | dict[str, Any] | str | Path
 ProgressMode = Literal["auto", "live", "lines", "json", "none"]
@@ -156,11 +157,7 @@ def plan(
             {
                 "id": shard.shard_id,
                 "format": shard.format,
-                "unit": "rows"
-                if shard.format == "parquet"
-                else "bytes"
-                if shard.compression is None
-                else "bytes unpacked",
+                "unit": _shard_unit(shard),
                 "start": shard.start,
                 "end": None if shard.end == TO_END_OF_FILE else shard.end,
                 "estimated_rows": shard.estimated_rows,
@@ -169,6 +166,15 @@ def plan(
             for shard in plan_shards(spec.input, list_inputs(storage, spec).files, storage, spec.prompt)
         ]
     return report
+
+
+def _shard_unit(shard: Shard) -> str:
+    """What a listed shard's start and end count."""
+    if shard.format == "parquet":
+        return "rows"
+    if shard.compression is not None:
+        return "bytes unpacked"
+    return "bytes as JSON Lines" if shard.json_array else "bytes"
 
 
 def generate(

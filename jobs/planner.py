@@ -9,6 +9,8 @@ deterministic: the same files and settings give the same shards with the same id
 - JSONL: byte ranges; a line belongs to the range its first byte is in.
 - Compressed JSONL: byte ranges of the decompressed stream, whose size is read from the gzip or zstd
   header where it is written there, else estimated; the last range reaches to the end of the file.
+- A `.json` file that is one JSON array (its first bytes tell): byte ranges of its items written one
+  to a line, estimated at the file's size; the last range reaches to the end.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from common.retry import is_transient, storage_problem
 from common.storage import FileInfo, Storage, absolute
 from jobs.planning_processes import plan_in_processes
 from schemas.errors import SpecError
-from schemas.input_files import compression_of, format_from_name, hive_partition, is_hidden
+from schemas.input_files import (
+    compression_of,
+    format_from_name,
+    hive_partition,
+    is_hidden,
+    may_hold_json_array,
+    opens_json_array,
+)
 from schemas.job import DEMO_MODEL, InputSpec, JobSpec, PromptSpec
 from schemas.shard import TO_END_OF_FILE, Shard
 
@@ -178,7 +187,12 @@ def plan_batches(
         if footer is not None:
             return _parquet_shards(footer, base, input_spec, template_columns)
         if compression_of(info.url) is not None:
-            return _compressed_jsonl_shards(info, base, input_spec, storage)
+            if info.size == 0:
+                return []
+            codec = compression_of(info.url)
+            return _copied_jsonl_shards(_decompressed_size(info, codec, storage), base, input_spec, compression=codec)
+        if _holds_json_array(info, storage):
+            return _copied_jsonl_shards(info.size, base, input_spec, json_array=True)
         return _jsonl_shards(info, base, input_spec)
 
     # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
@@ -192,8 +206,12 @@ def plan_batches(
             parquet = [info for info in batch if input_spec.format_of(info.url) == "parquet"]
             footers = dict(zip((info.url for info in parquet), storage.parquet_footers(parquet), strict=True))
             footer_of = [footers.get(info.url) for info in batch]
-            # Only compressed JSONL still reads (its size field): the rest is arithmetic on what is here.
-            reading = any(compression_of(info.url) and info.url not in footers for info in batch)
+            # Only compressed JSONL (its size field) and .json files (their first bytes) still read: the
+            # rest is arithmetic on what is here.
+            reading = any(
+                (compression_of(info.url) or may_hold_json_array(info.url)) and info.url not in footers
+                for info in batch
+            )
             planned = (threads.map if reading else map)(file_shards, batch, footer_of)
             yield [shard for one_file in planned for shard in one_file]
     finally:
@@ -303,24 +321,30 @@ def _jsonl_shards(info: FileInfo, base: dict, input_spec: InputSpec) -> list[Sha
     ]
 
 
-def _compressed_jsonl_shards(info: FileInfo, base: dict, input_spec: InputSpec, storage: Storage) -> list[Shard]:
-    if info.size == 0:
-        return []
-    codec = compression_of(info.url)
-    estimate = _decompressed_size(info, codec, storage)
+def _copied_jsonl_shards(estimate: int, base: dict, input_spec: InputSpec, **kind: object) -> list[Shard]:
+    """Byte ranges of a file read through the node's JSON Lines copy of it (decompressed, or a JSON
+    array's items one to a line), whose size is only estimated: the last range reaches to its end."""
     step = input_spec.bytes_per_shard
     count = max(1, math.ceil(estimate / step))
     return [
         Shard(
             **base,
+            **kind,
             format="jsonl",
-            compression=codec,
             start=index * step,
             end=TO_END_OF_FILE if index == count - 1 else (index + 1) * step,
             estimated_rows=max(1, min(step, max(estimate - index * step, 0)) // _TYPICAL_LINE_BYTES),
         )
         for index in range(count)
     ]
+
+
+def _holds_json_array(info: FileInfo, storage: Storage) -> bool:
+    return (
+        info.size > 0
+        and may_hold_json_array(info.url)
+        and opens_json_array(storage.read_bytes(info.url, 0, min(info.size, 512)))
+    )
 
 
 def _decompressed_size(info: FileInfo, codec: str | None, storage: Storage) -> int:

@@ -34,6 +34,17 @@ def format_from_name(path: str) -> FileFormat | None:
     return None
 
 
+def may_hold_json_array(path: str) -> bool:
+    """A `.json` file may be one JSON document holding an array of records (Alpaca's and ShareGPT's
+    datasets) rather than JSON Lines: its first bytes tell (opens_json_array)."""
+    return path.lower().endswith(".json")
+
+
+def opens_json_array(head: bytes) -> bool:
+    """Whether a file's first bytes open a JSON array, not JSON Lines' first object."""
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1] == b"["
+
+
 def is_hidden(relative_path: str) -> bool:
     """Spark, Hive and Hadoop mark bookkeeping files (_SUCCESS, .crc, _temporary/) by a leading _ or ."""
     return any(part.startswith(("_", ".")) for part in relative_path.split("/") if part)

@@ -42,6 +42,9 @@ class Shard(NamedTuple):
     end: int  # exclusive
     estimated_rows: int
     compression: Compression | None = None  # jsonl only: ranges are in the decompressed stream
+    # jsonl only: the file is one JSON array; ranges are in its items written one to a line (the node's
+    # copy of it). A compressed file's copy is made so whatever this says.
+    json_array: bool = False
     # Parquet: the row groups holding [start, end), and the file row of the first one's first row.
     row_groups: tuple[int, int] = (0, 0)
     group_first_row: int = 0
@@ -62,7 +65,9 @@ class Shard(NamedTuple):
     def where(self, position: int) -> str:
         """Where a row of this shard is in its file, for a person: a Parquet row index, or the byte
         offset of a JSONL line (a line number would need the file read from its start)."""
-        return f"row {position}" if self.format == "parquet" else f"line at byte {position}"
+        if self.format == "parquet":
+            return f"row {position}"
+        return f"item at byte {position} of the array as JSON Lines" if self.json_array else f"line at byte {position}"
 
     @property
     def shard_id(self) -> str:

@@ -17,7 +17,7 @@ from common.storage import Storage
 from schemas.job import InputSpec
 from schemas.shard import Shard
 from workers.request_formats import PromptSource, RequestError, requests_in_line
-from workers.spill_cache import decompressed_copy, row_group_copy
+from workers.spill_cache import jsonl_copy, row_group_copy
 
 _JSONL_TAIL_CHUNK = 64 * 1024
 
@@ -187,9 +187,9 @@ def _batch_rows(batch: pa.RecordBatch, shard: Shard, first: int, result: ShardRo
 
 def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
     """A shard owns the lines that start inside [start, end); it reads past `end` to finish its last
-    one. A compressed file is read from the node's decompressed copy."""
-    if shard.compression is not None:
-        copy = decompressed_copy(shard, storage)
+    one. A compressed file or a JSON array is read from the node's JSON Lines copy of it."""
+    if shard.compression is not None or shard.json_array:
+        copy = jsonl_copy(shard, storage)
         source, size = str(copy), copy.stat().st_size
     else:
         source, size = shard.file_url, shard.file_size
@@ -236,7 +236,8 @@ def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes,
         values = json.loads(raw_line)
     except (ValueError, RecursionError, UnicodeDecodeError) as error:
         # ValueError: malformed, or an integer of more than 4,300 digits; RecursionError: nested too deep.
-        reason = f"malformed JSON line: {type(error).__name__}: {str(error)[:200]}"
+        what = "JSON array item" if shard.json_array else "JSON line"
+        reason = f"malformed {what}: {type(error).__name__}: {str(error)[:200]}"
         result.errors.append(error_row(shard, fallback_id, position, "read", reason))
         return
     if not isinstance(values, dict):

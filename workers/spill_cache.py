@@ -6,7 +6,8 @@ Two cases, both of which would otherwise cost one full read (or decompression) p
   group streams its columns once into a local Parquet file with small row groups; every slice of it,
   on any replica of the node, then reads a few of those.
 - a compressed JSONL file: decompression can only start at the file's beginning. It is decompressed
-  once into a local file, and its shards read their byte ranges from there.
+  once into a local file, and its shards read their byte ranges from there. A JSON array file (and a
+  compressed one) is copied the same way, as JSON Lines: its items can only be found from its start.
 
 Bytes fetched from storage: once per node that touches the group or file. Memory: one batch while
 writing, the shard while reading. Copies are shared through a lock file (the first replica writes,
@@ -96,19 +97,23 @@ def row_group_copy(shard: Shard, storage: Storage) -> Path:
     return _shared_copy(name, write)
 
 
-def decompressed_copy(shard: Shard, storage: Storage) -> Path:
-    """The whole decompressed file, local."""
-    name = _key(shard, f"decompressed|{shard.compression}") + ".jsonl"
+def jsonl_copy(shard: Shard, storage: Storage) -> Path:
+    """The whole file as JSON Lines, local: decompressed, and a JSON array's items one to a line."""
+    name = _key(shard, f"json-lines|{shard.compression}") + ".jsonl"
 
     def write(path: str) -> None:
-        import shutil
-
         import pyarrow as pa
+
+        from workers.json_array import copy_as_json_lines
 
         def copy(handle: Any) -> None:
             with open(path, "wb") as sink:
-                stream = pa.CompressedInputStream(pa.PythonFile(handle, mode="r"), shard.compression)
-                shutil.copyfileobj(stream, sink, 1 << 20)
+                if shard.compression is None:
+                    copy_as_json_lines(handle, sink)
+                else:
+                    copy_as_json_lines(
+                        pa.CompressedInputStream(pa.PythonFile(handle, mode="r"), shard.compression), sink
+                    )
 
         storage.read_stream(shard.file_url, copy)
 

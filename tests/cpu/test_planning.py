@@ -231,6 +231,54 @@ def test_compressed_jsonl_is_read_in_several_shards_with_the_ids_of_the_plain_fi
     assert [prompt for _, prompt in results["packed"]] == [json.loads(line)["prompt"] for line in lines]
 
 
+def _alpaca_records(count: int) -> list[dict]:
+    # Alpaca's fields; text with line breaks, quotes and non-ASCII, an integer past 64 bits, a null.
+    return [
+        {
+            "instruction": f'Rewrite sentence {index} "politely".\nKeep it short. — é😀',
+            "input": "" if index % 3 else f"context {index}",
+            "output": "Sure." * (index % 7),
+            "votes": 2**70 + index,
+            "source": None,
+        }
+        for index in range(count)
+    ]
+
+
+def test_a_json_array_file_is_read_as_its_items_in_several_shards_as_the_same_records_in_json_lines_are(tmp_path):
+    """Alpaca's and ShareGPT's datasets are one JSON document holding a list: pretty-printed (as
+    alpaca_data.json is), compact and compressed, each reads as the JSON Lines file of its records."""
+    records = _alpaca_records(400)
+    for name, content in {
+        "pretty.json": json.dumps(records, indent=4, ensure_ascii=False).encode(),
+        "bom-crlf.json": ("\ufeff" + json.dumps(records, indent=2).replace("\n", "\r\n")).encode(),
+        "compact.json.gz": gzip.compress(json.dumps(records).encode()),
+        "lines.jsonl": "".join(json.dumps(record) + "\n" for record in records).encode(),
+    }.items():
+        (tmp_path / name).write_bytes(content)
+        spec = InputSpec(path=str(tmp_path / name), prompt_column="instruction", bytes_per_shard=8 * 1024)
+        shards = _plan(spec)
+        assert len(shards) > 3, name
+        assert all(shard.json_array for shard in shards) == (name.endswith(".json")), name
+        rows, errors = _read_all(spec, shards)
+        assert not errors, (name, errors[:1])
+        assert [row.values for row in rows] == records, name
+
+
+def test_a_malformed_item_in_a_json_array_is_one_error_row_where_it_starts_after_every_item_before_it(tmp_path):
+    good = _alpaca_records(50)
+    text = json.dumps(good, indent=2)
+    broken = text[: text.rindex("]")] + ',\n  {"instruction": "cut", oops},\n  {"instruction": "after"}\n]'
+    (tmp_path / "broken.json").write_text(broken)
+    spec = InputSpec(path=str(tmp_path / "broken.json"), prompt_column="instruction", bytes_per_shard=2048)
+    rows, errors = _read_all(spec, _plan(spec))
+    assert [row.values["instruction"] for row in rows] == [record["instruction"] for record in good]
+    # The item that does not parse and everything after it (the array cannot be followed past it).
+    [error] = errors
+    assert error["reason"].startswith("malformed JSON array item: JSONDecodeError: Expecting property name")
+    assert error["id"] == f"broken.json:{error['row']}" and error["stage"] == "read"
+
+
 def test_a_compressed_file_larger_than_planned_is_read_to_its_end(tmp_path):
     # bz2 has no size field: the plan guesses, and the last shard runs to the end of the file.
     lines = [json.dumps({"prompt": "same words " * 20 + str(index)}) for index in range(5000)]

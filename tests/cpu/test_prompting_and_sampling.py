@@ -49,8 +49,8 @@ def test_a_sharegpt_dataset_gets_its_final_answers_regenerated_and_answers_no_on
     run_tiny, tmp_path, tiny_tokenizer
 ):
     """A chat dataset as Hugging Face exports it (Parquet, a list of {from, value} turns ending with the
-    answer): each last answer is replaced, and the prompt is that of the same turns written with
-    OpenAI's roles, answered alike."""
+    answer) and as ShareGPT's own file holds it (one pretty-printed JSON array): each last answer is
+    replaced, and the prompt is that of the same turns written with OpenAI's roles, answered alike."""
     from workers.rendering import llama2_chat_token_ids
 
     turns = [
@@ -78,6 +78,9 @@ def test_a_sharegpt_dataset_gets_its_final_answers_regenerated_and_answers_no_on
         ),
         inputs / "sharegpt.parquet",
     )
+    (inputs / "sharegpt.json").write_text(
+        json.dumps([{"id": "json-multi", "conversations": conversations[0]}], indent=2)
+    )
     roles = {"system": "system", "human": "user", "gpt": "assistant"}
     asked = [{"role": roles[who], "content": text} for who, text in turns[:-1]]
     _write_jsonl(inputs / "openai.jsonl", [{"id": "openai-roles", "conversations": asked}])
@@ -96,9 +99,9 @@ def test_a_sharegpt_dataset_gets_its_final_answers_regenerated_and_answers_no_on
     )
     assert outcome.exit_code == ExitCode.SUCCESS
     rows = {row["id"]: row for row in read_rows(str(tmp_path / "new" / "data"))}
-    assert sorted(rows) == ["multi", "open", "openai-roles"]
+    assert sorted(rows) == ["json-multi", "multi", "open", "openai-roles"]
     assert rows["multi"]["prompt_tokens"] == len(llama2_chat_token_ids(asked, tiny_tokenizer))
-    assert rows["multi"]["completion"] == rows["openai-roles"]["completion"]
+    assert rows["multi"]["completion"] == rows["openai-roles"]["completion"] == rows["json-multi"]["completion"]
     assert rows["multi"]["reference"][-1] == {"from": "gpt", "value": "Pear."}  # the dataset's answer, kept
     errors = {row["id"]: row["reason"] for row in read_rows(str(tmp_path / "new" / "errors"))}
     assert errors == {
