@@ -34,7 +34,8 @@ class InputSpec(StrictModel):
     format: Literal["auto", "parquet", "jsonl", "openai-batch", "llama2-hosted"] = Field(
         default="auto",
         description="auto: from each file's extension (.parquet/.pq; .jsonl/.ndjson/.json, optionally "
-        ".gz/.bz2/.zst); openai-batch: OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
+        ".gz/.bz2/.zst; a .json file may hold one JSON array of records instead of lines); openai-batch: "
+        "OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
     )
     prompt_column: str | None = Field(
         default=None, description="The text to complete; give this, messages_column, or prompt.template."
