@@ -174,7 +174,7 @@ def _shard_unit(shard: Shard) -> str:
         return "rows"
     if shard.compression is not None:
         return "bytes unpacked"
-    return "bytes as JSON Lines" if shard.json_array else "bytes"
+    return "bytes" if shard.copied_from is None else "bytes of its JSON Lines copy"
 
 
 def generate(

@@ -9,12 +9,14 @@ deterministic: the same files and settings give the same shards with the same id
 - JSONL: byte ranges; a line belongs to the range its first byte is in.
 - Compressed JSONL: byte ranges of the decompressed stream, whose size is read from the gzip or zstd
   header where it is written there, else estimated; the last range reaches to the end of the file.
-- A `.json` file that is one JSON array (its first bytes tell): byte ranges of its items written one
-  to a line, estimated at the file's size; the last range reaches to the end.
+- A `.json` file that is one JSON array (its first bytes tell), and a CSV or TSV: byte ranges of the
+  JSON Lines copy each node makes of it (workers/json_lines_copy.py), whose size is estimated (an
+  array's at the file's size, a CSV's from its first records copied); the last range reaches to the end.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -30,6 +32,8 @@ from common.storage import FileInfo, Storage, absolute
 from jobs.planning_processes import plan_in_processes
 from schemas.errors import SpecError
 from schemas.input_files import (
+    INPUT_NAMES,
+    FileFormat,
     compression_of,
     format_from_name,
     hive_partition,
@@ -39,6 +43,7 @@ from schemas.input_files import (
 )
 from schemas.job import DEMO_MODEL, InputSpec, JobSpec, PromptSpec
 from schemas.shard import TO_END_OF_FILE, Shard
+from workers.json_lines_copy import copy_as_json_lines
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -47,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # Without a size in its header, a compressed file is assumed to hold this many times its bytes.
 _ASSUMED_COMPRESSION_RATIO = 4
+# A compressed CSV's records as JSON Lines, per byte of CSV, where its first records cannot be read cheaply.
+_ASSUMED_JSON_LINES_PER_CSV_BYTE = 2
+_CSV_SAMPLE_BYTES = 64 * 1024
 # Planning ranks JSONL shards by their bytes over a typical line's length.
 _TYPICAL_LINE_BYTES = 200
 # Files planned a batch at a time: their footers are read at once, and only one batch's are held.
@@ -98,7 +106,7 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
         elif is_hidden(label):
             selected.ignored.append((label, "hidden (a name starting with _ or .: Spark/Hadoop bookkeeping)"))
         elif input_spec.format == "auto" and format_from_name(label) is None:
-            selected.ignored.append((label, "not .parquet/.pq or .jsonl/.ndjson/.json (optionally .gz/.bz2/.zst)"))
+            selected.ignored.append((label, f"not {INPUT_NAMES}"))
         else:
             selected.files.append(info)
     if own_output:
@@ -186,13 +194,18 @@ def plan_batches(
         }
         if footer is not None:
             return _parquet_shards(footer, base, input_spec, template_columns)
-        if compression_of(info.url) is not None:
-            if info.size == 0:
-                return []
-            codec = compression_of(info.url)
+        codec = compression_of(info.url)
+        kind = input_spec.format_of(info.url)
+        if info.size == 0 and (codec is not None or kind != "jsonl"):
+            return []
+        if kind != "jsonl":  # csv, tsv
+            size = info.size if codec is None else _decompressed_size(info, codec, storage)
+            estimate = int(size * _json_lines_per_csv_byte(info, kind, storage))
+            return _copied_jsonl_shards(estimate, base, input_spec, compression=codec, copied_from=kind)
+        if codec is not None:
             return _copied_jsonl_shards(_decompressed_size(info, codec, storage), base, input_spec, compression=codec)
         if _holds_json_array(info, storage):
-            return _copied_jsonl_shards(info.size, base, input_spec, json_array=True)
+            return _copied_jsonl_shards(info.size, base, input_spec, copied_from="json-array")
         return _jsonl_shards(info, base, input_spec)
 
     # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
@@ -206,10 +219,11 @@ def plan_batches(
             parquet = [info for info in batch if input_spec.format_of(info.url) == "parquet"]
             footers = dict(zip((info.url for info in parquet), storage.parquet_footers(parquet), strict=True))
             footer_of = [footers.get(info.url) for info in batch]
-            # Only compressed JSONL (its size field) and .json files (their first bytes) still read: the
-            # rest is arithmetic on what is here.
+            # Only compressed files (their size field), .json files and CSVs (their first bytes) still
+            # read: the rest is arithmetic on what is here.
             reading = any(
-                (compression_of(info.url) or may_hold_json_array(info.url)) and info.url not in footers
+                (compression_of(info.url) or may_hold_json_array(info.url) or input_spec.format_of(info.url) != "jsonl")
+                and info.url not in footers
                 for info in batch
             )
             planned = (threads.map if reading else map)(file_shards, batch, footer_of)
@@ -337,6 +351,21 @@ def _copied_jsonl_shards(estimate: int, base: dict, input_spec: InputSpec, **kin
         )
         for index in range(count)
     ]
+
+
+def _json_lines_per_csv_byte(info: FileInfo, kind: FileFormat, storage: Storage) -> float:
+    """A CSV's JSON Lines copy repeats the header's names in every record: how much larger it is, from
+    the file's first records copied, so that its shards come out about bytes_per_shard each."""
+    if compression_of(info.url) is not None:
+        return _ASSUMED_JSON_LINES_PER_CSV_BYTE
+    head = storage.read_bytes(info.url, 0, min(info.size, _CSV_SAMPLE_BYTES))
+    if len(head) < info.size:
+        head = head[: head.rfind(b"\n") + 1]
+    if not head:
+        return _ASSUMED_JSON_LINES_PER_CSV_BYTE
+    copy = io.BytesIO()
+    copy_as_json_lines(io.BytesIO(head), copy, kind)
+    return max(1.0, len(copy.getvalue()) / len(head))
 
 
 def _holds_json_array(info: FileInfo, storage: Storage) -> bool:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
-FileFormat = Literal["parquet", "jsonl"]
+FileFormat = Literal["parquet", "jsonl", "csv", "tsv"]
 Compression = Literal["gzip", "bz2", "zstd"]
+# Files read through a JSON Lines copy made on each node that reads them (workers/json_lines_copy.py).
+CopiedFrom = Literal["json-array", "csv", "tsv"]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+DELIMITED_SUFFIXES: dict[str, FileFormat] = {".csv": "csv", ".tsv": "tsv"}
+# Said where a file is passed over for its name.
+INPUT_NAMES = ".parquet/.pq, .jsonl/.ndjson/.json or .csv/.tsv (optionally .gz/.bz2/.zst)"
 COMPRESSION_SUFFIXES: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 
 
@@ -22,7 +27,7 @@ def compression_of(path: str) -> Compression | None:
 
 
 def format_from_name(path: str) -> FileFormat | None:
-    """parquet or jsonl from the name (a compression suffix after a JSONL one is allowed), or None."""
+    """The format from the name (a compression suffix after a JSONL or CSV one is allowed), or None."""
     lowered = path.lower()
     if lowered.endswith(PARQUET_SUFFIXES):
         return "parquet"
@@ -31,7 +36,7 @@ def format_from_name(path: str) -> FileFormat | None:
         lowered = lowered[: lowered.rfind(".")]
     if lowered.endswith(JSONL_SUFFIXES):
         return "jsonl"
-    return None
+    return next((kind for suffix, kind in DELIMITED_SUFFIXES.items() if lowered.endswith(suffix)), None)
 
 
 def may_hold_json_array(path: str) -> bool:

@@ -31,11 +31,11 @@ class InputSpec(StrictModel):
         description="A file, a directory (every input file below it) or a glob; local or s3://.",
         examples=["s3://bucket/prompts/*/"],
     )
-    format: Literal["auto", "parquet", "jsonl", "openai-batch", "llama2-hosted"] = Field(
+    format: Literal["auto", "parquet", "jsonl", "csv", "tsv", "openai-batch", "llama2-hosted"] = Field(
         default="auto",
-        description="auto: from each file's extension (.parquet/.pq; .jsonl/.ndjson/.json, optionally "
-        ".gz/.bz2/.zst; a .json file may hold one JSON array of records instead of lines); openai-batch: "
-        "OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
+        description="auto: from each file's extension (.parquet/.pq; .jsonl/.ndjson/.json, where a .json "
+        "file may hold one JSON array of records instead; .csv/.tsv with a header; all optionally "
+        ".gz/.bz2/.zst); openai-batch: OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
     )
     prompt_column: str | None = Field(
         default=None, description="The text to complete; give this, messages_column, or prompt.template."
@@ -125,12 +125,12 @@ class InputSpec(StrictModel):
     def format_of(self, file_path: str) -> FileFormat:
         """How the file's bytes are read: request files are JSON lines too."""
         if self.format != "auto":
-            return "parquet" if self.format == "parquet" else "jsonl"
+            return self.format if self.format in ("parquet", "csv", "tsv") else "jsonl"
         found = format_from_name(file_path)
         if found is None:
             raise SpecError(
                 f"input.format: cannot infer the format of {file_path!r} from its extension; "
-                "set input.format to parquet or jsonl"
+                "set input.format to parquet, jsonl or csv"
             )
         return found
 

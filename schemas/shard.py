@@ -8,7 +8,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.input_files import Compression
+from schemas.input_files import Compression, CopiedFrom
 
 # Bumped whenever the same input would be cut into different shards: an output planned by another
 # version cannot be resumed by this one (its shard ids would not match), so the fingerprint holds it.
@@ -42,9 +42,10 @@ class Shard(NamedTuple):
     end: int  # exclusive
     estimated_rows: int
     compression: Compression | None = None  # jsonl only: ranges are in the decompressed stream
-    # jsonl only: the file is one JSON array; ranges are in its items written one to a line (the node's
-    # copy of it). A compressed file's copy is made so whatever this says.
-    json_array: bool = False
+    # jsonl only: the file is read through the node's JSON Lines copy of it (workers/json_lines_copy.py),
+    # made from a JSON array or a CSV; ranges are in the copy. A compressed JSON file's copy turns an
+    # array into lines whatever this says.
+    copied_from: CopiedFrom | None = None
     # Parquet: the row groups holding [start, end), and the file row of the first one's first row.
     row_groups: tuple[int, int] = (0, 0)
     group_first_row: int = 0
@@ -67,7 +68,9 @@ class Shard(NamedTuple):
         offset of a JSONL line (a line number would need the file read from its start)."""
         if self.format == "parquet":
             return f"row {position}"
-        return f"item at byte {position} of the array as JSON Lines" if self.json_array else f"line at byte {position}"
+        if self.copied_from is None:
+            return f"line at byte {position}"
+        return f"{'item' if self.copied_from == 'json-array' else 'record'} at byte {position} of its JSON Lines copy"
 
     @property
     def shard_id(self) -> str:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from common.storage import Storage
 from schemas.job import InputSpec
 from schemas.shard import Shard
+from workers.json_lines_copy import copy_error_reason
 from workers.request_formats import PromptSource, RequestError, requests_in_line
 from workers.spill_cache import jsonl_copy, row_group_copy
 
@@ -187,8 +188,8 @@ def _batch_rows(batch: pa.RecordBatch, shard: Shard, first: int, result: ShardRo
 
 def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
     """A shard owns the lines that start inside [start, end); it reads past `end` to finish its last
-    one. A compressed file or a JSON array is read from the node's JSON Lines copy of it."""
-    if shard.compression is not None or shard.json_array:
+    one. A compressed file, a JSON array or a CSV is read from the node's JSON Lines copy of it."""
+    if shard.compression is not None or shard.copied_from is not None:
         copy = jsonl_copy(shard, storage)
         source, size = str(copy), copy.stat().st_size
     else:
@@ -236,9 +237,12 @@ def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes,
         values = json.loads(raw_line)
     except (ValueError, RecursionError, UnicodeDecodeError) as error:
         # ValueError: malformed, or an integer of more than 4,300 digits; RecursionError: nested too deep.
-        what = "JSON array item" if shard.json_array else "JSON line"
-        reason = f"malformed {what}: {type(error).__name__}: {str(error)[:200]}"
+        reason = f"malformed JSON line: {type(error).__name__}: {str(error)[:200]}"
         result.errors.append(error_row(shard, fallback_id, position, "read", reason))
+        return
+    not_copied = copy_error_reason(values) if shard.copied_from is not None and isinstance(values, dict) else None
+    if not_copied is not None:
+        result.errors.append(error_row(shard, fallback_id, position, "read", not_copied))
         return
     if not isinstance(values, dict):
         reason = f"expected a JSON object, got {_JSON_KINDS.get(type(values), type(values).__name__)}"

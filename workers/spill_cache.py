@@ -6,8 +6,8 @@ Two cases, both of which would otherwise cost one full read (or decompression) p
   group streams its columns once into a local Parquet file with small row groups; every slice of it,
   on any replica of the node, then reads a few of those.
 - a compressed JSONL file: decompression can only start at the file's beginning. It is decompressed
-  once into a local file, and its shards read their byte ranges from there. A JSON array file (and a
-  compressed one) is copied the same way, as JSON Lines: its items can only be found from its start.
+  once into a local file, and its shards read their byte ranges from there. A JSON array file and a
+  CSV are copied the same way, as JSON Lines: their records can only be found from their start.
 
 Bytes fetched from storage: once per node that touches the group or file. Memory: one batch while
 writing, the shard while reading. Copies are shared through a lock file (the first replica writes,
@@ -98,22 +98,21 @@ def row_group_copy(shard: Shard, storage: Storage) -> Path:
 
 
 def jsonl_copy(shard: Shard, storage: Storage) -> Path:
-    """The whole file as JSON Lines, local: decompressed, and a JSON array's items one to a line."""
-    name = _key(shard, f"json-lines|{shard.compression}") + ".jsonl"
+    """The whole file as JSON Lines, local: decompressed, a JSON array's items one to a line, a CSV's
+    records as objects."""
+    name = _key(shard, f"json-lines|{shard.compression}|{shard.copied_from}") + ".jsonl"
+    delimited = shard.copied_from if shard.copied_from in ("csv", "tsv") else None
 
     def write(path: str) -> None:
         import pyarrow as pa
 
-        from workers.json_array import copy_as_json_lines
+        from workers.json_lines_copy import copy_as_json_lines
 
         def copy(handle: Any) -> None:
             with open(path, "wb") as sink:
-                if shard.compression is None:
-                    copy_as_json_lines(handle, sink)
-                else:
-                    copy_as_json_lines(
-                        pa.CompressedInputStream(pa.PythonFile(handle, mode="r"), shard.compression), sink
-                    )
+                if shard.compression is not None:
+                    handle = pa.CompressedInputStream(pa.PythonFile(handle, mode="r"), shard.compression)
+                copy_as_json_lines(handle, sink, delimited)
 
         storage.read_stream(shard.file_url, copy)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -256,6 +258,42 @@ def test_s3_input_and_output_through_a_moto_server(run_tiny, tmp_path, s3_endpoi
     assert {row["id"] for row in rows} == {f"in.parquet:{index}" for index in range(12)}
     assert fs.exists("herd-test/outputs/run1/_SUCCESS")
     assert json.loads(fs.cat("herd-test/outputs/run1/summary.json"))["rows_out"] == 12
+
+
+def test_a_spreadsheet_saved_as_csv_on_s3_runs_through_a_template_with_its_fields_kept_as_text(
+    run_tiny, tmp_path, s3_endpoint
+):
+    """As Excel saves a sheet (a BOM, CRLF, quoted fields across lines), read from S3 by each replica."""
+    import s3fs
+
+    products = [
+        (f"P-{index:03}", f"Lamp {index}", f"{index}.50", f"Bright,\nwarm light #{index}") for index in range(60)
+    ]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow(["Product ID", "name", "price", "notes"])
+    writer.writerows(products)
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).pipe(
+        "herd-test/sheets/products.csv", text.getvalue().encode("utf-8-sig")
+    )
+    outcome = run_tiny(
+        input={
+            "path": "s3://herd-test/sheets/",
+            "id_column": "Product ID",
+            "keep_columns": ["price", {"notes": "product_notes"}],
+            "bytes_per_shard": 1024,
+        },
+        prompt={"format": "raw", "template": "An ad for {{ name }}, {{ notes }}, at ${{ price }}:"},
+        sampling={"max_new_tokens": 4, "ignore_eos": True},
+        output={"path": str(tmp_path / "out")},
+        storage={"endpoint_url": s3_endpoint},
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards > 2
+    rows = sorted(read_rows(str(tmp_path / "out" / "data")), key=lambda row: row["id"])
+    assert [(row["id"], row["price"], row["product_notes"]) for row in rows] == [
+        (product_id, price, notes) for product_id, _, price, notes in products
+    ]
+    assert all(row["completion_tokens"] == 4 for row in rows)
 
 
 def test_same_seed_reproduces_completions_and_another_seed_does_not(run_tiny, tmp_path):

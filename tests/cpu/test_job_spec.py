@@ -48,8 +48,8 @@ INVALID_SPECS = [
         "input.format openai-batch has no columns: remove input.id_column",
     ),
     (
-        _with("input", format="csv"),
-        "input.format: Input should be 'auto', 'parquet', 'jsonl', 'openai-batch' or 'llama2-hosted'",
+        _with("input", format="xlsx"),
+        "input.format: Input should be 'auto', 'parquet', 'jsonl', 'csv', 'tsv', 'openai-batch' or 'llama2-hosted'",
     ),
     (_with("sampling", temperature=-1), "sampling.temperature: Input should be greater than or equal to 0"),
     (_with("sampling", n=0), "sampling.n: Input should be greater than or equal to 1"),

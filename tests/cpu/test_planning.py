@@ -7,6 +7,7 @@ write (pandas' single huge row group, compressed JSONL, Hive folders, Spark's bo
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
 import json
 import os
@@ -259,7 +260,7 @@ def test_a_json_array_file_is_read_as_its_items_in_several_shards_as_the_same_re
         spec = InputSpec(path=str(tmp_path / name), prompt_column="instruction", bytes_per_shard=8 * 1024)
         shards = _plan(spec)
         assert len(shards) > 3, name
-        assert all(shard.json_array for shard in shards) == (name.endswith(".json")), name
+        assert {shard.copied_from for shard in shards} == {"json-array" if name.endswith(".json") else None}, name
         rows, errors = _read_all(spec, shards)
         assert not errors, (name, errors[:1])
         assert [row.values for row in rows] == records, name
@@ -275,8 +276,63 @@ def test_a_malformed_item_in_a_json_array_is_one_error_row_where_it_starts_after
     assert [row.values["instruction"] for row in rows] == [record["instruction"] for record in good]
     # The item that does not parse and everything after it (the array cannot be followed past it).
     [error] = errors
-    assert error["reason"].startswith("malformed JSON array item: JSONDecodeError: Expecting property name")
+    assert error["reason"].startswith(
+        "the JSON array is malformed from here on: JSONDecodeError: Expecting property name enclosed in double quotes"
+    )
     assert error["id"] == f"broken.json:{error['row']}" and error["stage"] == "read"
+
+
+def test_csv_and_tsv_files_are_read_as_their_records_in_several_shards_with_every_field_as_text(tmp_path):
+    """As pandas writes a CSV (an unnamed index column), as Excel saves one (a BOM, CRLF), and a
+    compressed TSV: fields with commas, quotes, line breaks and non-ASCII text, every value as text."""
+    frame = pd.DataFrame(
+        {
+            "id": range(300),
+            "question": [f'Is "{index}", or\n{index + 1}, the answer? é😀\u2028' for index in range(300)],
+            "score": [index / 4 for index in range(300)],
+        }
+    )
+    expected = [{"id": str(row.id), "question": row.question, "score": str(row.score)} for row in frame.itertuples()]
+    frame.to_csv(tmp_path / "pandas.csv")
+    with open(tmp_path / "excel.csv", "w", newline="", encoding="utf-8-sig") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(["id", "question", "score"])
+        writer.writerows([record.values() for record in expected])
+    (tmp_path / "tabs.tsv.gz").write_bytes(gzip.compress(frame.to_csv(sep="\t", index=False).encode()))
+    for name, records in {
+        "pandas.csv": [{"Unnamed: 0": record["id"], **record} for record in expected],
+        "excel.csv": expected,
+        "tabs.tsv.gz": expected,
+    }.items():
+        spec = InputSpec(path=str(tmp_path / name), prompt_column="question", bytes_per_shard=4096)
+        shards = _plan(spec)
+        assert {shard.copied_from for shard in shards} == {name.split(".")[1]}, name
+        assert len(shards) > 3, name
+        rows, errors = _read_all(spec, shards)
+        assert not errors, (name, errors[:1])
+        assert [row.values for row in rows] == records, name
+
+
+def test_a_csv_record_that_cannot_be_read_is_one_error_row_and_the_records_around_it_are_read(tmp_path):
+    (tmp_path / "odd.csv").write_bytes(
+        b"question,topic,topic\n"  # a repeated name is kept as pandas keeps it: topic, topic.1
+        b"first,a,b\n"
+        b"\n"  # a blank line is no record
+        b"one field too many,a,b,c\n"
+        b"caf\xe9 in Latin-1,a,b\n"
+        b'"a quoted\nquestion",a,b\n'
+        b"last,a,b"  # no line end at the end of the file
+    )
+    spec = InputSpec(path=str(tmp_path / "odd.csv"), prompt_column="question")
+    rows, errors = _read_all(spec, _plan(spec))
+    assert [row.values for row in rows] == [
+        {"question": question, "topic": "a", "topic.1": "b"} for question in ("first", "a quoted\nquestion", "last")
+    ]
+    assert [error["reason"] for error in errors] == [
+        "the CSV record ending on line 4 has 4 fields; the header names 3",
+        "the CSV record ending on line 5 is not UTF-8 text: save the file as UTF-8",
+    ]
+    assert all(error["id"] == f"odd.csv:{error['row']}" for error in errors)
 
 
 def test_a_compressed_file_larger_than_planned_is_read_to_its_end(tmp_path):
