@@ -63,6 +63,11 @@ class Shard(NamedTuple):
         """This shard, to run again the error rows `retry` names."""
         return self._replace(retry=retry)
 
+    @property
+    def read_from_copy(self) -> bool:
+        """Read through the node's JSON Lines copy of its file, not byte ranges of the file itself."""
+        return self.compression is not None or self.copied_from is not None
+
     def where(self, position: int) -> str:
         """Where a row of this shard is in its file, for a person: a Parquet row index, or the byte
         offset of a JSONL line (a line number would need the file read from its start)."""

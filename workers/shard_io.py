@@ -189,7 +189,7 @@ def _batch_rows(batch: pa.RecordBatch, shard: Shard, first: int, result: ShardRo
 def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardRows:
     """A shard owns the lines that start inside [start, end); it reads past `end` to finish its last
     one. A compressed file, a JSON array or a CSV is read from the node's JSON Lines copy of it."""
-    if shard.compression is not None or shard.copied_from is not None:
+    if shard.read_from_copy:
         copy = jsonl_copy(shard, storage)
         source, size = str(copy), copy.stat().st_size
     else:
@@ -240,7 +240,7 @@ def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes,
         reason = f"malformed JSON line: {type(error).__name__}: {str(error)[:200]}"
         result.errors.append(error_row(shard, fallback_id, position, "read", reason))
         return
-    not_copied = copy_error_reason(values) if shard.copied_from is not None and isinstance(values, dict) else None
+    not_copied = copy_error_reason(values) if shard.read_from_copy and isinstance(values, dict) else None
     if not_copied is not None:
         result.errors.append(error_row(shard, fallback_id, position, "read", not_copied))
         return

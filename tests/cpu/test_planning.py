@@ -266,12 +266,13 @@ def test_a_json_array_file_is_read_as_its_items_in_several_shards_as_the_same_re
         assert [row.values for row in rows] == records, name
 
 
-def test_a_malformed_item_in_a_json_array_is_one_error_row_where_it_starts_after_every_item_before_it(tmp_path):
+@pytest.mark.parametrize("name", ["broken.json", "broken.json.gz"])
+def test_a_malformed_item_in_a_json_array_is_one_error_row_where_it_starts_after_every_item_before_it(tmp_path, name):
     good = _alpaca_records(50)
     text = json.dumps(good, indent=2)
     broken = text[: text.rindex("]")] + ',\n  {"instruction": "cut", oops},\n  {"instruction": "after"}\n]'
-    (tmp_path / "broken.json").write_text(broken)
-    spec = InputSpec(path=str(tmp_path / "broken.json"), prompt_column="instruction", bytes_per_shard=2048)
+    (tmp_path / name).write_bytes(gzip.compress(broken.encode()) if name.endswith(".gz") else broken.encode())
+    spec = InputSpec(path=str(tmp_path / name), prompt_column="instruction", bytes_per_shard=2048)
     rows, errors = _read_all(spec, _plan(spec))
     assert [row.values["instruction"] for row in rows] == [record["instruction"] for record in good]
     # The item that does not parse and everything after it (the array cannot be followed past it).
@@ -279,7 +280,7 @@ def test_a_malformed_item_in_a_json_array_is_one_error_row_where_it_starts_after
     assert error["reason"].startswith(
         "the JSON array is malformed from here on: JSONDecodeError: Expecting property name enclosed in double quotes"
     )
-    assert error["id"] == f"broken.json:{error['row']}" and error["stage"] == "read"
+    assert error["id"] == f"{name}:{error['row']}" and error["stage"] == "read"
 
 
 def test_csv_and_tsv_files_are_read_as_their_records_in_several_shards_with_every_field_as_text(tmp_path):
