@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from common.layout import OutputLayout
 from common.storage import FileInfo, Storage
 from jobs.committed import CHECKPOINT_FILE, LEGACY_INDEX, RECORD_FILE, CommittedShards
@@ -66,7 +68,7 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
     fields = {
         "planner": PLANNER_VERSION,
         "inputs": [{"url": info.url, "size": info.size, "version": info.version} for info in files],
-        "input": job.input.model_dump(mode="json", exclude={"path", "new_files", "require_rows"}),
+        "input": _dump(job.input, exclude={"path", "new_files", "require_rows"}),
         "model": {
             "path": job.model.path,
             "identity": model_identity(job.model.path, storage),
@@ -80,10 +82,7 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
                 }
             ),
         },
-        # Only when set: outputs written before the option existed keep resuming.
-        "prompt": job.prompt.model_dump(
-            mode="json", exclude=set() if job.prompt.regenerate_final_answer else {"regenerate_final_answer"}
-        ),
+        "prompt": _dump(job.prompt),
         "sampling": job.sampling.model_dump(mode="json"),
         "optimize": job.optimize.model_dump(mode="json"),
         "output_format": job.output.format,
@@ -91,6 +90,20 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
     if job.model.adapters:  # only then: outputs written before adapters existed keep resuming
         fields["model"]["adapters"] = [adapter_identity(adapter, storage) for adapter in job.model.adapters]
     return fields
+
+
+# Options added after outputs were written: in the fingerprint only when set, so that those outputs
+# keep resuming.
+_FINGERPRINTED_WHEN_SET = frozenset({"encoding", "regenerate_final_answer"})
+
+
+def _dump(section: BaseModel, exclude: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    unset = {
+        name
+        for name in _FINGERPRINTED_WHEN_SET & set(type(section).model_fields)
+        if getattr(section, name) == type(section).model_fields[name].default
+    }
+    return section.model_dump(mode="json", exclude=set(exclude) | unset)
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -196,12 +196,15 @@ def plan_batches(
             return _parquet_shards(footer, base, input_spec, template_columns)
         codec = compression_of(info.url)
         kind = input_spec.format_of(info.url)
-        if info.size == 0 and (codec is not None or kind != "jsonl"):
+        if info.size == 0 and (codec is not None or kind != "jsonl" or input_spec.transcoded):
             return []
         if kind != "jsonl":  # csv, tsv
             size = info.size if codec is None else _decompressed_size(info, codec, storage)
-            estimate = int(size * _json_lines_per_csv_byte(info, kind, storage))
+            estimate = int(size * _json_lines_per_csv_byte(info, kind, input_spec.encoding, storage))
             return _copied_jsonl_shards(estimate, base, input_spec, compression=codec, copied_from=kind)
+        if input_spec.transcoded:  # the copy also finds a JSON array, once the text is UTF-8
+            size = info.size if codec is None else _decompressed_size(info, codec, storage)
+            return _copied_jsonl_shards(size, base, input_spec, compression=codec, copied_from="jsonl")
         if codec is not None:
             return _copied_jsonl_shards(_decompressed_size(info, codec, storage), base, input_spec, compression=codec)
         if _holds_json_array(info, storage):
@@ -353,7 +356,7 @@ def _copied_jsonl_shards(estimate: int, base: dict, input_spec: InputSpec, **kin
     ]
 
 
-def _json_lines_per_csv_byte(info: FileInfo, kind: FileFormat, storage: Storage) -> float:
+def _json_lines_per_csv_byte(info: FileInfo, kind: FileFormat, encoding: str, storage: Storage) -> float:
     """A CSV's JSON Lines copy repeats the header's names in every record: how much larger it is, from
     the file's first records copied, so that its shards come out about bytes_per_shard each."""
     if compression_of(info.url) is not None:
@@ -364,7 +367,7 @@ def _json_lines_per_csv_byte(info: FileInfo, kind: FileFormat, storage: Storage)
     if not head:
         return _ASSUMED_JSON_LINES_PER_CSV_BYTE
     copy = io.BytesIO()
-    copy_as_json_lines(io.BytesIO(head), copy, kind)
+    copy_as_json_lines(io.BytesIO(head), copy, kind, encoding)
     return max(1.0, len(copy.getvalue()) / len(head))
 
 

@@ -8,7 +8,8 @@ from typing import Literal
 FileFormat = Literal["parquet", "jsonl", "csv", "tsv"]
 Compression = Literal["gzip", "bz2", "zstd"]
 # Files read through a JSON Lines copy made on each node that reads them (workers/json_lines_copy.py).
-CopiedFrom = Literal["json-array", "csv", "tsv"]
+# jsonl: JSON Lines in another encoding than UTF-8 (input.encoding).
+CopiedFrom = Literal["json-array", "csv", "tsv", "jsonl"]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")

@@ -5,6 +5,7 @@ Every model forbids unknown fields so that a typo fails loudly instead of being 
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from functools import lru_cache
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.columns import HERD_OUTPUT_COLUMNS, ROW_ID_COLUMN
 from schemas.errors import SpecError, format_validation_error
@@ -80,6 +81,28 @@ class InputSpec(StrictModel):
         description="Fail (exit 2) when the input holds no rows; by default an empty input is a "
         "successful run with an empty output.",
     )
+    encoding: str = Field(
+        default="utf-8",
+        description="The text encoding of JSON Lines, JSON and CSV files (Parquet's text is UTF-8): e.g. "
+        "cp1252 for a CSV that Excel saved on Windows, utf-16 for its Unicode Text. Any other than utf-8 "
+        "is read through a UTF-8 copy made once per node; bytes it does not define become U+FFFD.",
+        examples=["cp1252"],
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        try:
+            codec = codecs.lookup(name)
+        except LookupError:
+            raise ValueError(f"unknown encoding {name!r} (e.g. utf-8, cp1252, latin-1, utf-16)") from None
+        # UTF-8 with or without a BOM is read as it is stored (a BOM is passed over).
+        return "utf-8" if codec.name in ("utf-8", "utf-8-sig") else name
+
+    @property
+    def transcoded(self) -> bool:
+        """Text files are read through a UTF-8 copy (input.encoding is not UTF-8)."""
+        return self.encoding != "utf-8"
 
     def _kept_pairs(self) -> list[tuple[str, str]]:
         """(input column, output name) for each keep_columns entry, in order, repeats included."""

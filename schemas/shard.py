@@ -43,8 +43,8 @@ class Shard(NamedTuple):
     estimated_rows: int
     compression: Compression | None = None  # jsonl only: ranges are in the decompressed stream
     # jsonl only: the file is read through the node's JSON Lines copy of it (workers/json_lines_copy.py),
-    # made from a JSON array or a CSV; ranges are in the copy. A compressed JSON file's copy turns an
-    # array into lines whatever this says.
+    # made from a JSON array, a CSV, or text in another encoding; ranges are in the copy. A compressed
+    # JSON file's copy turns an array into lines whatever this says.
     copied_from: CopiedFrom | None = None
     # Parquet: the row groups holding [start, end), and the file row of the first one's first row.
     row_groups: tuple[int, int] = (0, 0)
@@ -75,6 +75,8 @@ class Shard(NamedTuple):
             return f"row {position}"
         if self.copied_from is None:
             return f"line at byte {position}"
+        if self.copied_from == "jsonl":
+            return f"line at byte {position} of its UTF-8 copy"
         return f"{'item' if self.copied_from == 'json-array' else 'record'} at byte {position} of its JSON Lines copy"
 
     @property

@@ -8,6 +8,8 @@ being read, never the file.
   into Python and written back (numbers keep every digit).
 - A CSV or TSV file with a header: each record becomes an object of the header's names and the
   record's fields, as text (a CSV holds text; a field may span lines inside quotes).
+- Text in another encoding than UTF-8 (input.encoding), of any of these or JSON Lines: decoded, and
+  copied as UTF-8.
 
 What cannot be turned into a record is written as a line holding only COPY_ERROR and why, which the
 reader reports as that row's error (copy_error_reason), where it is.
@@ -35,8 +37,13 @@ _DECODER = json.JSONDecoder()
 _DELIMITER = {"csv": ",", "tsv": "\t"}
 
 
-def copy_as_json_lines(source: BinaryIO, sink: BinaryIO, kind: Literal["csv", "tsv"] | None = None) -> None:
-    """CSV or TSV (kind) as records; otherwise JSON Lines as they are, and a JSON array as its items."""
+def copy_as_json_lines(
+    source: BinaryIO, sink: BinaryIO, kind: Literal["csv", "tsv"] | None = None, encoding: str = "utf-8"
+) -> None:
+    """CSV or TSV (kind) as records; otherwise JSON Lines as they are, and a JSON array as its items;
+    all in UTF-8, from text in `encoding`."""
+    if encoding != "utf-8":
+        source = _AsUtf8(source, encoding)
     if kind is not None:
         _copy_csv(source, sink, _DELIMITER[kind])
         return
@@ -55,6 +62,24 @@ def copy_error_reason(values: dict[str, Any]) -> str | None:
 
 def _error_line(reason: str) -> bytes:
     return json.dumps({COPY_ERROR: reason}).encode() + b"\n"
+
+
+class _AsUtf8:
+    """A binary stream of text in another encoding, read as UTF-8 (in pieces of any length)."""
+
+    def __init__(self, source: BinaryIO, encoding: str) -> None:
+        self._source = source
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace")
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done:
+            chunk = self._source.read(_CHUNK)
+            self._done = not chunk
+            text = self._decoder.decode(chunk, final=self._done)
+            if text:
+                return text.encode("utf-8")
+        return b""
 
 
 def _copy_json_array(source: BinaryIO, head: bytes, sink: BinaryIO) -> None:

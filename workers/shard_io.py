@@ -190,7 +190,7 @@ def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardR
     """A shard owns the lines that start inside [start, end); it reads past `end` to finish its last
     one. A compressed file, a JSON array or a CSV is read from the node's JSON Lines copy of it."""
     if shard.read_from_copy:
-        copy = jsonl_copy(shard, storage)
+        copy = jsonl_copy(shard, storage, input_spec.encoding)
         source, size = str(copy), copy.stat().st_size
     else:
         source, size = shard.file_url, shard.file_size

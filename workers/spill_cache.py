@@ -97,10 +97,10 @@ def row_group_copy(shard: Shard, storage: Storage) -> Path:
     return _shared_copy(name, write)
 
 
-def jsonl_copy(shard: Shard, storage: Storage) -> Path:
-    """The whole file as JSON Lines, local: decompressed, a JSON array's items one to a line, a CSV's
-    records as objects."""
-    name = _key(shard, f"json-lines|{shard.compression}|{shard.copied_from}") + ".jsonl"
+def jsonl_copy(shard: Shard, storage: Storage, encoding: str) -> Path:
+    """The whole file as JSON Lines in UTF-8, local: decompressed, a JSON array's items one to a line,
+    a CSV's records as objects, text in another encoding transcoded."""
+    name = _key(shard, f"json-lines|{shard.compression}|{shard.copied_from}|{encoding}") + ".jsonl"
     delimited = shard.copied_from if shard.copied_from in ("csv", "tsv") else None
 
     def write(path: str) -> None:
@@ -112,7 +112,7 @@ def jsonl_copy(shard: Shard, storage: Storage) -> Path:
             with open(path, "wb") as sink:
                 if shard.compression is not None:
                     handle = pa.CompressedInputStream(pa.PythonFile(handle, mode="r"), shard.compression)
-                copy_as_json_lines(handle, sink, delimited)
+                copy_as_json_lines(handle, sink, delimited, encoding)
 
         storage.read_stream(shard.file_url, copy)
 

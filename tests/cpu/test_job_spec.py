@@ -33,6 +33,7 @@ INVALID_SPECS = [
     (_with("optimize", dedupe=True), "optimize.dedupe: unknown field; allowed here: dedupe_prompts"),
     (_with("input", messages_column="m"), "give exactly one prompt source: input.prompt_column, input.messages_column"),
     (_with("input", format="openai-batch"), "input.format openai-batch carries its own prompts"),
+    (_with("input", encoding="latin-9x"), "input.encoding: unknown encoding 'latin-9x' (e.g. utf-8, cp1252"),
     (
         _with("prompt", format="llama2-chat", regenerate_final_answer=True),
         "prompt.regenerate_final_answer replaces the last answer of a conversation: set input.messages_column",

@@ -336,6 +336,38 @@ def test_a_csv_record_that_cannot_be_read_is_one_error_row_and_the_records_aroun
     assert all(error["id"] == f"odd.csv:{error['row']}" for error in errors)
 
 
+def test_text_files_in_another_encoding_are_read_as_the_text_they_hold(tmp_path):
+    """A CSV that Excel saved on Windows (cp1252), its Unicode Text (UTF-16 with tabs), and JSON Lines
+    and a JSON array in Latin-1, with input.encoding."""
+    records = [{"id": str(index), "question": f"Café n° {index}: naïve, façade, {index}€"} for index in range(200)]
+    euro_free = [{**record, "question": record["question"].replace("€", "$")} for record in records]
+    header = "id,question\r\n"
+    sheet = header + "".join(f'{record["id"]},"{record["question"]}"\r\n' for record in records)
+    (tmp_path / "excel.csv").write_bytes(sheet.encode("cp1252"))
+    tabs = "id\tquestion\r\n" + "".join(f"{record['id']}\t{record['question']}\r\n" for record in records)
+    (tmp_path / "unicode.txt").write_bytes(tabs.encode("utf-16"))
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in euro_free)
+    (tmp_path / "latin.jsonl").write_bytes(lines.encode("latin-1"))
+    (tmp_path / "latin.json").write_bytes(json.dumps(euro_free, ensure_ascii=False, indent=1).encode("latin-1"))
+    for name, options, expected in [
+        ("excel.csv", {"encoding": "cp1252"}, records),
+        ("unicode.txt", {"encoding": "utf-16", "format": "tsv"}, records),
+        ("latin.jsonl", {"encoding": "latin-1"}, euro_free),
+        ("latin.json", {"encoding": "iso-8859-1"}, euro_free),
+    ]:
+        spec = InputSpec(path=str(tmp_path / name), prompt_column="question", bytes_per_shard=2048, **options)
+        shards = _plan(spec)
+        assert len(shards) > 2, name
+        rows, errors = _read_all(spec, shards)
+        assert not errors, (name, errors[:1])
+        assert [row.values for row in rows] == expected, name
+    # The same Excel file read as UTF-8: each accented record is an error that says what to do.
+    spec = InputSpec(path=str(tmp_path / "excel.csv"), prompt_column="question")
+    rows, errors = _read_all(spec, _plan(spec))
+    assert not rows and len(errors) == 200
+    assert errors[0]["reason"] == "the CSV record ending on line 2 is not UTF-8 text: save the file as UTF-8"
+
+
 def test_a_compressed_file_larger_than_planned_is_read_to_its_end(tmp_path):
     # bz2 has no size field: the plan guesses, and the last shard runs to the end of the file.
     lines = [json.dumps({"prompt": "same words " * 20 + str(index)}) for index in range(5000)]

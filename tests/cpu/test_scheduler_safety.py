@@ -57,6 +57,25 @@ def test_what_changes_the_generated_text_refuses_a_rerun_and_limits_do_not(tmp_p
             run_job(changed)
 
 
+def test_options_added_later_do_not_refuse_outputs_written_before_them_and_setting_one_does(tmp_path, tiny_model):
+    (tmp_path / "in.jsonl").write_text("")  # no rows: no engine is needed to claim the output
+    job = {
+        "input": {"path": str(tmp_path / "in.jsonl"), "messages_column": "messages"},
+        "model": {"path": str(tiny_model)},
+        "prompt": {"format": "llama2-chat"},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    assert run_job(parse_job(job)).exit_code == ExitCode.SUCCESS
+    # What herd wrote before input.encoding and prompt.regenerate_final_answer existed.
+    fingerprint = json.loads((tmp_path / "out" / "job.json").read_text())["fingerprint"]
+    assert "encoding" not in fingerprint["input"] and "regenerate_final_answer" not in fingerprint["prompt"]
+    assert run_job(parse_job({**job, "input": {**job["input"], "encoding": "UTF8"}})).exit_code == ExitCode.SUCCESS
+    with pytest.raises(OutputInUse, match=r"changed: input\.encoding"):
+        run_job(parse_job({**job, "input": {**job["input"], "encoding": "cp1252"}}))
+    with pytest.raises(OutputInUse, match=r"changed: prompt\.regenerate_final_answer"):
+        run_job(parse_job({**job, "prompt": {**job["prompt"], "regenerate_final_answer": True}}))
+
+
 def test_new_weights_in_the_same_model_folder_refuse_the_rerun(tmp_path, tiny_model):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
