@@ -196,20 +196,19 @@ def plan_batches(
             return _parquet_shards(footer, base, input_spec, template_columns)
         codec = compression_of(info.url)
         kind = input_spec.format_of(info.url)
-        if info.size == 0 and (codec is not None or kind != "jsonl" or input_spec.transcoded):
+        if kind == "jsonl" and codec is None and not input_spec.transcoded:
+            if _holds_json_array(info, storage):
+                return _copied_jsonl_shards(info.size, base, input_spec, copied_from="json-array")
+            return _jsonl_shards(info, base, input_spec)
+        # Read through the node's JSON Lines copy: decompressed, transcoded, or a CSV's records (the
+        # copy of a transcoded or compressed JSON file also finds a JSON array).
+        if info.size == 0:
             return []
+        size = info.size if codec is None else _decompressed_size(info, codec, storage)
         if kind != "jsonl":  # csv, tsv
-            size = info.size if codec is None else _decompressed_size(info, codec, storage)
-            estimate = int(size * _json_lines_per_csv_byte(info, kind, input_spec.encoding, storage))
-            return _copied_jsonl_shards(estimate, base, input_spec, compression=codec, copied_from=kind)
-        if input_spec.transcoded:  # the copy also finds a JSON array, once the text is UTF-8
-            size = info.size if codec is None else _decompressed_size(info, codec, storage)
-            return _copied_jsonl_shards(size, base, input_spec, compression=codec, copied_from="jsonl")
-        if codec is not None:
-            return _copied_jsonl_shards(_decompressed_size(info, codec, storage), base, input_spec, compression=codec)
-        if _holds_json_array(info, storage):
-            return _copied_jsonl_shards(info.size, base, input_spec, copied_from="json-array")
-        return _jsonl_shards(info, base, input_spec)
+            size = int(size * _json_lines_per_csv_byte(info, kind, input_spec.encoding, storage))
+        copied_from = kind if kind != "jsonl" else "jsonl" if input_spec.transcoded else None
+        return _copied_jsonl_shards(size, base, input_spec, compression=codec, copied_from=copied_from)
 
     # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
     # once, a batch of files at a time (a batch's footers are all that is held). In file order all the
@@ -339,8 +338,9 @@ def _jsonl_shards(info: FileInfo, base: dict, input_spec: InputSpec) -> list[Sha
 
 
 def _copied_jsonl_shards(estimate: int, base: dict, input_spec: InputSpec, **kind: object) -> list[Shard]:
-    """Byte ranges of a file read through the node's JSON Lines copy of it (decompressed, or a JSON
-    array's items one to a line), whose size is only estimated: the last range reaches to its end."""
+    """Byte ranges of a file read through the node's JSON Lines copy of it (decompressed, transcoded,
+    a JSON array's items or a CSV's records one to a line), whose size is only estimated: the last
+    range reaches to its end."""
     step = input_spec.bytes_per_shard
     count = max(1, math.ceil(estimate / step))
     return [

@@ -226,8 +226,14 @@ def _read_jsonl(shard: Shard, input_spec: InputSpec, storage: Storage) -> ShardR
     return result
 
 
-_JSON_KINDS = {str: "a string", int: "a number", float: "a number", bool: "true or false", list: "an array"}
-_JSON_KINDS[type(None)] = "null"
+_JSON_KINDS = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    list: "an array",
+    type(None): "null",
+}
 
 
 def _parse_line(result: ShardRows, shard: Shard, position: int, raw_line: bytes, input_spec: InputSpec) -> None:
