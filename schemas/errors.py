@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -93,7 +94,13 @@ def format_validation_error(error: ValidationError, source: str, model: type[Bas
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             allowed = _allowed_fields(model, location)
-            message = "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+            message = "unknown field"
+            # A misspelt name is the usual cause: name the field it most likely meant first.
+            meant = difflib.get_close_matches(str(location[-1]), allowed, n=1, cutoff=0.75)
+            if meant:
+                message += f" (did you mean {meant[0]}?)"
+            if allowed:
+                message += f"; allowed here: {', '.join(allowed)}"
         elif problem["type"] == "missing":
             message = "required field is missing"
         elif "input" in problem and problem["type"] not in ("model_type",):

@@ -28,7 +28,7 @@ INVALID_SPECS = [
     ({"model": VALID["model"], "output": VALID["output"]}, "input: required field is missing"),
     (
         _with("input", prompt_colum="x"),
-        "input.prompt_colum: unknown field; allowed here: adapter_column, bytes_per_shard",
+        "input.prompt_colum: unknown field (did you mean prompt_column?); allowed here: adapter_column,",
     ),
     (_with("optimize", dedupe=True), "optimize.dedupe: unknown field; allowed here: dedupe_prompts"),
     (_with("input", messages_column="m"), "give exactly one prompt source: input.prompt_column, input.messages_column"),
@@ -94,7 +94,7 @@ INVALID_SPECS = [
         "output.format openai writes OpenAI Batch result lines, which have no place for input.keep_columns",
     ),
     ({**VALID, "max_error_fraction": 2}, "max_error_fraction: Input should be less than or equal to 1"),
-    ({**VALID, "outptu": {}}, "outptu: unknown field; allowed here: input, max_error_fraction, model"),
+    ({**VALID, "outptu": {}}, "outptu: unknown field (did you mean output?); allowed here: input, max_error_fraction"),
 ]
 
 
