@@ -24,6 +24,7 @@ BENCHMARKS = (
     "footer_client",
     "wide_files",
     "commits",
+    "service_state",
 )
 
 

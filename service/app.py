@@ -26,7 +26,7 @@ from common.layout import OutputLayout
 from service.config import ServiceSpec, window_seconds
 from service.keys import LOCAL_OWNER, ApiKeys
 from service.objects import ENDPOINTS, TERMINAL, Batch, BatchRecord, CreateBatch, FileObject, FileRecord
-from service.store import Store, new_id
+from service.store import Page, Store, new_id
 
 log = logging.getLogger("herd.service")
 
@@ -53,28 +53,26 @@ def _error(status: int, message: str, code: str | None = None, param: str | None
     return JSONResponse(body, status_code=status)
 
 
-def _page(items: list[BaseModel], after: str | None, limit: int) -> dict[str, Any]:
-    """A cursor page, newest first: the items after the one with id `after`."""
-    ids = [item.id for item in items]  # type: ignore[attr-defined]
-    start = ids.index(after) + 1 if after in ids else 0
-    chosen = items[start : start + limit]
+def _page_body(page: Page, model: Callable[[Any], BaseModel]) -> dict[str, Any]:
+    """A page in OpenAI's list shape."""
+    data = [model(record) for record in page.records]
     return {
         "object": "list",
-        "data": [item.model_dump(mode="json") for item in chosen],
-        "first_id": chosen[0].id if chosen else None,  # type: ignore[attr-defined]
-        "last_id": chosen[-1].id if chosen else None,  # type: ignore[attr-defined]
-        "has_more": start + limit < len(items),
+        "data": [item.model_dump(mode="json") for item in data],
+        "first_id": data[0].id if data else None,  # type: ignore[attr-defined]
+        "last_id": data[-1].id if data else None,  # type: ignore[attr-defined]
+        "has_more": page.has_more,
     }
 
 
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "20")
+def _limit(request: Request, *, default: int, most: int) -> int:
+    raw = request.query_params.get("limit", str(default))
     try:
         limit = int(raw)
     except ValueError:
-        raise ApiError(400, f"limit: expected a number from 1 to 100, got {raw!r}", param="limit") from None
-    if not 1 <= limit <= 100:
-        raise ApiError(400, f"limit: expected a number from 1 to 100, got {limit}", param="limit")
+        raise ApiError(400, f"limit: expected a number from 1 to {most}, got {raw!r}", param="limit") from None
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit: expected a number from 1 to {most}, got {limit}", param="limit")
     return limit
 
 
@@ -187,9 +185,17 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     @app.get("/v1/files")
     async def list_files(request: Request) -> dict[str, Any]:
         owner = owner_of(request)
-        purpose = request.query_params.get("purpose")
-        files = [record.file for record in store.files(owner) if purpose in (None, record.file.purpose)]
-        return _page(files, request.query_params.get("after"), _limit(request))
+        order = request.query_params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, f"order: expected asc or desc, got {order!r}", param="order")
+        page = store.files_page(
+            owner,
+            after=request.query_params.get("after"),
+            limit=_limit(request, default=10_000, most=10_000),  # OpenAI's for files
+            newest_first=order == "desc",
+            purpose=request.query_params.get("purpose"),
+        )
+        return _page_body(page, lambda record: record.file)
 
     def owned_file(owner: str, file_id: str) -> FileRecord:
         record = store.file(owner, file_id)
@@ -216,11 +222,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
         owner = owner_of(request)
         record = owned_file(owner, file_id)
-        in_use = [
-            batch.batch.id
-            for batch in store.batches(owner)
-            if batch.batch.input_file_id == file_id and batch.batch.status not in TERMINAL
-        ]
+        in_use = [batch.batch.id for batch in store.open_batches(owner) if batch.batch.input_file_id == file_id]
         if in_use:
             raise ApiError(409, f"file {file_id} is the input of batch {in_use[0]}, which has not ended")
         store.delete_file(owner, record.file.id)
@@ -258,8 +260,10 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     @app.get("/v1/batches")
     async def list_batches(request: Request) -> dict[str, Any]:
         owner = owner_of(request)
-        batches = [record.batch for record in store.batches(owner)]
-        return _page(batches, request.query_params.get("after"), _limit(request))
+        page = store.batches_page(
+            owner, after=request.query_params.get("after"), limit=_limit(request, default=20, most=100)
+        )
+        return _page_body(page, lambda record: record.batch)
 
     def owned_batch(owner: str, batch_id: str) -> BatchRecord:
         record = store.batch(owner, batch_id)

@@ -3,23 +3,31 @@
     files/<owner digest>/<file id>.json      a file's record (FileRecord)
     files/<owner digest>/<file id>.jsonl     its content
     batches/<owner digest>/<batch id>.json   a batch's record (BatchRecord)
+    open/<owner digest>/<batch id>           an empty marker while the batch has not ended
+    open.indexed                             written once every open batch has its marker
     jobs/<batch id>/                         the herd job answering it (data/, errors/, manifest/, ...)
 
 Records are replaced with conditional writes, so two servers on one root never lose each other's
 changes. An owner's name is hashed into the path: it is never a path itself, nor is a file's name.
+
+The worker looks for work every second, and a root holds every batch ever made: it reads only the
+batches the `open/` markers name, so its cost follows the batches running, not the months of
+batches behind them. Lists read only the records of the page asked for (their names sort by time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from common.storage import PreconditionFailed, Storage
-from service.objects import BatchRecord, FileRecord
+from service.objects import TERMINAL, BatchRecord, FileRecord
 
 Record = TypeVar("Record", FileRecord, BatchRecord)
 
@@ -31,6 +39,42 @@ def new_id(prefix: str) -> str:
 
 def _owner_folder(owner: str) -> str:
     return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:24]
+
+
+_OUTPUT_KINDS = ("output", "errors")
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    """The id of a batch's output file (kind "output" or "errors"): derived from the batch's, so that
+    finalizing twice (two servers, a restart) writes the same file again rather than a second one."""
+    assert kind in _OUTPUT_KINDS, kind
+    return f"file-{batch_id.removeprefix('batch_')}-{kind}"
+
+
+def file_purpose(file_id: str) -> str:
+    """A file's purpose, from its id alone (lists filter by purpose without reading records)."""
+    return "batch_output" if file_id.endswith(tuple(f"-{kind}" for kind in _OUTPUT_KINDS)) else "batch"
+
+
+def _made_at(record_id: str) -> float:
+    """When an id from new_id was made, in seconds since the epoch (0 for another id)."""
+    try:
+        return int(record_id.split("_", 1)[-1][:16], 16) / 1e9
+    except ValueError:
+        return 0.0
+
+
+# A marker whose batch record is missing: the record's create that follows the marker's failed, or has
+# not happened yet (another server, between its two writes). Removed once surely the former.
+_ORPHAN_MARKER_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list, in id order, and whether more follow it."""
+
+    records: list[Any]
+    has_more: bool
 
 
 class Store:
@@ -68,9 +112,18 @@ class Store:
     def file(self, owner: str, file_id: str) -> FileRecord | None:
         return self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
 
-    def files(self, owner: str) -> list[FileRecord]:
-        """The owner's files, newest first."""
-        return self._records(FileRecord, f"files/{_owner_folder(owner)}")
+    def files_page(
+        self, owner: str, *, after: str | None, limit: int, newest_first: bool = True, purpose: str | None = None
+    ) -> Page:
+        """The owner's files after the id `after` (which may be gone: a file deleted between two pages)."""
+        return self._page(
+            FileRecord,
+            f"files/{_owner_folder(owner)}",
+            after=after,
+            limit=limit,
+            newest_first=newest_first,
+            wanted=lambda file_id: purpose in (None, file_purpose(file_id)),
+        )
 
     def delete_file(self, owner: str, file_id: str) -> None:
         self.folder.delete([self._file_content(owner, file_id), self._file_record(owner, file_id)])
@@ -84,20 +137,52 @@ class Store:
     def _batch(owner: str, batch_id: str) -> str:
         return f"batches/{_owner_folder(owner)}/{batch_id}.json"
 
+    @staticmethod
+    def _open_marker(owner_folder: str, batch_id: str) -> str:
+        return f"open/{owner_folder}/{batch_id}"
+
     def create_batch(self, record: BatchRecord) -> None:
+        # The marker first: a crash between the two writes leaves a marker naming no batch (skipped,
+        # later removed), never a batch that no worker would find.
+        self.folder.write_text(self._open_marker(_owner_folder(record.owner), record.batch.id), "")
         self.folder.create_exclusive(self._batch(record.owner, record.batch.id), record.model_dump_json())
 
     def batch(self, owner: str, batch_id: str) -> BatchRecord | None:
         return self._record(BatchRecord, batch_id, lambda: self._batch(owner, batch_id))
 
-    def batches(self, owner: str) -> list[BatchRecord]:
-        """The owner's batches, newest first."""
-        return self._records(BatchRecord, f"batches/{_owner_folder(owner)}")
+    def batches_page(self, owner: str, *, after: str | None, limit: int) -> Page:
+        """The owner's batches after the id `after`, newest first."""
+        return self._page(BatchRecord, f"batches/{_owner_folder(owner)}", after=after, limit=limit, newest_first=True)
 
-    def all_batches(self) -> list[BatchRecord]:
-        """Every owner's batches, for the worker that runs them."""
+    def open_batches(self, owner: str | None = None) -> list[BatchRecord]:
+        """The batches that have not ended (every owner's, or one owner's), oldest first."""
+        markers = self.folder.find(f"open/{_owner_folder(owner)}" if owner is not None else "open")
+        record_names = {marker: "batches/{}/{}.json".format(*marker.split("/")[1:]) for marker in markers}
+        contents = self._read_existing(list(record_names.values()))
+        found, ended = [], []
+        for marker, name in record_names.items():
+            if name not in contents:
+                if time.time() - _made_at(marker.rsplit("/", 1)[1]) > _ORPHAN_MARKER_AGE_S:
+                    ended.append(marker)
+                continue
+            record = BatchRecord.model_validate_json(contents[name])
+            if record.batch.status in TERMINAL:
+                ended.append(marker)  # the server that ended it stopped before removing its marker
+            else:
+                found.append(record)
+        self.folder.delete(ended)
+        return sorted(found, key=lambda record: record.batch.id)
+
+    def index_open_batches(self) -> None:
+        """Gives each open batch of a root written before the markers existed its marker, once."""
+        if self.folder.exists("open.indexed"):
+            return
         names = [name for name in self.folder.find("batches") if name.endswith(".json")]
-        return [BatchRecord.model_validate_json(data) for data in self.folder.read_many(names).values()]
+        for data in self.folder.read_many(names).values():
+            record = BatchRecord.model_validate_json(data)
+            if record.batch.status not in TERMINAL:
+                self.folder.write_text(self._open_marker(_owner_folder(record.owner), record.batch.id), "")
+        self.folder.write_text("open.indexed", "")
 
     def _record(self, model: type[Record], record_id: str, name: Callable[[], str]) -> Record | None:
         if not _plain_id(record_id):
@@ -107,11 +192,40 @@ class Store:
         except FileNotFoundError:
             return None
 
-    def _records(self, model: type[Record], folder: str) -> list[Record]:
-        """The records in a folder, newest first: their names are their ids, which sort by time."""
-        names = sorted((name for name in self.folder.list_names(folder) if name.endswith(".json")), reverse=True)
-        contents = self.folder.read_many([f"{folder}/{name}" for name in names])
-        return [model.model_validate_json(contents[f"{folder}/{name}"]) for name in names]
+    def _page(
+        self,
+        model: type[Record],
+        folder: str,
+        *,
+        after: str | None,
+        limit: int,
+        newest_first: bool,
+        wanted: Callable[[str], bool] = lambda record_id: True,
+    ) -> Page:
+        """A page of a folder's records, chosen by their names (their ids, which sort by time) and
+        then read: a list costs the listing and the page's records, not every record there is."""
+        ids = sorted(
+            (name.removesuffix(".json") for name in self.folder.list_names(folder) if name.endswith(".json")),
+            reverse=newest_first,
+        )
+        if after is not None:
+            ids = [record_id for record_id in ids if (record_id < after if newest_first else record_id > after)]
+        ids = [record_id for record_id in ids if wanted(record_id)]
+        names = [f"{folder}/{record_id}.json" for record_id in ids[:limit]]
+        contents = self._read_existing(names)
+        records = [model.model_validate_json(contents[name]) for name in names if name in contents]
+        return Page(records, has_more=len(ids) > limit)
+
+    def _read_existing(self, names: list[str]) -> dict[str, bytes]:
+        """The contents of those of these files that exist (one may be deleted after it was listed)."""
+        try:
+            return self.folder.read_many(names)
+        except FileNotFoundError:
+            contents = {}
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    contents[name] = self.folder.read_bytes(name)
+            return contents
 
     def update_batch(self, owner: str, batch_id: str, change: Callable[[BatchRecord], Any]) -> BatchRecord:
         """Reads the record, applies `change` to it, and writes it back only if nobody changed it in
@@ -127,6 +241,8 @@ class Store:
                     self.folder.replace_if_unchanged(name, version, record.model_dump_json())
                 except PreconditionFailed:
                     continue
+                if record.batch.status in TERMINAL:
+                    self.folder.delete([self._open_marker(_owner_folder(owner), batch_id)])
                 return record
         raise RuntimeError(f"{batch_id}: its record kept changing under every update")
 

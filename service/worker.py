@@ -26,7 +26,7 @@ from schemas.job import SamplingSpec
 from schemas.shard import Shard, ShardRecord
 from service.config import ServedModel, ServiceSpec
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
-from service.store import Store
+from service.store import Store, output_file_id
 from service.webhooks import WebhookSender
 from workers.request_formats import OPENAI_CHAT_URL, RequestError, openai_batch_request
 
@@ -66,15 +66,19 @@ class BatchWorker:
             thread.join(timeout=60)
 
     def _loop(self) -> None:
+        indexed = False
         while not self._closing.is_set():
             try:
+                if not indexed:
+                    self.store.index_open_batches()  # once, for a root an older herd wrote
+                    indexed = True
                 self._take_batches()
             except Exception:
                 log.exception("could not look for batches; trying again")
             self._closing.wait(_POLL_S)
 
     def _take_batches(self) -> None:
-        waiting = [record for record in self.store.all_batches() if record.batch.status not in TERMINAL]
+        waiting = self.store.open_batches()
         with self._lock:
             for thread_id in [key for key, thread in self._running.items() if not thread.is_alive()]:
                 del self._running[thread_id]
@@ -278,9 +282,8 @@ class BatchWorker:
         self._notify(record)
 
     def _save_output(self, record: BatchRecord, kind: str, data: bytes) -> str:
-        """An output file of the batch; its id comes from the batch's, so finalizing twice (two
-        servers, a restart) writes the same file again rather than a second one."""
-        file_id = f"file-{record.batch.id.removeprefix('batch_')}-{kind}"
+        """An output file of the batch (its id comes from the batch's: see output_file_id)."""
+        file_id = output_file_id(record.batch.id, kind)
         self.store.write_file_content(record.owner, file_id, data)
         self.store.save_file(
             FileRecord(

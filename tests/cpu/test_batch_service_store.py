@@ -1,0 +1,178 @@
+"""The batch service's state at the size a long-lived service reaches: months of batches and files
+under one root, on disk and on S3 (moto). The worker looks for work every second and a list is one
+request: their cost must follow the batches running and the page asked for, not the root's history.
+No engine: lists go through the real app and the real `openai` SDK, in process."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from starlette.testclient import TestClient
+
+from common.storage import Storage
+from schemas.job import RetrySpec, StorageSpec
+from service.app import build_app
+from service.config import ServiceSpec
+from service.keys import ApiKeys
+from service.objects import Batch, BatchRecord, FileObject, FileRecord
+from service.store import Store, new_id, output_file_id
+
+OWNER = "team-a"
+
+
+@pytest.fixture(params=["disk", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "disk":
+        return Store(str(tmp_path / "root"), Storage(StorageSpec(), RetrySpec()))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return Store(f"s3://herd-test/service-{tmp_path.name}", Storage(StorageSpec(endpoint_url=endpoint), RetrySpec()))
+
+
+class ReadCounter:
+    """Counts the records a store reads, by the folder they are in (batches, files)."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: Counter[str] = Counter()
+        folder = store.folder
+        read_many, read_text, read_bytes = folder.read_many, folder.read_text, folder.read_bytes
+
+        def counted(read: Any) -> Any:
+            def call(name: Any, *rest: Any) -> Any:
+                for each in [name] if isinstance(name, str) else name:
+                    self.names[each.split("/")[0]] += 1
+                return read(name, *rest)
+
+            return call
+
+        monkeypatch.setattr(folder, "read_many", counted(read_many))
+        monkeypatch.setattr(folder, "read_text", counted(read_text))
+        monkeypatch.setattr(folder, "read_bytes", counted(read_bytes))
+
+    def take(self) -> Counter[str]:
+        taken, self.names = self.names, Counter()
+        return taken
+
+
+def _batch(owner: str = OWNER, batch_id: str | None = None) -> BatchRecord:
+    batch = Batch(
+        id=batch_id or new_id("batch_"),
+        endpoint="/v1/chat/completions",
+        input_file_id="file-x",
+        completion_window="24h",
+        status="validating",
+        created_at=int(time.time()),
+    )
+    return BatchRecord(owner=owner, batch=batch)
+
+
+def _end(store: Store, record: BatchRecord, status: str = "completed") -> None:
+    def ended(current: BatchRecord) -> None:
+        current.batch.status = status
+
+    store.update_batch(record.owner, record.batch.id, ended)
+
+
+def test_the_worker_reads_only_the_batches_that_have_not_ended_and_a_list_only_its_page(store, monkeypatch):
+    made = [_batch() for _ in range(60)] + [_batch("team-b") for _ in range(5)]
+    for record in made:
+        store.create_batch(record)
+    open_ones = {made[3].batch.id, made[41].batch.id, made[62].batch.id}
+    for record in made:
+        if record.batch.id not in open_ones:
+            _end(store, record, "cancelled" if record.owner == "team-b" else "completed")
+    reads = ReadCounter(store, monkeypatch)
+
+    assert [record.batch.id for record in store.open_batches()] == sorted(open_ones)
+    assert reads.take() == {"batches": 3}
+    assert [record.batch.id for record in store.open_batches(OWNER)] == sorted(open_ones - {made[62].batch.id})
+
+    newest_first = sorted((record.batch.id for record in made if record.owner == OWNER), reverse=True)
+    reads.take()
+    page = store.batches_page(OWNER, after=None, limit=20)
+    assert [record.batch.id for record in page.records] == newest_first[:20] and page.has_more
+    assert reads.take() == {"batches": 20}
+    last = store.batches_page(OWNER, after=newest_first[49], limit=20)
+    assert [record.batch.id for record in last.records] == newest_first[50:] and not last.has_more
+
+
+def test_a_marker_left_behind_is_cleaned_and_a_root_written_before_markers_is_indexed_once(store, monkeypatch):
+    # A root as an older herd wrote it: records only, one batch still running.
+    running, ended = _batch(), _batch()
+    ended.batch.status = "completed"
+    for record in (running, ended):
+        store.folder.create_exclusive(f"batches/{store_folder(store, record)}.json", record.model_dump_json())
+    assert store.open_batches() == []
+    store.index_open_batches()
+    assert [record.batch.id for record in store.open_batches()] == [running.batch.id]
+    reads = ReadCounter(store, monkeypatch)
+    store.index_open_batches()  # done once per root: no record is read again
+    assert reads.take() == {}
+
+    # A server that stopped between ending a batch and removing its marker: the next look removes it.
+    store.folder.write_text(f"open/{store_folder(store, ended)}", "")
+    assert [record.batch.id for record in store.open_batches()] == [running.batch.id]
+    assert not store.folder.exists(f"open/{store_folder(store, ended)}")
+    # A marker whose create stopped before its record: kept while the create may still be under way
+    # (another server), removed once it is an hour old.
+    young, old = _batch(), _batch(batch_id=f"batch_{time.time_ns() - 2 * 3600 * 10**9:016x}{'0' * 16}")
+    for record in (young, old):
+        store.folder.write_text(f"open/{store_folder(store, record)}", "")
+    assert [record.batch.id for record in store.open_batches()] == [running.batch.id]
+    assert store.folder.exists(f"open/{store_folder(store, young)}")
+    assert not store.folder.exists(f"open/{store_folder(store, old)}")
+
+
+def store_folder(store: Store, record: BatchRecord) -> str:
+    """`<owner digest>/<batch id>`, as the store names a batch's record and its marker."""
+    return store._batch(record.owner, record.batch.id).removeprefix("batches/").removesuffix(".json")
+
+
+def _file(file_id: str) -> FileRecord:
+    purpose = "batch_output" if file_id.endswith(("-output", "-errors")) else "batch"
+    file = FileObject(id=file_id, bytes=3, created_at=int(time.time()), filename="f.jsonl", purpose=purpose)
+    return FileRecord(owner=OWNER, file=file, lines=1)
+
+
+@pytest.fixture
+def sdk(store: Store) -> Any:
+    """The OpenAI SDK against the service's app, in process (Starlette's TestClient is an httpx client)."""
+    app = build_app(
+        ServiceSpec(root=store.folder.root), store, ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys")
+    )
+    with TestClient(app, base_url="http://testserver") as http:
+        yield openai.OpenAI(base_url="http://testserver/v1", api_key="sk-team-a-0123456789abcdef", http_client=http)
+
+
+def test_files_list_as_openai_pages_it_by_purpose_and_order_and_after_a_deleted_file(store, sdk, monkeypatch):
+    uploads = [new_id("file-") for _ in range(30)]
+    outputs = [output_file_id(new_id("batch_"), kind) for kind in ("output", "errors") for _ in range(10)]
+    for file_id in uploads + outputs:
+        store.save_file(_file(file_id))
+        store.write_file_content(OWNER, file_id, b"{}\n")
+    reads = ReadCounter(store, monkeypatch)
+
+    everything = sdk.files.list()  # OpenAI's default: up to 10,000 files on one page
+    assert [file.id for file in everything.data] == sorted(uploads + outputs, reverse=True)
+    assert not everything.has_more
+    page = sdk.files.list(purpose="batch", limit=7, order="asc")
+    assert [file.id for file in page.data] == sorted(uploads)[:7] and page.has_more
+    assert reads.take()["files"] == 50 + 7
+    assert {file.purpose for file in sdk.files.list(purpose="batch_output").data} == {"batch_output"}
+    # The SDK follows the pages itself; a file deleted between two pages does not restart the list.
+    walked = []
+    for file in sdk.files.list(purpose="batch", limit=4):
+        walked.append(file.id)
+        if len(walked) == 4:
+            sdk.files.delete(file.id)
+    assert walked == sorted(uploads, reverse=True)
+    with pytest.raises(openai.BadRequestError, match="order: expected asc or desc"):
+        sdk.files.list(order="newest")
+    with pytest.raises(openai.BadRequestError, match="from 1 to 10000"):
+        sdk.files.list(limit=10_001)
+    with pytest.raises(openai.BadRequestError, match="from 1 to 100,"):
+        sdk.batches.list(limit=101)
