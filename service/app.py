@@ -25,7 +25,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.layout import OutputLayout
 from service.config import ServiceSpec, window_seconds
 from service.keys import LOCAL_OWNER, ApiKeys
-from service.objects import ENDPOINTS, TERMINAL, Batch, BatchRecord, CreateBatch, FileObject, FileRecord
+from service.objects import (
+    ENDPOINTS,
+    TERMINAL,
+    Batch,
+    BatchRecord,
+    CreateBatch,
+    ExpiresAfter,
+    FileObject,
+    FileRecord,
+)
 from service.store import Page, Store, new_id
 
 log = logging.getLogger("herd.service")
@@ -63,6 +72,23 @@ def _page_body(page: Page, model: Callable[[Any], BaseModel]) -> dict[str, Any]:
         "last_id": data[-1].id if data else None,  # type: ignore[attr-defined]
         "has_more": page.has_more,
     }
+
+
+# The multipart fields of an upload, as the OpenAI SDK sends them (objects flattened with brackets).
+_UPLOAD_FIELDS = frozenset({"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"})
+
+
+def _expires_after(form: Any) -> ExpiresAfter | None:
+    """An upload's expires_after, or None when not given."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    try:
+        return ExpiresAfter(anchor=anchor, seconds=seconds)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = "expires_after." + ".".join(str(part) for part in problem["loc"])
+        raise ApiError(400, f"{where}: {problem['msg']}", param=where) from None
 
 
 def _limit(request: Request, *, default: int, most: int) -> int:
@@ -158,22 +184,28 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         except Exception as error:  # noqa: BLE001 - whatever a malformed multipart body makes the parser raise
             raise ApiError(400, f"malformed multipart body: {error}") from None
         try:
+            unknown = sorted(set(form.keys()) - _UPLOAD_FIELDS)
+            if unknown:
+                raise ApiError(400, f"{unknown[0]}: unknown field", param=unknown[0])
             upload = form.get("file")
             purpose = form.get("purpose")
+            expires_after = _expires_after(form)
             if purpose != "batch":
                 raise ApiError(400, f"purpose: expected 'batch', got {purpose!r}", param="purpose")
             if upload is None or isinstance(upload, str):
                 raise ApiError(400, "file: expected a file part", param="file")
             file_id = new_id("file-")
             size, lines = _copy_checked(upload.file, store, owner, file_id, limits.max_upload_bytes, limits.max_lines)
+            created = int(time.time())
             record = FileRecord(
                 owner=owner,
                 file=FileObject(
                     id=file_id,
                     bytes=size,
-                    created_at=int(time.time()),
+                    created_at=created,
                     filename=(upload.filename or "upload.jsonl")[-255:],
                     purpose="batch",
+                    expires_at=created + expires_after.seconds if expires_after is not None else None,
                 ),
                 lines=lines,
             )
@@ -225,7 +257,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         in_use = [batch.batch.id for batch in store.open_batches(owner) if batch.batch.input_file_id == file_id]
         if in_use:
             raise ApiError(409, f"file {file_id} is the input of batch {in_use[0]}, which has not ended")
-        store.delete_file(owner, record.file.id)
+        store.delete_file(record)
         return {"id": file_id, "object": "file", "deleted": True}
 
     # Batches
@@ -254,7 +286,12 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
             metadata=body.metadata,
         )
         batch.request_counts.total = file.lines
-        store.create_batch(BatchRecord(owner=owner, batch=batch))
+        expires_after = body.output_expires_after
+        store.create_batch(
+            BatchRecord(
+                owner=owner, batch=batch, output_expires_after_s=expires_after.seconds if expires_after else None
+            )
+        )
         return batch.model_dump(mode="json")
 
     @app.get("/v1/batches")

@@ -99,6 +99,18 @@ class BatchRecord(BaseModel):
     owner: str
     batch: Batch
     served_model: str | None = Field(default=None, description="The served model answering it, once validated.")
+    output_expires_after_s: int | None = Field(
+        default=None, description="Its output and error files expire this long after they are written."
+    )
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy of a file: gone this many seconds after it was made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"] = Field(description="The time the policy counts from: the file's creation.")
+    seconds: int = Field(ge=3600, le=2_592_000, description="From 1 hour to 30 days, as OpenAI's.")
 
 
 class CreateBatch(BaseModel):
@@ -110,3 +122,6 @@ class CreateBatch(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None, description="When the batch's output and error files expire, counted from their creation."
+    )

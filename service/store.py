@@ -5,6 +5,7 @@
     batches/<owner digest>/<batch id>.json   a batch's record (BatchRecord)
     open/<owner digest>/<batch id>           an empty marker while the batch has not ended
     open.indexed                             written once every open batch has its marker
+    expiring/<owner digest>/<time>-<file id>  an empty marker for a file that expires at that time
     jobs/<batch id>/                         the herd job answering it (data/, errors/, manifest/, ...)
 
 Records are replaced with conditional writes, so two servers on one root never lose each other's
@@ -78,10 +79,11 @@ class Page:
 
 
 class Store:
-    def __init__(self, root: str, storage: Storage) -> None:
+    def __init__(self, root: str, storage: Storage, *, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.folder = storage.folder(root)  # every name below is relative to the root
         self._local_lock = threading.Lock()  # this process's updates of one record take turns
+        self._clock = clock  # seconds since the epoch: when files expire
 
     # Files
 
@@ -106,11 +108,37 @@ class Store:
     def upload_file_content(self, owner: str, file_id: str, local_path: str) -> None:
         self.folder.upload(self._file_content(owner, file_id), local_path)
 
+    @staticmethod
+    def _expiry_marker(record: FileRecord) -> str:
+        return f"expiring/{_owner_folder(record.owner)}/{record.file.expires_at:010d}-{record.file.id}"
+
     def save_file(self, record: FileRecord) -> None:
+        if record.file.expires_at is not None:  # first: a file is never written without its end
+            self.folder.write_text(self._expiry_marker(record), "")
         self.folder.write_text(self._file_record(record.owner, record.file.id), record.model_dump_json())
 
+    def _expired(self, record: FileRecord) -> bool:
+        return record.file.expires_at is not None and record.file.expires_at <= self._clock()
+
     def file(self, owner: str, file_id: str) -> FileRecord | None:
-        return self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
+        """The file, or None when there is none or it has expired (the sweep may not have run yet)."""
+        record = self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
+        return None if record is None or self._expired(record) else record
+
+    def delete_expired_files(self, keep: Callable[[str], bool]) -> list[str]:
+        """Deletes the files whose time has come, except those `keep` names by id (the input of a batch
+        still running: its job reads it); their ids. Reads no record: the markers' names say it all."""
+        now, gone = self._clock(), []
+        for marker in self.folder.find("expiring"):
+            _, owner_folder, name = marker.split("/")
+            expires_at, file_id = name.split("-", 1)
+            if int(expires_at) > now or keep(file_id):
+                continue
+            # The marker last: a sweep stopped halfway is finished by the next.
+            self.folder.delete([f"files/{owner_folder}/{file_id}.jsonl", f"files/{owner_folder}/{file_id}.json"])
+            self.folder.delete([marker])
+            gone.append(file_id)
+        return gone
 
     def files_page(
         self, owner: str, *, after: str | None, limit: int, newest_first: bool = True, purpose: str | None = None
@@ -125,8 +153,11 @@ class Store:
             wanted=lambda file_id: purpose in (None, file_purpose(file_id)),
         )
 
-    def delete_file(self, owner: str, file_id: str) -> None:
+    def delete_file(self, record: FileRecord) -> None:
+        owner, file_id = record.owner, record.file.id
         self.folder.delete([self._file_content(owner, file_id), self._file_record(owner, file_id)])
+        if record.file.expires_at is not None:
+            self.folder.delete([self._expiry_marker(record)])
 
     # Batches
 
@@ -214,6 +245,8 @@ class Store:
         names = [f"{folder}/{record_id}.json" for record_id in ids[:limit]]
         contents = self._read_existing(names)
         records = [model.model_validate_json(contents[name]) for name in names if name in contents]
+        # An expired file the sweep has not removed yet is gone already (the page is one shorter).
+        records = [record for record in records if not (isinstance(record, FileRecord) and self._expired(record))]
         return Page(records, has_more=len(ids) > limit)
 
     def _read_existing(self, names: list[str]) -> dict[str, bytes]:

@@ -33,6 +33,7 @@ from workers.request_formats import OPENAI_CHAT_URL, RequestError, openai_batch_
 log = logging.getLogger("herd.service")
 
 _POLL_S = 1.0
+_SWEEP_S = 60.0  # how often expired files are looked for (they read as gone from the moment they expire)
 _MAX_LISTED_ERRORS = 100  # OpenAI lists a failed batch's line errors; a file of 50k bad lines lists these
 
 
@@ -66,19 +67,25 @@ class BatchWorker:
             thread.join(timeout=60)
 
     def _loop(self) -> None:
-        indexed = False
+        indexed, swept = False, -_SWEEP_S
         while not self._closing.is_set():
             try:
                 if not indexed:
                     self.store.index_open_batches()  # once, for a root an older herd wrote
                     indexed = True
-                self._take_batches()
+                waiting = self.store.open_batches()
+                if time.monotonic() - swept >= _SWEEP_S:
+                    running_inputs = {record.batch.input_file_id for record in waiting}
+                    gone = self.store.delete_expired_files(keep=running_inputs.__contains__)
+                    if gone:
+                        log.info("deleted %d expired files", len(gone))
+                    swept = time.monotonic()
+                self._take_batches(waiting)
             except Exception:
                 log.exception("could not look for batches; trying again")
             self._closing.wait(_POLL_S)
 
-    def _take_batches(self) -> None:
-        waiting = self.store.open_batches()
+    def _take_batches(self, waiting: list[BatchRecord]) -> None:
         with self._lock:
             for thread_id in [key for key, thread in self._running.items() if not thread.is_alive()]:
                 del self._running[thread_id]
@@ -285,15 +292,18 @@ class BatchWorker:
         """An output file of the batch (its id comes from the batch's: see output_file_id)."""
         file_id = output_file_id(record.batch.id, kind)
         self.store.write_file_content(record.owner, file_id, data)
+        created = now()
+        lasts = record.output_expires_after_s
         self.store.save_file(
             FileRecord(
                 owner=record.owner,
                 file=FileObject(
                     id=file_id,
                     bytes=len(data),
-                    created_at=now(),
+                    created_at=created,
                     filename=f"{record.batch.id}_{kind}.jsonl",
                     purpose="batch_output",
+                    expires_at=created + lasts if lasts is not None else None,
                 ),
                 lines=len(jsonl_lines(data.decode("utf-8"))),
             )

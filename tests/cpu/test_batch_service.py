@@ -358,6 +358,16 @@ def test_batches_list_in_pages_newest_first(service):
     assert every[:3] == created[::-1] and len(every) == len(set(every))
     for batch_id in created:
         _wait(client, batch_id, {"completed"})
+    # A batch whose output files expire: the worker dates them as OpenAI does, from their creation.
+    expiring = client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    output = client.files.retrieve(_wait(client, expiring.id, {"completed"}).output_file_id)
+    assert output.expires_at == output.created_at + 3600
+    assert client.files.retrieve(client.batches.retrieve(created[0]).output_file_id).expires_at is None
 
 
 @pytest.mark.own_engine

@@ -5,6 +5,7 @@ No engine: lists go through the real app and the real `openai` SDK, in process."
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,12 +26,28 @@ from service.store import Store, new_id, output_file_id
 OWNER = "team-a"
 
 
+class Clock:
+    """The store's clock: now, or as far ahead as a test moves it."""
+
+    def __init__(self) -> None:
+        self.ahead_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead_s
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture(params=["disk", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Store:
     if request.param == "disk":
-        return Store(str(tmp_path / "root"), Storage(StorageSpec(), RetrySpec()))
+        return Store(str(tmp_path / "root"), Storage(StorageSpec(), RetrySpec()), clock=clock)
     endpoint = request.getfixturevalue("s3_endpoint")
-    return Store(f"s3://herd-test/service-{tmp_path.name}", Storage(StorageSpec(endpoint_url=endpoint), RetrySpec()))
+    storage = Storage(StorageSpec(endpoint_url=endpoint), RetrySpec())
+    return Store(f"s3://herd-test/service-{tmp_path.name}", storage, clock=clock)
 
 
 class ReadCounter:
@@ -176,3 +193,59 @@ def test_files_list_as_openai_pages_it_by_purpose_and_order_and_after_a_deleted_
         sdk.files.list(limit=10_001)
     with pytest.raises(openai.BadRequestError, match="from 1 to 100,"):
         sdk.batches.list(limit=101)
+
+
+def test_files_expire_as_openais_do_and_the_sweep_deletes_them_but_not_the_input_of_a_running_batch(store, sdk, clock):
+    hour = {"anchor": "created_at", "seconds": 3600}
+    expiring = sdk.files.create(file=("a.jsonl", b"{}\n"), purpose="batch", expires_after=hour)
+    assert expiring.expires_at == expiring.created_at + 3600
+    kept = sdk.files.create(file=("b.jsonl", b"{}\n"), purpose="batch")
+    assert kept.expires_at is None
+    read_by_a_batch = sdk.files.create(file=("c.jsonl", b"{}\n"), purpose="batch", expires_after=hour)
+    batch = sdk.batches.create(
+        input_file_id=read_by_a_batch.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    assert store.batch(OWNER, batch.id).output_expires_after_s == 7200
+    deleted_early = sdk.files.create(file=("d.jsonl", b"{}\n"), purpose="batch", expires_after=hour)
+    sdk.files.delete(deleted_early.id)  # its expiry goes with it
+    for wrong, message in (
+        (
+            {"anchor": "created_at", "seconds": 60},
+            "expires_after.seconds: Input should be greater than or equal to 3600",
+        ),
+        ({"anchor": "last_active_at", "seconds": 3600}, "expires_after.anchor: Input should be 'created_at'"),
+    ):
+        with pytest.raises(openai.BadRequestError, match=re.escape(message)):
+            sdk.files.create(file=("e.jsonl", b"{}\n"), purpose="batch", expires_after=wrong)
+    with pytest.raises(
+        openai.BadRequestError, match=re.escape("output_expires_after.seconds: Input should be less than")
+    ):
+        sdk.batches.create(
+            input_file_id=kept.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 90 * 86400},
+        )
+    with pytest.raises(openai.BadRequestError, match="colour: unknown field"):
+        sdk.files.create(file=("f.jsonl", b"{}\n"), purpose="batch", extra_body={"colour": "blue"})
+
+    assert store.delete_expired_files(keep=lambda file_id: False) == []  # nothing has expired yet
+    clock.ahead_s = 3601
+    for gone in (expiring.id, read_by_a_batch.id):
+        with pytest.raises(openai.NotFoundError):
+            sdk.files.retrieve(gone)
+    assert [file.id for file in sdk.files.list()] == [kept.id]
+    running_inputs = {record.batch.input_file_id for record in store.open_batches()}
+    assert store.delete_expired_files(keep=running_inputs.__contains__) == [expiring.id]
+    assert store.folder.find("files") == sorted(
+        f"files/{digest}/{file_id}{suffix}"
+        for digest in {store_folder(store, store.batch(OWNER, batch.id)).split("/")[0]}
+        for file_id in (kept.id, read_by_a_batch.id)
+        for suffix in (".json", ".jsonl")
+    )
+    _end(store, store.batch(OWNER, batch.id))  # its job no longer reads its input
+    assert store.delete_expired_files(keep=lambda file_id: False) == [read_by_a_batch.id]
+    assert store.folder.find("expiring") == []
