@@ -52,6 +52,11 @@ def output_file_id(batch_id: str, kind: str) -> str:
     return f"file-{batch_id.removeprefix('batch_')}-{kind}"
 
 
+def batch_of_output(file_id: str) -> str:
+    """The id of the batch whose output file this is (output_file_id's inverse)."""
+    return "batch_" + file_id.removeprefix("file-").rsplit("-", 1)[0]
+
+
 def file_purpose(file_id: str) -> str:
     """A file's purpose, from its id alone (lists filter by purpose without reading records)."""
     return "batch_output" if file_id.endswith(tuple(f"-{kind}" for kind in _OUTPUT_KINDS)) else "batch"
@@ -127,7 +132,8 @@ class Store:
 
     def delete_expired_files(self, keep: Callable[[str], bool]) -> list[str]:
         """Deletes the files whose time has come, except those `keep` names by id (the input of a batch
-        still running: its job reads it); their ids. Reads no record: the markers' names say it all."""
+        still running: its job reads it); their ids. Reads no record: the markers' names say it all.
+        An output file takes its batch's job folder with it: the same answers, in herd's files."""
         now, gone = self._clock(), []
         for marker in self.folder.find("expiring"):
             _, owner_folder, name = marker.split("/")
@@ -136,6 +142,8 @@ class Store:
                 continue
             # The marker last: a sweep stopped halfway is finished by the next.
             self.folder.delete([f"files/{owner_folder}/{file_id}.jsonl", f"files/{owner_folder}/{file_id}.json"])
+            if file_purpose(file_id) == "batch_output":
+                self.folder.delete(self.folder.find(f"jobs/{batch_of_output(file_id)}"))
             self.folder.delete([marker])
             gone.append(file_id)
         return gone

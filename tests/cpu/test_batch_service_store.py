@@ -249,3 +249,26 @@ def test_files_expire_as_openais_do_and_the_sweep_deletes_them_but_not_the_input
     _end(store, store.batch(OWNER, batch.id))  # its job no longer reads its input
     assert store.delete_expired_files(keep=lambda file_id: False) == [read_by_a_batch.id]
     assert store.folder.find("expiring") == []
+
+    # A batch's output files expire with its job's files, which hold the same answers.
+    job_files = ["data/part-00000.jsonl", "errors/part-00000.jsonl", "manifest/00000.json", "report.html"]
+    for name in job_files:
+        store.folder.write_text(f"jobs/{batch.id}/{name}", "answers")
+    for kind in ("output", "errors"):
+        output = FileObject(
+            id=output_file_id(batch.id, kind),
+            bytes=3,
+            created_at=int(clock()),
+            filename=f"{batch.id}_{kind}.jsonl",
+            purpose="batch_output",
+            expires_at=int(clock()) + 7200,
+        )
+        store.write_file_content(OWNER, output.id, b"{}\n")
+        store.save_file(FileRecord(owner=OWNER, file=output, lines=1))
+    clock.ahead_s += 3600
+    assert store.delete_expired_files(keep=lambda file_id: False) == []
+    assert len(store.folder.find(f"jobs/{batch.id}")) == len(job_files)
+    clock.ahead_s += 3601
+    expired = store.delete_expired_files(keep=lambda file_id: False)
+    assert sorted(expired) == sorted(output_file_id(batch.id, kind) for kind in ("output", "errors"))
+    assert store.folder.find("jobs") == [] and store.folder.find("expiring") == []
