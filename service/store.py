@@ -201,7 +201,7 @@ class Store:
         found, ended = [], []
         for marker, name in record_names.items():
             if name not in contents:
-                if time.time() - _made_at(marker.rsplit("/", 1)[1]) > _ORPHAN_MARKER_AGE_S:
+                if self._clock() - _made_at(marker.rsplit("/", 1)[1]) > _ORPHAN_MARKER_AGE_S:
                     ended.append(marker)
                 continue
             record = BatchRecord.model_validate_json(contents[name])
