@@ -278,9 +278,21 @@ def _add_address(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """--help shows an option's default where it says something: not for flags and options that are
+    off unless given, nor twice where the help names it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        unsaid = any(action.default is off for off in (None, False, argparse.SUPPRESS)) or "(default" in help_text
+        if unsaid or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)):
+            return action.help
+        return f"{help_text} (default: %(default)s)"
+
+
 def _subcommand(commands: argparse._SubParsersAction, name: str, **options: object) -> argparse.ArgumentParser:
     """A subcommand whose --help shows each option's default."""
-    parser = commands.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **options)
+    parser = commands.add_parser(name, formatter_class=_DefaultsShown, **options)
     if name != "run":  # run's --verbose says more
         parser.add_argument("--verbose", action="store_true", help="show the traceback of an unexpected error")
     return parser
@@ -299,7 +311,7 @@ class _PrintVersions(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsShown,
         description="herd: offline batch generation with vLLM on Ray. Exit codes: 0 success, "
         "1 unexpected error, 2 invalid spec or input, 3 row errors over max_error_fraction, "
         "4 shards failed after retries, 5 output busy (another run holds it), 6 storage unavailable "

@@ -200,3 +200,16 @@ def test_local_paths_become_absolute_for_ray_workers_adapters_too_and_s3_urls_st
     job = with_absolute_paths(parse_job(_with("model", path="models/llama", adapters=adapters)))
     assert job.model.path == str(tmp_path / "models" / "llama") and job.input.path == str(tmp_path / "in.jsonl")
     assert [adapter.path for adapter in job.model.adapters] == [str(tmp_path / "adapters" / "a"), adapters[1]["path"]]
+
+
+def test_cli_help_shows_a_default_where_it_says_something_and_never_twice():
+    import argparse
+
+    from herd.cli import build_parser
+
+    [commands] = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    run_help, plan_help = (" ".join(commands.choices[name].format_help().split()) for name in ("run", "plan"))
+    assert "(default: None)" not in run_help and "(default: False)" not in run_help
+    # --progress-every and --log-format name theirs in their help: once each, not again by argparse.
+    assert run_help.count("(default:") == 2 and "often (default: 30)" in run_help
+    assert "rows to read, render and count (default: 200)" in plan_help
