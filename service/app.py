@@ -5,6 +5,11 @@ FastAPI and uvicorn, as vLLM's own OpenAI server uses: the ecosystem's clients a
 their behaviour, and both are vLLM dependencies already. Every answer to a bad request is a 4xx in
 OpenAI's error shape ({"error": {"message", "type", "param", "code"}}); an unexpected failure is a
 500 with no traceback. Every id is looked up under the caller's own key: another key's ids are 404.
+
+Every handler that touches storage runs in the thread pool (a plain `def`, or run_in_threadpool): a
+slow or unreachable S3 holds up the request that waits for it, never the event loop that answers the
+others. Storage still unreachable when the retry policy's deadline passes is a 503 with Retry-After,
+which the OpenAI SDK retries.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.layout import OutputLayout
+from schemas.errors import StorageUnavailable
 from service.config import ServiceSpec, window_seconds
 from service.keys import LOCAL_OWNER, ApiKeys
 from service.objects import (
@@ -44,6 +52,8 @@ _MAX_JSON_BYTES = 1024 * 1024
 # The multipart envelope around an upload's bytes.
 _MULTIPART_OVERHEAD = 64 * 1024
 _COPY_CHUNK = 1024 * 1024
+# What a 503 asks a client to wait: storage that failed past the retry deadline is down for minutes.
+_RETRY_AFTER_S = 30
 
 
 class ApiError(Exception):
@@ -128,6 +138,13 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error(400, f"invalid request: {error.errors()[0].get('msg', 'invalid')}")
 
+    @app.exception_handler(StorageUnavailable)
+    async def storage_unavailable(request: Request, error: StorageUnavailable) -> JSONResponse:
+        log.warning("storage unavailable answering %s %s: %s", request.method, request.url.path, error)
+        answer = _error(503, f"storage is unavailable; try again later ({error})", code="storage_unavailable")
+        answer.headers["Retry-After"] = str(_RETRY_AFTER_S)
+        return answer
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error answering %s %s", request.method, request.url.path)
@@ -158,7 +175,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     # Models
 
     @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
+    def list_models(request: Request) -> dict[str, Any]:
         owner_of(request)
         data = [{"id": model.name, "object": "model", "created": 0, "owned_by": "herd"} for model in spec.models]
         # Adapters as vLLM's server lists its LoRA modules: their own id, the base model as parent.
@@ -194,28 +211,31 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
                 raise ApiError(400, f"purpose: expected 'batch', got {purpose!r}", param="purpose")
             if upload is None or isinstance(upload, str):
                 raise ApiError(400, "file: expected a file part", param="file")
-            file_id = new_id("file-")
-            size, lines = _copy_checked(upload.file, store, owner, file_id, limits.max_upload_bytes, limits.max_lines)
-            created = int(time.time())
-            record = FileRecord(
-                owner=owner,
-                file=FileObject(
-                    id=file_id,
-                    bytes=size,
-                    created_at=created,
-                    filename=(upload.filename or "upload.jsonl")[-255:],
-                    purpose="batch",
-                    expires_at=created + expires_after.seconds if expires_after is not None else None,
-                ),
-                lines=lines,
-            )
-            store.save_file(record)
-            return record.file.model_dump(mode="json")
+            return await run_in_threadpool(keep_upload, owner, upload, expires_after)
         finally:
             await form.close()
 
+    def keep_upload(owner: str, upload: UploadFile, expires_after: ExpiresAfter | None) -> dict[str, Any]:
+        file_id = new_id("file-")
+        size, lines = _copy_checked(upload.file, store, owner, file_id, limits.max_upload_bytes, limits.max_lines)
+        created = int(time.time())
+        record = FileRecord(
+            owner=owner,
+            file=FileObject(
+                id=file_id,
+                bytes=size,
+                created_at=created,
+                filename=(upload.filename or "upload.jsonl")[-255:],
+                purpose="batch",
+                expires_at=created + expires_after.seconds if expires_after is not None else None,
+            ),
+            lines=lines,
+        )
+        store.save_file(record)
+        return record.file.model_dump(mode="json")
+
     @app.get("/v1/files")
-    async def list_files(request: Request) -> dict[str, Any]:
+    def list_files(request: Request) -> dict[str, Any]:
         owner = owner_of(request)
         order = request.query_params.get("order", "desc")
         if order not in ("asc", "desc"):
@@ -236,11 +256,11 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         return record
 
     @app.get("/v1/files/{file_id}")
-    async def get_file(request: Request, file_id: str) -> dict[str, Any]:
+    def get_file(request: Request, file_id: str) -> dict[str, Any]:
         return owned_file(owner_of(request), file_id).file.model_dump(mode="json")
 
     @app.get("/v1/files/{file_id}/content")
-    async def file_content(request: Request, file_id: str) -> StreamingResponse:
+    def file_content(request: Request, file_id: str) -> StreamingResponse:
         owner = owner_of(request)
         record = owned_file(owner, file_id)
 
@@ -251,7 +271,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         return StreamingResponse(chunks(), media_type="application/jsonl")
 
     @app.delete("/v1/files/{file_id}")
-    async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
+    def delete_file(request: Request, file_id: str) -> dict[str, Any]:
         owner = owner_of(request)
         record = owned_file(owner, file_id)
         in_use = [batch.batch.id for batch in store.open_batches(owner) if batch.batch.input_file_id == file_id]
@@ -266,6 +286,9 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     async def create_batch(request: Request) -> dict[str, Any]:
         owner = owner_of(request)
         body: CreateBatch = await json_body(request, CreateBatch)
+        return await run_in_threadpool(make_batch, owner, body)
+
+    def make_batch(owner: str, body: CreateBatch) -> dict[str, Any]:
         if body.endpoint not in ENDPOINTS:
             raise ApiError(400, f"endpoint: expected one of {', '.join(ENDPOINTS)}", param="endpoint")
         if body.completion_window not in limits.completion_windows:
@@ -295,7 +318,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         return batch.model_dump(mode="json")
 
     @app.get("/v1/batches")
-    async def list_batches(request: Request) -> dict[str, Any]:
+    def list_batches(request: Request) -> dict[str, Any]:
         owner = owner_of(request)
         page = store.batches_page(
             owner, after=request.query_params.get("after"), limit=_limit(request, default=20, most=100)
@@ -309,11 +332,11 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         return record
 
     @app.get("/v1/batches/{batch_id}")
-    async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
         return owned_batch(owner_of(request), batch_id).batch.model_dump(mode="json")
 
     @app.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
         owner = owner_of(request)
         owned_batch(owner, batch_id)
 
@@ -329,7 +352,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         return record.batch.model_dump(mode="json")
 
     @app.get("/v1/batches/{batch_id}/report")
-    async def batch_report(request: Request, batch_id: str) -> HTMLResponse:
+    def batch_report(request: Request, batch_id: str) -> HTMLResponse:
         owner = owner_of(request)
         owned_batch(owner, batch_id)
         try:

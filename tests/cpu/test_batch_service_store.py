@@ -6,6 +6,7 @@ No engine: lists go through the real app and the real `openai` SDK, in process."
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from common.storage import Storage
+from schemas.errors import StorageUnavailable
 from schemas.job import RetrySpec, StorageSpec
 from service.app import build_app
 from service.config import ServiceSpec
@@ -272,3 +274,36 @@ def test_files_expire_as_openais_do_and_the_sweep_deletes_them_but_not_the_input
     expired = store.delete_expired_files(keep=lambda file_id: False)
     assert sorted(expired) == sorted(output_file_id(batch.id, kind) for kind in ("output", "errors"))
     assert store.folder.find("jobs") == [] and store.folder.find("expiring") == []
+
+
+def test_a_request_waiting_on_slow_storage_holds_up_only_itself_and_storage_down_is_a_503(store, sdk, monkeypatch):
+    """A request whose storage call hangs (S3 slow or down, retried until the deadline) must not stop the
+    server answering the others: the answer that comes first says so, without a clock."""
+    made = _batch()
+    store.create_batch(made)
+    entered, release = threading.Event(), threading.Event()
+    read_record = store.batch
+
+    def slow_read(owner: str, batch_id: str) -> BatchRecord | None:
+        entered.set()
+        release.wait(timeout=30)  # released by the test; the timeout only ends a test that already failed
+        return read_record(owner, batch_id)
+
+    monkeypatch.setattr(store, "batch", slow_read)
+    answered: list[str] = []
+    waiting = threading.Thread(target=lambda: answered.append(sdk.batches.retrieve(made.batch.id).id))
+    waiting.start()
+    assert entered.wait(timeout=30)
+    answered.append(sdk.files.list().object)  # another request, while the first still waits
+    release.set()
+    waiting.join(timeout=60)
+    assert answered == ["list", made.batch.id]
+
+    def unreachable(*arguments: Any, **options: Any) -> None:
+        raise StorageUnavailable("list s3://bucket/files: S3 answered 503 SlowDown until the deadline")
+
+    monkeypatch.setattr(store, "files_page", unreachable)
+    with pytest.raises(openai.InternalServerError) as raised:
+        sdk.with_options(max_retries=0).files.list()
+    assert raised.value.status_code == 503 and raised.value.response.headers["retry-after"] == "30"
+    assert "storage is unavailable; try again later" in raised.value.message
