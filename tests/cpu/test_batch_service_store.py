@@ -1,7 +1,8 @@
-"""The batch service's state at the size a long-lived service reaches: months of batches and files
-under one root, on disk and on S3 (moto). The worker looks for work every second and a list is one
-request: their cost must follow the batches running and the page asked for, not the root's history.
-No engine: lists go through the real app and the real `openai` SDK, in process."""
+"""The batch service's state as a long-lived service has it, on disk and on S3 (moto): months of
+batches and files under one root (the worker looks for work every second and a list is one request:
+their cost must follow the batches running and the page asked for, not the root's history), files
+that expire, and storage that is slow or down. No engine: requests go through the real app and the
+real `openai` SDK, in process."""
 
 from __future__ import annotations
 
