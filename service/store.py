@@ -132,8 +132,7 @@ class Store:
 
     def delete_expired_files(self, keep: Callable[[str], bool]) -> list[str]:
         """Deletes the files whose time has come, except those `keep` names by id (the input of a batch
-        still running: its job reads it); their ids. Reads no record: the markers' names say it all.
-        An output file takes its batch's job folder with it: the same answers, in herd's files."""
+        still running: its job reads it); their ids. Reads no record: the markers' names say it all."""
         now, gone = self._clock(), []
         for marker in self.folder.find("expiring"):
             _, owner_folder, name = marker.split("/")
@@ -142,8 +141,7 @@ class Store:
                 continue
             # The marker last: a sweep stopped halfway is finished by the next.
             self.folder.delete([f"files/{owner_folder}/{file_id}.jsonl", f"files/{owner_folder}/{file_id}.json"])
-            if file_purpose(file_id) == "batch_output":
-                self.folder.delete(self.folder.find(f"jobs/{batch_of_output(file_id)}"))
+            self._delete_answers_behind(file_id)
             self.folder.delete([marker])
             gone.append(file_id)
         return gone
@@ -164,8 +162,15 @@ class Store:
     def delete_file(self, record: FileRecord) -> None:
         owner, file_id = record.owner, record.file.id
         self.folder.delete([self._file_content(owner, file_id), self._file_record(owner, file_id)])
+        self._delete_answers_behind(file_id)
         if record.file.expires_at is not None:
             self.folder.delete([self._expiry_marker(record)])
+
+    def _delete_answers_behind(self, file_id: str) -> None:
+        """An output file deleted or expired takes its batch's job folder with it: the same answers in
+        herd's data files, manifest and report, which no one asked to keep."""
+        if file_purpose(file_id) == "batch_output":
+            self.folder.delete(self.folder.find(f"jobs/{batch_of_output(file_id)}"))
 
     # Batches
 

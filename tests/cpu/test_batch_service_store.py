@@ -276,6 +276,18 @@ def test_files_expire_as_openais_do_and_the_sweep_deletes_them_but_not_the_input
     assert sorted(expired) == sorted(output_file_id(batch.id, kind) for kind in ("output", "errors"))
     assert store.folder.find("jobs") == [] and store.folder.find("expiring") == []
 
+    # Deleting an output file through the API does the same; deleting an upload touches no job.
+    other = _batch()
+    store.create_batch(other)
+    for name in job_files:
+        store.folder.write_text(f"jobs/{other.batch.id}/{name}", "answers")
+    store.save_file(_file(output_file_id(other.batch.id, "output")))
+    store.write_file_content(OWNER, output_file_id(other.batch.id, "output"), b"{}\n")
+    sdk.files.delete(kept.id)
+    assert len(store.folder.find(f"jobs/{other.batch.id}")) == len(job_files)
+    sdk.files.delete(output_file_id(other.batch.id, "output"))
+    assert store.folder.find("jobs") == [] and store.folder.find("files") == []
+
 
 def test_a_request_waiting_on_slow_storage_holds_up_only_itself_and_storage_down_is_a_503(store, sdk, monkeypatch):
     """A request whose storage call hangs (S3 slow or down, retried until the deadline) must not stop the
