@@ -354,10 +354,13 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     @app.get("/v1/batches/{batch_id}/report")
     def batch_report(request: Request, batch_id: str) -> HTMLResponse:
         owner = owner_of(request)
-        owned_batch(owner, batch_id)
+        record = owned_batch(owner, batch_id)
         try:
             page = store.storage.read_text(OutputLayout(store.job_root(batch_id)).report)
         except FileNotFoundError:
+            if record.batch.status in TERMINAL:
+                why = "it ran no job, or its job's files went with its deleted or expired output files"
+                raise ApiError(404, f"batch {batch_id} has no report: {why}") from None
             raise ApiError(404, f"batch {batch_id} has no report yet (it is written when its job ends)") from None
         return HTMLResponse(page)
 

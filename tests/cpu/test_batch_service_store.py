@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from starlette.testclient import TestClient
@@ -285,8 +286,13 @@ def test_files_expire_as_openais_do_and_the_sweep_deletes_them_but_not_the_input
     store.write_file_content(OWNER, output_file_id(other.batch.id, "output"), b"{}\n")
     sdk.files.delete(kept.id)
     assert len(store.folder.find(f"jobs/{other.batch.id}")) == len(job_files)
+    report = sdk.get(f"/batches/{other.batch.id}/report", cast_to=httpx.Response)
+    assert report.status_code == 200
     sdk.files.delete(output_file_id(other.batch.id, "output"))
     assert store.folder.find("jobs") == [] and store.folder.find("files") == []
+    _end(store, other)
+    with pytest.raises(openai.NotFoundError, match="its job's files went with its deleted or expired output files"):
+        sdk.get(f"/batches/{other.batch.id}/report", cast_to=httpx.Response)
 
 
 def test_a_request_waiting_on_slow_storage_holds_up_only_itself_and_storage_down_is_a_503(store, sdk, monkeypatch):
