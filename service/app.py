@@ -72,9 +72,9 @@ def _error(status: int, message: str, code: str | None = None, param: str | None
     return JSONResponse(body, status_code=status)
 
 
-def _page_body(page: Page, model: Callable[[Any], BaseModel]) -> dict[str, Any]:
-    """A page in OpenAI's list shape."""
-    data = [model(record) for record in page.records]
+def _page_body(page: Page, shown: Callable[[Any], BaseModel]) -> dict[str, Any]:
+    """A page in OpenAI's list shape, each record shown as the OpenAI object it holds."""
+    data = [shown(record) for record in page.records]
     return {
         "object": "list",
         "data": [item.model_dump(mode="json") for item in data],

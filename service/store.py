@@ -133,18 +133,22 @@ class Store:
     def delete_expired_files(self, keep: Callable[[str], bool]) -> list[str]:
         """Deletes the files whose time has come, except those `keep` names by id (the input of a batch
         still running: its job reads it); their ids. Reads no record: the markers' names say it all."""
-        now, gone = self._clock(), []
+        now, gone, markers = self._clock(), [], []
         for marker in self.folder.find("expiring"):
             _, owner_folder, name = marker.split("/")
             expires_at, file_id = name.split("-", 1)
-            if int(expires_at) > now or keep(file_id):
-                continue
-            # The marker last: a sweep stopped halfway is finished by the next.
-            self.folder.delete([f"files/{owner_folder}/{file_id}.jsonl", f"files/{owner_folder}/{file_id}.json"])
+            if int(expires_at) <= now and not keep(file_id):
+                gone.append((owner_folder, file_id))
+                markers.append(marker)
+        # Every file at once (on S3, a request per 1,000 names), the markers last: a sweep stopped
+        # halfway is finished by the next.
+        self.folder.delete(
+            [f"files/{folder}/{file_id}{suffix}" for folder, file_id in gone for suffix in (".jsonl", ".json")]
+        )
+        for _, file_id in gone:
             self._delete_answers_behind(file_id)
-            self.folder.delete([marker])
-            gone.append(file_id)
-        return gone
+        self.folder.delete(markers)
+        return [file_id for _, file_id in gone]
 
     def files_page(
         self, owner: str, *, after: str | None, limit: int, newest_first: bool = True, purpose: str | None = None
