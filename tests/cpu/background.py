@@ -13,7 +13,9 @@ A scenario is a function of (its own work directory, the tiny model's directory)
 its name with @background_scenario(NAME) beside the test that checks it. One that keeps a core busy
 and is checked late in the run says `after_own_engine_tests=True`: it waits, behind every other
 scenario, until the `own_engine` tests (which run first and keep both cores busy) are over, and runs
-beside the tests after them, which leave a core idle for much of their time.
+beside the tests after them, which leave a core idle for much of their time. One that keeps a core
+busy for a minute or more and is checked early says `own_thread=True`: it starts at the session's
+start on a thread of its own, beside the first tests, instead of holding up the line.
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ from typing import Any
 Scenario = Callable[[Path, Path], Any]
 SCENARIOS: dict[str, Scenario] = {}
 AFTER_OWN_ENGINE_TESTS: set[str] = set()
+OWN_THREAD: set[str] = set()
 
 # Set by conftest when the first test outside the own_engine group starts (or the session ends).
 OWN_ENGINE_TESTS_OVER = threading.Event()
 
 
-def background_scenario(name: str, *, after_own_engine_tests: bool = False) -> Callable[[Scenario], Scenario]:
+def background_scenario(
+    name: str, *, after_own_engine_tests: bool = False, own_thread: bool = False
+) -> Callable[[Scenario], Scenario]:
     def register(scenario: Scenario) -> Scenario:
         SCENARIOS[name] = scenario
         if after_own_engine_tests:
             AFTER_OWN_ENGINE_TESTS.add(name)
+        if own_thread:
+            OWN_THREAD.add(name)
         return scenario
 
     return register
@@ -45,17 +52,22 @@ def background_scenario(name: str, *, after_own_engine_tests: bool = False) -> C
 class BackgroundScenarios:
     """The named scenarios, started one after another on one thread (one at a time: a cluster starts
     3-5 raylets, an engine keeps a core busy), in the order given except that those which wait for the
-    own_engine tests come after all the others."""
+    own_engine tests come after all the others, and those with a thread of their own start at once."""
 
     def __init__(self, names: list[str], work_root: Path, tiny_model: Path) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-scenario")
+        self._line = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-scenario")
+        self._executors = [self._line]
         self._futures: dict[str, Future] = {}
         self._ending = False
         # The ones that wait for the own_engine tests go last, so that none holds up the line.
         for name in sorted(names, key=lambda name: name in AFTER_OWN_ENGINE_TESTS):
             work_dir = work_root / name
             work_dir.mkdir(parents=True)
-            self._futures[name] = self._executor.submit(self._run, name, work_dir, tiny_model)
+            executor = self._line
+            if name in OWN_THREAD:
+                executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"background-{name}")
+                self._executors.append(executor)
+            self._futures[name] = executor.submit(self._run, name, work_dir, tiny_model)
 
     def _run(self, name: str, work_dir: Path, tiny_model: Path) -> Any:
         if name in AFTER_OWN_ENGINE_TESTS:
@@ -71,4 +83,5 @@ class BackgroundScenarios:
     def shutdown(self) -> None:
         self._ending = True
         OWN_ENGINE_TESTS_OVER.set()  # a scenario still waiting for it ends instead of running
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)

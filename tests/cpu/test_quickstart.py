@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -17,34 +18,47 @@ from tests.cpu.conftest import read_rows
 REPO = Path(__file__).resolve().parents[2]
 
 
-@background_scenario("quickstart_plan_calibrated")
-def quickstart_plan_calibrated(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
-    """The dry run of the quickstart, calibrated on 16 rows by an engine of its own (the demo model)."""
-    return subprocess.run(
+class Quickstart(NamedTuple):
+    run: subprocess.CompletedProcess  # on a pseudo-terminal: stdout is the screen
+    plan: subprocess.CompletedProcess
+    output: Path
+
+
+@background_scenario("quickstart", own_thread=True)
+def quickstart(work_dir: Path, tiny_model: Path) -> Quickstart:
+    """The quickstart as the README runs it, under a pseudo-terminal (util-linux `script`) as a person
+    runs it, and beside it its dry run calibrated on 16 rows by an engine of its own (the demo model).
+    Each keeps about a core busy for a minute: they run from the session's start, beside the first
+    tests, on a thread of their own."""
+    output = work_dir / "out"
+    command = f"{sys.executable} submit.py run examples/quickstart.yaml --output {output}"
+    plan = subprocess.Popen(
         [sys.executable, "submit.py", "plan", "examples/quickstart.yaml", "--calibrate", "16", "--json"],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
+    try:
+        run = subprocess.run(
+            ["script", "--quiet", "--return", "--command", command, "/dev/null"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            env={**os.environ, "COLUMNS": "120", "LINES": "40"},
+        )
+        plan_out, plan_err = plan.communicate(timeout=600)
+    finally:
+        if plan.poll() is None:
+            plan.kill()
+    return Quickstart(run, subprocess.CompletedProcess(plan.args, plan.returncode, plan_out, plan_err), output)
 
 
-@pytest.mark.own_engine
-@pytest.mark.background_scenario("quickstart_plan_calibrated")
-def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answers_every_question(
-    tmp_path, background_scenarios
-):
+@pytest.mark.background_scenario("quickstart")
+def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answers_every_question(scenario_result):
     questions = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
-    command = f"{sys.executable} submit.py run examples/quickstart.yaml --output {tmp_path / 'out'}"
-    # Under a pseudo-terminal (util-linux `script`), as a person runs it.
-    result = subprocess.run(
-        ["script", "--quiet", "--return", "--command", command, "/dev/null"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
-    )
+    result, plan, output = scenario_result
     screen = result.stdout
     assert result.returncode == 0, screen[-3000:]
     assert "herd: succeeded: 52 rows in, 52 rows out, 0 error rows" in screen
@@ -55,19 +69,18 @@ def test_quickstart_on_a_terminal_shows_progress_and_herds_lines_only_and_answer
     plain = [line.strip() for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).splitlines() if line.strip()]
     assert plain[-1].startswith("herd: output in")
     # vLLM's lines went to the replica's log file instead.
-    [log] = (tmp_path / "out" / "logs").glob("replica-*.log")
+    [log] = (output / "logs").glob("replica-*.log")
     assert "non-default args" in log.read_text()
-    rows = read_rows(str(tmp_path / "out" / "data"))
+    rows = read_rows(str(output / "data"))
     assert sorted(row["id"] for row in rows) == sorted(question["id"] for question in questions)
     assert all(row["completion"].strip() for row in rows)
     assert all(row["topic"] for row in rows)
     # A real model, not random weights: the first question has a well-known answer.
     capital = next(row for row in rows if row["id"] == "q001")
     assert "Paris" in capital["completion"]
-    assert (tmp_path / "out" / "_SUCCESS").exists()
+    assert (output / "_SUCCESS").exists()
     # The dry run's estimate of generated tokens, calibrated on 16 rows, is within 2x of this run's.
-    generated = json.loads((tmp_path / "out" / "summary.json").read_text())["completion_tokens"]
-    plan = background_scenarios.result("quickstart_plan_calibrated")  # ran beside this test's run
+    generated = json.loads((output / "summary.json").read_text())["completion_tokens"]
     assert plan.returncode == 0, plan.stderr[-3000:]
     expected = json.loads(plan.stdout)["generated_tokens"]["expected"]
     assert generated / 2 <= expected <= generated * 2, (expected, generated)
