@@ -89,6 +89,8 @@ def fingerprint(job: JobSpec, files: list[FileInfo], storage: Storage) -> dict[s
     }
     if job.model.adapters:  # only then: outputs written before adapters existed keep resuming
         fields["model"]["adapters"] = [adapter_identity(adapter, storage) for adapter in job.model.adapters]
+    if job.model.name is not None:  # likewise for outputs written before names existed
+        fields["model"]["name"] = job.model.name
     return fields
 
 

@@ -54,7 +54,8 @@ FORWARDED_VARIABLES = frozenset(
 
 
 def _engine_identity(model: ModelSpec) -> dict[str, Any]:
-    return model.model_dump(mode="json")
+    # The name is only what the output calls the model: engines serve any name alike.
+    return model.model_dump(mode="json", exclude={"name"})
 
 
 def forwarded_environment() -> dict[str, str]:

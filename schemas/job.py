@@ -190,6 +190,14 @@ class ModelSpec(StrictModel):
         description=f"A local directory or s3:// URL of a Hugging Face checkpoint, or {DEMO_MODEL}.",
         examples=["/models/Llama-2-7b-chat-hf"],
     )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The model's name in the output: the `model` column and the `model` of OpenAI result "
+        "lines (vLLM's served_model_name). By default the path, which says where the weights live; a row "
+        "answered by an adapter names the adapter.",
+        examples=["llama-2-13b-chat"],
+    )
     preset: Literal[tuple(LLAMA2_PRESETS)] | None = Field(  # type: ignore[valid-type]
         default=None,
         description="A Llama 2 model: sets tensor_parallel_size (the reference MP value), max_model_len "
@@ -243,6 +251,17 @@ class ModelSpec(StrictModel):
 
     def adapter_names(self) -> list[str]:
         return [adapter.name for adapter in self.adapters]
+
+    @property
+    def output_name(self) -> str:
+        """What the output calls this model (its rows answered by the base weights)."""
+        return self.name or self.path
+
+    @model_validator(mode="after")
+    def _name_is_not_an_adapters(self) -> ModelSpec:
+        if self.name is not None and self.name in self.adapter_names():
+            raise ValueError(f"name: {self.name!r} is also an adapter's name; rows would not say which answered")
+        return self
 
     @model_validator(mode="after")
     def _engine_options_do_not_shadow_fields(self) -> ModelSpec:

@@ -56,6 +56,9 @@ class ServedModel(_Strict):
             # A batch completes with its failed requests in its error file, as OpenAI's do.
             "max_error_fraction": 1.0,
         }
+        if isinstance(raw.get("model"), dict) and "name" not in raw["model"]:
+            # Result lines name the model as clients know it, not where its weights live.
+            raw["model"] = {**raw["model"], "name": self.name}
         return parse_job(raw, source=f"models[{self.name}].job")
 
     @cached_property
@@ -63,6 +66,21 @@ class ServedModel(_Strict):
         """This model's job with a placeholder input and output: what every batch of it shares, parsed
         once, not for every request line or /v1/models call."""
         return self.job_for("unused.jsonl", "unused")
+
+    def check_weights(self) -> None:
+        """SpecError unless the model's weights and adapters are where its job says: a wrong path stops
+        the service at its start, not each batch of the model after it was accepted."""
+        from common.storage import Storage
+        from workers.model_source import adapter_identity, model_identity
+
+        job = self.shared_job
+        storage = Storage(job.storage, job.retry)
+        try:
+            model_identity(job.model.path, storage)
+            for adapter in job.model.adapters:
+                adapter_identity(adapter, storage)
+        except SpecError as error:
+            raise SpecError(f"models[{self.name}].job: {error}") from None
 
     @property
     def adapter_names(self) -> list[str]:

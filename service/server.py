@@ -26,6 +26,8 @@ def serve(spec: ServiceSpec, keys: ApiKeys) -> None:
             f"--host {spec.host}: without API keys (--keys FILE or HERD_API_KEYS) the service listens on "
             "loopback only; give keys to serve other machines"
         )
+    for model in spec.models:
+        model.check_weights()
     import uvicorn
 
     from jobs.runner import ensure_ray

@@ -168,7 +168,7 @@ def _output_rows(generated: list[tuple[_Prompt, list[Sample]]], job: JobSpec, en
                     "finish_reason": sample.finish_reason,
                     "prompt_tokens": len(prompt.ids),
                     "completion_tokens": len(sample.token_ids),
-                    "model": prompt.adapter or job.model.path,
+                    "model": prompt.adapter or job.model.output_name,
                     "token_logprobs": sample.logprobs,
                     # For OpenAI result lines: each token with its bytes and the alternatives.
                     "token_details": _token_details(sample, engine.tokenizer) if sample.logprobs is not None else None,
@@ -259,7 +259,7 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
             if column in read.column_types
         }
         encoded = encode_data(
-            _by_request(generated, rows), output_columns(job), job.output.format, job.model.path, kept_types
+            _by_request(generated, rows), output_columns(job), job.output.format, job.model.output_name, kept_types
         )
         size = storage.write_atomic(data_url, encoded)
         outputs.append(OutputObject(url=data_url, bytes=size, rows=len(rows)))

@@ -431,6 +431,7 @@ def test_a_request_naming_a_lora_adapter_gets_what_peft_generates_and_models_lis
         assert bodies[custom_id].choices[0].text == tiny_tokenizer.decode(expected, skip_special_tokens=True)
         assert bodies[custom_id].usage.prompt_tokens == len(ids)
     assert bodies["tiny-terse"].model == "tiny-terse"
+    assert bodies["gpt-4o-mini"].model == "tiny-llama"  # the served model's name, not where its weights are
     assert bodies["gpt-4o-mini"].choices[0].text != bodies["tiny-terse"].choices[0].text
 
 

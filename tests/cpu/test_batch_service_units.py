@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
+from schemas import parse_job
 from schemas.errors import SpecError
 from service.keys import ApiKeys
 from service.objects import Batch, BatchRecord
 from service.store import new_id
 from service.webhooks import secret_key, sign
 from service.worker import check_lines, custom_ids_in, fair_order
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _record(owner: str) -> BatchRecord:
@@ -160,3 +164,58 @@ def test_a_request_naming_an_adapter_goes_to_its_base_model_and_no_name_means_tw
     clash = ServiceSpec.model_validate({"models": [served("chat", ["tone-a"], []), served("base", [], ["tone-a"])]})
     with pytest.raises(SpecError, match="'tone-a' names both chat and base"):
         clash.check_models()
+
+
+def test_result_lines_name_the_served_model_unless_its_job_names_it_and_never_as_an_adapter():
+    from service.config import ServiceSpec
+
+    spec = ServiceSpec.model_validate(
+        {
+            "models": [
+                {"name": "llama-2-13b-chat", "job": {"model": {"path": "s3://weights/Llama-2-13b-chat-hf"}}},
+                {"name": "base", "job": {"model": {"path": "/models/base", "name": "llama-2-7b"}}},
+            ]
+        }
+    )
+    chat, base = (model.job_for("in.jsonl", "out").model for model in spec.models)
+    assert (chat.output_name, chat.path) == ("llama-2-13b-chat", "s3://weights/Llama-2-13b-chat-hf")
+    assert base.output_name == "llama-2-7b"
+    adapter = {"name": "tone", "path": "/adapters/tone"}
+    with pytest.raises(SpecError, match="name: 'tone' is also an adapter's name"):
+        parse_job(
+            {
+                "input": {"path": "in.jsonl", "prompt_column": "prompt"},
+                "model": {"path": "/models/base", "name": "tone", "adapters": [adapter]},
+                "output": {"path": "out"},
+            }
+        )
+
+
+def test_herd_serve_refuses_to_start_when_a_served_models_weights_or_adapter_are_not_where_it_says(
+    tmp_path, tiny_model
+):
+    import subprocess
+    import sys
+
+    import yaml
+
+    def serve(model: dict) -> subprocess.CompletedProcess:
+        service_file = tmp_path / "service.yaml"
+        spec = {"root": str(tmp_path / "root"), "models": [{"name": "llama", "job": {"model": model}}]}
+        service_file.write_text(yaml.safe_dump(spec))
+        return subprocess.run(
+            [sys.executable, "submit.py", "serve", str(service_file)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    missing = serve({"path": str(tmp_path / "Llama-2-7b-chat-hf")})
+    assert missing.returncode == 2, missing.stderr
+    assert f"models[llama].job: model.path: '{tmp_path / 'Llama-2-7b-chat-hf'}' holds no files" in missing.stderr
+    not_an_adapter = serve({"path": str(tiny_model), "adapters": [{"name": "tone", "path": str(tiny_model)}]})
+    assert not_an_adapter.returncode == 2, not_an_adapter.stderr
+    assert "models[llama].job: model.adapters tone:" in not_an_adapter.stderr
+    assert "holds no adapter_config.json" in not_an_adapter.stderr
+    assert not (tmp_path / "root").exists()  # nothing written, no server started

@@ -13,7 +13,7 @@ import pytest
 
 from jobs.manifest import OutputInUse
 from schemas.errors import ExitCode
-from tests.cpu.conftest import every_replica_up, read_rows
+from tests.cpu.conftest import every_replica_up, read_rows, tiny_model_spec
 
 
 def _write_jsonl(path, rows) -> None:
@@ -294,7 +294,7 @@ def test_choices_constrain_every_completion(run_tiny, tmp_path):
     assert len(rows) == 6 and all(row["completion"] in ("alpha", "beta", "gamma") for row in rows)
 
 
-def test_an_openai_batch_file_round_trips_every_custom_id_once(run_tiny, tmp_path):
+def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_name(run_tiny, tiny_model, tmp_path):
     requests = []
     for index in range(10):
         body = {"model": "gpt-4o-mini", "max_tokens": 5 + index % 3}
@@ -318,6 +318,8 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once(run_tiny, tmp_pat
     _write_jsonl(tmp_path / "batch.jsonl", requests)
     outcome = run_tiny(
         input={"path": str(tmp_path / "batch.jsonl"), "format": "openai-batch"},
+        # Named: result lines say this instead of the path (the shared engines serve it, named or not).
+        model={**tiny_model_spec(tiny_model), "name": "tiny-llama-chat"},
         prompt={"format": "llama2-chat"},
         output={"path": str(tmp_path / "out"), "format": "openai"},
         max_error_fraction=0.5,
@@ -335,6 +337,7 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once(run_tiny, tmp_pat
         body = line["response"]["body"]
         assert line["response"]["status_code"] == 200 and line["error"] is None
         assert body["object"] == ("chat.completion" if index % 2 else "text_completion")
+        assert body["model"] == "tiny-llama-chat"
         assert len(body["choices"]) == (1 if index % 2 else 2)
         assert body["usage"]["completion_tokens"] <= (5 + index % 3) * len(body["choices"])
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]

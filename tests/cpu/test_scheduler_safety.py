@@ -38,8 +38,9 @@ def _write_jsonl(path: Path, prompts: list[str]) -> None:
         ({"engine_options": {"quantization": "fp8"}}, "model.engine_options.quantization"),
         ({"engine_options": {"seed": 7}}, "model.engine_options.seed"),
         ({"engine_options": {"max_num_seqs": 8, "gpu_memory_utilization": 0.5}}, None),
+        ({"name": "llama-2-7b-chat"}, "model.name"),  # the model column says another name
     ],
-    ids=["dtype", "quantization", "engine seed", "batch and memory limits"],
+    ids=["dtype", "quantization", "engine seed", "batch and memory limits", "name"],
 )
 def test_what_changes_the_generated_text_refuses_a_rerun_and_limits_do_not(tmp_path, tiny_model, change, refused_for):
     (tmp_path / "in.jsonl").write_text("")  # no rows: no engine is needed to claim the output
@@ -69,6 +70,7 @@ def test_options_added_later_do_not_refuse_outputs_written_before_them_and_setti
     # What herd wrote before input.encoding and prompt.regenerate_final_answer existed.
     fingerprint = json.loads((tmp_path / "out" / "job.json").read_text())["fingerprint"]
     assert "encoding" not in fingerprint["input"] and "regenerate_final_answer" not in fingerprint["prompt"]
+    assert "name" not in fingerprint["model"]
     assert run_job(parse_job({**job, "input": {**job["input"], "encoding": "UTF8"}})).exit_code == ExitCode.SUCCESS
     with pytest.raises(OutputInUse, match=r"changed: input\.encoding"):
         run_job(parse_job({**job, "input": {**job["input"], "encoding": "cp1252"}}))
