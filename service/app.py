@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.layout import OutputLayout
 from schemas.errors import StorageUnavailable
@@ -112,8 +113,37 @@ def _limit(request: Request, *, default: int, most: int) -> int:
     return limit
 
 
+class _AnswerUnexpectedErrors:
+    """Any other error is a 500 in OpenAI's shape, its traceback logged once. Not an exception handler
+    for Exception: Starlette calls that one and then raises the error again for the server to log, so
+    every such error left a second traceback ("Exception in ASGI application") in the service's log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            if answered:
+                raise  # the answer has begun: the server can only end the connection
+            await _error(500, "internal error; the server's log has the details")(scope, receive, send)
+
+
 def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
     app = FastAPI(title="herd batch service", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_AnswerUnexpectedErrors)
     limits = spec.limits
 
     @app.middleware("http")
@@ -144,11 +174,6 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         answer = _error(503, f"storage is unavailable; try again later ({error})", code="storage_unavailable")
         answer.headers["Retry-After"] = str(_RETRY_AFTER_S)
         return answer
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error answering %s %s", request.method, request.url.path)
-        return _error(500, "internal error; the server's log has the details")
 
     def owner_of(request: Request) -> str:
         if not keys.required:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from common.retry import storage_problem
 from common.storage import Storage, absolute
 from schemas.errors import SpecError
 from schemas.job import RetrySpec, StorageSpec
@@ -34,6 +35,12 @@ def serve(spec: ServiceSpec, keys: ApiKeys) -> None:
 
     root = absolute(spec.root)
     store = Store(root, Storage(StorageSpec(), RetrySpec()))
+    try:
+        # Reads the root (and writes to it on its first start): a root this server cannot use (no
+        # credentials, no such bucket, access denied) stops it here instead of failing every request.
+        store.index_open_batches()
+    except Exception as error:  # noqa: BLE001 - whatever storage raised, said with the root it concerns
+        raise storage_problem(f"root: cannot use {root}", error) from None
     webhooks = WebhookSender(spec.webhook.url, spec.webhook.secret) if spec.webhook is not None else None
     worker = BatchWorker(spec, store, webhooks)
     app = build_app(spec, store, keys)

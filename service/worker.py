@@ -67,12 +67,9 @@ class BatchWorker:
             thread.join(timeout=60)
 
     def _loop(self) -> None:
-        indexed, swept = False, -_SWEEP_S
+        swept = -_SWEEP_S
         while not self._closing.is_set():
             try:
-                if not indexed:
-                    self.store.index_open_batches()  # once, for a root an older herd wrote
-                    indexed = True
                 waiting = self.store.open_batches()
                 if time.monotonic() - swept >= _SWEEP_S:
                     running_inputs = {record.batch.input_file_id for record in waiting}

@@ -326,3 +326,26 @@ def test_a_request_waiting_on_slow_storage_holds_up_only_itself_and_storage_down
         sdk.with_options(max_retries=0).files.list()
     assert raised.value.status_code == 503 and raised.value.response.headers["retry-after"] == "30"
     assert "storage is unavailable; try again later" in raised.value.message
+
+
+def test_an_unexpected_error_is_a_500_in_openais_shape_that_shows_nothing_of_it_and_is_logged_once(
+    store, sdk, monkeypatch, caplog
+):
+    def broken(*arguments: Any, **options: Any) -> None:
+        raise RuntimeError("secret-internal-detail")
+
+    monkeypatch.setattr(store, "files_page", broken)
+    # Were the error raised again after the answer (Starlette's handler for Exception does that, and
+    # the server then logs it a second time), the TestClient would raise it here.
+    with pytest.raises(openai.InternalServerError) as raised:
+        sdk.with_options(max_retries=0).files.list()
+    assert raised.value.status_code == 500
+    assert raised.value.body == {
+        "message": "internal error; the server's log has the details",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    assert "secret-internal-detail" not in raised.value.response.text
+    [logged] = [record for record in caplog.records if record.exc_info]
+    assert logged.getMessage() == "unexpected error answering GET /v1/files"

@@ -191,24 +191,27 @@ def test_result_lines_name_the_served_model_unless_its_job_names_it_and_never_as
         )
 
 
-def test_herd_serve_refuses_to_start_when_a_served_models_weights_or_adapter_are_not_where_it_says(
-    tmp_path, tiny_model
+def test_herd_serve_refuses_to_start_on_weights_adapters_or_a_root_that_are_not_usable(
+    tmp_path, tiny_model, s3_endpoint
 ):
+    """Exit 2 naming what is wrong, before it answers anything, instead of failing each batch later."""
+    import os
     import subprocess
     import sys
 
     import yaml
 
-    def serve(model: dict) -> subprocess.CompletedProcess:
+    def serve(model: dict, root: str = str(tmp_path / "root"), **environment: str) -> subprocess.CompletedProcess:
         service_file = tmp_path / "service.yaml"
-        spec = {"root": str(tmp_path / "root"), "models": [{"name": "llama", "job": {"model": model}}]}
-        service_file.write_text(yaml.safe_dump(spec))
+        service_file.write_text(yaml.safe_dump({"root": root, "models": [{"name": "llama", "job": {"model": model}}]}))
+        variables = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, **environment}
         return subprocess.run(
-            [sys.executable, "submit.py", "serve", str(service_file)],
+            [sys.executable, "submit.py", "serve", str(service_file), "--port", "0"],
             cwd=REPO,
             capture_output=True,
             text=True,
             timeout=120,
+            env={name: value for name, value in variables.items() if value},
         )
 
     missing = serve({"path": str(tmp_path / "Llama-2-7b-chat-hf")})
@@ -219,3 +222,19 @@ def test_herd_serve_refuses_to_start_when_a_served_models_weights_or_adapter_are
     assert "models[llama].job: model.adapters tone:" in not_an_adapter.stderr
     assert "holds no adapter_config.json" in not_an_adapter.stderr
     assert not (tmp_path / "root").exists()  # nothing written, no server started
+    model = {"path": str(tiny_model)}
+    no_bucket = serve(model, "s3://no-such-bucket/batches")
+    assert no_bucket.returncode == 2, no_bucket.stderr
+    assert "herd: root: cannot use s3://no-such-bucket/batches: FileNotFoundError" in no_bucket.stderr
+    nowhere = str(tmp_path / "none")  # no credentials file, no instance role to fall back on
+    no_credentials = serve(
+        model,
+        "s3://herd-test/batches",
+        AWS_ACCESS_KEY_ID="",
+        AWS_SECRET_ACCESS_KEY="",
+        AWS_SHARED_CREDENTIALS_FILE=nowhere,
+        AWS_CONFIG_FILE=nowhere,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    assert no_credentials.returncode == 2, no_credentials.stderr
+    assert "herd: root: cannot use s3://herd-test/batches: NoCredentialsError" in no_credentials.stderr
