@@ -25,6 +25,7 @@ BENCHMARKS = (
     "wide_files",
     "commits",
     "service_state",
+    "service_finalize",
 )
 
 

@@ -174,6 +174,10 @@ class CommittedShards(Mapping[str, ShardRecord]):
             urls = urls.take(pa.array(range(0, len(urls), max(1, -(-len(urls) // at_most))), type=pa.int64()))
         return urls.to_pylist()
 
+    def output_sizes(self) -> list[int]:
+        """The bytes of each data and error file the records name, in output_urls()'s order."""
+        return pc.struct_field(pc.list_flatten(self.table.column("outputs")), "bytes").to_pylist()
+
     def output_names(self) -> set[tuple[str, str]]:
         """(folder, file name) of every data and error file the records name."""
         return {output_folder_and_name(url) for url in self.output_urls()}

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +26,7 @@ from common.output_codec import decode_data, decode_errors, encode_errors
 from jobs.committed import committed_shards
 from schemas.errors import OutputBusy, ShardsFailed
 from schemas.job import SamplingSpec
-from schemas.shard import Shard, ShardRecord
+from schemas.shard import Shard, ShardRecord, output_folder_and_name
 from service.config import ServedModel, ServiceSpec
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
 from service.store import Store, output_file_id
@@ -33,6 +36,9 @@ from workers.request_formats import OPENAI_CHAT_URL, RequestError, openai_batch_
 log = logging.getLogger("herd.service")
 
 _POLL_S = 1.0
+# How much of a finished batch's answers finalize reads at once (into memory, in one round trip).
+_SHARD_FILES_READ_AT_ONCE = 64
+_SHARD_BYTES_READ_AT_ONCE = 16 * 1024 * 1024
 _SWEEP_S = 60.0  # how often expired files are looked for (they read as gone from the moment they expire)
 _MAX_LISTED_ERRORS = 100  # OpenAI lists a failed batch's line errors; a file of 50k bad lines lists these
 
@@ -227,43 +233,38 @@ class BatchWorker:
             return True
 
         record = self.store.update_batch(record.owner, batch.id, finalizing)
-        storage, layout = self.store.storage, OutputLayout(self.store.job_root(batch.id))
-        answered, outputs, errors = set(), [], []
-        prompt_tokens = completion_tokens = 0
-        for shard in committed_shards(storage, layout).values():
-            prompt_tokens += shard.prompt_tokens
-            completion_tokens += shard.completion_tokens
-            for stored in shard.outputs:
-                content = storage.read_bytes(stored.url)
-                if stored.folder == "errors":
-                    errors.append(content)
-                    answered.update(str(error["id"]) for error in decode_errors(content, stored.url, ""))
-                else:
-                    outputs.append(content)
-                    answered.update(str(row["id"]) for row in decode_data(content, stored.url, ["id"]))
-        requests: list[str] = []
-        if record.served_model is not None:  # validated: its lines are requests
-            data = self.store.read_file_content(record.owner, batch.input_file_id)
-            requests = custom_ids_in(data)
-        unanswered = [custom_id for custom_id in requests if custom_id not in answered]
-        ending = "completed"
-        if record.batch.status == "cancelling":
-            ending = "cancelled"
-        elif unanswered and batch.expires_at is not None and now() >= batch.expires_at:
-            ending = "expired"
-        if unanswered:
-            reason = {
-                "cancelled": "the batch was cancelled before this request ran",
-                "expired": "the batch's completion window ended before this request ran",
-            }.get(ending, "the request was not answered")
-            code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(ending, "batch_failed")
-            lines = encode_errors(
-                [{"id": custom_id, "stage": "generate", "reason": reason} for custom_id in unanswered], "openai"
-            )
-            errors.append(lines.replace(b'"herd_generate_error"', json.dumps(code).encode()))
-        failed = sum(len(jsonl_lines(part.decode("utf-8"))) for part in errors)
-        output_id = self._save_output(record, "output", b"".join(outputs)) if outputs else None
-        error_id = self._save_output(record, "errors", b"".join(errors)) if errors else None
+        committed = committed_shards(self.store.storage, OutputLayout(self.store.job_root(batch.id)))
+        prompt_tokens, completion_tokens = committed.total("prompt_tokens"), committed.total("completion_tokens")
+        # The answers go through local files, so a batch of 50k long answers is never whole in memory.
+        with (
+            tempfile.TemporaryDirectory(prefix="herd-finalize-") as spool,
+            _Spool(os.path.join(spool, "output")) as outputs,
+            _Spool(os.path.join(spool, "errors")) as errors,
+        ):
+            answered = self._gather_answers(committed.output_urls(), committed.output_sizes(), outputs, errors)
+            requests: list[str] = []
+            if record.served_model is not None:  # validated: its lines are requests
+                data = self.store.read_file_content(record.owner, batch.input_file_id)
+                requests = custom_ids_in(data)
+            unanswered = [custom_id for custom_id in requests if custom_id not in answered]
+            ending = "completed"
+            if record.batch.status == "cancelling":
+                ending = "cancelled"
+            elif unanswered and batch.expires_at is not None and now() >= batch.expires_at:
+                ending = "expired"
+            if unanswered:
+                reason = {
+                    "cancelled": "the batch was cancelled before this request ran",
+                    "expired": "the batch's completion window ended before this request ran",
+                }.get(ending, "the request was not answered")
+                code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(ending, "batch_failed")
+                lines = encode_errors(
+                    [{"id": custom_id, "stage": "generate", "reason": reason} for custom_id in unanswered], "openai"
+                )
+                errors.add(lines.replace(b'"herd_generate_error"', json.dumps(code).encode()))
+            failed = errors.lines
+            output_id = self._save_output(record, "output", outputs) if outputs.lines else None
+            error_id = self._save_output(record, "errors", errors) if errors.lines else None
 
         def done(current: BatchRecord) -> bool:
             if current.batch.status in TERMINAL:
@@ -285,10 +286,26 @@ class BatchWorker:
         log.info("batch %s %s: %s", batch.id, record.batch.status, record.batch.request_counts.model_dump())
         self._notify(record)
 
-    def _save_output(self, record: BatchRecord, kind: str, data: bytes) -> str:
+    def _gather_answers(self, urls: list[str], sizes: list[int], outputs: _Spool, errors: _Spool) -> set[str]:
+        """The job's data and error files gathered into the batch's output and error files; returns
+        the custom_ids they answer. Shard files are read a group at a time: one round trip on S3 per
+        group, not per shard, and no more than a group in memory."""
+        answered: set[str] = set()
+        for group in _groups(urls, sizes):
+            for url, content in self.store.storage.read_many(group).items():
+                if output_folder_and_name(url)[0] == "errors":
+                    errors.add(content)
+                    answered.update(str(error["id"]) for error in decode_errors(content, url, ""))
+                else:
+                    outputs.add(content)
+                    answered.update(str(row["id"]) for row in decode_data(content, url, ["id"]))
+        return answered
+
+    def _save_output(self, record: BatchRecord, kind: str, spool: _Spool) -> str:
         """An output file of the batch (its id comes from the batch's: see output_file_id)."""
         file_id = output_file_id(record.batch.id, kind)
-        self.store.write_file_content(record.owner, file_id, data)
+        spool.close()
+        self.store.upload_file_content(record.owner, file_id, spool.path)
         created = now()
         lasts = record.output_expires_after_s
         self.store.save_file(
@@ -296,13 +313,13 @@ class BatchWorker:
                 owner=record.owner,
                 file=FileObject(
                     id=file_id,
-                    bytes=len(data),
+                    bytes=spool.bytes,
                     created_at=created,
                     filename=f"{record.batch.id}_{kind}.jsonl",
                     purpose="batch_output",
                     expires_at=created + lasts if lasts is not None else None,
                 ),
-                lines=len(jsonl_lines(data.decode("utf-8"))),
+                lines=spool.lines,
             )
         )
         return file_id
@@ -364,6 +381,44 @@ class _Counts:
 
     def close(self) -> None:
         pass
+
+
+def _groups(urls: list[str], sizes: list[int]) -> Iterator[list[str]]:
+    """The files in groups of at most _SHARD_FILES_READ_AT_ONCE files and _SHARD_BYTES_READ_AT_ONCE
+    bytes (a file larger than that alone), in their order."""
+    group: list[str] = []
+    held = 0
+    for url, size in zip(urls, sizes, strict=True):
+        if group and (len(group) == _SHARD_FILES_READ_AT_ONCE or held + size > _SHARD_BYTES_READ_AT_ONCE):
+            yield group
+            group, held = [], 0
+        group.append(url)
+        held += size
+    if group:
+        yield group
+
+
+class _Spool:
+    """A local file that an output file is gathered in, with its size and its lines counted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - closed before the upload, and on leaving its with
+        self.bytes = self.lines = 0
+
+    def add(self, lines: bytes) -> None:
+        self._file.write(lines)
+        self.bytes += len(lines)
+        self.lines += len(jsonl_lines(lines.decode("utf-8")))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
 
 
 def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> list[BatchRecord]:

@@ -6,6 +6,7 @@ real `openai` SDK, in process."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -349,3 +350,88 @@ def test_an_unexpected_error_is_a_500_in_openais_shape_that_shows_nothing_of_it_
     assert "secret-internal-detail" not in raised.value.response.text
     [logged] = [record for record in caplog.records if record.exc_info]
     assert logged.getMessage() == "unexpected error answering GET /v1/files"
+
+
+def test_a_batch_of_many_shards_is_finalized_a_group_of_shard_files_at_a_time_and_every_request_answered_once(
+    store, monkeypatch
+):
+    """What the job committed becomes the batch's output and error files: every request in one of them
+    once (one the job never answered gets a batch_failed line), the shard files read a group at a time
+    (one round trip on S3 per group, at most a group in memory), the files gathered on local disk."""
+    from common.layout import OutputLayout
+    from common.output_codec import error_line
+    from jobs.committed import commit_shard
+    from schemas.shard import OutputObject, ShardRecord
+    from service.worker import _SHARD_FILES_READ_AT_ONCE, BatchWorker
+
+    shards, ids = 150, [f"req-{index}" for index in range(301)]
+    made = _batch()
+    made.served_model = "tiny-llama"
+    made.batch.input_file_id = "file-input"
+    store.create_batch(made)
+    requests = [{"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": {}} for custom_id in ids]
+    store.write_file_content(OWNER, "file-input", "".join(f"{json.dumps(line)}\n" for line in requests).encode())
+    storage, layout = store.storage, OutputLayout(store.job_root(made.batch.id))
+    for shard in range(shards):  # two requests a shard: one answered, one an error row; req-300 none
+        answer, error = ids[2 * shard], ids[2 * shard + 1]
+        body = {
+            "id": f"cmpl-{answer}",
+            "object": "text_completion",
+            "created": 0,
+            "model": "tiny-llama",
+            "choices": [{"index": 0, "text": f"answer to {answer}", "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        }
+        response = {"status_code": 200, "request_id": answer, "body": body}
+        data = {"id": f"batch_req_{answer}", "custom_id": answer, "response": response}
+        failed = error_line({"id": error, "stage": "render", "reason": "bad"}).model_dump(mode="json")
+        outputs, shard_id = [], f"in_jsonl-{shard}-{shard + 1}-{shard:010x}"
+        for folder, line in (("data", data), ("errors", failed)):
+            url = f"{layout.root}/{folder}/{shard_id}.a.jsonl"
+            size = storage.write_atomic(url, (json.dumps(line) + "\n").encode())
+            outputs.append(OutputObject(url=url, bytes=size, rows=1))
+        timing = {"generate_started_at": 0, "generate_seconds": 0, "shard_seconds": 0, "started_at": 0}
+        commit_shard(
+            storage,
+            layout,
+            ShardRecord(
+                shard_id=shard_id,
+                rows_in=2,
+                rows_out=1,
+                error_rows=1,
+                reused_rows=0,
+                prompt_tokens=3,
+                completion_tokens=4,
+                finished_at=0,
+                outputs=outputs,
+                replica="r",
+                attempts=1,
+                **timing,
+            ),
+        )
+    reads: list[int] = []
+    read_many = storage.read_many
+    monkeypatch.setattr(storage, "read_many", lambda urls: reads.append(len(urls)) or read_many(urls))
+    read_bytes = storage.read_bytes
+
+    def read_one(url: str, *arguments: Any) -> bytes:
+        assert not url.startswith((layout.data_dir, layout.errors_dir)), f"{url} read alone"
+        return read_bytes(url, *arguments)
+
+    monkeypatch.setattr(storage, "read_bytes", read_one)
+    _end(store, made, "in_progress")  # its job has committed every shard it could
+    BatchWorker(ServiceSpec(root=store.folder.root), store, None)._finalize(store.batch(OWNER, made.batch.id))
+
+    shard_file_reads = [count for count in reads if count <= _SHARD_FILES_READ_AT_ONCE]
+    assert shard_file_reads[-5:] == [64, 64, 64, 64, 44]  # 300 shard files in groups of 64
+    done = store.batch(OWNER, made.batch.id).batch
+    assert done.status == "completed"
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (301, 150, 151)
+    assert done.usage.output_tokens == 4 * shards
+    answered = [json.loads(line) for line in store.read_file_content(OWNER, done.output_file_id).splitlines()]
+    failed = [json.loads(line) for line in store.read_file_content(OWNER, done.error_file_id).splitlines()]
+    assert sorted(line["custom_id"] for line in answered + failed) == sorted(ids)
+    assert [line["custom_id"] for line in failed if line["error"]["code"] == "batch_failed"] == ["req-300"]
+    assert store.file(OWNER, done.output_file_id).lines == shards
+    listed = store.file(OWNER, done.error_file_id)
+    assert (listed.file.bytes, listed.lines) == (len(store.read_file_content(OWNER, done.error_file_id)), 151)
