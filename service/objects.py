@@ -3,7 +3,7 @@ records it keeps: a file or a batch with its owner."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,7 +121,9 @@ class CreateBatch(BaseModel):
     input_file_id: str
     endpoint: str
     completion_window: str
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        default=None, max_length=16, description="Up to 16 pairs, keys of up to 64 characters, values 512: OpenAI's."
+    )
     output_expires_after: ExpiresAfter | None = Field(
         default=None, description="When the batch's output and error files expire, counted from their creation."
     )

@@ -435,3 +435,23 @@ def test_a_batch_of_many_shards_is_finalized_a_group_of_shard_files_at_a_time_an
     assert store.file(OWNER, done.output_file_id).lines == shards
     listed = store.file(OWNER, done.error_file_id)
     assert (listed.file.bytes, listed.lines) == (len(store.read_file_content(OWNER, done.error_file_id)), 151)
+
+
+def test_batch_metadata_is_kept_and_held_to_openais_limits(store, sdk):
+    upload = sdk.files.create(file=("batch.jsonl", b'{"custom_id": "a"}\n'), purpose="batch")
+
+    def create(metadata: dict[str, str]) -> Any:
+        return sdk.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+        )
+
+    largest = {f"{index:02d}" + "k" * 62: "v" * 512 for index in range(16)}
+    assert sdk.batches.retrieve(create(largest).id).metadata == largest
+    for metadata, param in (
+        ({"k" * 65: "v"}, "metadata." + "k" * 65),
+        ({"k": "v" * 513}, "metadata.k"),
+        ({str(index): "v" for index in range(17)}, "metadata"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            create(metadata)
+        assert refused.value.body["param"].startswith(param), refused.value.body
