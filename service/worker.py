@@ -292,7 +292,9 @@ class BatchWorker:
         group, not per shard, and no more than a group in memory."""
         answered: set[str] = set()
         for group in _groups(urls, sizes):
-            for url, content in self.store.storage.read_many(group).items():
+            contents = self.store.storage.read_many(group)
+            for url in group:  # in the manifest's order: two servers finalizing write the same bytes
+                content = contents.pop(url)  # let go as it is written, not when the next group is read
                 if output_folder_and_name(url)[0] == "errors":
                     errors.add(content)
                     answered.update(str(error["id"]) for error in decode_errors(content, url, ""))
