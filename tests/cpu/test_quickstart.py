@@ -32,27 +32,31 @@ def quickstart(work_dir: Path, tiny_model: Path) -> Quickstart:
     tests, on a thread of their own."""
     output = work_dir / "out"
     command = f"{sys.executable} submit.py run examples/quickstart.yaml --output {output}"
-    plan = subprocess.Popen(
-        [sys.executable, "submit.py", "plan", "examples/quickstart.yaml", "--calibrate", "16", "--json"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        run = subprocess.run(
-            ["script", "--quiet", "--return", "--command", command, "/dev/null"],
+    # Its log goes to a file: unread until the run ends, a pipe could fill and stop the plan.
+    plan_log = work_dir / "plan.log"
+    with plan_log.open("w") as log:
+        plan = subprocess.Popen(
+            [sys.executable, "submit.py", "plan", "examples/quickstart.yaml", "--calibrate", "16", "--json"],
             cwd=REPO,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=log,
             text=True,
-            timeout=1200,
-            env={**os.environ, "COLUMNS": "120", "LINES": "40"},
         )
-        plan_out, plan_err = plan.communicate(timeout=600)
-    finally:
-        if plan.poll() is None:
-            plan.kill()
-    return Quickstart(run, subprocess.CompletedProcess(plan.args, plan.returncode, plan_out, plan_err), output)
+        try:
+            run = subprocess.run(
+                ["script", "--quiet", "--return", "--command", command, "/dev/null"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=1200,
+                env={**os.environ, "COLUMNS": "120", "LINES": "40"},
+            )
+            planned, _ = plan.communicate(timeout=600)
+        finally:
+            if plan.poll() is None:
+                plan.kill()
+    plan_result = subprocess.CompletedProcess(plan.args, plan.returncode, planned, plan_log.read_text())
+    return Quickstart(run, plan_result, output)
 
 
 @pytest.mark.background_scenario("quickstart")
