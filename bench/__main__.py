@@ -25,7 +25,7 @@ BENCHMARKS = (
     "wide_files",
     "commits",
     "service_state",
-    "service_finalize",
+    "service_memory",
 )
 
 

@@ -73,6 +73,7 @@ def _made_at(record_id: str) -> float:
 # A marker whose batch record is missing: the record's create that follows the marker's failed, or has
 # not happened yet (another server, between its two writes). Removed once surely the former.
 _ORPHAN_MARKER_AGE_S = 3600.0
+_LINES_READ_AT_ONCE = 8 * 1024 * 1024  # of a file read as lines (file_lines)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,20 @@ class Store:
 
     def read_file_content(self, owner: str, file_id: str, start: int | None = None, end: int | None = None) -> bytes:
         return self.folder.read_bytes(self._file_content(owner, file_id), start, end)
+
+    def file_lines(self, owner: str, file_id: str) -> Iterator[bytes]:
+        """A file's lines as `content.split(b"\\n")` gives them, read _LINES_READ_AT_ONCE bytes at a
+        time (each read retried on its own), so a file of 200 MB is never whole in memory. An expired
+        file's too: the input of a batch still running is kept until the batch ends."""
+        record = self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
+        if record is None:
+            raise FileNotFoundError(f"{owner}'s file {file_id}")
+        rest = b""
+        for start in range(0, record.file.bytes, _LINES_READ_AT_ONCE):
+            end = min(start + _LINES_READ_AT_ONCE, record.file.bytes)
+            *lines, rest = (rest + self.read_file_content(owner, file_id, start, end)).split(b"\n")
+            yield from lines
+        yield rest  # as bytes.split gives it: b"" after a last newline
 
     def write_file_content(self, owner: str, file_id: str, data: bytes) -> None:
         self.folder.write_atomic(self._file_content(owner, file_id), data)

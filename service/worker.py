@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -145,8 +145,8 @@ class BatchWorker:
         file = self.store.file(record.owner, batch.input_file_id)
         if file is None:
             return self._fail(record, "invalid_file", f"input_file_id {batch.input_file_id}: no such file")
-        data = self.store.read_file_content(record.owner, file.file.id)
-        errors, models, total = check_lines(data)
+        # Read a range at a time, as lines: a 200 MB input is never whole in memory.
+        errors, models, total = check_lines(self.store.file_lines(record.owner, file.file.id))
         served = {name: self.spec.model_named(name) for name in models}
         unknown = sorted(name for name, model in served.items() if model is None)
         names = sorted({model.name for model in served.values() if model is not None})
@@ -160,7 +160,9 @@ class BatchWorker:
         if errors:
             return self._fail(record, errors[0].code, errors[0].message, errors)
         model = next(model for model in self.spec.models if model.name == names[0])
-        chat_line = _first_chat_line(data) if model.chat_unavailable is not None else None
+        chat_line = None
+        if model.chat_unavailable is not None:
+            chat_line = _first_chat_line(self.store.file_lines(record.owner, file.file.id))
         if chat_line is not None:
             error = BatchError(code="invalid_request", message=model.chat_unavailable, param="url", line=chat_line)
             return self._fail(record, error.code, error.message, [error])
@@ -244,8 +246,7 @@ class BatchWorker:
             answered = self._gather_answers(committed.output_urls(), committed.output_sizes(), outputs, errors)
             requests: list[str] = []
             if record.served_model is not None:  # validated: its lines are requests
-                data = self.store.read_file_content(record.owner, batch.input_file_id)
-                requests = custom_ids_in(data)
+                requests = custom_ids_in(self.store.file_lines(record.owner, batch.input_file_id))
             unanswered = [custom_id for custom_id in requests if custom_id not in answered]
             ending = "completed"
             if record.batch.status == "cancelling":
@@ -429,7 +430,7 @@ def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> lis
     return sorted(waiting, key=lambda record: (last_served.get(record.owner, 0.0), record.batch.id))
 
 
-def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:
+def check_lines(lines: Iterable[bytes]) -> tuple[list[BatchError], set[str], int]:
     """Each line's problems (with its 1-based line number), the models the lines name, and how many
     requests there are. A line is checked as herd will read it (workers/request_formats.py). Lines
     may mix /v1/chat/completions and /v1/completions: herd answers both in one job."""
@@ -437,11 +438,12 @@ def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:
     models: set[str] = set()
     seen: dict[str, int] = {}
     total = 0
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return [BatchError(code="invalid_file", message=f"the file is not UTF-8 text: {error}")], models, 0
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            message = f"the file is not UTF-8 text: line {number}: {error}"
+            return [BatchError(code="invalid_file", message=message, line=number)], models, 0
         if not line.strip():
             continue
         total += 1
@@ -483,8 +485,8 @@ def check_lines(data: bytes) -> tuple[list[BatchError], set[str], int]:
     return errors, models, total
 
 
-def custom_ids_in(data: bytes) -> list[str]:
-    return [json.loads(line)["custom_id"] for line in data.split(b"\n") if line.strip()]
+def custom_ids_in(lines: Iterable[bytes]) -> list[str]:
+    return [json.loads(line)["custom_id"] for line in lines if line.strip()]
 
 
 def _request_field(field: str, body: dict[str, Any]) -> str:
@@ -495,9 +497,9 @@ def _request_field(field: str, body: dict[str, Any]) -> str:
     return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
 
 
-def _first_chat_line(data: bytes) -> int | None:
+def _first_chat_line(lines: Iterable[bytes]) -> int | None:
     """The number of the first /v1/chat/completions line of a file whose lines check_lines passed."""
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip() and json.loads(line).get("url") == OPENAI_CHAT_URL:
             return number
     return None

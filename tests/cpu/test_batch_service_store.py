@@ -367,10 +367,14 @@ def test_a_batch_of_many_shards_is_finalized_a_group_of_shard_files_at_a_time_an
     shards, ids = 150, [f"req-{index}" for index in range(301)]
     made = _batch()
     made.served_model = "tiny-llama"
-    made.batch.input_file_id = "file-input"
+    uploaded = _file(new_id("file-"))
+    made.batch.input_file_id = uploaded.file.id
     store.create_batch(made)
     requests = [{"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": {}} for custom_id in ids]
-    store.write_file_content(OWNER, "file-input", "".join(f"{json.dumps(line)}\n" for line in requests).encode())
+    content = "".join(f"{json.dumps(line)}\n" for line in requests).encode()
+    uploaded.file.bytes = len(content)
+    store.write_file_content(OWNER, uploaded.file.id, content)
+    store.save_file(uploaded)
     storage, layout = store.storage, OutputLayout(store.job_root(made.batch.id))
     for shard in range(shards):  # two requests a shard: one answered, one an error row; req-300 none
         answer, error = ids[2 * shard], ids[2 * shard + 1]
@@ -455,3 +459,36 @@ def test_batch_metadata_is_kept_and_held_to_openais_limits(store, sdk):
         with pytest.raises(openai.BadRequestError) as refused:
             create(metadata)
         assert refused.value.body["param"].startswith(param), refused.value.body
+
+
+def test_a_files_lines_are_read_a_range_at_a_time_and_put_back_together_across_ranges(store, monkeypatch):
+    """What validation and finalize read an input file through: never the whole file at once, and the
+    same lines as the file holds, wherever the ranges cut them; a line that is not UTF-8 is named."""
+    import service.store
+    from service.worker import check_lines
+
+    monkeypatch.setattr(service.store, "_LINES_READ_AT_ONCE", 7)
+    reads: list[tuple[int, int]] = []
+    read_content = store.read_file_content
+
+    def read_range(owner: str, file_id: str, start: int, end: int) -> bytes:
+        reads.append((start, end))
+        return read_content(owner, file_id, start, end)
+
+    monkeypatch.setattr(store, "read_file_content", read_range)
+    contents = (b"first line\r\nsecond\n\nthe third one, longer than a range\n", b"no newline at the end", b"7 bytes")
+    for content in contents:
+        record = _file(new_id("file-"))
+        record.file.bytes = len(content)
+        store.write_file_content(OWNER, record.file.id, content)
+        store.save_file(record)
+        reads.clear()
+        assert list(store.file_lines(OWNER, record.file.id)) == content.split(b"\n")
+        assert all(end - start <= 7 for start, end in reads) and len(reads) == -(-len(content) // 7)
+    bad = _file(new_id("file-"))
+    content = b'{"a": 1}\n{"b": "\xff"}\n'
+    bad.file.bytes = len(content)
+    store.write_file_content(OWNER, bad.file.id, content)
+    store.save_file(bad)
+    [error] = check_lines(store.file_lines(OWNER, bad.file.id))[0]
+    assert (error.code, error.line) == ("invalid_file", 2) and "line 2" in error.message

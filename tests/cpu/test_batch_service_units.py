@@ -65,7 +65,7 @@ def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
         json.dumps({**good, "custom_id": "g", "body": {**good["body"], "max_tokens": 0}}),
         json.dumps({**good, "custom_id": "h", "body": {**good["body"], "max_completion_tokens": -1}}),
     ]
-    errors, models, total = check_lines("\n".join(lines).encode())
+    errors, models, total = check_lines("\n".join(lines).encode().split(b"\n"))
     assert total == 9 and models == {"m"}
     by_line = {error.line: error for error in errors}
     assert sorted(by_line) == [3, 4, 5, 6, 7, 8, 9, 10]
@@ -107,7 +107,7 @@ def test_fields_that_cannot_change_the_answer_are_accepted_and_the_others_refuse
         {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, **extra}}
         for i, (extra, _) in enumerate(refused)
     ]
-    errors, _, total = check_lines("\n".join(json.dumps(line) for line in lines).encode())
+    errors, _, total = check_lines("\n".join(json.dumps(line) for line in lines).encode().split(b"\n"))
     assert total == len(accepted) + len(refused)
     assert [(error.line, error.param) for error in errors] == [
         (len(accepted) + 1 + index, param) for index, (_, param) in enumerate(refused)
@@ -122,9 +122,9 @@ def test_a_file_from_a_windows_tool_with_a_byte_order_mark_and_crlf_lines_is_acc
         for i in range(3)
     ]
     data = ("\ufeff" + "\r\n".join(json.dumps(line) for line in lines) + "\r\n").encode()
-    errors, models, total = check_lines(data)
+    errors, models, total = check_lines(data.split(b"\n"))
     assert errors == [] and models == {"m"} and total == 3
-    assert custom_ids_in(data) == ["r0", "r1", "r2"]
+    assert custom_ids_in(data.split(b"\n")) == ["r0", "r1", "r2"]
 
 
 def test_webhook_signatures_follow_standard_webhooks():

@@ -1,12 +1,14 @@
-"""What the batch service's finalize holds in memory: the Python heap's peak (tracemalloc) while a batch's
-committed shard files become its output file, for a batch whose output is N MB and for one 4x larger.
+"""What the batch service holds in memory: the Python heap's peak (tracemalloc) while it validates a
+batch's input file and while it finalizes the batch (its committed shard files become its output
+file), for a batch of N MB and for one 4x larger.
 
-Now: the shard files read 64 at a time into a local file, which is then uploaded (`BatchWorker.
-_gather_answers` and `_save_output`). Beside it, what herd did before on the same root: every shard
-file read and kept, joined into one bytes object, written, and decoded again to count its lines. On a
-local root (the heap is the same on S3: the bytes read are the same; moto in this process would be
-counted too). Printed: each side's peak in MB and as a multiple of the output's size, and how the peak
-grows when the output is 4x larger.
+Validating now: the input read 8 MB at a time as lines (`Store.file_lines`); before: read whole,
+decoded, split. Finalizing now: the shard files read 64 (at most 16 MB) at a time into a local file,
+which is then uploaded (`BatchWorker._gather_answers` and `_save_output`); before: every shard file
+read and kept, joined into one bytes object, written, and decoded again to count its lines. On a local
+root (the heap is the same on S3: the bytes read are the same; moto in this process would be counted
+too). Printed: each side's peak in MB and as a multiple of the file's size, and how the peak grows
+when the batch is 4x larger.
 """
 
 from __future__ import annotations
@@ -116,6 +118,47 @@ def _before(store: Any, made: Any, urls: list[str]) -> None:
     len(jsonl_lines(data.decode("utf-8")))
 
 
+def _batch_input(store: Any, made: Any, input_mb: int) -> tuple[str, int]:
+    """An input file of input_mb MB of chat requests (~4 KB prompts), with its record, as an upload
+    leaves it."""
+    from service.objects import FileObject, FileRecord
+    from service.store import new_id
+
+    file_id = new_id("file-")
+    count = input_mb * 1024 * 1024 // 4200
+    lines = "".join(
+        json.dumps(
+            {
+                "custom_id": f"req-{index}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "bench", "messages": [{"role": "user", "content": "y" * 4000}], "max_tokens": 8},
+            }
+        )
+        + "\n"
+        for index in range(count)
+    ).encode()
+    store.write_file_content(made.owner, file_id, lines)
+    made_at = int(time.time())
+    record = FileObject(id=file_id, bytes=len(lines), created_at=made_at, filename="in.jsonl", purpose="batch")
+    store.save_file(FileRecord(owner=made.owner, file=record, lines=count))
+    return file_id, len(lines)
+
+
+def _validate_now(store: Any, made: Any, file_id: str) -> None:
+    from service.worker import check_lines
+
+    check_lines(store.file_lines(made.owner, file_id))
+
+
+def _validate_before(store: Any, made: Any, file_id: str) -> None:
+    from service.worker import check_lines
+
+    data = store.read_file_content(made.owner, file_id)
+    data.decode("utf-8")
+    check_lines(data.split(b"\n"))
+
+
 def _peak_mb(side: Any, *arguments: Any) -> float:
     tracemalloc.start()
     try:
@@ -126,29 +169,35 @@ def _peak_mb(side: Any, *arguments: Any) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench service_finalize")
-    parser.add_argument("--output-mb", type=int, default=16, help="the smaller batch's output; the other is 4x")
+    parser = argparse.ArgumentParser(prog="python -m bench service_memory")
+    parser.add_argument("--mb", type=int, default=16, help="the smaller batch's input and output; the other is 4x")
     arguments = parser.parse_args(argv)
-    sizes = [arguments.output_mb, 4 * arguments.output_mb]
-    peaks: dict[str, dict[int, float]] = {"now": {}, "before": {}}
-    output_mb: dict[int, float] = {}
+    sizes = [arguments.mb, 4 * arguments.mb]
+    sides = {
+        "validate now": _validate_now,
+        "validate before": _validate_before,
+        "finalize now": _now,
+        "finalize before": _before,
+    }
+    peaks: dict[str, dict[int, float]] = {name: {} for name in sides}
+    file_mb: dict[str, dict[int, float]] = {"input": {}, "output": {}}
     with tempfile.TemporaryDirectory(prefix="herd-bench-") as work:
         for size in sizes:
             store, made, urls, output_bytes = _batch_with_answers(os.path.join(work, f"root-{size}"), size)
-            output_mb[size] = output_bytes / 1e6
-            for name, side in (("now", _now), ("before", _before)):
-                peaks[name][size] = _peak_mb(side, store, made, urls)
-                print(
-                    f"{name}: output {output_mb[size]:.1f} MB, heap peak {peaks[name][size]:.1f} MB "
-                    f"({peaks[name][size] / output_mb[size]:.2f}x the output)"
-                )
+            file_id, input_bytes = _batch_input(store, made, size)
+            file_mb["input"][size], file_mb["output"][size] = input_bytes / 1e6, output_bytes / 1e6
+            for name, side in sides.items():
+                validating = name.startswith("validate")
+                peaks[name][size] = _peak_mb(side, store, made, file_id if validating else urls)
+                of, peak = file_mb["input" if validating else "output"][size], peaks[name][size]
+                print(f"{name}: a file of {of:.1f} MB, heap peak {peak:.1f} MB ({peak / of:.2f}x)")
     small, large = sizes
     record(
-        "service_finalize",
-        {"output_mb": output_mb, "heap_peak_mb": peaks},
-        "heap peak with a 4x larger output: "
+        "service_memory",
+        {"file_mb": file_mb, "heap_peak_mb": peaks},
+        "heap peak for a 4x larger batch: "
         + ", ".join(f"{name} {by_size[large] / by_size[small]:.2f}x" for name, by_size in peaks.items())
-        + f"; at {output_mb[large]:.0f} MB of output: now {peaks['now'][large]:.1f} MB, "
-        f"before {peaks['before'][large]:.1f} MB",
+        + f"; at {file_mb['input'][large]:.0f} MB in and {file_mb['output'][large]:.0f} MB out: "
+        + ", ".join(f"{name} {by_size[large]:.1f} MB" for name, by_size in peaks.items()),
     )
     return 0
