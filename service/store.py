@@ -112,7 +112,7 @@ class Store:
         """A file's lines as `content.split(b"\\n")` gives them, read _LINES_READ_AT_ONCE bytes at a
         time (each read retried on its own), so a file of 200 MB is never whole in memory. An expired
         file's too: the input of a batch still running is kept until the batch ends."""
-        record = self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
+        record = self._stored_file(owner, file_id)
         if record is None:
             raise FileNotFoundError(f"{owner}'s file {file_id}")
         rest = b""
@@ -140,9 +140,13 @@ class Store:
     def _expired(self, record: FileRecord) -> bool:
         return record.file.expires_at is not None and record.file.expires_at <= self._clock()
 
+    def _stored_file(self, owner: str, file_id: str) -> FileRecord | None:
+        """The file's record, expired or not."""
+        return self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
+
     def file(self, owner: str, file_id: str) -> FileRecord | None:
         """The file, or None when there is none or it has expired (the sweep may not have run yet)."""
-        record = self._record(FileRecord, file_id, lambda: self._file_record(owner, file_id))
+        record = self._stored_file(owner, file_id)
         return None if record is None or self._expired(record) else record
 
     def delete_expired_files(self, keep: Callable[[str], bool]) -> list[str]:
