@@ -209,8 +209,9 @@ def generate(
     The result holds the caller's rows in their order (under their own index labels, for pandas),
     each repeated once per sample, with the columns sample_index, completion, finish_reason,
     prompt_tokens, completion_tokens, model (and token_logprobs, structured_valid where the job fills
-    them) and `error`: None, or "stage: reason" for a row that failed (its other added columns are
-    then empty; pandas gets the counts as nullable Int64). The run's summary is in
+    them) and `error`: empty, or "stage: reason" for a row that failed (its other added columns are
+    then empty). pandas gets them in its nullable dtypes (Int64, boolean, string: empty is pd.NA,
+    whether or not any row failed), Arrow in herd's output types (empty is null). The run's summary is in
     `result.attrs["herd_summary"]` (pandas) or the schema metadata b"herd_summary" (Arrow).
 
     Args:
@@ -482,17 +483,21 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
     if kind == "pandas":
         import pandas as pd
 
-        def nullable(arrow_type: pa.DataType | None) -> str | None:
-            # Failed rows leave the counts and flags empty: pandas' nullable kinds, not float or object.
-            if arrow_type is not None and pa.types.is_integer(arrow_type):
+        def nullable(arrow_type: pa.DataType) -> Any:
+            # Pandas' nullable kinds (empty is pd.NA), whether or not any row failed: inferred from the
+            # values, a column would be float or object, and `error` object of None when no row failed
+            # but text when one did, so the same call's result written to Parquet would change schema.
+            if pa.types.is_integer(arrow_type):
                 return "Int64"
-            return "boolean" if arrow_type is not None and pa.types.is_boolean(arrow_type) else None
+            if pa.types.is_boolean(arrow_type):
+                return "boolean"
+            return pd.StringDtype() if pa.types.is_string(arrow_type) else None
 
         # The caller's index labels stay, so that the result aligns with `data` (a column assigned
         # from it, a join).
         result = data.iloc[positions].copy()
         for name, column in values.items():
-            dtype = nullable(DATA_COLUMN_TYPES.get(name))
+            dtype = nullable(DATA_COLUMN_TYPES.get(name, pa.string()))
             result[name] = pd.array(column, dtype=dtype) if dtype is not None else column
         result.attrs["herd_summary"] = summary.model_dump(mode="json")
         return result

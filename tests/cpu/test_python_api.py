@@ -75,6 +75,17 @@ labelled = herd.generate(framed, model=model, prompt_column="prompt", prompt={"f
                          progress="none")
 out["labelled_index"] = labelled.index.tolist()
 out["labelled_dtypes"] = {name: str(dtype) for name, dtype in labelled.dtypes.items()}
+# Pandas' dtypes, and so the Parquet schema a result is written with, do not depend on whether a row
+# failed: every row answered (first), one failed (labelled), every row failed (all_failed).
+all_failed = herd.generate(framed.iloc[[1, 1]], model=model, prompt_column="prompt", prompt={"format": "raw"},
+                           sampling=sampling, progress="none")
+added = ["sample_index", "completion", "finish_reason", "prompt_tokens", "completion_tokens", "model", "error"]
+out["added_dtypes"] = [{name: str(result[name].dtype) for name in added} for result in (first, labelled, all_failed)]
+out["added_parquet_types"] = [
+    {name: str(pa.Schema.from_pandas(result[added]).field(name).type) for name in added}
+    for result in (first, labelled, all_failed)
+]
+out["errors_empty"] = [first["error"].isna().tolist(), labelled["error"].isna().tolist()]
 out["labelled_aligns"] = framed.assign(completion=labelled["completion"])["completion"].equals(labelled["completion"])
 out["labelled_completions"] = [labelled["completion"].iloc[0], labelled["completion"].iloc[2]]
 out["labelled_tokens"] = [None if pd.isna(count) else int(count) for count in labelled["completion_tokens"]]
@@ -131,7 +142,7 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     first = out["first"]
     assert first["key"] == [f"k{i}" for i in range(40)]
     assert first["score"] == [i * 0.5 for i in range(40)]
-    assert all(first["completion"]) and first["error"] == [None] * 40
+    assert all(first["completion"]) and out["errors_empty"][0] == [True] * 40
     assert all(0 < tokens <= 8 for tokens in first["completion_tokens"])
     assert out["first_summary"]["rows_in"] == 40 and out["first_summary"]["shards"] == 3
 
@@ -169,6 +180,15 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     dtypes = out["labelled_dtypes"]
     assert dtypes["prompt_tokens"] == dtypes["completion_tokens"] == dtypes["sample_index"] == "Int64"
     assert out["labelled_tokens"][1] is None and out["labelled_tokens"][0] > 0 and out["labelled_tokens"][2] > 0
+    assert out["errors_empty"][1] == [True, False, True]
+    # The added columns' dtypes, and so a result's Parquet schema, are the same whether every row was
+    # answered, one failed or every one did (inferred from the values, `error` was object of None on a
+    # day with no failure and text on one with a failure, and every column object when all failed).
+    expected = {name: "Int64" for name in ("sample_index", "prompt_tokens", "completion_tokens")}
+    expected |= {name: "string" for name in ("completion", "finish_reason", "model", "error")}
+    assert out["added_dtypes"] == [expected] * 3
+    assert out["added_parquet_types"][0] == out["added_parquet_types"][1] == out["added_parquet_types"][2]
+    assert out["added_parquet_types"][0]["error"] in ("string", "large_string")  # pandas' storage decides
 
     # A Polars DataFrame: the same rows and seed give the same completions, as an Arrow table.
     assert out["polars_type"] == "Table"
