@@ -199,17 +199,28 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
 
     # Models
 
+    def model_object(model_id: str, parent: str | None = None) -> dict[str, Any]:
+        # Adapters as vLLM's server lists its LoRA modules: their own id, the base model as parent.
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "herd"} | (
+            {"parent": parent} if parent is not None else {}
+        )
+
     @app.get("/v1/models")
     def list_models(request: Request) -> dict[str, Any]:
         owner_of(request)
-        data = [{"id": model.name, "object": "model", "created": 0, "owned_by": "herd"} for model in spec.models]
-        # Adapters as vLLM's server lists its LoRA modules: their own id, the base model as parent.
-        data += [
-            {"id": adapter, "object": "model", "created": 0, "owned_by": "herd", "parent": model.name}
-            for model in spec.models
-            for adapter in model.adapter_names
-        ]
+        data = [model_object(model.name) for model in spec.models]
+        data += [model_object(adapter, model.name) for model in spec.models for adapter in model.adapter_names]
         return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model_id:path}")  # :path: a name may hold a slash (meta-llama/Llama-2-7b-chat-hf)
+    def get_model(request: Request, model_id: str) -> dict[str, Any]:
+        """Any name a request's `model` may use (a served model, one of its adapters, an alias), under
+        the name asked for; 404 for a name no request could use."""
+        owner_of(request)
+        served = spec.model_named(model_id)
+        if served is None:
+            raise ApiError(404, f"no model {model_id!r}", code="model_not_found", param="model")
+        return model_object(model_id, served.name if model_id in served.adapter_names else None)
 
     # Files
 

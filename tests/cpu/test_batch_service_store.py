@@ -461,6 +461,41 @@ def test_batch_metadata_is_kept_and_held_to_openais_limits(store, sdk):
         assert refused.value.body["param"].startswith(param), refused.value.body
 
 
+def test_models_are_listed_and_retrieved_by_every_name_a_request_may_use_and_no_other(tmp_path):
+    def served(name: str, aliases: list[str], adapters: list[str]) -> dict[str, Any]:
+        model = {"path": f"/models/{name}", "adapters": [{"name": a, "path": f"/adapters/{a}"} for a in adapters]}
+        return {"name": name, "aliases": aliases, "job": {"model": model}}
+
+    spec = ServiceSpec.model_validate(
+        {
+            "root": str(tmp_path / "root"),
+            "models": [served("llama-2-13b-chat", ["gpt-4o-mini"], []), served("meta/base", [], ["tone"])],
+        }
+    )
+    store = Store(spec.root, Storage(StorageSpec(), RetrySpec()))
+    app = build_app(spec, store, ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys"))
+    with TestClient(app, base_url="http://testserver") as http:
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="sk-team-a-0123456789abcdef", http_client=http)
+        listed = {model.id: getattr(model, "parent", None) for model in sdk.models.list()}
+        assert listed == {"llama-2-13b-chat": None, "meta/base": None, "tone": "meta/base"}
+        for name, parent in (
+            ("llama-2-13b-chat", None),
+            ("gpt-4o-mini", None),
+            ("meta/base", None),
+            ("tone", "meta/base"),
+        ):
+            model = sdk.models.retrieve(name)  # a name with a slash, as Hugging Face names are, too
+            assert (model.id, model.object, getattr(model, "parent", None)) == (name, "model", parent)
+        with pytest.raises(openai.NotFoundError) as unknown:
+            sdk.models.retrieve("gpt-4o")
+        assert unknown.value.body["code"] == "model_not_found" and "'gpt-4o'" in unknown.value.body["message"]
+        stranger = openai.OpenAI(
+            base_url="http://testserver/v1", api_key="sk-nobody-0123456789abcdef", http_client=http
+        )
+        with pytest.raises(openai.AuthenticationError):
+            stranger.models.retrieve("llama-2-13b-chat")
+
+
 def test_a_files_lines_are_read_a_range_at_a_time_and_put_back_together_across_ranges(store, monkeypatch):
     """What validation and finalize read an input file through: never the whole file at once, and the
     same lines as the file holds, wherever the ranges cut them; a line that is not UTF-8 is named."""
