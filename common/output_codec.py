@@ -27,6 +27,11 @@ from schemas.openai_batch import (
     ChatMessage,
     ChoiceLogprobs,
     CompletionBody,
+    IncompleteDetails,
+    OutputMessage,
+    OutputText,
+    ResponseBody,
+    ResponseUsage,
     TextChoice,
     TextLogprobs,
     TokenLogprob,
@@ -34,6 +39,7 @@ from schemas.openai_batch import (
 )
 
 OutputFormat = Literal["parquet", "jsonl", "openai"]
+ResultKind = Literal["chat", "completion", "response"]  # /v1/chat/completions, /v1/completions, /v1/responses
 
 
 def file_extension(output_format: OutputFormat) -> str:
@@ -47,7 +53,7 @@ class RequestRows:
 
     custom_id: str
     rows: list[dict[str, Any]]
-    chat: bool
+    kind: ResultKind
 
 
 # herd's own columns have one type in every file; so do kept columns read from Parquet (their input
@@ -144,6 +150,9 @@ def _decode_data_lines(data: bytes) -> list[dict[str, Any]]:
         if parsed.response is None:
             continue
         body = parsed.response.body
+        if isinstance(body, ResponseBody):
+            rows += _response_rows(parsed.custom_id, body)
+            continue
         for choice in body.choices:
             rows.append(
                 {
@@ -158,6 +167,22 @@ def _decode_data_lines(data: bytes) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _response_rows(custom_id: str, body: ResponseBody) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": custom_id,
+            "sample_index": index,  # the output messages are the samples, in order
+            "completion": "".join(part.text for part in message.content),
+            "finish_reason": "length" if message.status == "incomplete" else "stop",
+            "prompt_tokens": body.usage.input_tokens,
+            "completion_tokens": body.usage.output_tokens // max(1, len(body.output)),
+            "model": body.model,
+            "token_logprobs": None,
+        }
+        for index, message in enumerate(body.output)
+    ]
 
 
 def _token_logprobs(choice: ChatChoice | TextChoice) -> list[float] | None:
@@ -190,36 +215,69 @@ def _short_hash(text: str) -> str:
 
 
 def result_line(request: RequestRows, model: str) -> BatchResultLine:
-    """A request's samples as one OpenAI result line, with one choice per sample."""
-    choices: list[Any] = []
-    for row in request.rows:
-        common = {"index": row["sample_index"], "finish_reason": row["finish_reason"]}
-        details = row.get("token_details")
-        if request.chat:
-            logprobs = ChoiceLogprobs(content=[TokenLogprob(**token) for token in details]) if details else None
-            choices.append(ChatChoice(message=ChatMessage(content=row["completion"]), logprobs=logprobs, **common))
-        else:
-            choices.append(TextChoice(text=row["completion"], logprobs=_text_logprobs(details), **common))
+    """A request's samples as one OpenAI result line: a chat or text completion with one choice per
+    sample, or a Response with one output message per sample."""
     model = request.rows[0].get("model") or model  # an adapter's name when one answered
     prompt_tokens = request.rows[0]["prompt_tokens"]
     completion_tokens = sum(row["completion_tokens"] for row in request.rows)
     request_id = _short_hash(f"{request.custom_id}|{model}")
-    body = CompletionBody(
-        id=f"chatcmpl-{request_id}" if request.chat else f"cmpl-{request_id}",
-        object="chat.completion" if request.chat else "text_completion",
-        created=int(time.time()),
-        model=model,
-        choices=choices,
-        usage=Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        ),
-    )
+    body: CompletionBody | ResponseBody
+    if request.kind == "response":
+        body = _response_body(request, request_id, model, prompt_tokens, completion_tokens)
+    else:
+        body = CompletionBody(
+            id=f"chatcmpl-{request_id}" if request.kind == "chat" else f"cmpl-{request_id}",
+            object="chat.completion" if request.kind == "chat" else "text_completion",
+            created=int(time.time()),
+            model=model,
+            choices=[_choice(row, request.kind == "chat") for row in request.rows],
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
     return BatchResultLine(
         id=f"batch_req_{request_id}",
         custom_id=request.custom_id,
         response=BatchResponse(request_id=request_id, body=body),
+    )
+
+
+def _choice(row: dict[str, Any], chat: bool) -> ChatChoice | TextChoice:
+    common = {"index": row["sample_index"], "finish_reason": row["finish_reason"]}
+    details = row.get("token_details")
+    if chat:
+        logprobs = ChoiceLogprobs(content=[TokenLogprob(**token) for token in details]) if details else None
+        return ChatChoice(message=ChatMessage(content=row["completion"]), logprobs=logprobs, **common)
+    return TextChoice(text=row["completion"], logprobs=_text_logprobs(details), **common)
+
+
+def _response_body(
+    request: RequestRows, request_id: str, model: str, prompt_tokens: int, completion_tokens: int
+) -> ResponseBody:
+    # A sample cut by its token limit makes the Response incomplete, as the hosted API says of it.
+    cut = any(row["finish_reason"] == "length" for row in request.rows)
+    output = [
+        OutputMessage(
+            id=f"msg_{request_id}_{row['sample_index']}",
+            status="incomplete" if row["finish_reason"] == "length" else "completed",
+            content=[OutputText(text=row["completion"])],
+        )
+        for row in request.rows
+    ]
+    return ResponseBody(
+        id=f"resp_{request_id}",
+        created_at=int(time.time()),
+        status="incomplete" if cut else "completed",
+        incomplete_details=IncompleteDetails(reason="max_output_tokens") if cut else None,
+        model=model,
+        output=output,
+        usage=ResponseUsage(
+            input_tokens=prompt_tokens,
+            output_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
     )
 
 

@@ -74,10 +74,64 @@ class CompletionBody(_Line):
     usage: Usage
 
 
+class OutputText(_Line):
+    type: Literal["output_text"] = "output_text"
+    text: str = Field(description="The completion.")
+    annotations: list[dict] = Field(default_factory=list, description="Always empty: no tools cite anything.")
+
+
+class OutputMessage(_Line):
+    """One sample of a /v1/responses request (a request has one unless the job's sampling.n says more)."""
+
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class IncompleteDetails(_Line):
+    reason: Literal["max_output_tokens"]
+
+
+class InputTokensDetails(_Line):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(_Line):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(_Line):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int = Field(description="Over every output message of the request.")
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class ResponseBody(_Line):
+    """A /v1/responses request's answer: OpenAI's Response object, with text output only."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int = Field(description="Unix time the result was written.")
+    status: Literal["completed", "incomplete"] = Field(description="incomplete: max_output_tokens was reached.")
+    incomplete_details: IncompleteDetails | None = None
+    error: None = None
+    model: str
+    output: list[OutputMessage]
+    parallel_tool_calls: bool = False
+    tool_choice: Literal["none"] = "none"
+    tools: list[dict] = Field(default_factory=list)
+    usage: ResponseUsage
+
+
 class BatchResponse(_Line):
     status_code: int = 200
     request_id: str
-    body: CompletionBody
+    body: CompletionBody | ResponseBody = Field(discriminator="object")
 
 
 class BatchError(_Line):

@@ -89,9 +89,9 @@ class ServedModel(_Strict):
 
     @cached_property
     def chat_unavailable(self) -> str | None:
-        """Why this model cannot answer /v1/chat/completions, or None. Chat messages become a prompt
-        through the tokenizer's chat template unless the job says llama2-chat; a base model's
-        tokenizer has none, and every chat request would fail after its engine loaded. Tokenizer
+        """Why this model cannot answer /v1/chat/completions or /v1/responses, or None. Messages become
+        a prompt through the tokenizer's chat template unless the job says llama2-chat; a base model's
+        tokenizer has none, and every such request would fail after its engine loaded. Tokenizer
         files that cannot be read now are no reason: the run says what is wrong."""
         job = self.shared_job
         if job.prompt.format == "llama2-chat":
@@ -106,9 +106,9 @@ class ServedModel(_Strict):
         if found:
             return None
         return (
-            f"model {self.name!r} ({job.model.path}) has no chat template, so it cannot turn messages into "
-            "a prompt: send /v1/completions requests, or set its job's prompt.format: llama2-chat for a "
-            "Llama 2 chat model"
+            f"model {self.name!r} ({job.model.path}) has no chat template, so it cannot turn messages "
+            "(/v1/chat/completions, /v1/responses) into a prompt: send /v1/completions requests, or set "
+            "its job's prompt.format: llama2-chat for a Llama 2 chat model"
         )
 
     @field_validator("job")

@@ -31,7 +31,7 @@ from service.config import ServedModel, ServiceSpec
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
 from service.store import Store, output_file_id
 from service.webhooks import WebhookSender
-from workers.request_formats import OPENAI_CHAT_URL, RequestError, openai_batch_request
+from workers.request_formats import OPENAI_CHAT_URL, OPENAI_RESPONSES_URL, RequestError, openai_batch_request
 
 log = logging.getLogger("herd.service")
 
@@ -433,7 +433,7 @@ def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> lis
 def check_lines(lines: Iterable[bytes]) -> tuple[list[BatchError], set[str], int]:
     """Each line's problems (with its 1-based line number), the models the lines name, and how many
     requests there are. A line is checked as herd will read it (workers/request_formats.py). Lines
-    may mix /v1/chat/completions and /v1/completions: herd answers both in one job."""
+    may mix /v1/chat/completions, /v1/completions and /v1/responses: herd answers all in one job."""
     errors: list[BatchError] = []
     models: set[str] = set()
     seen: dict[str, int] = {}
@@ -491,15 +491,17 @@ def custom_ids_in(lines: Iterable[bytes]) -> list[str]:
 
 def _request_field(field: str, body: dict[str, Any]) -> str:
     """A sampling field as the request line names it: herd validates `max_new_tokens`, which a line
-    gives as `max_tokens` or `max_completion_tokens`; the other names are the same."""
+    gives as `max_tokens`, `max_completion_tokens` or `max_output_tokens`; the other names are the same."""
     if field.split(".", 1)[0] != "max_new_tokens":
         return field
-    return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    given = ("max_completion_tokens", "max_output_tokens")
+    return next((name for name in given if body.get(name) is not None), "max_tokens")
 
 
 def _first_chat_line(lines: Iterable[bytes]) -> int | None:
-    """The number of the first /v1/chat/completions line of a file whose lines check_lines passed."""
+    """The number of the first line made of messages (/v1/chat/completions, /v1/responses) of a file
+    whose lines check_lines passed."""
     for number, line in enumerate(lines, start=1):
-        if line.strip() and json.loads(line).get("url") == OPENAI_CHAT_URL:
+        if line.strip() and json.loads(line).get("url") in (OPENAI_CHAT_URL, OPENAI_RESPONSES_URL):
             return number
     return None

@@ -7,10 +7,12 @@ parameters the request asked for, so existing batch files run on herd unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_COMPLETIONS_URL = "/v1/completions"
+OPENAI_RESPONSES_URL = "/v1/responses"
+OPENAI_URLS = (OPENAI_CHAT_URL, OPENAI_COMPLETIONS_URL, OPENAI_RESPONSES_URL)
 
 
 class RequestError(ValueError):
@@ -24,6 +26,14 @@ class PromptSource:
     text: str | None = None
     messages: list[dict[str, Any]] | None = None
     whole_prompt: bool = False  # OpenAI /v1/completions: the text is the entire prompt, no chat format
+    response_object: bool = False  # OpenAI /v1/responses: answered as a Response, not a chat completion
+
+    @property
+    def result_kind(self) -> Literal["chat", "completion", "response"]:
+        """The OpenAI object its answer is written as, in the openai output format."""
+        if self.response_object:
+            return "response"
+        return "chat" if self.messages is not None or not self.whole_prompt else "completion"
 
 
 @dataclass
@@ -34,11 +44,15 @@ class ParsedRequest:
     model: str | None = None  # the model the request names: the job's (by any name) or one of its adapters
 
 
+# Text content parts: chat's, and the Responses API's (its input, and earlier answers in a history).
+_TEXT_PARTS = ("text", "input_text", "output_text")
+
+
 def _content_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts: only text is supported
-        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") in _TEXT_PARTS]
         if len(texts) == len(content) and all(isinstance(text, str) for text in texts):
             return "".join(texts)
     raise RequestError(f"{where}: expected text content (a string or text parts)")
@@ -46,22 +60,10 @@ def _content_text(content: Any, where: str) -> str:
 
 # Every field of a request body is honoured, or refused for its line: none is dropped silently (a
 # `tools` request answered as plain chat would be a wrong answer, not a degraded one).
-_BODY_FIELDS = {
-    OPENAI_CHAT_URL: {"messages", "logprobs", "top_logprobs", "max_completion_tokens"},
-    OPENAI_COMPLETIONS_URL: {"prompt", "logprobs", "echo"},
-}
 _SHARED_FIELDS = {
     "model",
-    "max_tokens",
     "temperature",
     "top_p",
-    "n",
-    "seed",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "response_format",
     # No effect on the generated text; accepted as the API accepts them.
     "user",
     "metadata",
@@ -71,8 +73,23 @@ _SHARED_FIELDS = {
     "service_tier",  # the hosted API's pricing and routing
     "parallel_tool_calls",  # only with tools, which are refused
 }
+_COMPLETION_FIELDS = {
+    "max_tokens",
+    "n",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+}
+_BODY_FIELDS = {
+    OPENAI_CHAT_URL: _COMPLETION_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"},
+    OPENAI_COMPLETIONS_URL: _COMPLETION_FIELDS | {"prompt", "logprobs", "echo"},
+    OPENAI_RESPONSES_URL: {"input", "instructions", "max_output_tokens", "text"},
+}
 # Fields accepted with the value that asks for what herd does anyway.
-_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none"}
+_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none", "truncation": "disabled", "include": []}
 _REFUSED_WHY = {
     "tools": "tool calls are not supported",
     "tool_choice": "tool calls are not supported",
@@ -82,6 +99,11 @@ _REFUSED_WHY = {
     "best_of": "best_of is not supported; use n",
     "audio": "only text output is supported",
     "modalities": "only text output is supported",
+    "truncation": "only truncation: disabled is supported (the job's prompt.on_overflow decides)",
+    "include": "no extra output (include) is supported",
+    "reasoning": "reasoning options are not supported",
+    "previous_response_id": "a batch request cannot continue a stored response; send the whole input",
+    "conversation": "a batch request cannot continue a stored conversation; send the whole input",
 }
 
 
@@ -98,8 +120,51 @@ def _check_fields(body: dict[str, Any], url: str) -> None:
         raise RequestError("body.stream: a batch request cannot stream; remove it or set it to false")
 
 
+def _structured(response_format: Any, where: str) -> dict[str, Any] | None:
+    """herd's `structured` sampling for an OpenAI response format ({"type": ...}); None for text or
+    none given. Chat's json_schema holds the schema under `json_schema`, the Responses API's at the top."""
+    if not response_format:
+        return None
+    if not isinstance(response_format, dict):
+        raise RequestError(f'{where}: expected an object such as {{"type": "json_object"}}')
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        nested = where == "body.response_format"
+        schema = (response_format.get("json_schema") or {}).get("schema") if nested else response_format.get("schema")
+        if not isinstance(schema, dict):
+            field = f"{where}.json_schema.schema" if nested else f"{where}.schema"
+            raise RequestError(f"{field}: expected a JSON schema object")
+        return {"json_schema": schema}
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind != "text":
+        raise RequestError(f"{where}.type: expected text, json_object or json_schema, got {kind!r}")
+    return None
+
+
+def _responses_overrides(body: dict[str, Any]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if body.get("max_output_tokens") is not None:
+        overrides["max_new_tokens"] = body["max_output_tokens"]
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            overrides[name] = body[name]
+    text = body.get("text") or {}
+    if not isinstance(text, dict):
+        raise RequestError('body.text: expected an object such as {"format": {"type": "json_object"}}')
+    unknown = sorted(name for name, value in text.items() if name != "format" and value is not None)
+    if unknown:
+        raise RequestError(f"body.text.{unknown[0]}: not a field herd honours; the request is refused")
+    structured = _structured(text.get("format"), "body.text.format")
+    if structured is not None:
+        overrides["structured"] = structured
+    return overrides
+
+
 def _openai_overrides(body: dict[str, Any], url: str) -> dict[str, Any]:
     _check_fields(body, url)
+    if url == OPENAI_RESPONSES_URL:
+        return _responses_overrides(body)
     overrides: dict[str, Any] = {}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
@@ -122,20 +187,43 @@ def _openai_overrides(body: dict[str, Any], url: str) -> dict[str, Any]:
             overrides["logprobs"] = True
         if body.get("top_logprobs") is not None:
             overrides["top_logprobs"] = body["top_logprobs"]
-    response_format = body.get("response_format") or {"type": "text"}
-    if not isinstance(response_format, dict):
-        raise RequestError('body.response_format: expected an object such as {"type": "json_object"}')
-    kind = response_format.get("type")
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise RequestError("body.response_format.json_schema.schema: expected a JSON schema object")
-        overrides["structured"] = {"json_schema": schema}
-    elif kind == "json_object":
-        overrides["structured"] = {"json_object": True}
-    elif kind != "text":
-        raise RequestError(f"body.response_format.type: expected text, json_object or json_schema, got {kind!r}")
+    structured = _structured(body.get("response_format"), "body.response_format")
+    if structured is not None:
+        overrides["structured"] = structured
     return overrides
+
+
+def _chat_messages(messages: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(f"{where}: expected a non-empty list")
+    parsed = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(f"{where}[{index}]: expected an object")
+        if message.get("type", "message") != "message":  # Responses input items: tool calls and their outputs
+            raise RequestError(f"{where}[{index}].type: only messages are supported, got {message.get('type')!r}")
+        role = message.get("role")
+        role = "system" if role == "developer" else role
+        parsed.append({"role": role, "content": _content_text(message.get("content"), f"{where}[{index}]")})
+    return parsed
+
+
+def _responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Responses API's `input` (a text, or a list of messages) after its `instructions` (the
+    system prompt), as chat messages."""
+    given = body.get("input")
+    if isinstance(given, str):
+        messages = [{"role": "user", "content": given}]
+    elif isinstance(given, list):
+        messages = _chat_messages(given, "body.input")
+    else:
+        raise RequestError("body.input: expected a string or a non-empty list of messages")
+    instructions = body.get("instructions")
+    if instructions is None:
+        return messages
+    if not isinstance(instructions, str):
+        raise RequestError("body.instructions: expected a string")
+    return [{"role": "system", "content": instructions}, *messages]
 
 
 def openai_batch_request(line: dict[str, Any]) -> ParsedRequest:
@@ -149,24 +237,16 @@ def openai_batch_request(line: dict[str, Any]) -> ParsedRequest:
         raise RequestError("body: expected an object")
     url = line.get("url")
     if url == OPENAI_CHAT_URL:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise RequestError("body.messages: expected a non-empty list")
-        parsed = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise RequestError(f"body.messages[{index}]: expected an object")
-            role = message.get("role")
-            role = "system" if role == "developer" else role
-            parsed.append({"role": role, "content": _content_text(message.get("content"), f"body.messages[{index}]")})
-        source = PromptSource(messages=parsed)
+        source = PromptSource(messages=_chat_messages(body.get("messages"), "body.messages"))
     elif url == OPENAI_COMPLETIONS_URL:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError("body.prompt: expected a string (one prompt per request)")
         source = PromptSource(text=prompt, whole_prompt=True)
+    elif url == OPENAI_RESPONSES_URL:
+        source = PromptSource(messages=_responses_messages(body), response_object=True)
     else:
-        raise RequestError(f"url: expected {OPENAI_CHAT_URL} or {OPENAI_COMPLETIONS_URL}, got {url!r}")
+        raise RequestError(f"url: expected one of {', '.join(OPENAI_URLS)}, got {url!r}")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError("body.model: expected a string")

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from common.layout import OutputLayout
-from common.output_codec import RequestRows, encode_data, encode_errors, file_extension
+from common.output_codec import RequestRows, ResultKind, encode_data, encode_errors, file_extension
 from common.retry import is_transient
 from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
@@ -38,7 +38,7 @@ class _Prompt:
     row: InputRow
     ids: list[int]
     sampling: SamplingSpec
-    chat: bool
+    result_kind: ResultKind  # the OpenAI object its answer is written as, in the openai format
     adapter: str | None  # the LoRA adapter that answers it; None: the base model
 
 
@@ -67,8 +67,7 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
         except Exception as error:  # noqa: BLE001 - what one row's values make a tokenizer raise is that row's error
             errors.append(error_row(shard, row.row_id, row.position, "render", f"{type(error).__name__}: {error}"))
             continue
-        chat = source.messages is not None or not source.whole_prompt
-        prompts.append(_Prompt(row, ids, sampling, chat, adapter))
+        prompts.append(_Prompt(row, ids, sampling, source.result_kind, adapter))
     return prompts
 
 
@@ -197,7 +196,7 @@ def _by_request(generated: list[tuple[_Prompt, list[Sample]]], rows: list[dict[s
     """The output rows grouped by the prompt they answer (each prompt's samples are consecutive)."""
     requests, cursor = [], 0
     for prompt, samples in generated:
-        requests.append(RequestRows(prompt.row.row_id, rows[cursor : cursor + len(samples)], prompt.chat))
+        requests.append(RequestRows(prompt.row.row_id, rows[cursor : cursor + len(samples)], prompt.result_kind))
         cursor += len(samples)
     return requests
 

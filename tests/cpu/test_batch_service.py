@@ -19,6 +19,7 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletion
 from openai.types.completion import Completion
+from openai.types.responses import Response
 
 from tests.cpu.conftest import free_port, tiny_model_spec
 from tests.cpu.process_tree import descendants, end_processes_mentioning, pids_mentioning
@@ -195,6 +196,32 @@ def test_the_openai_sdk_runs_the_example_batch_and_every_custom_id_is_answered_o
     assert event.type == "batch.completed" and event.data.id == batch.id
     with pytest.raises(openai.InvalidWebhookSignatureError):
         client.webhooks.unwrap(body.replace(b"batch", b"botch"), headers, secret=WEBHOOK_SECRET)
+
+    # Code written for the Responses API: a batch of /v1/responses requests, read with the SDK's types.
+    lines = [
+        {
+            "custom_id": f"resp-{index}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {
+                "model": "gpt-4o-mini",
+                "instructions": "Be brief.",
+                "input": f"hi {index}",
+                "max_output_tokens": 4,
+            },
+        }
+        for index in range(2)
+    ]
+    upload = client.files.create(
+        file=("responses.jsonl", "".join(json.dumps(line) + "\n" for line in lines)), purpose="batch"
+    )
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+    done = _wait(client, batch.id, {"completed", "failed"})
+    assert done.status == "completed" and done.request_counts.completed == 2, done.errors
+    for line in _lines(client, done.output_file_id):
+        response = Response.model_validate(line["response"]["body"])
+        assert response.model == "tiny-llama" and 0 < response.usage.output_tokens <= 4
+        assert response.status in ("completed", "incomplete") and isinstance(response.output_text, str)
 
 
 @pytest.mark.own_engine

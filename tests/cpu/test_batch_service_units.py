@@ -114,6 +114,55 @@ def test_fields_that_cannot_change_the_answer_are_accepted_and_the_others_refuse
     ]
 
 
+def test_responses_requests_become_messages_with_their_instructions_and_refuse_what_herd_cannot_honour():
+    from workers.request_formats import openai_batch_request
+
+    def line(custom_id: str, **body: object) -> dict:
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": {"model": "m", **body}}
+
+    history = [
+        {"role": "developer", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "hello"}]},
+        {"role": "user", "content": "and you?"},
+    ]
+    parsed = openai_batch_request(line("a", input="tell me", instructions="Answer in French.", max_output_tokens=9))
+    assert parsed.source.messages == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "tell me"},
+    ]
+    assert parsed.source.result_kind == "response" and parsed.overrides == {"max_new_tokens": 9}
+    parsed = openai_batch_request(line("b", input=history, temperature=0, top_p=0.5))
+    assert [message["role"] for message in parsed.source.messages] == ["system", "user", "assistant", "user"]
+    assert parsed.source.messages[1]["content"] == "hi" and parsed.source.messages[2]["content"] == "hello"
+    assert parsed.overrides == {"temperature": 0, "top_p": 0.5}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    parsed = openai_batch_request(
+        line("c", input="x", text={"format": {"type": "json_schema", "name": "s", "schema": schema}})
+    )
+    assert parsed.overrides == {"structured": {"json_schema": schema}}
+    assert openai_batch_request(line("d", input="x", truncation="disabled", include=[], store=False)).overrides == {}
+
+    refused = [
+        (line("r0", input="x", tools=[{"type": "web_search"}]), "body.tools"),
+        (line("r1", input="x", previous_response_id="resp_1"), "body.previous_response_id"),
+        (line("r2", input="x", reasoning={"effort": "low"}), "body.reasoning"),
+        (line("r3", input="x", truncation="auto"), "body.truncation"),
+        (line("r4", input="x", n=2), "body.n"),  # not a Responses field, though chat's
+        (line("r5", input=[{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]), "body.input[0]"),
+        (line("r6", input=[{"type": "function_call_output", "call_id": "c", "output": "o"}]), "body.input[0].type"),
+        (line("r7", input="x", text={"format": {"type": "json_schema", "name": "s"}}), "body.text.format.schema"),
+        (line("r8", input="x", text={"verbosity": "low"}), "body.text.verbosity"),
+        (line("r9"), "body.input"),
+        (line("r10", input="x", max_output_tokens=0), "body.max_output_tokens"),
+    ]
+    errors, models, total = check_lines("\n".join(json.dumps(request) for request, _ in refused).encode().split(b"\n"))
+    assert total == len(refused) and models == set()
+    assert [(error.line, error.param) for error in errors] == [
+        (number, param) for number, (_, param) in enumerate(refused, start=1)
+    ]
+
+
 def test_a_file_from_a_windows_tool_with_a_byte_order_mark_and_crlf_lines_is_accepted():
     """Windows PowerShell's `Out-File -Encoding utf8` and Notepad's "UTF-8 with BOM" start the file
     with U+FEFF; herd's reader skips it, so the check before the batch runs must too."""

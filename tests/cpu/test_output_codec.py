@@ -38,7 +38,10 @@ ERRORS = [
 
 @pytest.mark.parametrize("output_format", ["parquet", "jsonl"])
 def test_data_and_error_rows_round_trip_in_herds_own_formats(output_format):
-    requests = [RequestRows("k1", _rows("k1", 2), chat=False), RequestRows("k2", _rows("k2", 1, topic=7), chat=False)]
+    requests = [
+        RequestRows("k1", _rows("k1", 2), kind="completion"),
+        RequestRows("k2", _rows("k2", 1, topic=7), kind="completion"),
+    ]
     url = f"out/data/s.tok.{file_extension(output_format)}"
     decoded = decode_data(encode_data(requests, COLUMNS, output_format, "m"), url)
     expected = [row for request in requests for row in request.rows]
@@ -65,16 +68,16 @@ def test_openai_lines_are_typed_one_per_request_and_read_back_as_herd_rows():
         )
     ]
     requests = [
-        RequestRows("req-1", _rows("req-1", 2), chat=True),
+        RequestRows("req-1", _rows("req-1", 2), kind="chat"),
         RequestRows(
             "req-2",
             [{**_rows("req-2", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0], "token_details": details}],
-            chat=False,
+            kind="completion",
         ),
         RequestRows(
             "req-3",
             [{**_rows("req-3", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0], "token_details": details}],
-            chat=True,
+            kind="chat",
         ),
     ]
     data = encode_data(requests, COLUMNS, "openai", "m")
@@ -109,8 +112,33 @@ def test_openai_lines_are_typed_one_per_request_and_read_back_as_herd_rows():
     ]
 
 
+def test_responses_lines_are_openais_response_objects_and_read_back_as_herd_rows():
+    from openai.types.responses import Response
+
+    finished = RequestRows("resp-1", _rows("resp-1", 1), kind="response")  # finish_reason stop
+    cut = RequestRows("resp-2", _rows("resp-2", 2), kind="response")  # its second sample hit the limit
+    data = encode_data([finished, cut], COLUMNS, "openai", "m")
+    lines = [json.loads(line) for line in data.decode().split("\n") if line]
+    bodies = [Response.model_validate(line["response"]["body"]) for line in lines]  # the SDK's own type
+    assert [body.status for body in bodies] == ["completed", "incomplete"]
+    assert bodies[0].incomplete_details is None and bodies[1].incomplete_details.reason == "max_output_tokens"
+    assert bodies[0].output_text == "answer 0 \u2028 caf\u00e9 \U0001f999"  # the SDK's join of the output text
+    assert [message.status for message in bodies[1].output] == ["completed", "incomplete"]
+    assert (
+        bodies[1].usage.input_tokens == 5 and bodies[1].usage.output_tokens == 6 and bodies[1].usage.total_tokens == 11
+    )
+    assert bodies[0].id.startswith("resp_") and bodies[0].object == "response" and bodies[0].model == "m"
+    rows = decode_data(data, "out/data/s.tok.jsonl")
+    assert [(row["id"], row["sample_index"], row["finish_reason"], row["completion_tokens"]) for row in rows] == [
+        ("resp-1", 0, "stop", 3),
+        ("resp-2", 0, "stop", 3),
+        ("resp-2", 1, "length", 3),
+    ]
+    assert rows[2]["completion"] == "answer 1 \u2028 caf\u00e9 \U0001f999" and rows[0]["prompt_tokens"] == 5
+
+
 def test_every_jsonl_file_the_codec_writes_is_one_pyarrow_reads():
-    data = encode_data([RequestRows("k1", _rows("k1", 1), chat=False)], COLUMNS, "jsonl", "m")
+    data = encode_data([RequestRows("k1", _rows("k1", 1), kind="completion")], COLUMNS, "jsonl", "m")
     assert pajson.read_json(io.BytesIO(data)).num_rows == 1
 
 

@@ -10,6 +10,8 @@ import jsonschema
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 
 from jobs.manifest import OutputInUse
 from schemas.errors import ExitCode
@@ -306,6 +308,25 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
         else:
             request = {"url": "/v1/completions", "body": {**body, "prompt": f"once upon a time {index}", "n": 2}}
         requests.append({"custom_id": f"req-{index}", "method": "POST", **request})
+    # The same conversation as a Responses request (instructions, then input) and as a chat request.
+    conversation = {"model": "gpt-4o-mini", "temperature": 0}
+    requests.append(
+        {
+            "custom_id": "twin-response",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {**conversation, "instructions": "Be brief.", "input": "hi there", "max_output_tokens": 6},
+        }
+    )
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]
+    requests.append(
+        {
+            "custom_id": "twin-chat",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**conversation, "messages": messages, "max_completion_tokens": 6},
+        }
+    )
     requests.append({"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}})
     requests.append(
         {
@@ -332,6 +353,14 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
     )
     assert {line["custom_id"] for line in errors} == {"bad-url", "bad-params"}
     assert all(line["response"] is None and line["error"]["message"] for line in errors)
+    twins = {line["custom_id"]: line["response"]["body"] for line in results if line["custom_id"].startswith("twin")}
+    results = [line for line in results if line["custom_id"] not in twins]
+    response = Response.model_validate(twins["twin-response"])  # the SDK's own type
+    chat = ChatCompletion.model_validate(twins["twin-chat"])
+    assert response.output_text == chat.choices[0].message.content and response.model == "tiny-llama-chat"
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert response.usage.output_tokens == chat.usage.completion_tokens
+    assert response.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
     for line in results:
         index = int(line["custom_id"].split("-")[1])
         body = line["response"]["body"]
