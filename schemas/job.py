@@ -414,7 +414,9 @@ class OutputSpec(StrictModel):
         examples=["s3://bucket/out/my-job"],
     )
     format: Literal["parquet", "jsonl", "openai"] = Field(
-        default="parquet", description="openai: OpenAI Batch result lines, one per request, with n choices."
+        default="parquet",
+        description="openai: OpenAI Batch result lines, one per request: a chat or text completion with n choices, "
+        "or a Response for a /v1/responses request.",
     )
     lease_ttl_s: float = Field(
         default=60.0,
