@@ -32,6 +32,7 @@ from schemas.openai_batch import (
     OutputText,
     ResponseBody,
     ResponseUsage,
+    ResultKind,
     TextChoice,
     TextLogprobs,
     TokenLogprob,
@@ -39,7 +40,6 @@ from schemas.openai_batch import (
 )
 
 OutputFormat = Literal["parquet", "jsonl", "openai"]
-ResultKind = Literal["chat", "completion", "response"]  # /v1/chat/completions, /v1/completions, /v1/responses
 
 
 def file_extension(output_format: OutputFormat) -> str:

@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The OpenAI object a request is answered as: /v1/chat/completions, /v1/completions, /v1/responses.
+ResultKind = Literal["chat", "completion", "response"]
+
 
 class _Line(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -7,7 +7,9 @@ parameters the request asked for, so existing batch files run on herd unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from schemas.openai_batch import ResultKind
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
 OPENAI_COMPLETIONS_URL = "/v1/completions"
@@ -29,7 +31,7 @@ class PromptSource:
     response_object: bool = False  # OpenAI /v1/responses: answered as a Response, not a chat completion
 
     @property
-    def result_kind(self) -> Literal["chat", "completion", "response"]:
+    def result_kind(self) -> ResultKind:
         """The OpenAI object its answer is written as, in the openai output format."""
         if self.response_object:
             return "response"
@@ -120,21 +122,21 @@ def _check_fields(body: dict[str, Any], url: str) -> None:
         raise RequestError("body.stream: a batch request cannot stream; remove it or set it to false")
 
 
-def _structured(response_format: Any, where: str) -> dict[str, Any] | None:
+def _structured(response_format: Any, where: str, *, schema_nested: bool) -> dict[str, Any] | None:
     """herd's `structured` sampling for an OpenAI response format ({"type": ...}); None for text or
-    none given. Chat's json_schema holds the schema under `json_schema`, the Responses API's at the top."""
+    none given. Chat's json_schema holds the schema under `json_schema` (`schema_nested`), the
+    Responses API's beside its type."""
     if not response_format:
         return None
     if not isinstance(response_format, dict):
         raise RequestError(f'{where}: expected an object such as {{"type": "json_object"}}')
     kind = response_format.get("type")
     if kind == "json_schema":
-        nested = where == "body.response_format"
-        schema = (response_format.get("json_schema") or {}).get("schema") if nested else response_format.get("schema")
-        if not isinstance(schema, dict):
-            field = f"{where}.json_schema.schema" if nested else f"{where}.schema"
+        holder = (response_format.get("json_schema") or {}) if schema_nested else response_format
+        if not isinstance(holder.get("schema"), dict):
+            field = f"{where}.json_schema.schema" if schema_nested else f"{where}.schema"
             raise RequestError(f"{field}: expected a JSON schema object")
-        return {"json_schema": schema}
+        return {"json_schema": holder["schema"]}
     if kind == "json_object":
         return {"json_object": True}
     if kind != "text":
@@ -155,7 +157,7 @@ def _responses_overrides(body: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(name for name, value in text.items() if name != "format" and value is not None)
     if unknown:
         raise RequestError(f"body.text.{unknown[0]}: not a field herd honours; the request is refused")
-    structured = _structured(text.get("format"), "body.text.format")
+    structured = _structured(text.get("format"), "body.text.format", schema_nested=False)
     if structured is not None:
         overrides["structured"] = structured
     return overrides
@@ -187,7 +189,7 @@ def _openai_overrides(body: dict[str, Any], url: str) -> dict[str, Any]:
             overrides["logprobs"] = True
         if body.get("top_logprobs") is not None:
             overrides["top_logprobs"] = body["top_logprobs"]
-    structured = _structured(body.get("response_format"), "body.response_format")
+    structured = _structured(body.get("response_format"), "body.response_format", schema_nested=True)
     if structured is not None:
         overrides["structured"] = structured
     return overrides

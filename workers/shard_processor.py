@@ -19,10 +19,11 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from common.layout import OutputLayout
-from common.output_codec import RequestRows, ResultKind, encode_data, encode_errors, file_extension
+from common.output_codec import RequestRows, encode_data, encode_errors, file_extension
 from common.retry import is_transient
 from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
+from schemas.openai_batch import ResultKind
 from schemas.results import output_columns, reason_key
 from schemas.shard import OutputObject, Shard, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
