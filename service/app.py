@@ -35,7 +35,6 @@ from schemas.errors import StorageUnavailable
 from service.config import ServiceSpec, window_seconds
 from service.keys import LOCAL_OWNER, ApiKeys
 from service.objects import (
-    ENDPOINTS,
     TERMINAL,
     Batch,
     BatchRecord,
@@ -45,6 +44,7 @@ from service.objects import (
     FileRecord,
 )
 from service.store import Page, Store, new_id
+from workers.request_formats import OPENAI_URLS
 
 log = logging.getLogger("herd.service")
 
@@ -325,8 +325,8 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
         return await run_in_threadpool(make_batch, owner, body)
 
     def make_batch(owner: str, body: CreateBatch) -> dict[str, Any]:
-        if body.endpoint not in ENDPOINTS:
-            raise ApiError(400, f"endpoint: expected one of {', '.join(ENDPOINTS)}", param="endpoint")
+        if body.endpoint not in OPENAI_URLS:  # the endpoints whose request lines herd reads
+            raise ApiError(400, f"endpoint: expected one of {', '.join(OPENAI_URLS)}", param="endpoint")
         if body.completion_window not in limits.completion_windows:
             allowed = ", ".join(limits.completion_windows)
             raise ApiError(400, f"completion_window: expected one of {allowed}", param="completion_window")

@@ -11,7 +11,6 @@ BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
 ]
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 class FileObject(BaseModel):

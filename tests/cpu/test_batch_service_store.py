@@ -461,6 +461,16 @@ def test_batch_metadata_is_kept_and_held_to_openais_limits(store, sdk):
         assert refused.value.body["param"].startswith(param), refused.value.body
 
 
+def test_a_batch_is_created_for_every_endpoint_herd_reads_and_refused_for_any_other(store, sdk):
+    upload = sdk.files.create(file=("batch.jsonl", b'{"custom_id": "a"}\n'), purpose="batch")
+    for endpoint in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
+        batch = sdk.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")
+        assert (batch.endpoint, batch.status) == (endpoint, "validating")
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert refused.value.body["param"] == "endpoint" and "/v1/responses" in refused.value.body["message"]
+
+
 def test_models_are_listed_and_retrieved_by_every_name_a_request_may_use_and_no_other(tmp_path):
     def served(name: str, aliases: list[str], adapters: list[str]) -> dict[str, Any]:
         model = {"path": f"/models/{name}", "adapters": [{"name": a, "path": f"/adapters/{a}"} for a in adapters]}
