@@ -97,6 +97,37 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def processes_cpu_seconds() -> dict[str, float]:
+    """CPU time so far (user and system) of every process on this machine, added up by what it is:
+    "driver" (this process), "replicas" (Ray workers running a Replica actor), "raylet", "gcs" and
+    "other" (Ray's agents and monitors, idle workers, anything else running). For a benchmark that
+    shares the machine's cores with a whole Ray cluster: where a shard's CPU went."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended while listed
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": fields 3 onwards
+        seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        if int(entry.name) == os.getpid():
+            kind = "driver"
+        elif command.startswith("ray::Replica"):
+            kind = "replicas"
+        elif "/raylet" in command.split(" ", 1)[0]:
+            kind = "raylet"
+        elif "gcs_server" in command.split(" ", 1)[0]:
+            kind = "gcs"
+        else:
+            kind = "other"
+        totals[kind] = totals.get(kind, 0.0) + seconds
+    return totals
+
+
 def tiny_model() -> Path:
     sys.path.insert(0, str(REPO))
     from tests.tiny_llama import build_tiny_llama

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import cpu_seconds, planned_tiny_shards_job, record, tiny_shards_input
+from bench.common import cpu_seconds, planned_tiny_shards_job, processes_cpu_seconds, record, tiny_shards_input
 
 CPUS_PER_NODE = 16
 
@@ -69,6 +69,42 @@ def idle_shares(table: Any) -> list[float]:
     return shares
 
 
+IDLE_SECONDS = 10.0
+
+
+def _cores_busy(seconds: float) -> dict[str, float]:
+    """How many of this machine's cores each kind of process kept busy over the next `seconds`."""
+    before = processes_cpu_seconds()
+    time.sleep(seconds)
+    after = processes_cpu_seconds()
+    return {kind: (total - before.get(kind, 0.0)) / seconds for kind, total in sorted(after.items())}
+
+
+def _idle_plain_actors(count: int) -> dict[str, float]:
+    """The cores `count` idle Ray actors that are not herd's keep busy: Ray's own cost of a worker
+    process, which the replicas' idle cost is compared with."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Idle:
+        def ready(self) -> None:
+            pass
+
+    actors = [Idle.remote() for _ in range(count)]
+    try:
+        ray.get([actor.ready.remote() for actor in actors])
+        return _cores_busy(IDLE_SECONDS)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _listed(by_kind: dict[str, float], unit: str) -> str:
+    return ", ".join(f"{kind} {value:.2f}{unit and ' ' + unit}" for kind, value in by_kind.items()) + (
+        f" (in all {sum(by_kind.values()):.2f}{unit and ' ' + unit})"
+    )
+
+
 def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: Path) -> dict[str, Any]:
     import ray
 
@@ -89,11 +125,13 @@ def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: P
         pool.start_missing()
         ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started: not what is measured
         up_s = time.perf_counter() - started
+        idle_cores = _cores_busy(IDLE_SECONDS)  # up, holding no shard
         ray.wait = timed_wait  # the dispatcher's one blocking call; put back below
-        cpu, started = cpu_seconds(), time.perf_counter()
+        by_kind, cpu, started = processes_cpu_seconds(), cpu_seconds(), time.perf_counter()
         outcome = Dispatcher(job, pool, manifest.commit_all).run(shards)
         manifest.finish()
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        by_kind = {kind: seconds - by_kind.get(kind, 0.0) for kind, seconds in processes_cpu_seconds().items()}
     finally:
         ray.wait = timed_wait.wait
         pool.shutdown()
@@ -107,6 +145,9 @@ def _run(replicas: int, seconds: float, data: Path, rows_per_shard: int, work: P
         "commits_per_s": len(shards) / wall,
         "driver_cpu_ms_per_shard": 1000 * cpu / len(shards),
         "driver_loop_ms_per_shard": 1000 * (wall - timed_wait.seconds) / len(shards),
+        # Every process's CPU a shard, by kind: on this machine they all share two cores.
+        "machine_cpu_ms_per_shard": {kind: 1000 * seconds / len(shards) for kind, seconds in sorted(by_kind.items())},
+        "machine_cores_busy_while_replicas_idle": idle_cores,
     }
     if seconds > 0:
         shares = idle_shares(committed_shards(storage, layout).table)
@@ -138,6 +179,8 @@ def main(argv: list[str]) -> int:
             work = Path(work_dir)
             os.environ.setdefault("HERD_CACHE_DIR", str(work / "node-cache"))
             data = tiny_shards_input(work / "in", arguments.shards, arguments.rows_per_shard)
+            cluster_idle = _cores_busy(IDLE_SECONDS)
+            plain_idle = _idle_plain_actors(arguments.replicas)
             runs = [
                 _run(arguments.replicas, seconds, data, arguments.rows_per_shard, work)
                 for seconds in (arguments.shard_seconds, 0.0)
@@ -156,6 +199,8 @@ def main(argv: list[str]) -> int:
             "nodes": f"{-(-arguments.replicas // CPUS_PER_NODE)} of {CPUS_PER_NODE} logical CPUs, on this machine",
             "runs": runs,
             "driver_peak_rss_mb": peak_rss_mb,
+            "cores_busy_cluster_alone": cluster_idle,
+            "cores_busy_plain_idle_actors": plain_idle,
             "targets": {"replicas_idle": 0.02, "commits_per_s": 200},
         },
         f"fleet: {arguments.replicas} replicas, shards of {arguments.shard_seconds:g} s: idle "
@@ -164,6 +209,10 @@ def main(argv: list[str]) -> int:
         f"answered at once: {flat_out['commits_per_s']:.0f} commits/s (target >= 200); "
         f"the driver's CPU {busy['driver_cpu_ms_per_shard']:.2f} / {flat_out['driver_cpu_ms_per_shard']:.2f} ms a "
         f"shard, its loop outside ray.wait {busy['driver_loop_ms_per_shard']:.2f} / "
-        f"{flat_out['driver_loop_ms_per_shard']:.2f} ms a shard; peak RSS {peak_rss_mb:.0f} MB",
+        f"{flat_out['driver_loop_ms_per_shard']:.2f} ms a shard; peak RSS {peak_rss_mb:.0f} MB. "
+        f"Every process's CPU a shard answered at once: {_listed(flat_out['machine_cpu_ms_per_shard'], 'ms')}; "
+        f"cores kept busy by the cluster alone: {_listed(cluster_idle, '')}; with {arguments.replicas} idle Ray "
+        f"actors that are not herd's: {_listed(plain_idle, '')}; with the replicas up and idle: "
+        f"{_listed(flat_out['machine_cores_busy_while_replicas_idle'], '')}",
     )
     return 0
