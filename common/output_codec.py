@@ -179,10 +179,16 @@ def _response_rows(custom_id: str, body: ResponseBody) -> list[dict[str, Any]]:
             "prompt_tokens": body.usage.input_tokens,
             "completion_tokens": body.usage.output_tokens // max(1, len(body.output)),
             "model": body.model,
-            "token_logprobs": None,
+            "token_logprobs": _output_logprobs(message),
         }
         for index, message in enumerate(body.output)
     ]
+
+
+def _output_logprobs(message: OutputMessage) -> list[float] | None:
+    if all(part.logprobs is None for part in message.content):
+        return None
+    return [token.logprob for part in message.content for token in part.logprobs or []]
 
 
 def _token_logprobs(choice: ChatChoice | TextChoice) -> list[float] | None:
@@ -244,11 +250,18 @@ def result_line(request: RequestRows, model: str) -> BatchResultLine:
     )
 
 
+def _token_logprobs_listed(details: list[dict[str, Any]] | None) -> list[TokenLogprob] | None:
+    """Each generated token with its alternatives, as chat's logprobs.content and a Response's output
+    text list them."""
+    return [TokenLogprob(**token) for token in details] if details else None
+
+
 def _choice(row: dict[str, Any], chat: bool) -> ChatChoice | TextChoice:
     common = {"index": row["sample_index"], "finish_reason": row["finish_reason"]}
     details = row.get("token_details")
     if chat:
-        logprobs = ChoiceLogprobs(content=[TokenLogprob(**token) for token in details]) if details else None
+        listed = _token_logprobs_listed(details)
+        logprobs = ChoiceLogprobs(content=listed) if listed is not None else None
         return ChatChoice(message=ChatMessage(content=row["completion"]), logprobs=logprobs, **common)
     return TextChoice(text=row["completion"], logprobs=_text_logprobs(details), **common)
 
@@ -262,7 +275,7 @@ def _response_body(
         OutputMessage(
             id=f"msg_{request_id}_{row['sample_index']}",
             status="incomplete" if row["finish_reason"] == "length" else "completed",
-            content=[OutputText(text=row["completion"])],
+            content=[OutputText(text=row["completion"], logprobs=_token_logprobs_listed(row.get("token_details")))],
         )
         for row in request.rows
     ]

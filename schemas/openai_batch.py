@@ -81,6 +81,10 @@ class OutputText(_Line):
     type: Literal["output_text"] = "output_text"
     text: str = Field(description="The completion.")
     annotations: list[dict] = Field(default_factory=list, description="Always empty: no tools cite anything.")
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None,
+        description='Each generated token, when the request asked (include "message.output_text.logprobs").',
+    )
 
 
 class OutputMessage(_Line):

@@ -88,10 +88,12 @@ _COMPLETION_FIELDS = {
 _BODY_FIELDS = {
     OPENAI_CHAT_URL: _COMPLETION_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"},
     OPENAI_COMPLETIONS_URL: _COMPLETION_FIELDS | {"prompt", "logprobs", "echo"},
-    OPENAI_RESPONSES_URL: {"input", "instructions", "max_output_tokens", "text"},
+    OPENAI_RESPONSES_URL: {"input", "instructions", "max_output_tokens", "text", "include", "top_logprobs"},
 }
+# The one extra output of a Response herd can add: each output text's token logprobs.
+RESPONSES_LOGPROBS = "message.output_text.logprobs"
 # Fields accepted with the value that asks for what herd does anyway.
-_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none", "truncation": "disabled", "include": []}
+_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none", "truncation": "disabled"}
 _REFUSED_WHY = {
     "tools": "tool calls are not supported",
     "tool_choice": "tool calls are not supported",
@@ -102,7 +104,6 @@ _REFUSED_WHY = {
     "audio": "only text output is supported",
     "modalities": "only text output is supported",
     "truncation": "only truncation: disabled is supported (the job's prompt.on_overflow decides)",
-    "include": "no extra output (include) is supported",
     "reasoning": "reasoning options are not supported",
     "previous_response_id": "a batch request cannot continue a stored response; send the whole input",
     "conversation": "a batch request cannot continue a stored conversation; send the whole input",
@@ -160,6 +161,18 @@ def _responses_overrides(body: dict[str, Any]) -> dict[str, Any]:
     structured = _structured(text.get("format"), "body.text.format", schema_nested=False)
     if structured is not None:
         overrides["structured"] = structured
+    include = body.get("include") or []
+    if not isinstance(include, list):
+        raise RequestError(f'body.include: expected a list such as ["{RESPONSES_LOGPROBS}"]')
+    for index, item in enumerate(include):
+        if item != RESPONSES_LOGPROBS:
+            raise RequestError(f"body.include[{index}]: only {RESPONSES_LOGPROBS!r} is supported, got {item!r}")
+    # As the hosted API does, a Response lists logprobs only when `include` asks; top_logprobs alone
+    # changes nothing.
+    if include:
+        overrides["logprobs"] = True
+        if body.get("top_logprobs") is not None:
+            overrides["top_logprobs"] = body["top_logprobs"]
     return overrides
 
 

@@ -142,6 +142,13 @@ def test_responses_requests_become_messages_with_their_instructions_and_refuse_w
     )
     assert parsed.overrides == {"structured": {"json_schema": schema}}
     assert openai_batch_request(line("d", input="x", truncation="disabled", include=[], store=False)).overrides == {}
+    # Logprobs are listed when include asks for them, with top_logprobs alternatives; alone, top_logprobs
+    # changes nothing (the hosted API's rule).
+    logprobs = ["message.output_text.logprobs"]
+    parsed = openai_batch_request(line("e", input="x", include=logprobs, top_logprobs=3))
+    assert parsed.overrides == {"logprobs": True, "top_logprobs": 3}
+    assert openai_batch_request(line("f", input="x", include=logprobs)).overrides == {"logprobs": True}
+    assert openai_batch_request(line("g", input="x", top_logprobs=3)).overrides == {}
 
     refused = [
         (line("r0", input="x", tools=[{"type": "web_search"}]), "body.tools"),
@@ -155,6 +162,9 @@ def test_responses_requests_become_messages_with_their_instructions_and_refuse_w
         (line("r8", input="x", text={"verbosity": "low"}), "body.text.verbosity"),
         (line("r9"), "body.input"),
         (line("r10", input="x", max_output_tokens=0), "body.max_output_tokens"),
+        (line("r11", input="x", include=[*logprobs, "reasoning.encrypted_content"]), "body.include[1]"),
+        (line("r12", input="x", include="message.output_text.logprobs"), "body.include"),
+        (line("r13", input="x", include=logprobs, top_logprobs=21), "body.top_logprobs"),
     ]
     errors, models, total = check_lines("\n".join(json.dumps(request) for request, _ in refused).encode().split(b"\n"))
     assert total == len(refused) and models == set()

@@ -58,15 +58,19 @@ def test_data_and_error_rows_round_trip_in_herds_own_formats(output_format):
     assert decode_errors(encode_errors(ERRORS, output_format), errors_url, "in.jsonl") == ERRORS
 
 
+# Three generated tokens as the shard processor details them for OpenAI lines (a multi-byte one first).
+TOKEN_DETAILS = [
+    {"token": word, "logprob": value, "bytes": list(word.encode()), "top_logprobs": top}
+    for word, value, top in (
+        (" caf\u00e9", -0.5, [{"token": " caf\u00e9", "logprob": -0.5, "bytes": [32, 99, 97, 102, 195, 169]}]),
+        (" ok", -1.0, []),
+        ("!", -2.0, []),
+    )
+]
+
+
 def test_openai_lines_are_typed_one_per_request_and_read_back_as_herd_rows():
-    details = [
-        {"token": word, "logprob": value, "bytes": list(word.encode()), "top_logprobs": top}
-        for word, value, top in (
-            (" caf\u00e9", -0.5, [{"token": " caf\u00e9", "logprob": -0.5, "bytes": [32, 99, 97, 102, 195, 169]}]),
-            (" ok", -1.0, []),
-            ("!", -2.0, []),
-        )
-    ]
+    details = TOKEN_DETAILS
     requests = [
         RequestRows("req-1", _rows("req-1", 2), kind="chat"),
         RequestRows(
@@ -117,10 +121,16 @@ def test_responses_lines_are_openais_response_objects_and_read_back_as_herd_rows
 
     finished = RequestRows("resp-1", _rows("resp-1", 1), kind="response")  # finish_reason stop
     cut = RequestRows("resp-2", _rows("resp-2", 2), kind="response")  # its second sample hit the limit
-    data = encode_data([finished, cut], COLUMNS, "openai", "m")
+    logprobs = [{**_rows("resp-3", 1)[0], "token_logprobs": [-0.5, -1.0, -2.0], "token_details": TOKEN_DETAILS}]
+    with_logprobs = RequestRows("resp-3", logprobs, kind="response")  # include: message.output_text.logprobs
+    data = encode_data([finished, cut, with_logprobs], COLUMNS, "openai", "m")
     lines = [json.loads(line) for line in data.decode().split("\n") if line]
     bodies = [Response.model_validate(line["response"]["body"]) for line in lines]  # the SDK's own type
-    assert [body.status for body in bodies] == ["completed", "incomplete"]
+    assert [body.status for body in bodies] == ["completed", "incomplete", "completed"]
+    assert bodies[0].output[0].content[0].logprobs is None
+    [first_token, *_] = bodies[2].output[0].content[0].logprobs
+    assert first_token.token == " caf\u00e9" and first_token.bytes == [32, 99, 97, 102, 195, 169]
+    assert first_token.logprob == -0.5 and first_token.top_logprobs[0].token == " caf\u00e9"
     assert bodies[0].incomplete_details is None and bodies[1].incomplete_details.reason == "max_output_tokens"
     assert bodies[0].output_text == "answer 0 \u2028 caf\u00e9 \U0001f999"  # the SDK's join of the output text
     assert [message.status for message in bodies[1].output] == ["completed", "incomplete"]
@@ -133,7 +143,9 @@ def test_responses_lines_are_openais_response_objects_and_read_back_as_herd_rows
         ("resp-1", 0, "stop", 3),
         ("resp-2", 0, "stop", 3),
         ("resp-2", 1, "length", 3),
+        ("resp-3", 0, "stop", 3),
     ]
+    assert [row["token_logprobs"] for row in rows] == [None, None, None, [-0.5, -1.0, -2.0]]
     assert rows[2]["completion"] == "answer 1 \u2028 caf\u00e9 \U0001f999" and rows[0]["prompt_tokens"] == 5
 
 

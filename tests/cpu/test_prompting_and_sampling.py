@@ -315,7 +315,14 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
             "custom_id": "twin-response",
             "method": "POST",
             "url": "/v1/responses",
-            "body": {**conversation, "instructions": "Be brief.", "input": "hi there", "max_output_tokens": 6},
+            "body": {
+                **conversation,
+                "instructions": "Be brief.",
+                "input": "hi there",
+                "max_output_tokens": 6,
+                "include": ["message.output_text.logprobs"],
+                "top_logprobs": 2,
+            },
         }
     )
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]
@@ -324,7 +331,13 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
             "custom_id": "twin-chat",
             "method": "POST",
             "url": "/v1/chat/completions",
-            "body": {**conversation, "messages": messages, "max_completion_tokens": 6},
+            "body": {
+                **conversation,
+                "messages": messages,
+                "max_completion_tokens": 6,
+                "logprobs": True,
+                "top_logprobs": 2,
+            },
         }
     )
     requests.append({"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}})
@@ -361,6 +374,12 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
     assert response.usage.input_tokens == chat.usage.prompt_tokens
     assert response.usage.output_tokens == chat.usage.completion_tokens
     assert response.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+    # Each generated token's logprob and its two alternatives, as chat lists them.
+    listed = response.output[0].content[0].logprobs
+    chat_listed = chat.choices[0].logprobs.content
+    assert [token.token for token in listed] == [token.token for token in chat_listed]
+    assert len(listed) == response.usage.output_tokens and all(len(token.top_logprobs) == 2 for token in listed)
+    assert [token.logprob for token in listed] == pytest.approx([token.logprob for token in chat_listed], abs=1e-3)
     for line in results:
         index = int(line["custom_id"].split("-")[1])
         body = line["response"]["body"]
