@@ -44,6 +44,14 @@ def llama2_chat_token_ids(dialog: Sequence[dict[str, str]], tokenizer: Tokenizer
     if any(tag in message["content"] for message in dialog for tag in SPECIAL_TAGS):
         raise RenderError(f"messages: special tags {', '.join(SPECIAL_TAGS)} are not allowed as part of the prompt")
     messages = list(dialog)
+    roles = [message["role"] for message in messages]
+    if "system" in roles[1:]:
+        # Two system messages are common in requests made for other models (a Responses request's
+        # instructions before a developer message): said as such, not as the folded roles below.
+        raise RenderError(
+            f"messages: Llama 2's chat format has one system prompt, the first message; got roles {roles}: "
+            "join the system messages into one"
+        )
     if messages and messages[0]["role"] == "system":
         if len(messages) < 2:
             raise RenderError("messages: a system message must be followed by a user message")

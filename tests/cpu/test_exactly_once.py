@@ -191,6 +191,10 @@ BAD_DIALOGS = [
         "roles must be an optional",
     ),
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "roles must be an optional system"),
+    (
+        [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "c"}],
+        "has one system prompt, the first message; got roles ['system', 'system', 'user']",
+    ),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "ends with an assistant turn"),
     ([{"from": "human", "value": "hi"}], None),
     ([{"from": "human", "value": None}], "messages[0].value: expected text, got nothing (null)"),
