@@ -93,7 +93,7 @@ _BODY_FIELDS = {
 # The one extra output of a Response herd can add: each output text's token logprobs.
 RESPONSES_LOGPROBS = "message.output_text.logprobs"
 # Fields accepted with the value that asks for what herd does anyway.
-_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none", "truncation": "disabled"}
+_DEFAULT_VALUES = {"modalities": ["text"], "tool_choice": "none", "truncation": "disabled", "include": []}
 _REFUSED_WHY = {
     "tools": "tool calls are not supported",
     "tool_choice": "tool calls are not supported",
@@ -167,12 +167,15 @@ def _responses_overrides(body: dict[str, Any]) -> dict[str, Any]:
     for index, item in enumerate(include):
         if item != RESPONSES_LOGPROBS:
             raise RequestError(f"body.include[{index}]: only {RESPONSES_LOGPROBS!r} is supported, got {item!r}")
+    top_logprobs = body.get("top_logprobs")
+    if top_logprobs is not None and (type(top_logprobs) is not int or not 0 <= top_logprobs <= 20):
+        raise RequestError(f"body.top_logprobs: expected an integer from 0 to 20, got {top_logprobs!r}")
     # As the hosted API does, a Response lists logprobs only when `include` asks; top_logprobs alone
     # changes nothing.
     if include:
         overrides["logprobs"] = True
-        if body.get("top_logprobs") is not None:
-            overrides["top_logprobs"] = body["top_logprobs"]
+        if top_logprobs is not None:
+            overrides["top_logprobs"] = top_logprobs
     return overrides
 
 

@@ -165,6 +165,7 @@ def test_responses_requests_become_messages_with_their_instructions_and_refuse_w
         (line("r11", input="x", include=[*logprobs, "reasoning.encrypted_content"]), "body.include[1]"),
         (line("r12", input="x", include="message.output_text.logprobs"), "body.include"),
         (line("r13", input="x", include=logprobs, top_logprobs=21), "body.top_logprobs"),
+        (line("r14", input="x", top_logprobs=True), "body.top_logprobs"),  # checked even without include
     ]
     errors, models, total = check_lines("\n".join(json.dumps(request) for request, _ in refused).encode().split(b"\n"))
     assert total == len(refused) and models == set()
