@@ -17,9 +17,9 @@ from common.storage import FileInfo, Storage
 from jobs.capacity import useful_replicas
 from jobs.planner import list_inputs, plan_shards
 from schemas.errors import SpecError
-from schemas.job import JobSpec
+from schemas.job import JobSpec, SamplingSpec
 from schemas.shard import Shard
-from workers.rendering import fit_to_context, render_token_ids, row_adapter, source_from_row
+from workers.rendering import fit_to_context, render_token_ids, row_adapter, row_sampling, source_from_row
 from workers.shard_io import read_shard
 
 _EXAMPLES = 5
@@ -107,10 +107,13 @@ def dry_run(
 
     prompt_tokens: list[int] = []
     over_context, render_failures = [], []
-    rendered_rows: list[tuple[Any, list[int]]] = []
+    # Each row as the run would generate it: its ids, and its sampling (a request file's lines set
+    # their own max_tokens and n).
+    rendered_rows: list[tuple[Any, list[int], SamplingSpec]] = []
     for row, place in zip(rows, places, strict=True):
         try:
             source = row.source or source_from_row(row.values, job.input, job.prompt)
+            sampling = row_sampling(job, row.overrides)
             row_adapter(job, row.values, row.requested_model)
             ids = render_token_ids(source, job.prompt, tokenizer)
         except Exception as error:  # noqa: BLE001 - any row that cannot render is a problem to show
@@ -118,11 +121,11 @@ def dry_run(
             continue
         prompt_tokens.append(len(ids))
         try:
-            ids = fit_to_context(ids, job.sampling.max_new_tokens, job.model.max_model_len, job.prompt)
+            ids = fit_to_context(ids, sampling.max_new_tokens, job.model.max_model_len, job.prompt)
         except ValueError as error:
             over_context.append(f"{place}: {error}")
             continue
-        rendered_rows.append((row, ids))
+        rendered_rows.append((row, ids, sampling))
     if over_context:
         problems.append(
             f"{len(over_context)} of {len(rows)} sampled prompts do not fit the context, e.g. {over_context[0]}"
@@ -146,8 +149,10 @@ def dry_run(
     if len(read) < len(inputs.files):
         exact, total_rows = False, round(total_rows * scale)
     shard_count = round(len(shards) * scale)
-    samples_per_row = job.sampling.n
-    upper = total_rows * samples_per_row * job.sampling.max_new_tokens
+    # The most a row generates (n x max_new_tokens), on average over the rows sampled.
+    bounds = [sampling.n * sampling.max_new_tokens for _, _, sampling in rendered_rows]
+    bound_per_row = sum(bounds) / len(bounds) if bounds else job.sampling.n * job.sampling.max_new_tokens
+    upper = round(total_rows * bound_per_row)
     mean_prompt = sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else 0.0
     calibration = _calibrate(job, rendered_rows[:calibrate]) if calibrate and rendered_rows else None
     expected = round(total_rows * calibration["completion_tokens_per_row"]) if calibration else upper
@@ -205,7 +210,7 @@ def _kept_columns_not_seen(job: JobSpec, rows: list[Any]) -> list[str]:
     ]
 
 
-def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str, Any]:
+def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int], SamplingSpec]]) -> dict[str, Any]:
     """Runs these rows on the real engine here: what a row generates, and how fast."""
     import os
 
@@ -220,7 +225,9 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int]]]) -> dict[str,
     with engine_variables_set(job.model, device), output_sent_to(log_file):
         storage = Storage(job.storage, job.retry)
         engine = VllmEngine(resolve_model(job.model.path, storage), with_local_adapters(job.model, storage), device)
-        requests = [EngineRequest(ids, row_seed(job.sampling.seed, row.row_id), job.sampling) for row, ids in rendered]
+        requests = [
+            EngineRequest(ids, row_seed(sampling.seed, row.row_id), sampling) for row, ids, sampling in rendered
+        ]
         started = time.perf_counter()
         samples = engine.generate(requests)
         seconds = time.perf_counter() - started

@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from jinja2 import StrictUndefined, Template, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
+from pydantic import ValidationError
 
-from schemas.job import InputSpec, JobSpec, PromptSpec
+from schemas.job import InputSpec, JobSpec, PromptSpec, SamplingSpec
 from workers.request_formats import PromptSource
 
 # The reference chat_completion's delimiters (llama/generation.py of Meta's Llama 2 repository).
@@ -175,6 +176,18 @@ def _describe(value: Any) -> str:
     if isinstance(value, bytes):  # binary text columns are read as text where their bytes are UTF-8
         return f"bytes that are not UTF-8 text {str(value)[:40]}"
     return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def row_sampling(job: JobSpec, overrides: dict[str, Any]) -> SamplingSpec:
+    """The sampling a row is generated with: the job's, with what its request asked for (an OpenAI
+    batch line's max_tokens, n, temperature, ...)."""
+    if not overrides:
+        return job.sampling
+    try:
+        return SamplingSpec.model_validate({**job.sampling.model_dump(), **overrides})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise RenderError(f"request parameters: {problems}") from None
 
 
 def row_adapter(job: JobSpec, values: dict[str, Any], requested_model: str | None) -> str | None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from pydantic import ValidationError
 
 from common.layout import OutputLayout
 from common.output_codec import RequestRows, encode_data, encode_errors, file_extension
@@ -29,7 +28,14 @@ from schemas.shard import OutputObject, Shard, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, EngineRequest, Sample, row_seed
 from workers.error_retry import earlier_data_outputs, narrow_to_retried
-from workers.rendering import RenderError, fit_to_context, render_token_ids, row_adapter, source_from_row
+from workers.rendering import (
+    RenderError,
+    fit_to_context,
+    render_token_ids,
+    row_adapter,
+    row_sampling,
+    source_from_row,
+)
 from workers.shard_io import InputRow, ShardInputError, error_row, read_shard
 from workers.structured import completion_is_valid
 
@@ -43,22 +49,12 @@ class _Prompt:
     adapter: str | None  # the LoRA adapter that answers it; None: the base model
 
 
-def _row_sampling(job: JobSpec, row: InputRow) -> SamplingSpec:
-    if not row.overrides:
-        return job.sampling
-    try:
-        return SamplingSpec.model_validate({**job.sampling.model_dump(), **row.overrides})
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
-        raise RenderError(f"request parameters: {problems}") from None
-
-
 def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard, errors: list) -> list[_Prompt]:
     prompts = []
     for row in rows:
         try:
             source = row.source or source_from_row(row.values, job.input, job.prompt)
-            sampling = _row_sampling(job, row)
+            sampling = row_sampling(job, row.overrides)
             adapter = row_adapter(job, row.values, row.requested_model)
             ids = render_token_ids(source, job.prompt, engine.tokenizer)
             ids = fit_to_context(ids, sampling.max_new_tokens, engine.max_model_len, job.prompt)

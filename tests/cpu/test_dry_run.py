@@ -76,6 +76,32 @@ def test_plan_imports_neither_ray_nor_vllm_nor_torch_and_counts_parquet_rows_exa
     assert plan["prompt_tokens"]["mean"] > 0 and plan["problems"] == []
 
 
+def test_a_request_files_plan_bounds_each_line_by_its_own_max_tokens_and_n(tmp_path, tiny_model):
+    """OpenAI batch lines set their own max_tokens and n: the plan's bound, and its check that a
+    prompt leaves room to generate, use each line's, as the run does (the job's default is 16)."""
+
+    def chat(custom_id: str, **body: object) -> dict:
+        messages = [{"role": "user", "content": f"tell me about {custom_id}"}]
+        return {"custom_id": custom_id, "url": "/v1/chat/completions", "body": {"messages": messages, **body}}
+
+    lines = [chat(f"long-{index}", max_tokens=200) for index in range(3)]
+    lines += [chat(f"two-{index}", max_tokens=10, n=2) for index in range(2)]
+    lines.append(chat("default"))
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    batch = {"path": str(tmp_path / "batch.jsonl"), "format": "openai-batch"}
+    result = _plan(tmp_path, tiny_model, batch, "--json", prompt={"format": "llama2-chat"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["rows"] == 6 and plan["generated_tokens"]["upper_bound"] == 3 * 200 + 2 * 2 * 10 + 16
+
+    # A line asking for more than the context leaves after its prompt is found here, not mid-run.
+    lines.append(chat("too-long", max_tokens=510))
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = _plan(tmp_path, tiny_model, batch, prompt={"format": "llama2-chat"})
+    assert result.returncode == 2 and "1 of 7 sampled prompts do not fit the context" in result.stderr
+    assert "(id too-long)" in result.stderr
+
+
 def _missing_column_in_a_second_file(tmp_path: Path) -> dict:
     pq.write_table(pa.table({"prompt": ["a", "b"]}), tmp_path / "part-0.parquet")
     pq.write_table(pa.table({"text": ["c"]}), tmp_path / "part-1.parquet")
