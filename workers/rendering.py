@@ -1,7 +1,9 @@
-"""Turns an input row into prompt token ids: raw text, the Llama 2 chat format, or the model's template.
+"""Turns an input row into what the engine is asked: prompt token ids (raw text, the Llama 2 chat
+format, or the model's template), and the sampling and adapter the row's request chose.
 
 The ids go to vLLM as they are (token prompts), so what is counted, checked against the context and
-generated from is exactly what was rendered here; nothing is re-tokenized from text.
+generated from is exactly what was rendered here; nothing is re-tokenized from text. `plan` and the
+replicas both render through here, so a plan's checks and bounds are the run's.
 """
 
 from __future__ import annotations
