@@ -230,6 +230,12 @@ def render_token_ids(source: PromptSource, prompt: PromptSpec, tokenizer: Tokeni
 def fit_to_context(ids: list[int], max_new_tokens: int, max_model_len: int, prompt: PromptSpec) -> list[int]:
     """Prompt + generation must fit the context: an error, or (if the job asks) keep the prompt's end."""
     room = max_model_len - max_new_tokens
+    if room <= 0:
+        # The job's own max_new_tokens is checked against the context up front; a request's own
+        # (an OpenAI line's max_tokens) can ask for all of it, and truncating would send no prompt.
+        raise RenderError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in max_model_len {max_model_len}"
+        )
     if len(ids) <= room:
         return ids
     if prompt.on_overflow == "truncate":

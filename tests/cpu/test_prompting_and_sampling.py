@@ -15,7 +15,7 @@ from openai.types.responses import Response
 
 from jobs.manifest import OutputInUse
 from schemas.errors import ExitCode
-from tests.cpu.conftest import every_replica_up, read_rows, tiny_model_spec
+from tests.cpu.conftest import TEST_MAX_MODEL_LEN, every_replica_up, read_rows, tiny_model_spec
 
 
 def _write_jsonl(path, rows) -> None:
@@ -391,6 +391,42 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
         text = body["choices"][0]["message"]["content"] if index % 2 else body["choices"][0]["text"]
         assert isinstance(text, str)
+
+
+def test_truncation_keeps_a_long_prompts_end_and_a_request_whose_max_tokens_fills_the_context_is_a_row_error(
+    run_tiny, tmp_path
+):
+    """prompt.on_overflow: truncate keeps the last tokens that leave room for the completion; a request
+    asking for the whole context itself (its own max_tokens) leaves no room for any prompt, and is an
+    error row rather than an empty prompt sent to the engine."""
+    long_prompt = " ".join(f"word{index}" for index in range(400))  # well over 512 tokens
+
+    def line(custom_id: str, **body: object) -> dict:
+        return {"custom_id": custom_id, "url": "/v1/completions", "body": {"prompt": long_prompt, **body}}
+
+    requests = [
+        line("cut"),
+        line("cut-more", max_tokens=100),
+        line("whole", max_tokens=512),
+        line("over", max_tokens=600),
+    ]
+    _write_jsonl(tmp_path / "batch.jsonl", requests)
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "batch.jsonl"), "format": "openai-batch"},
+        prompt={"format": "raw", "on_overflow": "truncate"},
+        sampling={"max_new_tokens": 8},
+        output={"path": str(tmp_path / "out")},
+        max_error_fraction=1.0,
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS
+    rows = {row["id"]: row for row in read_rows(str(tmp_path / "out" / "data"))}
+    assert rows["cut"]["prompt_tokens"] == TEST_MAX_MODEL_LEN - 8
+    assert rows["cut-more"]["prompt_tokens"] == TEST_MAX_MODEL_LEN - 100
+    errors = {error["id"]: error["reason"] for error in read_rows(str(tmp_path / "out" / "errors"))}
+    assert errors == {
+        "whole": f"max_new_tokens 512 leaves no room for a prompt in max_model_len {TEST_MAX_MODEL_LEN}",
+        "over": f"max_new_tokens 600 leaves no room for a prompt in max_model_len {TEST_MAX_MODEL_LEN}",
+    }
 
 
 def test_openai_json_mode_is_honoured_with_guided_json_and_bad_response_formats_are_row_errors(run_tiny, tmp_path):
