@@ -92,23 +92,19 @@ def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[EngineR
 
 
 def _generate_requests(requests: list[EngineRequest], engine: Engine) -> list[list[Sample] | str]:
-    """Each request's samples, or the reason it failed."""
+    """Each request's samples, or the reason it failed. One bad request fails vLLM's whole call (it
+    refuses the request as it is added): the call is halved until each failing request stands alone,
+    so that the others still run together. Retried one at a time instead, a shard of a thousand rows
+    with one bad row would take a thousand requests' time in turn."""
     try:
         return list(engine.generate(requests))
     except EngineDead:
         raise  # no row is at fault: the shard goes to another replica
-    except Exception:  # noqa: BLE001 - one bad request fails vLLM's whole batch; find it below
-        pass
-    # Retry one by one so that only the requests that really fail become error rows.
-    results: list[list[Sample] | str] = []
-    for request in requests:
-        try:
-            results.append(engine.generate([request])[0])
-        except EngineDead:
-            raise
-        except Exception as error:  # noqa: BLE001 - reported as its rows' error
-            results.append(f"{type(error).__name__}: {error}")
-    return results
+    except Exception as error:  # noqa: BLE001 - one request's, or one of them fails the whole call
+        if len(requests) == 1:
+            return [f"{type(error).__name__}: {error}"]
+    middle = len(requests) // 2
+    return _generate_requests(requests[:middle], engine) + _generate_requests(requests[middle:], engine)
 
 
 def _generate_all(

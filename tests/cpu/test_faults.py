@@ -505,3 +505,37 @@ def test_fake_engine_replicas_that_never_get_ready_are_replaced_then_the_job_fai
         "not ready within resources.replica_start_timeout_s (3s)" in failure
         for failure in outcome.summary.shards_failed
     )
+
+
+def test_fake_engine_one_refused_request_among_a_thousand_is_found_by_halving_and_the_rest_run_together():
+    """vLLM refuses a whole call when it refuses one of its requests (an out-of-vocabulary logit_bias,
+    a schema it cannot compile). Which request, and what it said, is the row's error; the other
+    requests must still run many at a time, not one engine call each. A stub engine (no Ray, no
+    vLLM) counts the calls: which the real engine cannot show on two cores in a test's time."""
+    from schemas.job import SamplingSpec
+    from workers.engine import EngineRequest, Sample
+    from workers.shard_processor import _generate_requests
+
+    class RefusesBadBias:
+        def __init__(self) -> None:
+            self.calls: list[int] = []  # the size of each call
+            self.answered_in: list[int] = []  # the size of each call that answered
+
+        def generate(self, requests: list[EngineRequest]) -> list[list[Sample]]:
+            self.calls.append(len(requests))
+            for request in requests:
+                if request.sampling.logit_bias and max(request.sampling.logit_bias) >= 512:
+                    raise ValueError("logit_bias contains out-of-vocab token ids. Vocabulary size: 512")
+            self.answered_in.append(len(requests))
+            return [[Sample(request.prompt_ids, f"answer {request.seed}", "stop")] for request in requests]
+
+    good, bad = SamplingSpec(), SamplingSpec(logit_bias={9999: 5.0})
+    requests = [EngineRequest([1, index], index, bad if index in (137, 901) else good) for index in range(1000)]
+    engine = RefusesBadBias()
+    results = _generate_requests(requests, engine)
+    assert [index for index, result in enumerate(results) if isinstance(result, str)] == [137, 901]
+    assert results[137] == "ValueError: logit_bias contains out-of-vocab token ids. Vocabulary size: 512"
+    assert all(result[0].text == f"answer {index}" for index, result in enumerate(results) if index not in (137, 901))
+    # Halving: about 2 x log2(1000) calls for each bad request, the good ones in calls of many.
+    assert len(engine.calls) <= 2 * 2 * 10 + 1 and sum(engine.answered_in) == 998
+    assert sum(size for size in engine.answered_in if size >= 32) >= 850  # most, in calls of 32 or more

@@ -341,6 +341,15 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
         }
     )
     requests.append({"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}})
+    # vLLM itself refuses this one (the tiny model has 512 tokens), and with it the whole call it is in.
+    requests.append(
+        {
+            "custom_id": "bad-bias",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "x", "max_tokens": 3, "logit_bias": {"100000": 5}},
+        }
+    )
     requests.append(
         {
             "custom_id": "bad-params",
@@ -364,7 +373,9 @@ def test_an_openai_batch_file_round_trips_every_custom_id_once_under_the_models_
     assert sorted(line["custom_id"] for line in results + errors) == sorted(
         request["custom_id"] for request in requests
     )
-    assert {line["custom_id"] for line in errors} == {"bad-url", "bad-params"}
+    assert {line["custom_id"] for line in errors} == {"bad-url", "bad-params", "bad-bias"}
+    [bias_error] = [line["error"]["message"] for line in errors if line["custom_id"] == "bad-bias"]
+    assert "out-of-vocab" in bias_error
     assert all(line["response"] is None and line["error"]["message"] for line in errors)
     twins = {line["custom_id"]: line["response"]["body"] for line in results if line["custom_id"].startswith("twin")}
     results = [line for line in results if line["custom_id"] not in twins]
