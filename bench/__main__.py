@@ -26,6 +26,7 @@ BENCHMARKS = (
     "commits",
     "service_state",
     "service_memory",
+    "refused_request",
 )
 
 

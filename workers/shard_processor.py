@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,8 +95,9 @@ def _engine_requests(prompts: list[_Prompt], dedupe: bool) -> tuple[list[EngineR
 def _generate_requests(requests: list[EngineRequest], engine: Engine) -> list[list[Sample] | str]:
     """Each request's samples, or the reason it failed. One bad request fails vLLM's whole call (it
     refuses the request as it is added): the call is halved until each failing request stands alone,
-    so that the others still run together. Retried one at a time instead, a shard of a thousand rows
-    with one bad row would take a thousand requests' time in turn."""
+    and the halves are sent at once, so that the others still share the engine's batches. Retried one
+    at a time instead, a shard of a thousand rows with one bad row took a thousand requests' time in
+    turn (`python -m bench refused_request`)."""
     try:
         return list(engine.generate(requests))
     except EngineDead:
@@ -104,7 +106,9 @@ def _generate_requests(requests: list[EngineRequest], engine: Engine) -> list[li
         if len(requests) == 1:
             return [f"{type(error).__name__}: {error}"]
     middle = len(requests) // 2
-    return _generate_requests(requests[:middle], engine) + _generate_requests(requests[middle:], engine)
+    with ThreadPoolExecutor(2, thread_name_prefix="halves") as threads:
+        halves = [threads.submit(_generate_requests, half, engine) for half in (requests[:middle], requests[middle:])]
+    return halves[0].result() + halves[1].result()
 
 
 def _generate_all(
