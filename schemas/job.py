@@ -21,6 +21,8 @@ from schemas.input_files import FileFormat, format_from_name
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS, valid_tensor_parallel_sizes
 
 DEMO_MODEL = "demo:smollm2-135m-instruct"
+# The most alternatives a token's logprobs may list (OpenAI's limit, and vLLM's default max_logprobs).
+MAX_TOP_LOGPROBS = 20
 
 
 class StrictModel(BaseModel):
@@ -368,7 +370,7 @@ class SamplingSpec(StrictModel):
     top_logprobs: int = Field(
         default=0,
         ge=0,
-        le=20,
+        le=MAX_TOP_LOGPROBS,
         description="With logprobs: also this many most likely tokens at each step (in OpenAI result lines).",
     )
     presence_penalty: float = Field(

@@ -31,7 +31,7 @@ from service.config import ServedModel, ServiceSpec
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
 from service.store import Store, output_file_id
 from service.webhooks import WebhookSender
-from workers.request_formats import OPENAI_CHAT_URL, OPENAI_RESPONSES_URL, RequestError, openai_batch_request
+from workers.request_formats import RequestError, openai_batch_request
 
 log = logging.getLogger("herd.service")
 
@@ -500,8 +500,8 @@ def _request_field(field: str, body: dict[str, Any]) -> str:
 
 def _first_chat_line(lines: Iterable[bytes]) -> int | None:
     """The number of the first line made of messages (/v1/chat/completions, /v1/responses) of a file
-    whose lines check_lines passed."""
+    whose lines check_lines passed: as the request codec reads it, which knows which endpoints those are."""
     for number, line in enumerate(lines, start=1):
-        if line.strip() and json.loads(line).get("url") in (OPENAI_CHAT_URL, OPENAI_RESPONSES_URL):
+        if line.strip() and openai_batch_request(json.loads(line)).source.messages is not None:
             return number
     return None

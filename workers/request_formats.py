@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.job import MAX_TOP_LOGPROBS
 from schemas.openai_batch import ResultKind
 
 OPENAI_CHAT_URL = "/v1/chat/completions"
@@ -168,8 +169,8 @@ def _responses_overrides(body: dict[str, Any]) -> dict[str, Any]:
         if item != RESPONSES_LOGPROBS:
             raise RequestError(f"body.include[{index}]: only {RESPONSES_LOGPROBS!r} is supported, got {item!r}")
     top_logprobs = body.get("top_logprobs")
-    if top_logprobs is not None and (type(top_logprobs) is not int or not 0 <= top_logprobs <= 20):
-        raise RequestError(f"body.top_logprobs: expected an integer from 0 to 20, got {top_logprobs!r}")
+    if top_logprobs is not None and (type(top_logprobs) is not int or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS):
+        raise RequestError(f"body.top_logprobs: expected an integer from 0 to {MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
     # As the hosted API does, a Response lists logprobs only when `include` asks; top_logprobs alone
     # changes nothing.
     if include:
