@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.jsonl import decode_jsonl, encode_jsonl
+from common.jsonl import decode_jsonl, encode_jsonl, json_text
 from schemas.columns import ERROR_COLUMNS
 from schemas.openai_batch import (
     BatchError,
@@ -90,7 +89,7 @@ def _column(values: list[Any], known_type: pa.DataType | None) -> pa.Array:
         column = pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Mixed types across rows (a number here, text there): keep them all, as JSON text.
-        return pa.array([None if value is None else json.dumps(value, ensure_ascii=False) for value in values])
+        return pa.array([None if value is None else json_text(value) for value in values])
     # No value at all in this file (a JSON Lines input has no schema to say what there would be):
     # text, which readers cast to whatever other files hold; they cannot cast anything to null.
     return column.cast(pa.string()) if pa.types.is_null(column.type) else column

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -114,7 +115,9 @@ def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_inpu
     read the folder as one table; from JSON Lines, a column without a value in a file is text there,
     which readers cast to the other files' type, never Arrow's null type, which they cannot cast to.
     Input columns named like herd's own (`id`, `model`) are kept under the names the job gives them,
-    with their values and types, beside herd's."""
+    with their values and types, beside herd's. Written as JSON Lines, the typed values JSON has no type
+    for are text in their usual forms (ISO 8601, exact decimal digits, base64) and a NaN is null: strict
+    JSON, which DuckDB, Spark and jq read (Python's own json would write the bare word NaN)."""
     import decimal
 
     count = 40
@@ -129,23 +132,24 @@ def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_inpu
             "at": pa.array(stamps, pa.timestamp("ns", tz="UTC")),
             "id": pa.array(range(1000, 1000 + count), pa.int64()),  # not the job's id_column
             "model": [f"phone-{index}" for index in range(count)],
+            "score": pa.array([float("nan") if index % 2 else index / 4 for index in range(count)], pa.float64()),
+            "blob": pa.array([bytes([255, index]) for index in range(count)], pa.binary()),
         }
     )
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=10)
     lines = [{"prompt": prompt, "tag": None if index < 20 else index} for index, prompt in enumerate(_prompts(count))]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    cuts = {
-        "parquet": {
-            "keep_columns": ["note", "price", "at", {"id": "input_id"}, {"model": "product_model"}],
-            "rows_per_shard": 10,
-        },
-        "jsonl": {"keep_columns": ["tag"], "bytes_per_shard": 1024},
+    typed = ["note", "price", "at", {"id": "input_id"}, {"model": "product_model"}, "score", "blob"]
+    runs = {  # output folder: input, how it is cut, output format
+        "parquet": ("parquet", {"keep_columns": typed, "rows_per_shard": 10}, "parquet"),
+        "jsonl": ("jsonl", {"keep_columns": ["tag"], "bytes_per_shard": 1024}, "parquet"),
+        "typed-as-jsonl": ("parquet", {"keep_columns": typed, "rows_per_shard": 20}, "jsonl"),
     }
-    for name, cut in cuts.items():
+    for name, (input_name, cut, output_format) in runs.items():
         outcome = run_tiny(
-            input={"path": str(tmp_path / f"in.{name}"), "prompt_column": "prompt", **cut},
+            input={"path": str(tmp_path / f"in.{input_name}"), "prompt_column": "prompt", **cut},
             sampling={"max_new_tokens": 1},
-            output={"path": str(tmp_path / f"out-{name}")},
+            output={"path": str(tmp_path / f"out-{name}"), "format": output_format},
         )
         assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards >= 2, name
 
@@ -176,6 +180,24 @@ def test_the_output_folder_reads_as_one_table_whose_kept_columns_have_their_inpu
     assert pa.string() in tag_types and pa.int64() in tag_types  # a file without a tag, one with
     tags = pq.read_table(tmp_path / "out-jsonl" / "data").column("tag").to_pylist()
     assert sorted(str(tag) for tag in tags if tag is not None) == sorted(str(index) for index in range(20, count))
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    written = [
+        json.loads(line, parse_constant=strict)
+        for path in (tmp_path / "out-typed-as-jsonl" / "data").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    by_position = {int(row["id"].rsplit(":", 1)[1]): row for row in written}
+    assert sorted(by_position) == list(range(count))
+    first_stamped = by_position[20]
+    assert first_stamped["at"] == "2023-11-14T22:13:20.123456809+00:00"  # ISO 8601, to the nanosecond
+    assert by_position[0]["at"] is None
+    assert [by_position[index]["price"] for index in range(count)] == [str(price) for price in prices]
+    assert [by_position[index]["score"] for index in (0, 1, 2)] == [0.0, None, 0.5]
+    assert by_position[3]["blob"] == base64.b64encode(bytes([255, 3])).decode()
+    assert by_position[3]["input_id"] == 1003
 
 
 def test_text_written_as_parquet_binary_is_read_as_text_and_other_bytes_are_a_named_row_error(run_tiny, tmp_path):

@@ -162,3 +162,40 @@ def test_the_codec_types_every_column_herd_writes_and_nothing_else():
 
     assert sorted(DATA_COLUMN_TYPES) == sorted(HERD_OUTPUT_COLUMNS)
     assert tuple(ERROR_COLUMN_TYPES) == ERROR_COLUMNS
+
+
+def test_jsonl_is_strict_json_with_typed_values_in_their_usual_text_forms():
+    """A kept Parquet value JSON has no type for becomes text in the form readers parse (ISO 8601 times
+    and durations, base64 bytes, a decimal's exact digits), and a NaN or an infinity, at any depth, is
+    null: Python's json would write the bare words NaN and Infinity, which DuckDB, Spark and jq refuse."""
+    import datetime
+    import decimal
+
+    kept = {
+        "at": datetime.datetime(2024, 1, 1, 10, 0, 0, 250000, tzinfo=datetime.UTC),
+        "day": datetime.date(2024, 1, 2),
+        "wait": datetime.timedelta(days=2, seconds=3661, microseconds=500000),
+        "late": -datetime.timedelta(seconds=90),
+        "blob": b"\x00\xff",
+        "price": decimal.Decimal("12.50"),
+        "score": float("nan"),
+        "nested": {"high": float("inf"), "values": [1.5, float("-inf")]},
+    }
+    rows = [{**row, **kept} for row in _rows("k1", 1)]
+    data = encode_data([RequestRows("k1", rows, kind="completion")], [*COLUMNS, *kept], "jsonl", "m")
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    (line,) = [json.loads(text, parse_constant=strict) for text in data.decode().split("\n") if text]
+    assert {name: line[name] for name in kept} == {
+        "at": "2024-01-01T10:00:00.250000+00:00",
+        "day": "2024-01-02",
+        "wait": "P2DT1H1M1.5S",
+        "late": "-P0DT0H1M30S",
+        "blob": "AP8=",
+        "price": "12.50",
+        "score": None,
+        "nested": {"high": None, "values": [1.5, None]},
+    }
+    assert line["completion"] == rows[0]["completion"]
