@@ -241,15 +241,11 @@ def generate(
     import pyarrow as pa
 
     kind = _kind_of(data)
-    if kind == "pandas":
-        table = pa.Table.from_pandas(data, preserve_index=False)
-    else:
-        table = _without_view_types(pa.table(data) if kind == "arrow stream" else data)
-    _check_rows(table, id_column)
+    table = None if kind == "pandas" else _without_view_types(data if kind == "arrow" else pa.table(data))
+    names = list(map(str, data.columns)) if kind == "pandas" else table.column_names
+    _check_added_columns(names)
     workdir = Path(tempfile.mkdtemp(prefix="herd-generate-"))
     try:
-        staged = _stage_rows(table, workdir if output is None else None)
-        job_output = output or str(workdir / "output")
         sections = {
             "prompt": prompt,
             "sampling": sampling,
@@ -258,8 +254,8 @@ def generate(
             "storage": storage,
             "retry": retry,
         }
-        input_section = {
-            "path": staged,
+        input_section: dict[str, Any] = {
+            "path": "the rows given to herd.generate",  # until they are staged, below
             "format": "parquet",
             "prompt_column": prompt_column,
             "messages_column": messages_column,
@@ -269,19 +265,35 @@ def generate(
         }
         if rows_per_shard is not None:
             input_section["rows_per_shard"] = rows_per_shard
-        spec = parse_job(
-            {
-                "name": name,
-                "input": input_section,
-                "model": {"path": model} if isinstance(model, str) else _section(model),
-                "output": {"path": job_output, "format": output_format},
-                "max_error_fraction": max_error_fraction,
-                **{key: _section(value) for key, value in sections.items() if value is not None},
-            },
-            source="herd.generate",
-        )
+        raw_job = {
+            "name": name,
+            "input": input_section,
+            "model": {"path": model} if isinstance(model, str) else _section(model),
+            "output": {"path": output or str(workdir / "output"), "format": output_format},
+            "max_error_fraction": max_error_fraction,
+            **{key: _section(value) for key, value in sections.items() if value is not None},
+        }
+        spec = parse_job(raw_job, source="herd.generate")
+        # Only the columns the job reads are staged: a wide frame (embeddings, documents) is not
+        # written out for nothing, and a column Arrow cannot store is no obstacle unless it is read.
+        missing = [column for column in spec.input.columns_read(set()) if column not in names]
+        if missing:
+            raise SpecError(
+                f"herd.generate: no column {', '.join(map(repr, missing))}, which the job names "
+                f"(the rows have: {', '.join(names)})"
+            )
+        # Template names that are not columns are the template's to handle (it may test `is defined`).
+        read = [column for column in spec.input.columns_read(spec.prompt.template_columns()) if column in names]
+        if not read:  # a template that reads no column: the rows still count, as their positions
+            rows = _positions(len(data) if kind == "pandas" else table.num_rows)
+        else:
+            rows = _read_columns(data, read) if kind == "pandas" else table.select(read)
+        _check_ids(rows, id_column)
+        input_section["path"] = _stage_rows(rows, workdir if output is None else None)
+        spec = parse_job(raw_job, source="herd.generate")
         summary = run(spec, overwrite=overwrite, progress=progress, verbose=verbose, keep_engines=True)
-        return _with_completions(data, table, kind, spec, Path(staged).name, summary)
+        label = Path(input_section["path"]).name
+        return _with_completions(data, rows if table is None else table, kind, spec, label, summary)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -401,16 +413,79 @@ def _without_view_types(table: Any) -> Any:
     return table if schema.equals(table.schema) else table.cast(schema)
 
 
-def _check_rows(table: Any, id_column: str | None) -> None:
-    taken = sorted(set(table.column_names) & set(_ADDED_COLUMNS))
+def _check_added_columns(names: list[str]) -> None:
+    taken = sorted(set(names) & set(_ADDED_COLUMNS))
     if taken:
         raise SpecError(
             f"herd.generate: the rows have column(s) {', '.join(taken)}, which generate adds to its result; rename them"
         )
+
+
+def _positions(count: int) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"row": pa.array(range(count), pa.int64())})
+
+
+def _read_columns(frame: Any, columns: list[str]) -> Any:
+    """The DataFrame's columns the job reads, as an Arrow table (column names as text, as Parquet has
+    them)."""
+    import pyarrow as pa
+
+    by_name: dict[str, list[Any]] = {}
+    for label in frame.columns:
+        by_name.setdefault(str(label), []).append(label)
+    chosen = []
+    for column in columns:
+        labels = by_name.get(column, [])
+        if len(labels) > 1:
+            raise SpecError(f"herd.generate: the rows have {len(labels)} columns named {column!r}; rename them")
+        chosen.extend(labels)
+    selected = frame[chosen]
+    selected.columns = [str(label) for label in chosen]
+    try:
+        return pa.Table.from_pandas(selected, preserve_index=False)
+    except (pa.ArrowException, ValueError) as error:
+        raise _unstorable_column(selected, error) from None
+
+
+def _unstorable_column(frame: Any, error: Exception) -> SpecError:
+    """Which column Arrow could not store, and its first row of a type other than most rows'."""
+    import pyarrow as pa
+
+    for name in frame.columns:
+        try:
+            pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowException, ValueError):
+            pass
+        else:
+            continue
+        first_row: dict[str, int] = {}
+        counts: dict[str, int] = {}
+        for position, value in enumerate(frame[name].tolist()):
+            if value is None or value != value:  # None, NaN, NaT, pd.NA: missing values mix with anything
+                continue
+            kind = type(value).__name__
+            first_row.setdefault(kind, position)
+            counts[kind] = counts.get(kind, 0) + 1
+        most = max(counts, key=counts.__getitem__, default=None)
+        others = sorted((first_row[kind], kind) for kind in counts if kind != most)
+        if most is not None and others:
+            position, kind = others[0]
+            label = frame.index[position : position + 1].tolist()[0]  # a Python value, shown plainly
+            held = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+            return SpecError(
+                f"herd.generate: column {name!r} mixes types ({held}): row {position} (index {label!r}) holds "
+                f"{kind} {frame[name].iloc[position]!r:.80} where most rows hold {most}; make it one type "
+                f"(data[{name!r}].astype(str), say) before calling generate"
+            )
+        return SpecError(f"herd.generate: column {name!r} cannot be stored as an Arrow column: {error}")
+    return SpecError(f"herd.generate: the rows cannot be stored as an Arrow table: {error}")
+
+
+def _check_ids(table: Any, id_column: str | None) -> None:
     if id_column is None:
         return
-    if id_column not in table.column_names:
-        raise SpecError(f"id_column: no column {id_column!r} (columns: {', '.join(table.column_names)})")
     seen: dict[str, int] = {}
     for position, value in enumerate(table.column(id_column).to_pylist()):
         if value is None or value == "":

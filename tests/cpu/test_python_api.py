@@ -89,6 +89,13 @@ out["errors_empty"] = [first["error"].isna().tolist(), labelled["error"].isna().
 out["labelled_aligns"] = framed.assign(completion=labelled["completion"])["completion"].equals(labelled["completion"])
 out["labelled_completions"] = [labelled["completion"].iloc[0], labelled["completion"].iloc[2]]
 out["labelled_tokens"] = [None if pd.isna(count) else int(count) for count in labelled["completion_tokens"]]
+# A column the job does not read is neither staged nor converted: Python objects Arrow cannot store
+# come back as they were, and the completions are those of the same rows without it.
+handles = [object(), object(), object()]
+with_handles = herd.generate(framed.assign(handle=handles), model=model, prompt_column="prompt",
+                             prompt={"format": "raw"}, sampling=sampling, progress="none")
+out["handles_kept"] = [kept is given for kept, given in zip(with_handles["handle"], handles)]
+out["handles_same_completions"] = with_handles["completion"].equals(labelled["completion"])
 
 # A Polars frame of the first call's rows (its text is Arrow's string_view) comes back as an Arrow table.
 import polars as pl
@@ -181,6 +188,7 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert dtypes["prompt_tokens"] == dtypes["completion_tokens"] == dtypes["sample_index"] == "Int64"
     assert out["labelled_tokens"][1] is None and out["labelled_tokens"][0] > 0 and out["labelled_tokens"][2] > 0
     assert out["errors_empty"][1] == [True, False, True]
+    assert out["handles_kept"] == [True, True, True] and out["handles_same_completions"] is True
     # The added columns' dtypes, and so a result's Parquet schema, are the same whether every row was
     # answered, one failed or every one did (inferred from the values, `error` was object of None on a
     # day with no failure and text on one with a failure, and every column object when all failed).
@@ -233,5 +241,20 @@ def test_generate_refuses_what_is_not_a_table_and_columns_it_would_overwrite():
         herd.generate([{"prompt": "hi"}], model="unused", prompt_column="prompt")
     with pytest.raises(herd.SpecError, match="completion"):
         herd.generate(pd.DataFrame({"prompt": ["hi"], "completion": ["x"]}), model="unused", prompt_column="prompt")
-    with pytest.raises(herd.SpecError, match="no column 'nope'"):
+    with pytest.raises(herd.SpecError, match=r"no column 'nope', which the job names \(the rows have: prompt\)"):
         herd.generate(pd.DataFrame({"prompt": ["hi"]}), model="unused", prompt_column="prompt", id_column="nope")
+    with pytest.raises(herd.SpecError, match="no column 'topic'"):
+        herd.generate(pd.DataFrame({"prompt": ["hi"]}), model="unused", prompt_column="prompt", keep_columns=["topic"])
+    with pytest.raises(herd.SpecError, match="the rows have 2 columns named 'prompt'; rename them"):
+        herd.generate(
+            pd.DataFrame([["hi", "ho"]], columns=["prompt", "prompt"]), model="unused", prompt_column="prompt"
+        )
+    # A column of text with a number in it (read from a spreadsheet, say): its row and the types, not
+    # Arrow's "Expected bytes, got a 'int' object".
+    mixed = pd.DataFrame({"prompt": ["hi", "there", 3, "you"]}, index=[10, 11, 12, 13])
+    with pytest.raises(herd.SpecError) as refused:
+        herd.generate(mixed, model="unused", prompt_column="prompt")
+    assert str(refused.value) == (
+        "herd.generate: column 'prompt' mixes types (3 str, 1 int): row 2 (index 12) holds int 3 where most "
+        "rows hold str; make it one type (data['prompt'].astype(str), say) before calling generate"
+    )
