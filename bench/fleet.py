@@ -99,6 +99,15 @@ def _idle_plain_actors(count: int) -> dict[str, float]:
             ray.kill(actor)
 
 
+def _busy_figures(busy: dict[str, Any]) -> str:
+    if "replicas_idle_mean" not in busy:  # --shard-seconds 0: both runs answered at once
+        return f"{busy['commits_per_s']:.0f} commits/s"
+    return (
+        f"idle {100 * busy['replicas_idle_mean']:.2f}% on average, {100 * busy['replicas_idle_max']:.2f}% at most "
+        f"(target < 2%), wall / ideal {busy['wall_over_ideal']:.3f}"
+    )
+
+
 def _listed(by_kind: dict[str, float], unit: str) -> str:
     return ", ".join(f"{kind} {value:.2f}{unit and ' ' + unit}" for kind, value in by_kind.items()) + (
         f" (in all {sum(by_kind.values()):.2f}{unit and ' ' + unit})"
@@ -203,9 +212,7 @@ def main(argv: list[str]) -> int:
             "cores_busy_plain_idle_actors": plain_idle,
             "targets": {"replicas_idle": 0.02, "commits_per_s": 200},
         },
-        f"fleet: {arguments.replicas} replicas, shards of {arguments.shard_seconds:g} s: idle "
-        f"{100 * busy['replicas_idle_mean']:.2f}% on average, {100 * busy['replicas_idle_max']:.2f}% at most "
-        f"(target < 2%), wall / ideal {busy['wall_over_ideal']:.3f}; "
+        f"fleet: {arguments.replicas} replicas, shards of {arguments.shard_seconds:g} s: {_busy_figures(busy)}; "
         f"answered at once: {flat_out['commits_per_s']:.0f} commits/s (target >= 200); "
         f"the driver's CPU {busy['driver_cpu_ms_per_shard']:.2f} / {flat_out['driver_cpu_ms_per_shard']:.2f} ms a "
         f"shard, its loop outside ray.wait {busy['driver_loop_ms_per_shard']:.2f} / "
