@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ from typing import Any, BinaryIO, Literal
 
 from schemas.input_files import opens_json_array
 
+# Changed whenever a copy of the same file would come out differently (2: a CSV's delimiter is found
+# from its header), so that no node reads a copy an earlier herd made.
+COPY_VERSION = 2
 # The key of a line that stands for a record that could not be copied: no input has it.
 COPY_ERROR = "\u0000herd: not copied"
 
@@ -34,7 +38,8 @@ _CHUNK = 1 << 20
 _LARGEST_ITEM = 64 << 20
 _SPACE = " \t\r\n"
 _DECODER = json.JSONDecoder()
-_DELIMITER = {"csv": ",", "tsv": "\t"}
+# What a CSV file's header may be delimited by, the comma first (workers/json_lines_copy.header_delimiter).
+_DELIMITERS = (",", ";", "\t", "|")
 
 
 def copy_as_json_lines(
@@ -45,7 +50,7 @@ def copy_as_json_lines(
     if encoding != "utf-8":
         source = _AsUtf8(source, encoding)
     if kind is not None:
-        _copy_csv(source, sink, _DELIMITER[kind])
+        _copy_csv(source, sink, kind)
         return
     head = source.read(_CHUNK)
     if opens_json_array(head):
@@ -159,8 +164,11 @@ class _Text:
                 return None
 
 
-def _copy_csv(source: BinaryIO, sink: BinaryIO, delimiter: str) -> None:
-    records = csv.reader(_text_lines(source), delimiter=delimiter)
+def _copy_csv(source: BinaryIO, sink: BinaryIO, kind: Literal["csv", "tsv"]) -> None:
+    lines = _text_lines(source)
+    first = next(lines, "")
+    delimiter = "\t" if kind == "tsv" else header_delimiter(first)
+    records = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
     header = _header(next(records, None) or [])
     while True:
         try:
@@ -181,6 +189,23 @@ def _copy_csv(source: BinaryIO, sink: BinaryIO, delimiter: str) -> None:
             sink.write(line.encode() + b"\n")
         except UnicodeEncodeError:
             sink.write(_error_line(f"{where} is not UTF-8 text: save the file as UTF-8"))
+
+
+def header_delimiter(header: str) -> str:
+    """A CSV file's delimiter, as its header line shows it: a comma, unless the header (outside
+    quotes) has none and more of one of ; (what Excel writes where a comma is the decimal mark, much
+    of Europe), tab or |, as DuckDB's and Python's sniffers would find."""
+    counts = dict.fromkeys(_DELIMITERS, 0)
+    quoted = False
+    for character in header:
+        if character == '"':
+            quoted = not quoted
+        elif not quoted and character in counts:
+            counts[character] += 1
+    if counts[","]:
+        return ","
+    most = max(_DELIMITERS, key=counts.__getitem__)
+    return most if counts[most] else ","
 
 
 def _header(names: list[str]) -> list[str]:

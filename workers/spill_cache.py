@@ -26,6 +26,7 @@ from typing import Any
 from common.node_cache import cache_root, exclusive
 from common.storage import Storage
 from schemas.shard import Shard
+from workers.json_lines_copy import COPY_VERSION
 
 # Rows per row group of a spilled copy: a slice reads at most one group's worth more than it needs.
 SPILL_GROUP_ROWS = 1024
@@ -100,7 +101,9 @@ def row_group_copy(shard: Shard, storage: Storage) -> Path:
 def jsonl_copy(shard: Shard, storage: Storage, encoding: str) -> Path:
     """The whole file as JSON Lines in UTF-8, local: decompressed, a JSON array's items one to a line,
     a CSV's records as objects, text in another encoding transcoded."""
-    name = _key(shard, f"json-lines|{shard.compression}|{shard.copied_from}|{encoding}") + ".jsonl"
+    # The copier's version is in the name: a node's cache outlives a herd upgrade that copies differently.
+    key = f"json-lines|{COPY_VERSION}|{shard.compression}|{shard.copied_from}|{encoding}"
+    name = _key(shard, key) + ".jsonl"
     delimited = shard.copied_from if shard.copied_from in ("csv", "tsv") else None
 
     def write(path: str) -> None:

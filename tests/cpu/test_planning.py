@@ -284,8 +284,10 @@ def test_a_malformed_item_in_a_json_array_is_one_error_row_where_it_starts_after
 
 
 def test_csv_and_tsv_files_are_read_as_their_records_in_several_shards_with_every_field_as_text(tmp_path):
-    """As pandas writes a CSV (an unnamed index column), as Excel saves one (a BOM, CRLF), and a
-    compressed TSV: fields with commas, quotes, line breaks and non-ASCII text, every value as text."""
+    """As pandas writes a CSV (an unnamed index column), as Excel saves one (a BOM, CRLF), as Excel
+    saves one where the comma is the decimal mark (semicolons, `0,25`), with pipes, and a compressed
+    TSV: fields with commas, quotes, line breaks and non-ASCII text, every value as text. The delimiter
+    is the one the header shows."""
     frame = pd.DataFrame(
         {
             "id": range(300),
@@ -300,18 +302,40 @@ def test_csv_and_tsv_files_are_read_as_their_records_in_several_shards_with_ever
         writer.writerow(["id", "question", "score"])
         writer.writerows([record.values() for record in expected])
     (tmp_path / "tabs.tsv.gz").write_bytes(gzip.compress(frame.to_csv(sep="\t", index=False).encode()))
+    with open(tmp_path / "europe.csv", "w", newline="", encoding="utf-8-sig") as handle:
+        frame.to_csv(handle, sep=";", decimal=",", index=False, lineterminator="\r\n")
+    frame.to_csv(tmp_path / "pipes.csv", sep="|", index=False)
+    decimal_commas = [{**record, "score": record["score"].replace(".", ",")} for record in expected]
     for name, records in {
         "pandas.csv": [{"Unnamed: 0": record["id"], **record} for record in expected],
         "excel.csv": expected,
         "tabs.tsv.gz": expected,
+        "europe.csv": decimal_commas,
+        "pipes.csv": expected,
     }.items():
         spec = InputSpec(path=str(tmp_path / name), prompt_column="question", bytes_per_shard=4096)
         shards = _plan(spec)
         assert {shard.copied_from for shard in shards} == {name.split(".")[1]}, name
+        assert [row["score"] for row in records[:2]] == (["0,0", "0,25"] if name == "europe.csv" else ["0.0", "0.25"])
         assert len(shards) > 3, name
         rows, errors = _read_all(spec, shards)
         assert not errors, (name, errors[:1])
         assert [row.values for row in rows] == records, name
+
+
+def test_a_nodes_copy_of_a_file_is_not_reused_by_a_herd_that_copies_differently(tmp_path, monkeypatch):
+    """The node's cache outlives an upgrade: a copy made by an earlier copier (a semicolon CSV read as
+    one column of "id;question") must not be read by a herd whose copier finds the delimiter."""
+    from workers import spill_cache
+
+    monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path / "node-cache"))
+    (tmp_path / "sheet.csv").write_text("id;question\n1;hello\n")
+    [shard] = _plan(InputSpec(path=str(tmp_path / "sheet.csv"), prompt_column="question"))
+    current = spill_cache.jsonl_copy(shard, STORAGE, "utf-8")
+    assert current == spill_cache.jsonl_copy(shard, STORAGE, "utf-8")  # made once a node
+    monkeypatch.setattr(spill_cache, "COPY_VERSION", spill_cache.COPY_VERSION - 1)
+    assert spill_cache.jsonl_copy(shard, STORAGE, "utf-8") != current
+    assert json.loads(current.read_text().splitlines()[0]) == {"id": "1", "question": "hello"}
 
 
 def test_a_csv_record_that_cannot_be_read_is_one_error_row_and_the_records_around_it_are_read(tmp_path):
