@@ -8,6 +8,7 @@ replicas both render through here, so a plan's checks and bounds are the run's.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -89,8 +90,16 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
 def _validated_messages(value: Any, column: str) -> list[dict[str, str]]:
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        # A conversation kept as JSON text: a CSV's field, a database's or Spark's string column.
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise RenderError(f"{column}: the text is not the JSON of a list of {{role, content}}: {error}") from None
     if not isinstance(value, (list, tuple)) or not value:
-        raise RenderError(f"{column}: expected a non-empty list of {{role, content}}, got {_describe(value)}")
+        raise RenderError(
+            f"{column}: expected a non-empty list of {{role, content}} (or its JSON text), got {_describe(value)}"
+        )
     messages = []
     for index, message in enumerate(value):
         if isinstance(message, dict) and message.get("role") is None and message.get("from") is not None:

@@ -203,7 +203,12 @@ BAD_DIALOGS = [
     ([{"role": "robot", "content": "beep"}], "messages[0].role: expected system, user or assistant, got 'robot'"),
     ([{"role": "user"}], "messages[0]: expected {role, content} with text content"),
     ([], "messages: expected a non-empty list"),
-    ("not a list", "messages: expected a non-empty list of {role, content}, got str"),
+    ("not a list", "messages: expected a non-empty list of {role, content} (or its JSON text), got str"),
+    # As a CSV's field or a database's string column holds a conversation: its JSON text.
+    (json.dumps([{"role": "user", "content": "hello from JSON text"}]), None),
+    (' [{"from": "human", "value": "ShareGPT turns as JSON text"}]', None),
+    ('[{"role": "user", "content": "cut', "messages: the text is not the JSON of a list of {role, content}: "),
+    ("[]", "messages: expected a non-empty list of {role, content} (or its JSON text), got list"),
 ]
 
 
