@@ -451,6 +451,7 @@ def _read_columns(frame: Any, columns: list[str]) -> Any:
 
 def _unstorable_column(frame: Any, error: Exception) -> SpecError:
     """Which column Arrow could not store, and its first row of a type other than most rows'."""
+    import pandas as pd
     import pyarrow as pa
 
     for name in frame.columns:
@@ -463,7 +464,7 @@ def _unstorable_column(frame: Any, error: Exception) -> SpecError:
         first_row: dict[str, int] = {}
         counts: dict[str, int] = {}
         for position, value in enumerate(frame[name].tolist()):
-            if value is None or value != value:  # None, NaN, NaT, pd.NA: missing values mix with anything
+            if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN, NaT, pd.NA mix with anything
                 continue
             kind = type(value).__name__
             first_row.setdefault(kind, position)

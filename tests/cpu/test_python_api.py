@@ -251,10 +251,10 @@ def test_generate_refuses_what_is_not_a_table_and_columns_it_would_overwrite():
         )
     # A column of text with a number in it (read from a spreadsheet, say): its row and the types, not
     # Arrow's "Expected bytes, got a 'int' object".
-    mixed = pd.DataFrame({"prompt": ["hi", "there", 3, "you"]}, index=[10, 11, 12, 13])
+    mixed = pd.DataFrame({"prompt": ["hi", pd.NA, "there", None, 3, "you"]}, index=[10, 20, 11, 21, 12, 13])
     with pytest.raises(herd.SpecError) as refused:
         herd.generate(mixed, model="unused", prompt_column="prompt")
     assert str(refused.value) == (
-        "herd.generate: column 'prompt' mixes types (3 str, 1 int): row 2 (index 12) holds int 3 where most "
+        "herd.generate: column 'prompt' mixes types (3 str, 1 int): row 4 (index 12) holds int 3 where most "
         "rows hold str; make it one type (data['prompt'].astype(str), say) before calling generate"
     )
