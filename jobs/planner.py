@@ -98,6 +98,8 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
     if len(listed) == 1 and listed[0].url.rstrip("/") == input_spec.path.rstrip("/"):
         input_spec.format_of(listed[0].url)  # raises a SpecError naming the file when it cannot be read
         return InputFiles(listed)
+    if root == input_spec.path.rstrip("/"):  # a folder (a glob names the files it wants)
+        _refuse_table_folder(input_spec.path, [file_label(info.url, root) for info in listed])
     selected, own_output = InputFiles([]), 0
     for info in listed:
         label = file_label(info.url, root)
@@ -113,6 +115,29 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
         label = file_label(output.rstrip("/"), absolute(root)) + "/"
         selected.ignored.append((label, f"the job's own output (output.path): {own_output} file(s)"))
     return selected
+
+
+def _refuse_table_folder(path: str, labels: list[str]) -> None:
+    """A Delta, Iceberg or Hudi table's folder holds, beside its current files, the files of its
+    earlier versions (rewritten or deleted rows) and of failed writes, until they are vacuumed: only
+    its log says which files are the table. Read as a folder of files, they would all be rows."""
+    for label in labels:
+        parts = label.split("/")
+        if "_delta_log" in parts[:-1]:
+            table, log = "a Delta Lake table", "_delta_log/"
+        elif ".hoodie" in parts[:-1]:
+            table, log = "an Apache Hudi table", ".hoodie/"
+        elif "metadata" in parts[:-1] and parts[-1].endswith(".metadata.json"):
+            table, log = "an Apache Iceberg table", "/".join(parts[:-1]) + "/"
+        else:
+            continue
+        raise SpecError(
+            f"input.path: {path} is {table} (its log: {log}); its folder also holds files that earlier "
+            "versions of the table removed and files of failed writes, which would be read as rows too. "
+            "Give herd the files of one version of the table: export it (Spark's or DuckDB's "
+            "write/COPY to Parquet), or, for a table that has only ever been appended to, a glob of its "
+            f"data files ({path.rstrip('/')}/**/*.parquet)"
+        )
 
 
 def with_absolute_paths(job: JobSpec) -> JobSpec:

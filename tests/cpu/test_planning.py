@@ -446,6 +446,38 @@ def test_a_folder_written_by_spark_reads_its_parts_and_reports_the_other_files(t
     assert [row.values["prompt"] for row in rows] == ["a", "b"]
 
 
+@pytest.mark.parametrize(
+    ("table", "log_file", "named"),
+    [
+        ("a Delta Lake table", "_delta_log/00000000000000000001.json", "_delta_log/"),
+        ("an Apache Iceberg table", "metadata/v2.metadata.json", "metadata/"),
+        ("an Apache Hudi table", ".hoodie/20261201.commit", ".hoodie/"),
+    ],
+)
+def test_a_lakehouse_tables_folder_is_refused_and_a_glob_of_its_data_files_is_read(tmp_path, table, log_file, named):
+    """A table's folder holds the files of its earlier versions and failed writes beside the current
+    ones, until they are vacuumed: read as a folder, a rewritten row would be read twice. A glob of
+    the data files is a choice the user makes, and is read (its log's own Parquet passed over)."""
+    folder = tmp_path / "orders"
+    (folder / "day=1").mkdir(parents=True)
+    pd.DataFrame({"prompt": ["a", "b"]}).to_parquet(folder / "part-0.parquet")
+    pd.DataFrame({"prompt": ["c"]}).to_parquet(folder / "day=1" / "part-1.parquet")
+    (folder / log_file).parent.mkdir(parents=True, exist_ok=True)
+    (folder / log_file).write_text("{}")
+    if log_file.startswith("_delta_log"):  # Delta's checkpoints are Parquet: a glob matches them too
+        pd.DataFrame({"add": ["x"]}).to_parquet(folder / "_delta_log" / "00000000000000000010.checkpoint.parquet")
+    spec = InputSpec(path=str(folder), prompt_column="prompt")
+    with pytest.raises(SpecError) as refused:
+        select_inputs(spec, STORAGE.expand_inputs(spec.path))
+    assert str(refused.value).startswith(f"input.path: {folder} is {table} (its log: {named}); ")
+    assert f"a glob of its data files ({folder}/**/*.parquet)" in str(refused.value)
+
+    globbed = InputSpec(path=f"{folder}/**/*.parquet", prompt_column="prompt")
+    inputs = select_inputs(globbed, STORAGE.expand_inputs(globbed.path))
+    rows, _ = _read_all(globbed, plan_shards(globbed, inputs.files, STORAGE))
+    assert sorted(row.values["prompt"] for row in rows) == ["a", "b", "c"]
+
+
 def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
     for day in ("2026-11-24", "2026-11-25"):
         (tmp_path / day).mkdir()
