@@ -32,6 +32,7 @@ from common.storage import FileInfo, Storage, absolute
 from jobs.planning_processes import plan_in_processes
 from schemas.errors import SpecError
 from schemas.input_files import (
+    ARROW_IPC_ADVICE,
     INPUT_NAMES,
     FileFormat,
     compression_of,
@@ -99,7 +100,7 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
         input_spec.format_of(listed[0].url)  # raises a SpecError naming the file when it cannot be read
         return InputFiles(listed)
     if root == input_spec.path.rstrip("/"):  # a folder (a glob names the files it wants)
-        _refuse_table_folder(input_spec.path, [file_label(info.url, root) for info in listed])
+        _refuse_dataset_folder(input_spec.path, [file_label(info.url, root) for info in listed])
     selected, own_output = InputFiles([]), 0
     for info in listed:
         label = file_label(info.url, root)
@@ -117,11 +118,23 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
     return selected
 
 
-def _refuse_table_folder(path: str, labels: list[str]) -> None:
-    """A Delta, Iceberg or Hudi table's folder holds, beside its current files, the files of its
-    earlier versions (rewritten or deleted rows) and of failed writes, until they are vacuumed: only
-    its log says which files are the table. Read as a folder of files, they would all be rows."""
+def _refuse_dataset_folder(path: str, labels: list[str]) -> None:
+    """A folder that is one dataset in a format of its own, whose files read one by one are not its rows.
+
+    A Delta, Iceberg or Hudi table's folder holds, beside its current files, the files of its earlier
+    versions (rewritten or deleted rows) and of failed writes, until they are vacuumed: only its log
+    says which files are the table. A Hugging Face dataset saved with save_to_disk is Arrow files, which
+    herd does not read, beside JSON files of its own bookkeeping, which it would take for prompts."""
+    names = set(labels)
     for label in labels:
+        folder, _, name = label.rpartition("/")
+        if name == "state.json" and any(
+            other.endswith(".arrow") and other.rpartition("/")[0] == folder for other in names
+        ):
+            raise SpecError(
+                f"input.path: {path} is a Hugging Face dataset saved with save_to_disk ({label} and Arrow "
+                f"files): {ARROW_IPC_ADVICE}"
+            )
         parts = label.split("/")
         if "_delta_log" in parts[:-1]:
             table, log = "a Delta Lake table", "_delta_log/"

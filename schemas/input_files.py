@@ -27,6 +27,15 @@ def compression_of(path: str) -> Compression | None:
     return None
 
 
+# Arrow's IPC files (Feather, Polars' write_ipc, a Hugging Face dataset's save_to_disk) are not read.
+ARROW_IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
+ARROW_IPC_ADVICE = (
+    "herd reads Parquet, JSON Lines, JSON and CSV, not Arrow IPC (Feather) files: write the rows as Parquet "
+    "(a Hugging Face dataset: datasets.load_from_disk(path).to_parquet('rows.parquet'); a Feather file: "
+    "pyarrow.parquet.write_table(pyarrow.feather.read_table(path), 'rows.parquet'))"
+)
+
+
 def format_from_name(path: str) -> FileFormat | None:
     """The format from the name (a compression suffix after a JSONL or CSV one is allowed), or None."""
     lowered = path.lower()

@@ -17,7 +17,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.columns import HERD_OUTPUT_COLUMNS, ROW_ID_COLUMN
 from schemas.errors import SpecError, format_validation_error
-from schemas.input_files import FileFormat, format_from_name
+from schemas.input_files import ARROW_IPC_ADVICE, ARROW_IPC_SUFFIXES, FileFormat, format_from_name
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS, valid_tensor_parallel_sizes
 
 DEMO_MODEL = "demo:smollm2-135m-instruct"
@@ -152,6 +152,8 @@ class InputSpec(StrictModel):
         if self.format != "auto":
             return self.format if self.format in ("parquet", "csv", "tsv") else "jsonl"
         found = format_from_name(file_path)
+        if found is None and file_path.lower().endswith(ARROW_IPC_SUFFIXES):
+            raise SpecError(f"input.path: {file_path}: {ARROW_IPC_ADVICE}")
         if found is None:
             raise SpecError(
                 f"input.format: cannot infer the format of {file_path!r} from its extension; "

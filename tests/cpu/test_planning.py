@@ -478,6 +478,33 @@ def test_a_lakehouse_tables_folder_is_refused_and_a_glob_of_its_data_files_is_re
     assert sorted(row.values["prompt"] for row in rows) == ["a", "b", "c"]
 
 
+def test_a_hugging_face_dataset_saved_to_disk_is_refused_with_how_to_make_parquet_of_it(tmp_path):
+    """save_to_disk writes Arrow IPC files, which herd does not read, beside dataset_info.json and
+    state.json, which it would read as JSON prompts: 25 error rows and not one of the dataset's."""
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    table = pa.table({"prompt": ["a", "b"]})
+    with (
+        pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as stream,
+    ):
+        stream.write_table(table)
+    (folder / "dataset_info.json").write_text(json.dumps({"features": {"prompt": {"dtype": "string"}}}, indent=2))
+    (folder / "state.json").write_text(
+        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}, indent=2)
+    )
+    spec = InputSpec(path=str(folder), prompt_column="prompt")
+    with pytest.raises(SpecError) as refused:
+        select_inputs(spec, STORAGE.expand_inputs(spec.path))
+    assert str(refused.value).startswith(
+        f"input.path: {folder} is a Hugging Face dataset saved with save_to_disk (state.json and Arrow files): "
+    )
+    assert "datasets.load_from_disk(path).to_parquet('rows.parquet')" in str(refused.value)
+    named = InputSpec(path=str(folder / "data-00000-of-00001.arrow"), prompt_column="prompt")
+    with pytest.raises(SpecError, match=r"data-00000-of-00001\.arrow: herd reads Parquet, .* not Arrow IPC"):
+        select_inputs(named, STORAGE.expand_inputs(named.path))
+
+
 def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
     for day in ("2026-11-24", "2026-11-25"):
         (tmp_path / day).mkdir()
