@@ -141,7 +141,8 @@ class _AnswerUnexpectedErrors:
             await _error(500, "internal error; the server's log has the details")(scope, receive, send)
 
 
-def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
+def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Callable[[], str | None]) -> FastAPI:
+    """The HTTP API over `store`; `health_problem` says why the service cannot work now (None: it can)."""
     app = FastAPI(title="herd batch service", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_AnswerUnexpectedErrors)
     limits = spec.limits
@@ -196,6 +197,15 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys) -> FastAPI:
             if problem["type"] == "json_invalid":
                 raise ApiError(400, f"the body is not valid JSON: {problem['msg']}") from None
             raise ApiError(400, f"{where or 'body'}: {problem['msg']}", param=where or None) from None
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        """For load balancers and orchestrators, which have no key (vLLM's server answers the same path):
+        200 while the service does its work, 503 and why when it cannot."""
+        problem = health_problem()
+        if problem is None:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
 
     # Models
 

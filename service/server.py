@@ -43,7 +43,7 @@ def serve(spec: ServiceSpec, keys: ApiKeys) -> None:
         raise storage_problem(f"root: cannot use {root}", error) from None
     webhooks = WebhookSender(spec.webhook.url, spec.webhook.secret) if spec.webhook is not None else None
     worker = BatchWorker(spec, store, webhooks)
-    app = build_app(spec, store, keys)
+    app = build_app(spec, store, keys, worker.health_problem)
     models = ", ".join(f"{model.name} ({model.job['model']['path']})" for model in spec.models)
     log.info("serving the Batch API on http://%s:%d/v1 for %s; state in %s", spec.host, spec.port, models, root)
     if not keys.required:

@@ -41,6 +41,9 @@ _SHARD_FILES_READ_AT_ONCE = 64
 _SHARD_BYTES_READ_AT_ONCE = 16 * 1024 * 1024
 _SWEEP_S = 60.0  # how often expired files are looked for (they read as gone from the moment they expire)
 _MAX_LISTED_ERRORS = 100  # OpenAI lists a failed batch's line errors; a file of 50k bad lines lists these
+# A look for work not done for this long (every one failed, or one hangs on storage): the service is not
+# doing its work, and GET /health says so. Storage calls retry for minutes; a blip is not an outage.
+UNHEALTHY_AFTER_S = 60.0
 
 
 def now() -> int:
@@ -59,6 +62,19 @@ class BatchWorker:
         self._closing = threading.Event()
         self._stops: dict[str, threading.Event] = {}
         self._thread = threading.Thread(target=self._loop, name="herd-batches", daemon=True)
+        self._last_look: float | None = None  # time.monotonic() of the last look for work that read the root
+
+    def health_problem(self) -> str | None:
+        """Why the service cannot do its work now, or None: what GET /health answers. Says nothing of
+        any owner's batches (a load balancer asks without a key)."""
+        if not self._thread.is_alive():
+            return "the batch worker is not running"
+        if self._last_look is None:
+            return "starting: the state root has not been read yet"
+        waited = time.monotonic() - self._last_look
+        if waited > UNHEALTHY_AFTER_S:
+            return f"the state root has not been readable for {waited:.0f} s"
+        return None
 
     def start(self) -> None:
         self._thread.start()
@@ -84,6 +100,7 @@ class BatchWorker:
                         log.info("deleted %d expired files", len(gone))
                     swept = time.monotonic()
                 self._take_batches(waiting)
+                self._last_look = time.monotonic()
             except Exception:
                 log.exception("could not look for batches; trying again")
             self._closing.wait(_POLL_S)

@@ -313,6 +313,9 @@ def test_keys_isolate_teams_and_bad_requests_get_a_clear_4xx(service):
         _client(service, "sk-wrong-0123456789abcdef").models.list()
     anonymous = httpx.get(f"{service.base_url}/models")
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
+    # A load balancer's probe has no key: /health answers it, and shows no one's data.
+    probe = httpx.get(service.base_url.removesuffix("/v1") + "/health")
+    assert (probe.status_code, probe.json()) == (200, {"status": "ok"})
 
     auth = {"Authorization": f"Bearer {KEY_A}"}
     oversize = httpx.post(

@@ -164,7 +164,10 @@ def _file(file_id: str) -> FileRecord:
 def sdk(store: Store) -> Any:
     """The OpenAI SDK against the service's app, in process (Starlette's TestClient is an httpx client)."""
     app = build_app(
-        ServiceSpec(root=store.folder.root), store, ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys")
+        ServiceSpec(root=store.folder.root),
+        store,
+        ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys"),
+        health_problem=lambda: None,  # no worker: these tests are about requests
     )
     with TestClient(app, base_url="http://testserver") as http:
         yield openai.OpenAI(base_url="http://testserver/v1", api_key="sk-team-a-0123456789abcdef", http_client=http)
@@ -329,6 +332,53 @@ def test_a_request_waiting_on_slow_storage_holds_up_only_itself_and_storage_down
     assert "storage is unavailable; try again later" in raised.value.message
 
 
+def test_health_answers_without_a_key_ok_while_the_worker_reads_the_root_and_503_and_why_when_it_cannot(
+    store, monkeypatch
+):
+    """GET /health, for a load balancer or Kubernetes (they have no key): 200 while the worker's looks
+    for work read the root, 503 with the reason once none has for UNHEALTHY_AFTER_S (storage down or
+    hanging), 200 again when storage is back, 503 once the worker has stopped. No owner's data."""
+    from service import worker as worker_module
+    from service.worker import BatchWorker
+
+    spec = ServiceSpec(root=store.folder.root)
+    worker = BatchWorker(spec, store, None)
+    app = build_app(spec, store, ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys"), worker.health_problem)
+
+    def health() -> tuple[int, dict[str, str]]:
+        answer = http.get("/health")
+        return answer.status_code, answer.json()
+
+    def until(status: int) -> tuple[int, dict[str, str]]:
+        deadline = time.monotonic() + 60  # bounded: a worker that never gets there fails the test
+        while (answer := health())[0] != status and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return answer
+
+    with TestClient(app, base_url="http://testserver") as http:
+        assert health() == (503, {"status": "unavailable", "reason": "the batch worker is not running"})
+        worker.start()
+        try:
+            assert until(200) == (200, {"status": "ok"})
+            assert http.get("/v1/models").status_code == 401  # the API itself still wants a key
+
+            monkeypatch.setattr(worker_module, "UNHEALTHY_AFTER_S", 0.5)
+            open_batches = store.open_batches
+
+            def unreachable() -> None:
+                raise StorageUnavailable("list s3://bucket/batches: S3 answered 503 SlowDown until the deadline")
+
+            monkeypatch.setattr(store, "open_batches", unreachable)
+            status, body = until(503)
+            assert status == 503 and re.fullmatch(r"the state root has not been readable for \d+ s", body["reason"])
+            assert "SlowDown" not in body["reason"]  # the log has the details, not an unauthenticated caller
+            monkeypatch.setattr(store, "open_batches", open_batches)
+            assert until(200) == (200, {"status": "ok"})
+        finally:
+            worker.close()
+        assert until(503) == (503, {"status": "unavailable", "reason": "the batch worker is not running"})
+
+
 def test_an_unexpected_error_is_a_500_in_openais_shape_that_shows_nothing_of_it_and_is_logged_once(
     store, sdk, monkeypatch, caplog
 ):
@@ -483,7 +533,7 @@ def test_models_are_listed_and_retrieved_by_every_name_a_request_may_use_and_no_
         }
     )
     store = Store(spec.root, Storage(StorageSpec(), RetrySpec()))
-    app = build_app(spec, store, ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys"))
+    app = build_app(spec, store, ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys"), lambda: None)
     with TestClient(app, base_url="http://testserver") as http:
         sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="sk-team-a-0123456789abcdef", http_client=http)
         listed = {model.id: getattr(model, "parent", None) for model in sdk.models.list()}
