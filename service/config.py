@@ -126,6 +126,13 @@ class Limits(_Strict):
     max_concurrent_batches: int = Field(
         default=1, ge=1, description="Batches running at once (of different models; one model runs one at a time)."
     )
+    turn_s: float = Field(
+        default=600.0,
+        ge=1,
+        description="How long a batch keeps its model while another owner's batch waits: then it stops at "
+        "a shard boundary (its running shards commit; a turn commits at least one) and resumes on its next "
+        "turn, on the same warm engines.",
+    )
     completion_windows: list[str] = Field(
         default_factory=lambda: ["24h"], description="The completion_window values a batch may ask for."
     )

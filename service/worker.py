@@ -2,9 +2,13 @@
 
 Batches are taken fairly (the owner served longest ago goes first, so one key's 50 batches do not
 starve another's one), at most `limits.max_concurrent_batches` at once and one per served model at a
-time (a model's warm engines serve one job at a time). Everything is read from the root, so a server
-started again, or a second server on the same root, picks up what is unfinished: herd's lease on each
-job's output lets only one of them run it, and its manifest lets a batch resume where it stopped.
+time (a model's warm engines serve one job at a time). A batch that has had its model for
+`limits.turn_s` while another owner's batch waits gives it up at a shard boundary and resumes on its
+next turn, so a team's 10-line batch does not wait out another's million lines.
+
+Everything is read from the root, so a server started again, or a second server on the same root,
+picks up what is unfinished: herd's lease on each job's output lets only one of them run it, and its
+manifest lets a batch resume where it stopped.
 """
 
 from __future__ import annotations
@@ -57,7 +61,11 @@ class BatchWorker:
         self.webhooks = webhooks
         self._running: dict[str, threading.Thread] = {}
         self._models_busy: set[str] = set()
-        self._last_served: dict[str, float] = {}
+        self._last_served: dict[str, float] = {}  # owner: when a batch of theirs last took a model
+        # The owners with a batch waiting, by the model it waits for (None: not validated yet, so any).
+        self._owners_waiting: dict[str | None, set[str]] = {}
+        self._gave_way: set[str] = set()  # batches stopped to give their model to another owner's
+        self._validating: dict[str, str] = {}  # batch id: owner, of the batches being validated now
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._stops: dict[str, threading.Event] = {}
@@ -109,19 +117,32 @@ class BatchWorker:
         with self._lock:
             for thread_id in [key for key, thread in self._running.items() if not thread.is_alive()]:
                 del self._running[thread_id]
+                self._validating.pop(thread_id, None)
             waiting = [record for record in waiting if record.batch.id not in self._running]
+            owners_waiting = _owners_waiting(waiting)
+            # A batch being validated will want a model next: one that gave way does not take it back first.
+            owners_waiting.setdefault(None, set()).update(self._validating.values())
             for record in fair_order(waiting, self._last_served):
                 if len(self._running) >= self.spec.limits.max_concurrent_batches:
-                    return
+                    break
                 model = self._model_of(record)
                 if model is not None and model.name in self._models_busy:
                     continue
-                self._last_served[record.owner] = time.monotonic()
-                if model is not None:
+                if record.batch.id in self._gave_way and model is not None:
+                    if _another_owner_waits(owners_waiting, record.owner, model.name):
+                        continue  # its turn is over until those waiting have had theirs
+                    self._gave_way.discard(record.batch.id)
+                if model is not None:  # validating takes no model, and no turn
+                    self._last_served[record.owner] = time.monotonic()
                     self._models_busy.add(model.name)
+                else:
+                    self._validating[record.batch.id] = record.owner
                 thread = threading.Thread(target=self._run, args=(record, model), daemon=True)
                 self._running[record.batch.id] = thread
                 thread.start()
+            self._owners_waiting = _owners_waiting(
+                [record for record in waiting if record.batch.id not in self._running]
+            )
 
     def _model_of(self, record: BatchRecord) -> ServedModel | None:
         if record.served_model is None:
@@ -208,9 +229,9 @@ class BatchWorker:
         )
         stop = threading.Event()
         self._stops[batch.id] = stop
-        watch = threading.Thread(target=self._watch, args=(record, stop), daemon=True)
-        watch.start()
         counts = _Counts(self.store, record)
+        watch = threading.Thread(target=self._watch, args=(record, model, counts, stop), daemon=True)
+        watch.start()
         try:
             import herd
 
@@ -221,17 +242,33 @@ class BatchWorker:
         except ShardsFailed:
             if not stop.is_set():
                 raise
+            if batch.id in self._gave_way:
+                log.info(
+                    "batch %s gives %s to another owner's batch; it resumes on its next turn", batch.id, model.name
+                )
+                return False
         finally:
             stop.set()  # ends the watch
             self._stops.pop(batch.id, None)
+        self._gave_way.discard(batch.id)  # done, or cancelled or expired, whatever its turn was
         return True
 
-    def _watch(self, record: BatchRecord, stop: threading.Event) -> None:
-        """Sets `stop` when the batch is cancelled (from any server) or its window ends."""
+    def _watch(self, record: BatchRecord, model: ServedModel, counts: _Counts, stop: threading.Event) -> None:
+        """Sets `stop` when the batch is cancelled (from any server), its window ends, or its turn
+        with the model is over and another owner's batch waits for it. A turn commits at least one
+        shard, however long the job takes to start: each one moves its batch on."""
+        turn_ends = time.monotonic() + self.spec.limits.turn_s
         while not stop.wait(0.5):
             current = self.store.batch(record.owner, record.batch.id)
             expired = current is not None and current.batch.expires_at is not None and now() >= current.batch.expires_at
             if current is None or current.batch.status == "cancelling" or expired or self._closing.is_set():
+                stop.set()
+            elif (
+                time.monotonic() >= turn_ends
+                and counts.committed_this_run > 0
+                and _another_owner_waits(self._owners_waiting, record.owner, model.name)
+            ):
+                self._gave_way.add(record.batch.id)
                 stop.set()
 
     # Finalizing
@@ -371,6 +408,7 @@ class _Counts:
 
     def __init__(self, store: Store, record: BatchRecord) -> None:
         self.store, self.owner, self.batch_id = store, record.owner, record.batch.id
+        self.committed_this_run = 0
 
     def start(self, shards: list[Shard]) -> None:
         """The counts from what is committed already (a batch resumed after a restart)."""
@@ -380,6 +418,7 @@ class _Counts:
         self._update(done.total("rows_in") - failed, failed, since_zero=True)
 
     def committed(self, record: ShardRecord, shard: Shard) -> None:
+        self.committed_this_run += 1
         self._update(record.rows_in - record.error_rows, record.error_rows)
 
     def _update(self, completed: int, failed: int, since_zero: bool = False) -> None:
@@ -439,6 +478,18 @@ class _Spool:
 
     def __exit__(self, *exception: object) -> None:
         self.close()
+
+
+def _owners_waiting(waiting: list[BatchRecord]) -> dict[str | None, set[str]]:
+    """The owners of these batches by the model each waits for (None: not validated yet, so any)."""
+    owners: dict[str | None, set[str]] = {}
+    for record in waiting:
+        owners.setdefault(record.served_model, set()).add(record.owner)
+    return owners
+
+
+def _another_owner_waits(owners_waiting: dict[str | None, set[str]], owner: str, model_name: str) -> bool:
+    return any(other != owner for other in owners_waiting.get(model_name, set()) | owners_waiting.get(None, set()))
 
 
 def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> list[BatchRecord]:

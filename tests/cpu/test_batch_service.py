@@ -80,7 +80,13 @@ def _service_file(
                 "job": {"model": tiny_model_spec(tiny_model), "prompt": {"format": "model-template"}},
             },
         ],
-        "limits": {"max_upload_bytes": UPLOAD_LIMIT, "max_lines": 400, "completion_windows": ["24h", "4s"]},
+        # Turns of a second: a batch gives its model to another owner's waiting one within the test.
+        "limits": {
+            "max_upload_bytes": UPLOAD_LIMIT,
+            "max_lines": 400,
+            "completion_windows": ["24h", "4s"],
+            "turn_s": 1,
+        },
     }
     if webhook is not None:
         spec["webhook"] = {"url": webhook, "secret": WEBHOOK_SECRET}
@@ -423,6 +429,38 @@ def test_cancel_and_expiry_keep_what_was_answered_and_give_every_other_request_a
         code = "batch_cancelled" if action == "cancel" else "batch_expired"
         assert {line["error"]["code"] for line in errors} == {code}
         assert ended.request_counts.completed == len(answers) and ended.request_counts.failed == len(errors)
+
+
+@pytest.mark.own_engine
+def test_a_long_batch_gives_its_model_to_another_owners_batch_after_its_turn_and_both_answer_every_request_once(
+    service,
+):
+    """Team b's 3 requests do not wait out team a's 400: after its turn (a second here, `limits.turn_s`)
+    a's batch stops at a shard boundary, b's runs on the same warm engines, and a's resumes after it,
+    answering each of its requests once."""
+    team_a, team_b = _client(service, KEY_A), _client(service, KEY_B)
+    upload = team_a.files.create(file=("long.jsonl", _requests(400, max_tokens=64)), purpose="batch")
+    long = team_a.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 300
+    while team_a.batches.retrieve(long.id).request_counts.completed == 0:  # a holds the model
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    small_upload = team_b.files.create(file=("small.jsonl", _requests(3, max_tokens=4)), purpose="batch")
+    small = team_b.batches.create(
+        input_file_id=small_upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    small_done = _wait(team_b, small.id, {"completed", "failed"})
+    long_meanwhile = team_a.batches.retrieve(long.id)
+    assert small_done.status == "completed" and small_done.request_counts.completed == 3, small_done.errors
+    assert long_meanwhile.status == "in_progress", long_meanwhile.status
+    assert 0 < long_meanwhile.request_counts.completed < 400
+    assert re.search(rf"batch {long.id} gives tiny-llama to another owner's batch", service.log())
+
+    long_done = _wait(team_a, long.id, {"completed", "failed"}, timeout_s=600)
+    assert long_done.status == "completed", long_done.errors
+    answered = _lines(team_a, long_done.output_file_id) + _lines(team_a, long_done.error_file_id)
+    assert sorted(line["custom_id"] for line in answered) == sorted(f"req-{index}" for index in range(400))
+    assert long_done.request_counts.completed + long_done.request_counts.failed == 400
 
 
 @pytest.mark.own_engine
