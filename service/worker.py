@@ -64,7 +64,8 @@ class BatchWorker:
         self._last_served: dict[str, float] = {}  # owner: when a batch of theirs last took a model
         # The owners with a batch waiting, by the model it waits for (None: not validated yet, so any).
         self._owners_waiting: dict[str | None, set[str]] = {}
-        self._gave_way: set[str] = set()  # batches stopped to give their model to another owner's
+        # Batches stopped to give their model to another owner's: when they did.
+        self._gave_way: dict[str, float] = {}
         self._validating: dict[str, str] = {}  # batch id: owner, of the batches being validated now
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -128,10 +129,12 @@ class BatchWorker:
                 model = self._model_of(record)
                 if model is not None and model.name in self._models_busy:
                     continue
-                if record.batch.id in self._gave_way and model is not None:
-                    if _another_owner_waits(owners_waiting, record.owner, model.name):
-                        continue  # its turn is over until those waiting have had theirs
-                    self._gave_way.discard(record.batch.id)
+                gave_way_at = self._gave_way.get(record.batch.id)
+                if gave_way_at is not None and model is not None:
+                    others = _other_owners_waiting(owners_waiting, record.owner, model.name)
+                    if any(self._last_served.get(other, 0.0) < gave_way_at for other in others):
+                        continue  # until each owner it gave way to has had a turn (a stream of theirs: one)
+                    del self._gave_way[record.batch.id]
                 if model is not None:  # validating takes no model, and no turn
                     self._last_served[record.owner] = time.monotonic()
                     self._models_busy.add(model.name)
@@ -250,7 +253,7 @@ class BatchWorker:
         finally:
             stop.set()  # ends the watch
             self._stops.pop(batch.id, None)
-        self._gave_way.discard(batch.id)  # done, or cancelled or expired, whatever its turn was
+        self._gave_way.pop(batch.id, None)  # done, or cancelled or expired, whatever its turn was
         return True
 
     def _watch(self, record: BatchRecord, model: ServedModel, counts: _Counts, stop: threading.Event) -> None:
@@ -266,9 +269,9 @@ class BatchWorker:
             elif (
                 time.monotonic() >= turn_ends
                 and counts.committed_this_run > 0
-                and _another_owner_waits(self._owners_waiting, record.owner, model.name)
+                and _other_owners_waiting(self._owners_waiting, record.owner, model.name)
             ):
-                self._gave_way.add(record.batch.id)
+                self._gave_way[record.batch.id] = time.monotonic()
                 stop.set()
 
     # Finalizing
@@ -488,8 +491,9 @@ def _owners_waiting(waiting: list[BatchRecord]) -> dict[str | None, set[str]]:
     return owners
 
 
-def _another_owner_waits(owners_waiting: dict[str | None, set[str]], owner: str, model_name: str) -> bool:
-    return any(other != owner for other in owners_waiting.get(model_name, set()) | owners_waiting.get(None, set()))
+def _other_owners_waiting(owners_waiting: dict[str | None, set[str]], owner: str, model_name: str) -> set[str]:
+    """The owners other than `owner` with a batch waiting for this model, or for validation (any model)."""
+    return (owners_waiting.get(model_name, set()) | owners_waiting.get(None, set())) - {owner}
 
 
 def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> list[BatchRecord]:

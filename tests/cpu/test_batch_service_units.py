@@ -46,6 +46,53 @@ def test_one_owners_fifty_batches_do_not_starve_anothers_one():
     assert fair_order(list(reversed(mine)), {}) == mine
 
 
+def test_a_batch_that_gave_way_waits_for_each_owner_it_gave_way_to_once_not_for_a_stream_of_their_batches(
+    tmp_path,
+):
+    """The worker's choices alone (no engine: what a batch's run would do is replaced by noting that it
+    started): team a's batch gave its model to team b; b's first batch runs, and then a's resumes before
+    b's next one, which would otherwise keep it waiting for as long as b sends batches."""
+    import time
+
+    from common.storage import Storage
+    from schemas.job import RetrySpec, StorageSpec
+    from service.config import ServiceSpec
+    from service.store import Store
+    from service.worker import BatchWorker
+
+    spec = ServiceSpec.model_validate(
+        {"root": str(tmp_path), "models": [{"name": "m", "job": {"model": {"path": "x"}}}]}
+    )
+    worker = BatchWorker(spec, Store(str(tmp_path), Storage(StorageSpec(), RetrySpec())), None)
+    started: list[str] = []
+
+    def run(record: BatchRecord, model: object) -> None:  # a run that ends at once, freeing its model
+        started.append(record.owner + ":" + record.batch.id)
+        worker._models_busy.discard("m")
+
+    worker._run = run  # type: ignore[method-assign]
+
+    def waiting_for_m(owner: str) -> BatchRecord:
+        record = _record(owner)
+        record.batch.status, record.served_model = "in_progress", "m"
+        return record
+
+    def take(*records: BatchRecord) -> str:
+        started.clear()
+        worker._take_batches(list(records))
+        for thread in list(worker._running.values()):
+            thread.join()
+        assert len(started) == 1, started
+        return started[0].split(":")[0]
+
+    long = waiting_for_m("team-a")
+    worker._last_served["team-a"] = time.monotonic()  # a's batch had its turn
+    worker._gave_way[long.batch.id] = time.monotonic()  # and gave way to b
+    assert take(long, waiting_for_m("team-b")) == "team-b"
+    assert take(long, waiting_for_m("team-b")) == "team-a"  # b had its turn: a's batch resumes first
+    assert long.batch.id not in worker._gave_way
+
+
 def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
     good = {
         "custom_id": "a",
