@@ -38,7 +38,7 @@ _CHUNK = 1 << 20
 _LARGEST_ITEM = 64 << 20
 _SPACE = " \t\r\n"
 _DECODER = json.JSONDecoder()
-# What a CSV file's header may be delimited by, the comma first (workers/json_lines_copy.header_delimiter).
+# What a CSV file's header may be delimited by, the comma first (_header_delimiter).
 _DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -167,7 +167,7 @@ class _Text:
 def _copy_csv(source: BinaryIO, sink: BinaryIO, kind: Literal["csv", "tsv"]) -> None:
     lines = _text_lines(source)
     first = next(lines, "")
-    delimiter = "\t" if kind == "tsv" else header_delimiter(first)
+    delimiter = "\t" if kind == "tsv" else _header_delimiter(first)
     records = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
     header = _header(next(records, None) or [])
     while True:
@@ -191,10 +191,10 @@ def _copy_csv(source: BinaryIO, sink: BinaryIO, kind: Literal["csv", "tsv"]) -> 
             sink.write(_error_line(f"{where} is not UTF-8 text: save the file as UTF-8"))
 
 
-def header_delimiter(header: str) -> str:
+def _header_delimiter(header: str) -> str:
     """A CSV file's delimiter, as its header line shows it: a comma, unless the header (outside
     quotes) has none and more of one of ; (what Excel writes where a comma is the decimal mark, much
-    of Europe), tab or |, as DuckDB's and Python's sniffers would find."""
+    of Europe), tab or | (the candidates DuckDB's sniffer tries)."""
     counts = dict.fromkeys(_DELIMITERS, 0)
     quoted = False
     for character in header:
