@@ -130,11 +130,12 @@ class BatchWorker:
                 if model is not None and model.name in self._models_busy:
                     continue
                 gave_way_at = self._gave_way.get(record.batch.id)
-                if gave_way_at is not None and model is not None:
+                # Cancelled since, it only needs finalizing: no turn to wait for.
+                if gave_way_at is not None and model is not None and record.batch.status == "in_progress":
                     others = _other_owners_waiting(owners_waiting, record.owner, model.name)
                     if any(self._last_served.get(other, 0.0) < gave_way_at for other in others):
                         continue  # until each owner it gave way to has had a turn (a stream of theirs: one)
-                    del self._gave_way[record.batch.id]
+                self._gave_way.pop(record.batch.id, None)
                 if model is not None:  # validating takes no model, and no turn
                     self._last_served[record.owner] = time.monotonic()
                     self._models_busy.add(model.name)

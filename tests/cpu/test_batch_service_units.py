@@ -92,6 +92,15 @@ def test_a_batch_that_gave_way_waits_for_each_owner_it_gave_way_to_once_not_for_
     assert take(long, waiting_for_m("team-b")) == "team-a"  # b had its turn: a's batch resumes first
     assert long.batch.id not in worker._gave_way
 
+    # Team c has waited since before a's batch gave way: an a batch that gave way waits its turn, but
+    # one cancelled since only needs finalizing, which it gets at once.
+    worker._last_served["team-a"], worker._last_served["team-c"] = time.monotonic(), time.monotonic() + 1
+    for status, goes in (("in_progress", "team-c"), ("cancelling", "team-a")):
+        gave_way = waiting_for_m("team-a")
+        gave_way.batch.status = status
+        worker._gave_way[gave_way.batch.id] = time.monotonic() + 2
+        assert take(gave_way, waiting_for_m("team-c")) == goes, status
+
 
 def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
     good = {
