@@ -19,7 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
 from schemas.job import InputSpec, JobSpec, PromptSpec, SamplingSpec
-from workers.request_formats import PromptSource
+from workers.request_formats import PromptSource, RequestError, content_text
 
 # The reference chat_completion's delimiters (llama/generation.py of Meta's Llama 2 repository).
 B_INST, E_INST = "[INST]", "[/INST]"
@@ -111,6 +111,12 @@ def _validated_messages(value: Any, column: str) -> list[dict[str, str]]:
             if not isinstance(message.get("value"), str):
                 raise RenderError(f"{column}[{index}].value: expected text, got {_describe(message.get('value'))}")
             message = {"role": role, "content": message["value"]}
+        if isinstance(message, dict) and isinstance(message.get("content"), (list, tuple)):
+            # OpenAI's content parts, as newer chat datasets keep them: their text.
+            try:
+                message = {**message, "content": content_text(list(message["content"]), f"{column}[{index}].content")}
+            except RequestError as error:
+                raise RenderError(str(error)) from None
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise RenderError(f"{column}[{index}]: expected {{role, content}} with text content")
         if message.get("role") not in ("system", "user", "assistant"):

@@ -51,7 +51,8 @@ class ParsedRequest:
 _TEXT_PARTS = ("text", "input_text", "output_text")
 
 
-def _content_text(content: Any, where: str) -> str:
+def content_text(content: Any, where: str) -> str:
+    """A message's content as text: a string, or OpenAI's text parts joined (no other kind of part)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts: only text is supported
@@ -223,7 +224,7 @@ def _chat_messages(messages: Any, where: str) -> list[dict[str, Any]]:
             raise RequestError(f"{where}[{index}].type: only messages are supported, got {message.get('type')!r}")
         role = message.get("role")
         role = "system" if role == "developer" else role
-        parsed.append({"role": role, "content": _content_text(message.get("content"), f"{where}[{index}]")})
+        parsed.append({"role": role, "content": content_text(message.get("content"), f"{where}[{index}]")})
     return parsed
 
 

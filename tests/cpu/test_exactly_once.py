@@ -209,6 +209,12 @@ BAD_DIALOGS = [
     (' [{"from": "human", "value": "ShareGPT turns as JSON text"}]', None),
     ('[{"role": "user", "content": "cut', "messages: the text is not the JSON of a list of {role, content}: "),
     ("[]", "messages: expected a non-empty list of {role, content} (or its JSON text), got list"),
+    # OpenAI's content parts, as newer chat datasets keep turns: their text; an image is not text.
+    ([{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "in parts"}]}], None),
+    (
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}],
+        "messages[0].content: expected text content (a string or text parts)",
+    ),
 ]
 
 
