@@ -38,6 +38,9 @@ Section = BaseModel | dict[str, Any] | None
 # Engines kept warm between calls of this process (generate, run with keep_engines), one pool per
 # model configuration; shutdown() or the end of the process ends them.
 _WARM_POOLS: dict[str, ReplicaPool] = {}
+# A warm pool's engines serve one job at a time: calls on its model from other threads wait their turn.
+_POOLS_IN_USE: dict[str, threading.Lock] = {}
+_MAKING_POOLS = threading.Lock()  # two threads' first calls on a model make one pool, not two
 # The replicas' log files of warm pools: they outlive any one call's temporary output.
 _ENGINE_LOGS: list[str] = []
 # Columns generate adds to the caller's rows: the output's own, and the error of a row that failed.
@@ -83,16 +86,17 @@ def run(
     spec = _as_job(job, output)
     from jobs.runner import run_job
 
-    pool = _warm_pool(spec, verbose) if keep_engines else None
-    outcome = run_job(
-        spec,
-        overwrite=overwrite,
-        pool=pool,
-        retry_errors=retry_errors,
-        progress=_progress(progress, progress_every_s) if isinstance(progress, str) else progress,
-        quiet=not verbose,
-        stop=stop,
-    )
+    pool, in_use = _warm_pool(spec, verbose) if keep_engines else (None, contextlib.nullcontext())
+    with in_use:
+        outcome = run_job(
+            spec,
+            overwrite=overwrite,
+            pool=pool,
+            retry_errors=retry_errors,
+            progress=_progress(progress, progress_every_s) if isinstance(progress, str) else progress,
+            quiet=not verbose,
+            stop=stop,
+        )
     _raise_unless_succeeded(outcome, spec)
     return outcome.summary
 
@@ -303,7 +307,8 @@ def shutdown() -> None:
     new ones. Called at the end of the process too."""
     ray = sys.modules.get("ray")  # loaded by whatever made a pool; never loaded here for nothing
     while _WARM_POOLS:
-        _, pool = _WARM_POOLS.popitem()
+        key, pool = _WARM_POOLS.popitem()
+        _POOLS_IN_USE.pop(key, None)
         # At the end of the process Ray's own exit hook (registered after this one, so run first) has
         # already ended this driver's actors; calling into its torn-down core worker is not safe.
         if ray is not None and ray.is_initialized():
@@ -344,19 +349,22 @@ def _progress(mode: ProgressMode, every_s: float) -> Progress | None:
     return Progress(mode, every_s=every_s)
 
 
-def _warm_pool(spec: JobSpec, verbose: bool) -> ReplicaPool:
-    """The warm replicas for the job's model, started with the first job that needs them."""
+def _warm_pool(spec: JobSpec, verbose: bool) -> tuple[ReplicaPool, threading.Lock]:
+    """The warm replicas for the job's model, started with the first job that needs them, and the
+    lock a job holds while it runs on them."""
     from jobs.planner import with_absolute_paths
     from jobs.runner import warm_replica_pool
 
     spec = with_absolute_paths(spec)
     key = json.dumps(spec.model.model_dump(mode="json"), sort_keys=True)
-    if key not in _WARM_POOLS:
-        _ENGINE_LOGS.append(tempfile.mkdtemp(prefix="herd-engines-"))
-        owner = spec.model_copy(update={"output": spec.output.model_copy(update={"path": _ENGINE_LOGS[-1]})})
-        # Sized for what the cluster gives, not for this job's shards: later jobs reuse it.
-        _WARM_POOLS[key] = warm_replica_pool(owner, _engine_factory(), quiet=not verbose)
-    return _WARM_POOLS[key]
+    with _MAKING_POOLS:
+        if key not in _WARM_POOLS:
+            _ENGINE_LOGS.append(tempfile.mkdtemp(prefix="herd-engines-"))
+            owner = spec.model_copy(update={"output": spec.output.model_copy(update={"path": _ENGINE_LOGS[-1]})})
+            # Sized for what the cluster gives, not for this job's shards: later jobs reuse it.
+            _WARM_POOLS[key] = warm_replica_pool(owner, _engine_factory(), quiet=not verbose)
+            _POOLS_IN_USE[key] = threading.Lock()
+        return _WARM_POOLS[key], _POOLS_IN_USE[key]
 
 
 def _engine_factory() -> Any:

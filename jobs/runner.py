@@ -45,11 +45,46 @@ class RunOutcome:
     exit_code: ExitCode
 
 
+_STARTING_RAY = threading.Lock()
+
+
 def ensure_ray(quiet: bool = False) -> None:
     """Joins the Ray named by RAY_ADDRESS, or starts an embedded local one. `quiet`: the workers'
-    output does not stream to this terminal, and Ray says only what goes wrong."""
-    if ray.is_initialized():
-        return
+    output does not stream to this terminal, and Ray says only what goes wrong. Safe from any thread,
+    and from several at once (a web app's, a notebook's): one of them starts Ray."""
+    with _STARTING_RAY:
+        if ray.is_initialized():
+            return
+        if threading.current_thread() is threading.main_thread():
+            _start_ray(quiet)
+        else:
+            _start_ray_on_a_lasting_thread(quiet)
+
+
+def _start_ray_on_a_lasting_thread(quiet: bool) -> None:
+    """Ray binds its processes (GCS, raylet) to the thread that starts them (Linux's parent-death
+    signal follows the thread, not the process): started on a caller's thread, the embedded cluster
+    would die when that thread ends, under every later call. A thread that lasts as long as the
+    process starts it instead."""
+    started, failed = threading.Event(), []
+
+    def parent() -> None:
+        try:
+            _start_ray(quiet)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
+            failed.append(error)
+            return
+        finally:
+            started.set()
+        threading.Event().wait()  # never set: Ray's processes live until the process ends
+
+    threading.Thread(target=parent, name="herd-ray-processes", daemon=True).start()
+    started.wait()
+    if failed:
+        raise failed[0]
+
+
+def _start_ray(quiet: bool) -> None:
     # ray.init replaces the SIGTERM handler with one that exits at once (code 15); keep the
     # caller's, so that the CLI can stop its replicas and exit with "interrupted".
     sigterm_handler = signal.getsignal(signal.SIGTERM)

@@ -209,6 +209,68 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert code == 2 and "rows 0 and 1" in message and "'same'" in message
 
 
+# A web app's or a notebook's threads: the first calls come from two threads at once, and a third
+# call comes from a new thread after both have ended.
+_THREADS = """
+import json, sys, threading
+import pandas as pd
+import herd
+
+model = {"path": sys.argv[1], "max_model_len": MAX_MODEL_LEN, "dtype": "float32"}
+out = {}
+
+def call(name):
+    try:
+        rows = pd.DataFrame({"question": [f"question {index} about llamas" for index in range(12)]})
+        answers = herd.generate(rows, model=model, prompt_column="question", prompt={"format": "raw"},
+                                sampling={"max_new_tokens": 4, "seed": 3}, rows_per_shard=4, progress="none")
+        out[name] = {"completions": answers["completion"].tolist(), "errors": int(answers["error"].notna().sum()),
+                     "replicas": sorted(answers.attrs["herd_summary"]["tokens_per_s_by_replica"])}
+    except Exception as error:
+        out[name] = f"{type(error).__name__}: {error}"
+
+for names in (["first", "second"], ["after"]):
+    threads = [threading.Thread(target=call, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@background_scenario("python_api_threads", after_own_engine_tests=True)
+def python_api_threads(work_dir: Path, tiny_model: Path) -> subprocess.CompletedProcess:
+    script = work_dir / "threads.py"
+    script.write_text(textwrap.dedent(_THREADS).replace("MAX_MODEL_LEN", str(TEST_MAX_MODEL_LEN)))
+    return subprocess.run(
+        [sys.executable, str(script), str(tiny_model)],
+        cwd=work_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""},
+    )
+
+
+@pytest.mark.background_scenario("python_api_threads")
+def test_generate_from_threads_at_once_and_after_they_end_shares_one_engine_and_answers_every_row(
+    scenario_result,
+):
+    """Ray binds its local processes to the thread that starts them: started by a caller's thread, the
+    embedded cluster died with it, under the next call; two first calls at once started Ray twice."""
+    result = scenario_result
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    out = json.loads(line.removeprefix("RESULT "))
+    assert sorted(out) == ["after", "first", "second"], out
+    for name, answer in out.items():
+        assert isinstance(answer, dict), (name, answer)
+        assert answer["errors"] == 0 and len(answer["completions"]) == 12 and all(answer["completions"])
+    # One pool: the same rows and seed give the same completions, on the same replica(s).
+    assert out["first"] == out["second"] == out["after"]
+
+
 def test_importing_herd_loads_neither_ray_nor_vllm_nor_torch():
     probe = "import sys, herd; print(sorted(m for m in ('ray', 'vllm', 'torch', 'pyarrow') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
