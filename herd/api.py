@@ -292,12 +292,12 @@ def generate(
             rows = _positions(len(data) if kind == "pandas" else table.num_rows)
         else:
             rows = _read_columns(data, read) if kind == "pandas" else table.select(read)
-        _check_ids(rows, id_column)
+        position_of = _positions_by_id(rows, id_column)
         input_section["path"] = _stage_rows(rows, workdir if output is None else None)
         spec = parse_job(raw_job, source="herd.generate")
         summary = run(spec, overwrite=overwrite, progress=progress, verbose=verbose, keep_engines=True)
         label = Path(input_section["path"]).name
-        return _with_completions(data, rows if table is None else table, kind, spec, label, summary)
+        return _with_completions(data, table, kind, spec, label, position_of, summary)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -492,10 +492,11 @@ def _unstorable_column(frame: Any, error: Exception) -> SpecError:
     return SpecError(f"herd.generate: the rows cannot be stored as an Arrow table: {error}")
 
 
-def _check_ids(table: Any, id_column: str | None) -> None:
-    if id_column is None:
-        return
+def _positions_by_id(table: Any, id_column: str | None) -> dict[str, int]:
+    """Each id's row, which its completions go back to; ids must be unique (empty ones are not ids)."""
     seen: dict[str, int] = {}
+    if id_column is None:
+        return seen
     for position, value in enumerate(table.column(id_column).to_pylist()):
         if value is None or value == "":
             continue
@@ -505,6 +506,7 @@ def _check_ids(table: Any, id_column: str | None) -> None:
                 "ids must be unique to match completions to rows"
             )
         seen[str(value)] = position
+    return seen
 
 
 def _stage_rows(table: Any, workdir: Path | None) -> str:
@@ -527,8 +529,11 @@ def _stage_rows(table: Any, workdir: Path | None) -> str:
     return str(path)
 
 
-def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: str, summary: RunSummary) -> Any:
-    """The caller's rows, each once per sample, with the output columns; failed rows with `error`."""
+def _with_completions(
+    data: Any, table: Any, kind: str, spec: JobSpec, label: str, position_of: dict[str, int], summary: RunSummary
+) -> Any:
+    """The caller's rows, each once per sample, with the output columns; failed rows with `error`.
+    `table`: the caller's rows as Arrow (None for pandas); `position_of`: the row of each id."""
     import pyarrow as pa
 
     from common.layout import OutputLayout
@@ -539,11 +544,6 @@ def _with_completions(data: Any, table: Any, kind: str, spec: JobSpec, label: st
 
     spec = with_absolute_paths(spec)
     storage = Storage(spec.storage, spec.retry)
-    position_of: dict[str, int] = {}
-    if spec.input.id_column is not None:
-        for position, value in enumerate(table.column(spec.input.id_column).to_pylist()):
-            if value is not None and value != "":
-                position_of[str(value)] = position
 
     def position(row_id: str) -> int:
         found = position_of.get(row_id)
