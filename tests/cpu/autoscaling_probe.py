@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import ray
+from ray.util import placement_group_table
 
 from jobs.runner import RunOutcome, ensure_ray, run_job
 from schemas import parse_job
@@ -29,9 +30,15 @@ def gpu_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive") and node["Resources"].get("GPU", 0) > 0)
 
 
-def _worker_raylets(temp_dir: str) -> list[int]:
-    """The raylets of the worker nodes the autoscaler started (the head's node id ends in 00000)."""
-    pids = []
+def _raylet_of_a_replica_node(temp_dir: str) -> int | None:
+    """The raylet of a worker node that holds a replica now (the node of a placed placement group). An
+    idle node the autoscaler started beyond the job's needs would lose no replica."""
+    replica_nodes = {
+        node
+        for group in placement_group_table().values()
+        if group.get("state") == "CREATED"
+        for node in group.get("bundles_to_node_id", {}).values()
+    }
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -39,25 +46,28 @@ def _worker_raylets(temp_dir: str) -> list[int]:
             arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        head = any(argument.startswith("--node_id=") and argument.endswith("00000") for argument in arguments)
-        if arguments[0].endswith("raylet/raylet") and f"--temp_dir={temp_dir}" in arguments and not head:
-            pids.append(int(entry.name))
-    return pids
+        node = next(
+            (argument.removeprefix("--node_id=") for argument in arguments if argument.startswith("--node_id=")), ""
+        )
+        if arguments[0].endswith("raylet/raylet") and f"--temp_dir={temp_dir}" in arguments and node in replica_nodes:
+            return int(entry.name)
+    return None
 
 
 def lose_a_node_after(manifest: Path, commits: int, temp_dir: str, lost: list[int]) -> threading.Thread:
-    """Once `commits` shards are committed, a worker node vanishes as a reclaimed spot instance does:
-    its raylet and everything it started are SIGKILLed at once."""
+    """Once `commits` shards are committed, a worker node that holds a replica vanishes as a reclaimed
+    spot instance does: its raylet and everything it started are SIGKILLed at once."""
 
     def watch() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if manifest.is_dir() and len(list(manifest.glob("*.json"))) >= commits:
-                raylet = _worker_raylets(temp_dir)[0]
-                for pid in [raylet, *descendants(raylet)]:
-                    os.kill(pid, signal.SIGKILL)
-                lost.append(raylet)
-                return
+                raylet = _raylet_of_a_replica_node(temp_dir)
+                if raylet is not None:
+                    for pid in [raylet, *descendants(raylet)]:
+                        os.kill(pid, signal.SIGKILL)
+                    lost.append(raylet)
+                    return
             time.sleep(0.2)
 
     thread = threading.Thread(target=watch, daemon=True)
