@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from common.retry import is_transient, storage_problem
 from common.storage import FileInfo, Storage, absolute
 from jobs.planning_processes import plan_in_processes
-from schemas.errors import SpecError
+from schemas.errors import SpecError, UnplannableFiles
 from schemas.input_files import (
     ARROW_IPC_ADVICE,
     INPUT_NAMES,
@@ -248,11 +248,19 @@ def plan_batches(
         copied_from = kind if kind != "jsonl" else "jsonl" if input_spec.transcoded else None
         return _copied_jsonl_shards(size, base, input_spec, compression=codec, copied_from=copied_from)
 
+    def shards_or_problem(info: FileInfo, footer: pq.FileMetaData | Exception | None) -> list[Shard] | SpecError:
+        try:
+            return file_shards(info, footer)
+        except SpecError as problem:
+            return problem
+
     # Footers and compressed sizes are small reads whose time is the store's latency: on S3, many at
     # once, a batch of files at a time (a batch's footers are all that is held). In file order all the
-    # same, and the first file (in that order) that fails is the error.
+    # same. A file that cannot be planned does not stop the others being read: the error names every
+    # such file (up to UnplannableFiles.MOST_NAMED), in file order; a storage failure stops at once.
     at_once = storage.small_requests_at_once(files[0].url) if files else 1
     threads = ThreadPoolExecutor(at_once, thread_name_prefix="plan")
+    problems: list[str] = []
     try:
         for start in range(0, len(files), _FILES_A_BATCH):
             batch = files[start : start + _FILES_A_BATCH]
@@ -266,8 +274,19 @@ def plan_batches(
                 and info.url not in footers
                 for info in batch
             )
-            planned = (threads.map if reading else map)(file_shards, batch, footer_of)
-            yield [shard for one_file in planned for shard in one_file]
+            planned = (threads.map if reading else map)(shards_or_problem, batch, footer_of)
+            shards: list[Shard] = []
+            for one_file in planned:
+                if isinstance(one_file, SpecError):
+                    problems.append(str(one_file))
+                    if len(problems) == UnplannableFiles.MOST_NAMED:
+                        raise UnplannableFiles(problems, stopped=True)
+                else:
+                    shards += one_file
+            if not problems:  # a plan that will be refused is not handed on
+                yield shards
+        if problems:
+            raise UnplannableFiles(problems)
     finally:
         threads.shutdown(cancel_futures=True)  # after a bad file, the files not read yet are not read
 

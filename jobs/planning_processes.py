@@ -27,6 +27,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING
 
+from schemas.errors import UnplannableFiles
+
 if TYPE_CHECKING:
     from common.storage import FileInfo, Storage
     from schemas.job import InputSpec, PromptSpec
@@ -39,9 +41,10 @@ def plan_in_processes(
     storage: Storage,
     prompt: PromptSpec | None,
 ) -> list[Shard]:
-    """The shards of every slice, planned by a process each, joined in slice order; of slices that
-    fail, the first one's error is raised, so the first failing file in order is still the one named.
-    Interrupted (Ctrl-C), the planning processes are ended at once."""
+    """The shards of every slice, planned by a process each, joined in slice order. Files that cannot
+    be planned are named together, in file order, whichever slices they are in; any other failure
+    (storage down) is raised first, the first slice's in order. Interrupted (Ctrl-C), the planning
+    processes are ended at once."""
     environment = _worker_environment()
     with contextlib.ExitStack() as closing:
         # A file, not a pipe: nobody has to read it while the child works, and it cannot fill up.
@@ -66,12 +69,13 @@ def plan_in_processes(
                     worker.kill()
                     worker.wait()
             talking.shutdown(cancel_futures=True)
-    shards: list[Shard] = []
-    for answer in answers:
-        if isinstance(answer, BaseException):
-            raise answer
-        shards += answer
-    return shards
+    errors = [answer for answer in answers if isinstance(answer, BaseException)]
+    for error in errors:
+        if not isinstance(error, UnplannableFiles):
+            raise error
+    if errors:
+        raise UnplannableFiles.joined(errors)
+    return [shard for answer in answers for shard in answer]
 
 
 def _answer(worker: subprocess.Popen, payload: bytes, log_file: IO[bytes]) -> list[Shard] | BaseException:

@@ -30,7 +30,7 @@ from jobs.ray_auth import use_token_for_drivers
 from jobs.replicas import ReplicaPool
 from jobs.report import write_report
 from jobs.run_stats import errors_by_stage, tokens_per_s_by_replica, top_error_reasons
-from schemas.errors import ExitCode, OutputBusy, SpecError
+from schemas.errors import ExitCode, OutputBusy, SpecError, UnplannableFiles
 from schemas.job import JobSpec
 from schemas.results import RunSummary, RunTotals
 from schemas.shard import ErrorRetry, Shard, ShardRecord
@@ -131,8 +131,7 @@ def run_job(
 
     files = list_inputs(storage, job).files
     # The first file's plan checks the input against a real file (its columns, its format).
-    first = plan_shards(job.input, files[:1], storage, job.prompt)
-    rest = files[1:]
+    first, rest = _first_file_planned(job, files, storage), files[1:]
     own_pool = pool is None
     if pool is not None and not pool.serves(job.model):
         raise SpecError("the replica pool given serves a different model configuration")
@@ -168,6 +167,19 @@ def run_job(
     finally:
         if lease is not None:
             lease.release()
+
+
+def _first_file_planned(job: JobSpec, files: list[FileInfo], storage: Storage) -> list[Shard]:
+    """The first file's shards. If it cannot be planned, the other files are planned too (no engine
+    has started) so that the error names every file that cannot be, not only the first."""
+    try:
+        return plan_shards(job.input, files[:1], storage, job.prompt)
+    except UnplannableFiles as first_problem:
+        try:
+            plan_shards(job.input, files[1:], storage, job.prompt)
+        except UnplannableFiles as more:
+            raise UnplannableFiles.joined([first_problem, more]) from None
+        raise
 
 
 def _lease_of(storage: Storage, layout: OutputLayout, job: JobSpec) -> Lease:

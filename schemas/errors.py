@@ -35,6 +35,39 @@ class SpecError(HerdError, ValueError):
     exit_code = ExitCode.INVALID
 
 
+class UnplannableFiles(SpecError):
+    """Input files that cannot be planned (not readable as their format, a named column missing), each
+    with why: found in one pass, so that a few bad files among thousands are fixed in one go. Planning
+    stops at `MOST_NAMED` of them (a column missing from every file would otherwise read them all)."""
+
+    MOST_NAMED: ClassVar[int] = 20
+
+    def __init__(self, problems: list[str], *, stopped: bool = False) -> None:
+        self.problems, self.stopped = problems, stopped
+        if len(problems) == 1 and not stopped:
+            message = problems[0]
+        else:
+            more = "; planning stopped there, others may follow" if stopped else ""
+            message = f"{len(problems)} input files cannot be planned{more}:\n" + "\n".join(
+                f"  {problem}" for problem in problems
+            )
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:  # a planning process sends it to the driver pickled
+        return (_unplannable_files, (self.problems, self.stopped))
+
+    @classmethod
+    def joined(cls, errors: list[UnplannableFiles]) -> UnplannableFiles:
+        """The problems of several slices of the files, in their order."""
+        problems = [problem for error in errors for problem in error.problems]
+        stopped = any(error.stopped for error in errors) or len(problems) > cls.MOST_NAMED
+        return cls(problems[: cls.MOST_NAMED], stopped=stopped)
+
+
+def _unplannable_files(problems: list[str], stopped: bool) -> UnplannableFiles:
+    return UnplannableFiles(problems, stopped=stopped)
+
+
 class StorageUnavailable(HerdError):
     """Storage kept failing in ways that may pass (throttling, 5xx, dropped connections) after every
     retry; the job itself may be fine: run it again later."""

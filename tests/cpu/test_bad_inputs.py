@@ -14,6 +14,7 @@ import pytest
 
 from jobs.runner import run_job
 from schemas import SpecError, parse_job
+from schemas.errors import UnplannableFiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,6 +81,64 @@ def test_unusable_input_is_refused_before_generation(tmp_path, make_input, messa
         run_job(job)
     assert message.format(tmp=tmp_path) in str(raised.value)
     assert not (tmp_path / "out" / "data").exists()
+
+
+def _parquet_files(folder: Path, columns_by_file: dict[str, dict | bytes]) -> None:
+    folder.mkdir()
+    for name, content in columns_by_file.items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            pq.write_table(pa.table(content), folder / name)
+
+
+def test_every_input_file_that_cannot_be_planned_is_named_in_one_error_before_generation(tmp_path):
+    """A few bad files among many (a truncated upload, an export with another schema): the error
+    names each of them, in file order, so they are fixed in one go; the good files are not named."""
+    good = {"prompt": ["hello"] * 3}
+    _parquet_files(
+        tmp_path / "in",
+        {
+            "part-0.parquet": b"PAR1 truncated by a failed upload",
+            "part-1.parquet": good,
+            "part-2.parquet": {"text": ["hello"]},
+            "part-3.parquet": good,
+            "part-4.parquet": b"<html>an error page saved as the file</html>",
+        },
+    )
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+            "model": {"path": "/no/engine/is/started"},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    with pytest.raises(SpecError) as raised:
+        run_job(job, engine_factory=_no_engine)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "3 input files cannot be planned:"
+    assert [line.strip().split(":")[0] for line in lines[1:]] == ["part-0.parquet", "part-2.parquet", "part-4.parquet"]
+    assert "not a readable Parquet file" in lines[1] and "column(s) ['prompt'] named in the job" in lines[2]
+    assert not (tmp_path / "out").exists()
+
+
+def test_planning_stops_naming_files_at_its_limit_when_every_file_lacks_the_column(tmp_path, monkeypatch):
+    """A wrong prompt_column fails every file: the error comes after a few, not after reading all."""
+    monkeypatch.setattr(UnplannableFiles, "MOST_NAMED", 3)
+    _parquet_files(tmp_path / "in", {f"part-{index}.parquet": {"text": ["hello"]} for index in range(8)})
+    job = parse_job(
+        {
+            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+            "model": {"path": "/no/engine/is/started"},
+            "output": {"path": str(tmp_path / "out")},
+        }
+    )
+    with pytest.raises(UnplannableFiles) as raised:
+        run_job(job, engine_factory=_no_engine)
+    assert raised.value.stopped and str(raised.value).startswith("3 input files cannot be planned; planning stopped")
+    assert [problem.split(":")[0] for problem in raised.value.problems] == [
+        f"part-{index}.parquet" for index in range(3)
+    ]
 
 
 def test_unwritable_output_is_refused_before_generation(tmp_path):
