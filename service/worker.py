@@ -40,6 +40,7 @@ from workers.request_formats import RequestError, openai_batch_request
 log = logging.getLogger("herd.service")
 
 _POLL_S = 1.0
+_CLOSE_WAIT_S = 60.0  # the most close() waits for each running batch, and for the look for work
 # How much of a finished batch's answers finalize reads at once (into memory, in one round trip).
 _SHARD_FILES_READ_AT_ONCE = 64
 _SHARD_BYTES_READ_AT_ONCE = 16 * 1024 * 1024
@@ -90,12 +91,17 @@ class BatchWorker:
 
     def close(self) -> None:
         """Stops taking batches and asks the running ones to stop (their committed shards are kept;
-        the next server on this root resumes them)."""
+        the next server on this root resumes them); waits for them and for the look for work, each
+        for a bounded time (a call hanging on storage does not hold shutdown for its retries)."""
         self._closing.set()
-        for stop in list(self._stops.values()):
+        with self._lock:  # no batch starts after this: _take_batches looks at _closing under the lock
+            stops, running = list(self._stops.values()), list(self._running.values())
+        for stop in stops:
             stop.set()
-        for thread in list(self._running.values()):
-            thread.join(timeout=60)
+        for thread in running:
+            thread.join(timeout=_CLOSE_WAIT_S)
+        if self._thread.is_alive():
+            self._thread.join(timeout=_CLOSE_WAIT_S)
 
     def _loop(self) -> None:
         swept = -_SWEEP_S
@@ -116,6 +122,8 @@ class BatchWorker:
 
     def _take_batches(self, waiting: list[BatchRecord]) -> None:
         with self._lock:
+            if self._closing.is_set():  # a look that began before close() found these
+                return
             for thread_id in [key for key, thread in self._running.items() if not thread.is_alive()]:
                 del self._running[thread_id]
                 self._validating.pop(thread_id, None)
@@ -233,6 +241,8 @@ class BatchWorker:
         )
         stop = threading.Event()
         self._stops[batch.id] = stop
+        if self._closing.is_set():  # close() came between this batch's start and now
+            stop.set()
         counts = _Counts(self.store, record)
         watch = threading.Thread(target=self._watch, args=(record, model, counts, stop), daemon=True)
         watch.start()

@@ -102,6 +102,40 @@ def test_a_batch_that_gave_way_waits_for_each_owner_it_gave_way_to_once_not_for_
         assert take(gave_way, waiting_for_m("team-c")) == goes, status
 
 
+def test_a_closed_worker_waits_for_its_look_for_work_and_starts_nothing_that_look_found(tmp_path):
+    """close() while the worker is reading the root (slow storage): it returns once that look has
+    ended, and the batch the look found is not started on the way out (the next server takes it)."""
+    import threading
+
+    from common.storage import Storage
+    from schemas.job import RetrySpec, StorageSpec
+    from service.config import ServiceSpec
+    from service.store import Store
+    from service.worker import BatchWorker
+
+    spec = ServiceSpec.model_validate(
+        {"root": str(tmp_path), "models": [{"name": "m", "job": {"model": {"path": "x"}}}]}
+    )
+    store = Store(str(tmp_path), Storage(StorageSpec(), RetrySpec()))
+    worker = BatchWorker(spec, store, None)
+    started: list[str] = []
+    worker._run = lambda record, model: started.append(record.batch.id)  # type: ignore[method-assign]
+    looking, answer = threading.Event(), threading.Event()
+
+    def slow_open_batches() -> list[BatchRecord]:
+        looking.set()
+        answer.wait(timeout=30)
+        return [_record("team-a")]
+
+    store.open_batches = slow_open_batches  # type: ignore[method-assign]
+    worker.start()
+    assert looking.wait(timeout=30)
+    threading.Timer(0.5, answer.set).start()
+    worker.close()
+    assert not worker._thread.is_alive()
+    assert started == [] and worker._running == {}
+
+
 def test_every_bad_line_is_named_with_its_number_before_any_engine_runs():
     good = {
         "custom_id": "a",
