@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from schemas.columns import OPTIONAL_OUTPUT_COLUMNS, OUTPUT_COLUMNS
-from schemas.errors import ErrorsOverThreshold, ExitCode, NoCapacity, ShardsFailed, SpecError
+from schemas.errors import ErrorsOverThreshold, ExitCode, NoCapacity, OutputBusy, ShardsFailed, SpecError
 from schemas.job import JobSpec, load_job, parse_job
 from schemas.results import RunSummary, output_columns
 
@@ -293,11 +294,19 @@ def generate(
         else:
             rows = _read_columns(data, read) if kind == "pandas" else table.select(read)
         position_of = _positions_by_id(rows, id_column)
-        input_section["path"] = _stage_rows(rows, workdir if output is None else None)
+        staged, staged_for_this_call = _stage_rows(rows, workdir if output is None else None, output)
+        input_section["path"] = str(staged)
         spec = parse_job(raw_job, source="herd.generate")
-        summary = run(spec, overwrite=overwrite, progress=progress, verbose=verbose, keep_engines=True)
-        label = Path(input_section["path"]).name
-        return _with_completions(data, table, kind, spec, label, position_of, summary)
+        keep_staged = not staged_for_this_call  # or the output is busy: the run that holds it reads them
+        try:
+            summary = run(spec, overwrite=overwrite, progress=progress, verbose=verbose, keep_engines=True)
+        except OutputBusy:
+            keep_staged = True
+            raise
+        finally:
+            if not keep_staged:  # the same call again stages the same file: it resumes or finds the output done
+                staged.unlink(missing_ok=True)
+        return _with_completions(data, table, kind, spec, staged.name, position_of, summary)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -509,24 +518,41 @@ def _positions_by_id(table: Any, id_column: str | None) -> dict[str, int]:
     return seen
 
 
-def _stage_rows(table: Any, workdir: Path | None) -> str:
-    """The rows as a Parquet file the replicas read. For a kept output it is named by its content in
-    the node's cache, so that the same rows make the same job again (and a second call resumes)."""
+# The modification time every staged file gets: a local file's version is its mtime, so the same rows
+# staged again (after the file was deleted) are the same input to a kept output's fingerprint.
+_STAGED_MTIME_NS = 946_684_800 * 10**9  # 2000-01-01
+
+
+def _stage_rows(table: Any, workdir: Path | None, output: str | None) -> tuple[Path, bool]:
+    """The rows as a Parquet file the replicas read, and whether it may be deleted after the call. For
+    a kept output (`workdir` None) it is in the node's cache, named by its content and the output, with
+    a fixed mtime: the same call stages the same file, so it resumes that output (or finds it done)."""
     import pyarrow.parquet as pq
 
     from common.node_cache import cache_root
+    from common.storage import absolute
 
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     data = buffer.getvalue()
-    folder = workdir / "input" if workdir is not None else cache_root() / "generate-inputs"
-    path = folder / f"rows-{hashlib.sha256(data).hexdigest()[:20]}.parquet"
-    if not path.exists():  # rewritten, it would get a new mtime: another job by its fingerprint
+    content = hashlib.sha256(data).hexdigest()[:20]
+    if workdir is not None:
+        folder, name = workdir / "input", f"rows-{content}.parquet"
+    else:
+        folder = cache_root() / "generate-inputs"
+        kept_before = folder / f"rows-{content}.parquet"  # how herd named them until 2026-12-04, kept for good
+        if kept_before.exists():
+            return kept_before, False  # the outputs written then name this file and its mtime
+        output_key = hashlib.sha256(absolute(str(output)).rstrip("/").encode()).hexdigest()[:12]
+        name = f"rows-{content}-{output_key}.parquet"
+    path = folder / name
+    if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
+        partial = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial")
         partial.write_bytes(data)
+        os.utime(partial, ns=(_STAGED_MTIME_NS, _STAGED_MTIME_NS))
         partial.replace(path)
-    return str(path)
+    return path, True
 
 
 def _with_completions(

@@ -97,6 +97,21 @@ with_handles = herd.generate(framed.assign(handle=handles), model=model, prompt_
 out["handles_kept"] = [kept is given for kept, given in zip(with_handles["handle"], handles)]
 out["handles_same_completions"] = with_handles["completion"].equals(labelled["completion"])
 
+# A kept output: the staged rows are deleted after each call, and the same call again stages the same
+# file, so it is the same job to the output (which it finds done: the answers are read back).
+import os
+kept = dict(model=model, prompt_column="question", id_column="key", prompt={"format": "raw"}, sampling=sampling,
+            rows_per_shard=4, progress="none", output=sys.argv[2] + "/kept")
+kept_first = herd.generate(frame.iloc[:12], **kept)
+staged = os.path.join(os.environ["HERD_CACHE_DIR"], "generate-inputs")
+out["staged_after_call"] = os.listdir(staged)
+kept_again = herd.generate(frame.iloc[:12], **kept)
+out["kept_shards"] = [kept_first.attrs["herd_summary"]["shards_run"], kept_again.attrs["herd_summary"]["shards_run"],
+                      kept_again.attrs["herd_summary"]["shards_skipped"]]
+out["kept_same"] = (
+    kept_again["completion"].tolist() == kept_first["completion"].tolist() == first["completion"].tolist()[:12]
+)
+
 # A Polars frame of the first call's rows (its text is Arrow's string_view) comes back as an Arrow table.
 import polars as pl
 polars_rows = herd.generate(
@@ -133,7 +148,7 @@ def python_api_session(work_dir: Path, tiny_model: Path) -> subprocess.Completed
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""},
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "", "HERD_CACHE_DIR": str(work_dir / "cache")},
     )
 
 
@@ -167,6 +182,10 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert set(out["second_summary"]["tokens_per_s_by_replica"]) == replicas_first
     assert set(out["run_summary"]["tokens_per_s_by_replica"]) == replicas_first
     assert out["second"]["completion"] == first["completion"][:10]
+
+    # generate(output=...) keeps no staged rows after a call, and the same call again is the same job.
+    assert out["staged_after_call"] == []
+    assert out["kept_shards"] == [3, 0, 3] and out["kept_same"] is True
 
     # An Arrow table comes back as one; the row without a prompt is there, with its error.
     assert out["arrow_type"] == "Table"
