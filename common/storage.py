@@ -613,15 +613,19 @@ class Folder:
 
     def find(self, name: str = "") -> list[str]:
         """The names (relative to the root) of every file below `name`, sorted; [] when it is absent."""
+        return sorted(self.file_sizes(name))
+
+    def file_sizes(self, name: str = "") -> dict[str, int]:
+        """The size of every file below `name`, by name relative to the root; {} when it is absent."""
         top = self.url(name)
         if not self.storage.has_entries(top):
-            return []
-        names = []
+            return {}
+        sizes = {}
         for info in self.storage.expand_inputs(top):
             if not info.url.startswith(self.root + "/"):
                 raise ValueError(f"{info.url} was listed under {top} but is not under {self.root}")
-            names.append(info.url[len(self.root) + 1 :])
-        return names
+            sizes[info.url[len(self.root) + 1 :]] = info.size
+        return sizes
 
     def read_many(self, names: list[str]) -> dict[str, bytes]:
         """Each name's content, keyed by the name."""

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.layout import OutputLayout
 from schemas.errors import StorageUnavailable
-from service.config import ServiceSpec, window_seconds
+from service.config import Limits, ServiceSpec, window_seconds
 from service.keys import LOCAL_OWNER, ApiKeys
 from service.objects import (
     TERMINAL,
@@ -66,11 +66,17 @@ class ApiError(Exception):
 
 
 def _error(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error"
-    )
+    kind = {
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "insufficient_quota",
+    }.get(status, "invalid_request_error" if status < 500 else "server_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    # A quota frees up when files are deleted or batches end, not in the seconds the OpenAI SDK would
+    # spend retrying a 429: the header tells it not to.
+    headers = {"x-should-retry": "false"} if status == 429 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _page_body(page: Page, shown: Callable[[Any], BaseModel]) -> dict[str, Any]:
@@ -263,7 +269,8 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
 
     def keep_upload(owner: str, upload: UploadFile, expires_after: ExpiresAfter | None) -> dict[str, Any]:
         file_id = new_id("file-")
-        size, lines = _copy_checked(upload.file, store, owner, file_id, limits.max_upload_bytes, limits.max_lines)
+        room = limits.max_stored_bytes_per_owner - store.stored_bytes(owner)
+        size, lines = _copy_checked(upload.file, store, owner, file_id, limits, room)
         created = int(time.time())
         record = FileRecord(
             owner=owner,
@@ -343,6 +350,13 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
         file = owned_file(owner, body.input_file_id)
         if file.file.purpose != "batch":
             raise ApiError(400, f"input_file_id: {file.file.id} is not a batch input file", param="input_file_id")
+        if store.open_batch_count(owner) >= limits.max_open_batches_per_owner:
+            raise ApiError(
+                429,
+                f"this key has {limits.max_open_batches_per_owner} batches that have not ended, the most it may "
+                "have; create this one when one of them has ended (or cancel one)",
+                code="batch_limit_exceeded",
+            )
         created = int(time.time())
         batch = Batch(
             id=new_id("batch_"),
@@ -441,10 +455,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(received)
 
 
-def _copy_checked(
-    source: Any, store: Store, owner: str, file_id: str, max_bytes: int, max_lines: int
-) -> tuple[int, int]:
-    """Copies an uploaded file to storage, a chunk at a time, counting its bytes and request lines."""
+def _copy_checked(source: Any, store: Store, owner: str, file_id: str, limits: Limits, room: int) -> tuple[int, int]:
+    """Copies an uploaded file to storage, a chunk at a time, counting its bytes and request lines;
+    `room`: the bytes the owner may still store."""
     source.seek(0)
     size = lines = 0
     last = b"\n"
@@ -452,18 +465,26 @@ def _copy_checked(
         try:
             while chunk := source.read(_COPY_CHUNK):
                 size += len(chunk)
-                if size > max_bytes:
-                    raise ApiError(413, f"file: over the limit of {max_bytes:,} bytes")
+                if size > limits.max_upload_bytes:
+                    raise ApiError(413, f"file: over the limit of {limits.max_upload_bytes:,} bytes")
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
                 copy.write(chunk)
             lines += last != b"\n"
-            if lines > max_lines:
+            if lines > limits.max_lines:
                 raise ApiError(
-                    400, f"file: {lines:,} lines; a batch holds at most {max_lines:,} requests", param="file"
+                    400, f"file: {lines:,} lines; a batch holds at most {limits.max_lines:,} requests", param="file"
                 )
             if not size:
                 raise ApiError(400, "file: the file is empty", param="file")
+            if size > room:
+                most = limits.max_stored_bytes_per_owner
+                raise ApiError(
+                    429,
+                    f"file storage limit: this key's files hold {most - room:,} bytes of {most:,} and this file is "
+                    f"{size:,}; delete files (DELETE /v1/files/{{file_id}}) or let them expire",
+                    code="storage_limit_exceeded",
+                )
             copy.close()
             store.upload_file_content(owner, file_id, copy.name)
         finally:

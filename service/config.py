@@ -133,6 +133,20 @@ class Limits(_Strict):
         "a shard boundary (its running shards commit; a turn commits at least one) and resumes on its next "
         "turn, on the same warm engines.",
     )
+    max_stored_bytes_per_owner: int = Field(
+        default=100 * 1024**3,
+        ge=1,
+        description="The most bytes of files one owner (API key) keeps, uploads and batch outputs together "
+        "(OpenAI's limit per organization is 100 GB): an upload past it is refused with 429 until files are "
+        "deleted or expire. Checked at each upload; outputs are written whatever it says.",
+    )
+    max_open_batches_per_owner: int = Field(
+        default=100,
+        ge=1,
+        description="The most batches one owner may have that have not ended (validating, in progress, "
+        "finalizing, cancelling): one more is refused with 429 until one ends. A script that creates "
+        "batches in a loop fills its own queue, not the service's.",
+    )
     completion_windows: list[str] = Field(
         default_factory=lambda: ["24h"], description="The completion_window values a batch may ask for."
     )

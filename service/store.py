@@ -182,6 +182,12 @@ class Store:
             wanted=lambda file_id: purpose in (None, file_purpose(file_id)),
         )
 
+    def stored_bytes(self, owner: str) -> int:
+        """The bytes of the owner's files' contents, uploads and outputs (expired ones until the sweep
+        deletes them): from the listing alone, a request per 1,000 files on S3."""
+        sizes = self.folder.file_sizes(f"files/{_owner_folder(owner)}")
+        return sum(size for name, size in sizes.items() if name.endswith(".jsonl"))
+
     def delete_file(self, record: FileRecord) -> None:
         owner, file_id = record.owner, record.file.id
         self.folder.delete([self._file_content(owner, file_id), self._file_record(owner, file_id)])
@@ -220,6 +226,11 @@ class Store:
     def batches_page(self, owner: str, *, after: str | None, limit: int) -> Page:
         """The owner's batches after the id `after`, newest first."""
         return self._page(BatchRecord, f"batches/{_owner_folder(owner)}", after=after, limit=limit, newest_first=True)
+
+    def open_batch_count(self, owner: str) -> int:
+        """How many of the owner's batches have not ended, from their markers' names (no record read;
+        a marker a stopped server left behind counts until the worker's next look removes it)."""
+        return len(self.folder.list_names(f"open/{_owner_folder(owner)}"))
 
     def open_batches(self, owner: str | None = None) -> list[BatchRecord]:
         """The batches that have not ended (every owner's, or one owner's), oldest first."""

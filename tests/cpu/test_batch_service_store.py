@@ -587,3 +587,45 @@ def test_a_files_lines_are_read_a_range_at_a_time_and_put_back_together_across_r
     store.save_file(bad)
     [error] = check_lines(store.file_lines(OWNER, bad.file.id))[0]
     assert (error.code, error.line) == ("invalid_file", 2) and "line 2" in error.message
+
+
+def test_each_key_is_held_to_its_own_storage_and_open_batch_quotas_with_a_429_the_sdk_does_not_retry(store):
+    spec = ServiceSpec(
+        root=store.folder.root, limits={"max_stored_bytes_per_owner": 100, "max_open_batches_per_owner": 2}
+    )
+    keys = ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef\nteam-b:sk-team-b-0123456789abcdef", "keys")
+    app = build_app(spec, store, keys, health_problem=lambda: None)
+    line = b'{"custom_id": "request-1", "method": "POST"}\n'  # 45 bytes: two fit in 100, three do not
+    sent: list[str] = []
+    with TestClient(app, base_url="http://testserver") as http:
+        http.event_hooks["request"] = [lambda request: sent.append(request.url.path)]
+        team_a, team_b = (
+            openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http)
+            for key in ("sk-team-a-0123456789abcdef", "sk-team-b-0123456789abcdef")
+        )
+        kept = [team_a.files.create(file=("batch.jsonl", line), purpose="batch") for _ in range(2)]
+        sent.clear()
+        with pytest.raises(openai.RateLimitError) as refused:
+            team_a.files.create(file=("batch.jsonl", line), purpose="batch")
+        assert refused.value.code == "storage_limit_exceeded" and "90 bytes of 100" in refused.value.message
+        assert sent == ["/v1/files"]  # asked once: the SDK does not retry a quota
+        assert len(team_a.files.list().data) == 2  # nothing of the refused file was kept
+        team_b.files.create(file=("batch.jsonl", line), purpose="batch")  # a quota of its own
+        team_a.files.delete(kept[1].id)
+        team_a.files.create(file=("batch.jsonl", line), purpose="batch")  # room again
+
+        def create(client: openai.OpenAI, file_id: str) -> Any:
+            return client.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+
+        first = create(team_a, kept[0].id)
+        create(team_a, kept[0].id)
+        sent.clear()
+        with pytest.raises(openai.RateLimitError) as refused:
+            create(team_a, kept[0].id)
+        assert refused.value.code == "batch_limit_exceeded" and sent == ["/v1/batches"]
+        create(team_b, team_b.files.list().data[0].id)  # team b's queue is its own
+        _end(store, store.batch(OWNER, first.id))
+        store.open_batches()  # the worker's next look removes the ended batch's marker
+        create(team_a, kept[0].id)
