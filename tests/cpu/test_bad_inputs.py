@@ -15,6 +15,7 @@ import pytest
 from jobs.runner import run_job
 from schemas import SpecError, parse_job
 from schemas.errors import UnplannableFiles
+from schemas.job import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,17 +69,22 @@ INPUT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("make_input", "message"), INPUT_CASES, ids=[case.__name__ for case, _ in INPUT_CASES])
-def test_unusable_input_is_refused_before_generation(tmp_path, make_input, message):
-    job = parse_job(
+def _job_without_engine(input_path: str, tmp_path: Path) -> JobSpec:
+    """A job reading `input_path` whose model path holds nothing: only a refusal before any engine
+    starts can end it well."""
+    return parse_job(
         {
-            "input": {"path": make_input(tmp_path), "prompt_column": "prompt"},
+            "input": {"path": input_path, "prompt_column": "prompt"},
             "model": {"path": "/no/engine/is/started"},
             "output": {"path": str(tmp_path / "out")},
         }
     )
+
+
+@pytest.mark.parametrize(("make_input", "message"), INPUT_CASES, ids=[case.__name__ for case, _ in INPUT_CASES])
+def test_unusable_input_is_refused_before_generation(tmp_path, make_input, message):
     with pytest.raises(SpecError) as raised:
-        run_job(job)
+        run_job(_job_without_engine(make_input(tmp_path), tmp_path))
     assert message.format(tmp=tmp_path) in str(raised.value)
     assert not (tmp_path / "out" / "data").exists()
 
@@ -106,13 +112,7 @@ def test_every_input_file_that_cannot_be_planned_is_named_in_one_error_before_ge
             "part-4.parquet": b"<html>an error page saved as the file</html>",
         },
     )
-    job = parse_job(
-        {
-            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
-            "model": {"path": "/no/engine/is/started"},
-            "output": {"path": str(tmp_path / "out")},
-        }
-    )
+    job = _job_without_engine(str(tmp_path / "in"), tmp_path)
     with pytest.raises(SpecError) as raised:
         run_job(job, engine_factory=_no_engine)
     lines = str(raised.value).splitlines()
@@ -126,13 +126,7 @@ def test_planning_stops_naming_files_at_its_limit_when_every_file_lacks_the_colu
     """A wrong prompt_column fails every file: the error comes after a few, not after reading all."""
     monkeypatch.setattr(UnplannableFiles, "MOST_NAMED", 3)
     _parquet_files(tmp_path / "in", {f"part-{index}.parquet": {"text": ["hello"]} for index in range(8)})
-    job = parse_job(
-        {
-            "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
-            "model": {"path": "/no/engine/is/started"},
-            "output": {"path": str(tmp_path / "out")},
-        }
-    )
+    job = _job_without_engine(str(tmp_path / "in"), tmp_path)
     with pytest.raises(UnplannableFiles) as raised:
         run_job(job, engine_factory=_no_engine)
     assert raised.value.stopped and str(raised.value).startswith("3 input files cannot be planned; planning stopped")
