@@ -297,11 +297,11 @@ def generate(
         staged, staged_for_this_call = _stage_rows(rows, workdir if output is None else None, output)
         input_section["path"] = str(staged)
         spec = parse_job(raw_job, source="herd.generate")
-        keep_staged = not staged_for_this_call  # or the output is busy: the run that holds it reads them
+        keep_staged = not staged_for_this_call  # a file an older herd staged stays: its outputs name it
         try:
             summary = run(spec, overwrite=overwrite, progress=progress, verbose=verbose, keep_engines=True)
         except OutputBusy:
-            keep_staged = True
+            keep_staged = True  # the run that holds the output reads these rows
             raise
         finally:
             if not keep_staged:  # the same call again stages the same file: it resumes or finds the output done
