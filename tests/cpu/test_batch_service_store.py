@@ -629,3 +629,36 @@ def test_each_key_is_held_to_its_own_storage_and_open_batch_quotas_with_a_429_th
         _end(store, store.batch(OWNER, first.id))
         store.open_batches()  # the worker's next look removes the ended batch's marker
         create(team_a, kept[0].id)
+
+
+def test_a_key_is_rotated_and_revoked_by_editing_the_keys_file_and_a_file_that_cannot_be_used_changes_nothing(
+    store, tmp_path, caplog
+):
+    """No restart, which would stop every running batch: team a's new key sees team a's files, its old
+    key is refused at the next request; a file saved half-written, or emptied, leaves the keys as they
+    were (an empty one would open the service to any caller)."""
+    from service.keys import ApiKeys
+
+    old_key, new_key = "sk-team-a-old-0123456789", "sk-team-a-new-0123456789"
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"{OWNER}:{old_key}\n")
+    app = build_app(ServiceSpec(root=store.folder.root), store, ApiKeys.load(str(keys_file)), lambda: None)
+    with TestClient(app, base_url="http://testserver") as http:
+
+        def client(key: str) -> openai.OpenAI:
+            return openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+
+        upload = client(old_key).files.create(file=("batch.jsonl", b'{"custom_id": "a"}\n'), purpose="batch")
+        replacement = tmp_path / "keys.txt.new"  # as a secrets manager writes it: a new file, renamed
+        replacement.write_text(f"# rotated\n{OWNER}:{new_key}\n")
+        replacement.replace(keys_file)
+        assert [file.id for file in client(new_key).files.list().data] == [upload.id]
+        with pytest.raises(openai.AuthenticationError):
+            client(old_key).files.list()
+
+        with caplog.at_level("ERROR", logger="herd.service"):
+            for unusable in (f"{OWNER}:short\n", "", "# every key removed\n"):
+                keys_file.write_text(unusable)
+                assert [file.id for file in client(new_key).files.list().data] == [upload.id], unusable
+        assert caplog.text.count("the keys file changed but cannot be used") == 3
+        assert "keys.txt line 1: expected OWNER:KEY" in caplog.text and "holds no key" in caplog.text
