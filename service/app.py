@@ -15,6 +15,7 @@ which the OpenAI SDK retries.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -43,6 +44,7 @@ from service.objects import (
     FileObject,
     FileRecord,
 )
+from service.rate_limit import RequestRate
 from service.store import Page, Store, new_id
 from workers.request_formats import OPENAI_URLS
 
@@ -60,22 +62,38 @@ _RETRY_AFTER_S = 30
 class ApiError(Exception):
     """An answer in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
+        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
 
 
-def _error(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+def _quota_error(message: str, code: str) -> ApiError:
+    # A quota frees up when files are deleted or batches end, not in the seconds the OpenAI SDK would
+    # spend retrying a 429: the header tells it not to.
+    return ApiError(429, message, code=code, headers={"x-should-retry": "false"})
+
+
+def _error(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     kind = {
         401: "authentication_error",
         404: "not_found_error",
         413: "request_too_large",
-        429: "insufficient_quota",
+        429: "rate_limit_error" if code == "rate_limit_exceeded" else "insufficient_quota",
     }.get(status, "invalid_request_error" if status < 500 else "server_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    # A quota frees up when files are deleted or batches end, not in the seconds the OpenAI SDK would
-    # spend retrying a 429: the header tells it not to.
-    headers = {"x-should-retry": "false"} if status == 429 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -165,7 +183,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.message, error.code, error.param)
+        return _error(error.status, error.message, error.code, error.param, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -182,15 +200,29 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
         answer.headers["Retry-After"] = str(_RETRY_AFTER_S)
         return answer
 
+    request_rate = RequestRate(limits.requests_per_s_per_owner)
+
     def owner_of(request: Request) -> str:
         if not keys.required:
-            return LOCAL_OWNER
+            return within_rate(LOCAL_OWNER)
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         owner = keys.owner_of(key.strip() if scheme.lower() == "bearer" else None)
         if owner is None:
             message = "missing API key (Authorization: Bearer KEY)" if not header else "invalid API key"
             raise ApiError(401, message, code="invalid_api_key")
+        return within_rate(owner)
+
+    def within_rate(owner: str) -> str:
+        wait_s = request_rate.wait_s(owner)
+        if wait_s > 0:  # the OpenAI SDK waits Retry-After and asks again
+            raise ApiError(
+                429,
+                f"this key's requests are over {limits.requests_per_s_per_owner:g} a second; "
+                f"try again in {wait_s:.1f} s",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
         return owner
 
     async def json_body(request: Request, model: type[BaseModel]) -> Any:
@@ -351,8 +383,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
         if file.file.purpose != "batch":
             raise ApiError(400, f"input_file_id: {file.file.id} is not a batch input file", param="input_file_id")
         if store.open_batch_count(owner) >= limits.max_open_batches_per_owner:
-            raise ApiError(
-                429,
+            raise _quota_error(
                 f"this key has {limits.max_open_batches_per_owner} batches that have not ended, the most it may "
                 "have; create this one when one of them has ended (or cancel one)",
                 code="batch_limit_exceeded",
@@ -479,8 +510,7 @@ def _copy_checked(source: Any, store: Store, owner: str, file_id: str, limits: L
                 raise ApiError(400, "file: the file is empty", param="file")
             if size > room:
                 most = limits.max_stored_bytes_per_owner
-                raise ApiError(
-                    429,
+                raise _quota_error(
                     f"file storage limit: this key's files hold {most - room:,} bytes of {most:,} and this file is "
                     f"{size:,}; delete files (DELETE /v1/files/{{file_id}}) or let them expire",
                     code="storage_limit_exceeded",

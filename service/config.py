@@ -147,6 +147,12 @@ class Limits(_Strict):
         "finalizing, cancelling): one more is refused with 429 until one ends. A script that creates "
         "batches in a loop fills its own queue, not the service's.",
     )
+    requests_per_s_per_owner: float = Field(
+        default=20.0,
+        gt=0,
+        description="Requests a second one owner may make, in bursts of up to 5 seconds' worth; past it, 429 "
+        "with Retry-After (the OpenAI SDK waits and retries). A client polling in a tight loop slows itself only.",
+    )
     completion_windows: list[str] = Field(
         default_factory=lambda: ["24h"], description="The completion_window values a batch may ask for."
     )

@@ -662,3 +662,21 @@ def test_a_key_is_rotated_and_revoked_by_editing_the_keys_file_and_a_file_that_c
                 assert [file.id for file in client(new_key).files.list().data] == [upload.id], unusable
         assert caplog.text.count("the keys file changed but cannot be used") == 3
         assert "keys.txt line 1: expected OWNER:KEY" in caplog.text and "holds no key" in caplog.text
+
+
+def test_a_key_over_its_request_rate_gets_a_429_with_retry_after_and_other_keys_do_not(store):
+    spec = ServiceSpec(root=store.folder.root, limits={"requests_per_s_per_owner": 0.1})  # a bucket of one
+    keys = ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef\nteam-b:sk-team-b-0123456789abcdef", "keys")
+    with TestClient(build_app(spec, store, keys, lambda: None), base_url="http://testserver") as http:
+        team_a, team_b = (
+            openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+            for key in ("sk-team-a-0123456789abcdef", "sk-team-b-0123456789abcdef")
+        )
+        team_a.files.list()
+        with pytest.raises(openai.RateLimitError) as refused:
+            team_a.batches.list()
+        assert refused.value.code == "rate_limit_exceeded" and "over 0.1 a second" in refused.value.message
+        assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 10
+        assert "x-should-retry" not in refused.value.response.headers  # the SDK waits and asks again
+        team_b.files.list()
+        assert http.get("/health").status_code == 200  # a load balancer's probe is never limited

@@ -388,3 +388,17 @@ def test_herd_serve_refuses_to_start_on_weights_adapters_or_a_root_that_are_not_
     )
     assert no_credentials.returncode == 2, no_credentials.stderr
     assert "herd: root: cannot use s3://herd-test/batches: NoCredentialsError" in no_credentials.stderr
+
+
+def test_each_owner_has_a_bucket_of_five_seconds_of_requests_that_refills_at_its_rate():
+    from service.rate_limit import RequestRate
+
+    now = [0.0]
+    rate = RequestRate(2.0, clock=lambda: now[0])
+    assert [rate.wait_s("team-a") for _ in range(10)] == [0.0] * 10  # a burst of 5 s at 2 a second
+    assert rate.wait_s("team-a") == 0.5  # then the rate
+    assert rate.wait_s("team-b") == 0.0  # a bucket of its own
+    now[0] += 0.5
+    assert rate.wait_s("team-a") == 0.0 and rate.wait_s("team-a") == 0.5
+    now[0] += 3600  # an idle hour fills the bucket, no more
+    assert [rate.wait_s("team-a") for _ in range(11)][-2:] == [0.0, 0.5]
