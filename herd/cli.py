@@ -349,12 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="when not on a terminal: print a progress line this often (default: 30)",
     )
-    run.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default="text",
-        help="json: every line herd prints is a JSON object (default: text)",
-    )
+    _add_log_format(run)
     run.set_defaults(handler=command_run)
 
     plan = _subcommand(
@@ -461,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file of OWNER:KEY lines, one API key each (default: $HERD_API_KEYS; without keys the service "
         "listens on loopback only)",
     )
+    _add_log_format(serve)
     serve.set_defaults(handler=command_serve)
 
     listing = _subcommand(commands, "list", help="list the jobs submitted to the cluster")
@@ -471,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The packages whose loggers are herd's own (modules log under their __name__).
 HERD_LOGGERS = ("herd", "jobs", "workers", "common", "schemas")
+
+
+def _add_log_format(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: every line herd prints is a JSON object (default: text)",
+    )
 
 
 def configure_logging(log_format: str, verbose: bool = False) -> None:

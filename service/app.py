@@ -49,6 +49,7 @@ from service.store import Page, Store, new_id
 from workers.request_formats import OPENAI_URLS
 
 log = logging.getLogger("herd.service")
+requests_log = logging.getLogger("herd.service.requests")  # a line per request: silence it on its own
 
 # Bodies other than uploads are small JSON objects.
 _MAX_JSON_BYTES = 1024 * 1024
@@ -181,6 +182,20 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
             return _error(413, f"the request body is {int(declared):,} bytes; the limit is {allowed:,}")
         return await call_next(request)
 
+    @app.middleware("http")
+    async def logged(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """A line per request for the operator: who (the key's owner, never the key), what, the status
+        and how long it took. Load balancers' /health probes are left out."""
+        started = time.perf_counter()
+        answer = await call_next(request)
+        if request.url.path != "/health":
+            owner = getattr(request.state, "owner", "-")
+            took_ms = (time.perf_counter() - started) * 1000
+            requests_log.info(
+                "%s %s %s %d %.0f ms", owner, request.method, request.url.path, answer.status_code, took_ms
+            )
+        return answer
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return _error(error.status, error.message, error.code, error.param, error.headers)
@@ -204,6 +219,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
 
     def owner_of(request: Request) -> str:
         if not keys.required:
+            request.state.owner = LOCAL_OWNER
             return within_rate(LOCAL_OWNER)
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
@@ -211,6 +227,7 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
         if owner is None:
             message = "missing API key (Authorization: Bearer KEY)" if not header else "invalid API key"
             raise ApiError(401, message, code="invalid_api_key")
+        request.state.owner = owner
         return within_rate(owner)
 
     def within_rate(owner: str) -> str:

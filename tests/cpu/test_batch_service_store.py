@@ -680,3 +680,23 @@ def test_a_key_over_its_request_rate_gets_a_429_with_retry_after_and_other_keys_
         assert "x-should-retry" not in refused.value.response.headers  # the SDK waits and asks again
         team_b.files.list()
         assert http.get("/health").status_code == 200  # a load balancer's probe is never limited
+
+
+def test_each_request_is_logged_with_its_keys_owner_status_and_time_and_never_the_key(store, caplog):
+    key = "sk-team-a-0123456789abcdef"
+    app = build_app(ServiceSpec(root=store.folder.root), store, ApiKeys.parse(f"{OWNER}:{key}", "keys"), lambda: None)
+    with TestClient(app, base_url="http://testserver") as http, caplog.at_level("INFO", "herd.service.requests"):
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, max_retries=0)
+        client.files.list()
+        with pytest.raises(openai.NotFoundError):
+            client.batches.retrieve("batch_unknown")
+        assert http.get("/v1/models", headers={"Authorization": "Bearer sk-wrong-0123456789abc"}).status_code == 401
+        assert http.get("/health").status_code == 200  # probes are not logged
+    lines = [record.getMessage() for record in caplog.records if record.name == "herd.service.requests"]
+    assert [line.rsplit(" ", 2)[0] for line in lines] == [
+        f"{OWNER} GET /v1/files 200",
+        f"{OWNER} GET /v1/batches/batch_unknown 404",
+        "- GET /v1/models 401",
+    ]
+    assert all(line.endswith(" ms") for line in lines)
+    assert "sk-" not in caplog.text

@@ -351,12 +351,14 @@ def test_herd_serve_refuses_to_start_on_weights_adapters_or_a_root_that_are_not_
 
     import yaml
 
-    def serve(model: dict, root: str = str(tmp_path / "root"), **environment: str) -> subprocess.CompletedProcess:
+    def serve(
+        model: dict, root: str = str(tmp_path / "root"), *options: str, **environment: str
+    ) -> subprocess.CompletedProcess:
         service_file = tmp_path / "service.yaml"
         service_file.write_text(yaml.safe_dump({"root": root, "models": [{"name": "llama", "job": {"model": model}}]}))
         variables = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, **environment}
         return subprocess.run(
-            [sys.executable, "submit.py", "serve", str(service_file), "--port", "0"],
+            [sys.executable, "submit.py", "serve", str(service_file), "--port", "0", *options],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -388,6 +390,15 @@ def test_herd_serve_refuses_to_start_on_weights_adapters_or_a_root_that_are_not_
     )
     assert no_credentials.returncode == 2, no_credentials.stderr
     assert "herd: root: cannot use s3://herd-test/batches: NoCredentialsError" in no_credentials.stderr
+    # A keys file with no key would have meant "no keys": refused, said in JSON with --log-format json.
+    (tmp_path / "keys.txt").write_text("# every key removed\n")
+    no_keys = serve(model, str(tmp_path / "root"), "--keys", str(tmp_path / "keys.txt"), "--log-format", "json")
+    assert no_keys.returncode == 2, no_keys.stderr
+    assert json.loads(no_keys.stderr.strip().splitlines()[-1]) == {
+        "event": "error",
+        "message": f"{tmp_path / 'keys.txt'}: the keys file holds no key",
+        "exit_code": 2,
+    }
 
 
 def test_each_owner_has_a_bucket_of_five_seconds_of_requests_that_refills_at_its_rate():
