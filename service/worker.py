@@ -68,6 +68,7 @@ class BatchWorker:
         # Batches stopped to give their model to another owner's: when they did.
         self._gave_way: dict[str, float] = {}
         self._validating: dict[str, str] = {}  # batch id: owner, of the batches being validated now
+        self._told_elsewhere: set[str] = set()  # batches whose running on another server was logged
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._stops: dict[str, threading.Event] = {}
@@ -251,7 +252,10 @@ class BatchWorker:
 
             herd.run(job, progress=counts, keep_engines=True, stop=stop)
         except OutputBusy:
-            log.info("batch %s runs on another server; leaving it", batch.id)
+            # Said once: the worker finds it again every second for as long as the other server runs it.
+            if batch.id not in self._told_elsewhere:
+                self._told_elsewhere.add(batch.id)
+                log.info("batch %s runs on another server; leaving it (said once)", batch.id)
             return False
         except ShardsFailed:
             if not stop.is_set():

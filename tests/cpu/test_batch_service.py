@@ -545,6 +545,8 @@ def test_a_server_killed_mid_batch_is_resumed_by_the_next_and_two_servers_on_one
         assert done.request_counts.completed == 300 and done.error_file_id is None
         # One of the two servers ran the rest; the other never started an engine.
         assert sorted(server.log().count(" is ready") for server in later) == [0, 1]
+        # The other found the batch held every second, and said so once.
+        assert sorted(server.log().count("runs on another server") for server in later) == [0, 1]
     finally:
         for server in later:
             server.kill()
