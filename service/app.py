@@ -35,6 +35,7 @@ from common.layout import OutputLayout
 from schemas.errors import StorageUnavailable
 from service.config import Limits, ServiceSpec, window_seconds
 from service.keys import LOCAL_OWNER, ApiKeys
+from service.metrics import CONTENT_TYPE, ServiceMetrics
 from service.objects import (
     TERMINAL,
     Batch,
@@ -90,6 +91,7 @@ def _error(
 ) -> JSONResponse:
     kind = {
         401: "authentication_error",
+        403: "permission_error",
         404: "not_found_error",
         413: "request_too_large",
         429: "rate_limit_error" if code == "rate_limit_exceeded" else "insufficient_quota",
@@ -166,8 +168,16 @@ class _AnswerUnexpectedErrors:
             await _error(500, "internal error; the server's log has the details")(scope, receive, send)
 
 
-def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Callable[[], str | None]) -> FastAPI:
-    """The HTTP API over `store`; `health_problem` says why the service cannot work now (None: it can)."""
+def build_app(
+    spec: ServiceSpec,
+    store: Store,
+    keys: ApiKeys,
+    health_problem: Callable[[], str | None],
+    metrics: ServiceMetrics | None = None,
+) -> FastAPI:
+    """The HTTP API over `store`; `health_problem` says why the service cannot work now (None: it can);
+    `metrics`: the figures GET /metrics shows (the worker's share of them comes from the worker)."""
+    metrics = metrics if metrics is not None else ServiceMetrics()
     app = FastAPI(title="herd batch service", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_AnswerUnexpectedErrors)
     limits = spec.limits
@@ -188,11 +198,12 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
         and how long it took. Load balancers' /health probes are left out."""
         started = time.perf_counter()
         answer = await call_next(request)
-        if request.url.path != "/health":
+        if request.url.path not in ("/health", "/metrics"):
             owner = getattr(request.state, "owner", "-")
-            took_ms = (time.perf_counter() - started) * 1000
+            took_s = time.perf_counter() - started
+            metrics.answered(request.method, answer.status_code, took_s)
             requests_log.info(
-                "%s %s %s %d %.0f ms", owner, request.method, request.url.path, answer.status_code, took_ms
+                "%s %s %s %d %.0f ms", owner, request.method, request.url.path, answer.status_code, took_s * 1000
             )
         return answer
 
@@ -269,6 +280,15 @@ def build_app(spec: ServiceSpec, store: Store, keys: ApiKeys, health_problem: Ca
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "herd"} | (
             {"parent": parent} if parent is not None else {}
         )
+
+    @app.get("/metrics")
+    def service_metrics(request: Request) -> Response:
+        """For operators' Prometheus: totals over every owner, so only the owners the service file
+        names in metrics_readers may read them."""
+        owner = owner_of(request)
+        if keys.required and owner not in spec.metrics_readers:
+            raise ApiError(403, "this key may not read /metrics (the service file's metrics_readers names who may)")
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     def list_models(request: Request) -> dict[str, Any]:

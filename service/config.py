@@ -192,6 +192,11 @@ class ServiceSpec(_Strict):
     )
     limits: Limits = Field(default_factory=Limits, description="What the service accepts.")
     webhook: Webhook | None = Field(default=None, description="Optional: terminal statuses POSTed, signed.")
+    metrics_readers: list[str] = Field(
+        default_factory=list,
+        description="The owners (of the keys file) whose keys may read GET /metrics: totals over every owner, "
+        "for operators. Others get 403; without keys, anyone on this machine may read it.",
+    )
 
     def model_named(self, name: str) -> ServedModel | None:
         """The served model a request's `model` names: by its name, an alias, or one of its LoRA

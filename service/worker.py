@@ -32,6 +32,7 @@ from schemas.errors import OutputBusy, ShardsFailed
 from schemas.job import SamplingSpec
 from schemas.shard import Shard, ShardRecord, output_folder_and_name
 from service.config import ServedModel, ServiceSpec
+from service.metrics import ServiceMetrics
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
 from service.store import Store, output_file_id
 from service.webhooks import WebhookSender
@@ -56,10 +57,13 @@ def now() -> int:
 
 
 class BatchWorker:
-    def __init__(self, spec: ServiceSpec, store: Store, webhooks: WebhookSender | None) -> None:
+    def __init__(
+        self, spec: ServiceSpec, store: Store, webhooks: WebhookSender | None, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.spec = spec
         self.store = store
         self.webhooks = webhooks
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
         self._running: dict[str, threading.Thread] = {}
         self._models_busy: set[str] = set()
         self._last_served: dict[str, float] = {}  # owner: when a batch of theirs last took a model
@@ -117,6 +121,7 @@ class BatchWorker:
                     swept = time.monotonic()
                 self._take_batches(waiting)
                 self._last_look = time.monotonic()
+                self.metrics.looked(waiting)
             except Exception:
                 log.exception("could not look for batches; trying again")
             self._closing.wait(_POLL_S)
@@ -417,7 +422,10 @@ class BatchWorker:
         return record
 
     def _notify(self, record: BatchRecord) -> None:
-        if self.webhooks is not None and record.batch.status in TERMINAL:
+        if record.batch.status not in TERMINAL:
+            return
+        self.metrics.batch_ended(record)
+        if self.webhooks is not None:
             self.webhooks.send(f"batch.{record.batch.status}", {"id": record.batch.id})
 
 

@@ -20,6 +20,7 @@ import yaml
 from openai.types.chat import ChatCompletion
 from openai.types.completion import Completion
 from openai.types.responses import Response
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cpu.conftest import free_port, tiny_model_spec
 from tests.cpu.process_tree import descendants, end_processes_mentioning, pids_mentioning
@@ -29,6 +30,7 @@ from tests.tiny_lora import build_tiny_lora, greedy_token_ids
 
 KEY_A = "sk-team-a-0123456789abcdef"
 KEY_B = "sk-team-b-0123456789abcdef"
+KEY_OPS = "sk-operators-0123456789ab"  # the owner "ops" may read /metrics
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"herd-test-webhook-signing-key-32b").decode()
 UPLOAD_LIMIT = 96 * 1024
 
@@ -88,6 +90,7 @@ def _service_file(
             "turn_s": 1,
         },
     }
+    spec["metrics_readers"] = ["ops"]
     if webhook is not None:
         spec["webhook"] = {"url": webhook, "secret": WEBHOOK_SECRET}
     path = directory / "service.yaml"
@@ -116,7 +119,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def service(tiny_model, tmp_path_factory, webhook_receiver, service_adapter, ray_cluster):
     directory = tmp_path_factory.mktemp("service")
-    (directory / "keys").write_text(f"# owner:key\nteam-a:{KEY_A}\nteam-b:{KEY_B}\n")
+    (directory / "keys").write_text(f"# owner:key\nteam-a:{KEY_A}\nteam-b:{KEY_B}\nops:{KEY_OPS}\n")
     server = ServiceProcess(
         _service_file(directory, tiny_model, directory / "root", webhook_receiver, service_adapter),
         directory / "keys",
@@ -202,6 +205,19 @@ def test_the_openai_sdk_runs_the_example_batch_and_every_custom_id_is_answered_o
     assert event.type == "batch.completed" and event.data.id == batch.id
     with pytest.raises(openai.InvalidWebhookSignatureError):
         client.webhooks.unwrap(body.replace(b"batch", b"botch"), headers, secret=WEBHOOK_SECRET)
+    # The operators' Prometheus sees the batch among the totals.
+    metrics = httpx.get(
+        f"{service.base_url.removesuffix('/v1')}/metrics", headers={"Authorization": f"Bearer {KEY_OPS}"}
+    )
+    assert metrics.status_code == 200, metrics.text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+    }
+    assert samples[("herd_batches_ended_total", (("status", "completed"),))] >= 1
+    assert samples[("herd_tokens_total", (("kind", "completion"),))] >= done.usage.output_tokens
+    assert samples[("herd_http_requests_total", (("code", "200"), ("method", "POST")))] >= 2  # the upload, the batch
 
     # Code written for the Responses API: a batch of /v1/responses requests, read with the SDK's types.
     lines = [

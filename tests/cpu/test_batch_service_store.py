@@ -700,3 +700,46 @@ def test_each_request_is_logged_with_its_keys_owner_status_and_time_and_never_th
     ]
     assert all(line.endswith(" ms") for line in lines)
     assert "sk-" not in caplog.text
+
+
+def test_metrics_are_totals_over_every_owner_in_prometheus_format_for_the_metrics_readers_keys_only(store):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from service.metrics import ServiceMetrics
+    from service.objects import BatchUsage
+
+    spec = ServiceSpec(root=store.folder.root, metrics_readers=["ops"])
+    keys = ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef\nops:sk-operators-0123456789", "keys")
+    metrics = ServiceMetrics()
+    validating, running, ended = _batch(), _batch(), _batch()
+    running.batch.status, running.served_model = "in_progress", "llama"
+    ended.batch.status, ended.batch.usage = "completed", BatchUsage(input_tokens=30, output_tokens=12, total_tokens=42)
+    metrics.looked([validating, running])  # what the worker's look found
+    metrics.batch_ended(ended)
+    with TestClient(build_app(spec, store, keys, lambda: None, metrics), base_url="http://testserver") as http:
+        team_a = openai.OpenAI(
+            base_url="http://testserver/v1", api_key="sk-team-a-0123456789abcdef", http_client=http, max_retries=0
+        )
+        team_a.files.list()
+        with pytest.raises(openai.NotFoundError):
+            team_a.batches.retrieve("batch_unknown")
+        refused = http.get("/metrics", headers={"Authorization": "Bearer sk-team-a-0123456789abcdef"})
+        assert refused.status_code == 403 and "metrics_readers" in refused.json()["error"]["message"]
+        assert http.get("/metrics").status_code == 401
+        answer = http.get("/metrics", headers={"Authorization": "Bearer sk-operators-0123456789"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+    assert samples[("herd_batches_open", (("model", ""), ("status", "validating")))] == 1
+    assert samples[("herd_batches_open", (("model", "llama"), ("status", "in_progress")))] == 1
+    assert samples[("herd_batches_ended_total", (("status", "completed"),))] == 1
+    assert samples[("herd_tokens_total", (("kind", "prompt"),))] == 30
+    assert samples[("herd_tokens_total", (("kind", "completion"),))] == 12
+    # Every answered request but the probes of /metrics and /health, the refused ones included.
+    assert samples[("herd_http_requests_total", (("code", "200"), ("method", "GET")))] == 1
+    assert samples[("herd_http_requests_total", (("code", "404"), ("method", "GET")))] == 1
+    assert 0 <= samples[("herd_worker_last_look_age_seconds", ())] < 60
+    assert not any(OWNER in str(key) for key in samples)  # no owner's name, only totals
