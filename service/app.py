@@ -195,7 +195,7 @@ def build_app(
     @app.middleware("http")
     async def logged(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """A line per request for the operator: who (the key's owner, never the key), what, the status
-        and how long it took. Load balancers' /health probes are left out."""
+        and how long until the answer began; counted in /metrics. Probes (/health, /metrics) are left out."""
         started = time.perf_counter()
         answer = await call_next(request)
         if request.url.path not in ("/health", "/metrics"):

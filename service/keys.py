@@ -77,6 +77,7 @@ class KeysFile(ApiKeys):
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
+        self._missing_said = False
         self._seen = self._stamp()
         super().__init__(self._read()._owners)
         if not self.required:
@@ -103,9 +104,16 @@ class KeysFile(ApiKeys):
         with self._lock:
             try:
                 stamp = self._stamp()
-                if stamp == self._seen:
-                    return
-                self._seen = stamp
+            except SpecError as error:  # gone or unreadable: said once, not at every request
+                if not self._missing_said:
+                    log.error("the keys file cannot be read; the keys before it stay: %s", error)
+                self._missing_said = True
+                return
+            self._missing_said = False
+            if stamp == self._seen:
+                return
+            self._seen = stamp
+            try:
                 keys = self._read()
                 if not keys.required:
                     raise SpecError(f"{self._path}: the keys file holds no key")

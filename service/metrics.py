@@ -88,7 +88,7 @@ class ServiceMetrics:
                 (
                     "herd_http_request_seconds_total",
                     "counter",
-                    "Seconds spent answering those requests.",
+                    "Seconds until those requests' answers began.",
                     [({}, self._request_seconds)],
                 ),
             ]

@@ -660,8 +660,12 @@ def test_a_key_is_rotated_and_revoked_by_editing_the_keys_file_and_a_file_that_c
             for unusable in (f"{OWNER}:short\n", "", "# every key removed\n"):
                 keys_file.write_text(unusable)
                 assert [file.id for file in client(new_key).files.list().data] == [upload.id], unusable
+            keys_file.unlink()  # gone (a volume remounted): the keys stay, said once, not at every request
+            for _ in range(3):
+                assert [file.id for file in client(new_key).files.list().data] == [upload.id]
         assert caplog.text.count("the keys file changed but cannot be used") == 3
         assert "keys.txt line 1: expected OWNER:KEY" in caplog.text and "holds no key" in caplog.text
+        assert caplog.text.count("the keys file cannot be read") == 1
 
 
 def test_a_key_over_its_request_rate_gets_a_429_with_retry_after_and_other_keys_do_not(store):
