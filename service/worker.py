@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -73,6 +73,7 @@ class BatchWorker:
         self._gave_way: dict[str, float] = {}
         self._validating: dict[str, str] = {}  # batch id: owner, of the batches being validated now
         self._told_elsewhere: set[str] = set()  # batches whose running on another server was logged
+        self._job_sampling = job_sampling_of(spec)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._stops: dict[str, threading.Event] = {}
@@ -202,7 +203,7 @@ class BatchWorker:
         if file is None:
             return self._fail(record, "invalid_file", f"input_file_id {batch.input_file_id}: no such file")
         # Read a range at a time, as lines: a 200 MB input is never whole in memory.
-        errors, models, total = check_lines(self.store.file_lines(record.owner, file.file.id))
+        errors, models, total = check_lines(self.store.file_lines(record.owner, file.file.id), self._job_sampling)
         served = {name: self.spec.model_named(name) for name in models}
         unknown = sorted(name for name, model in served.items() if model is None)
         names = sorted({model.name for model in served.values() if model is not None})
@@ -525,10 +526,31 @@ def fair_order(waiting: list[BatchRecord], last_served: dict[str, float]) -> lis
     return sorted(waiting, key=lambda record: (last_served.get(record.owner, 0.0), record.batch.id))
 
 
-def check_lines(lines: Iterable[bytes]) -> tuple[list[BatchError], set[str], int]:
+def _defaults_sampling(model_name: str) -> dict[str, Any]:
+    return SamplingSpec().model_dump()
+
+
+def job_sampling_of(spec: ServiceSpec) -> Callable[[str], dict[str, Any]]:
+    """The sampling a line's parameters are laid over, by the model name it gives: its served model's
+    job's (as workers/rendering.row_sampling lays them at run time), else herd's defaults."""
+    known: dict[str, dict[str, Any]] = {}
+
+    def sampling(model_name: str) -> dict[str, Any]:
+        if model_name not in known:
+            model = spec.model_named(model_name)
+            known[model_name] = (model.shared_job.sampling if model is not None else SamplingSpec()).model_dump()
+        return known[model_name]
+
+    return sampling
+
+
+def check_lines(
+    lines: Iterable[bytes], job_sampling: Callable[[str], dict[str, Any]] = _defaults_sampling
+) -> tuple[list[BatchError], set[str], int]:
     """Each line's problems (with its 1-based line number), the models the lines name, and how many
-    requests there are. A line is checked as herd will read it (workers/request_formats.py). Lines
-    may mix /v1/chat/completions, /v1/completions and /v1/responses: herd answers all in one job."""
+    requests there are. A line is checked as herd will read it (workers/request_formats.py), its
+    sampling parameters over `job_sampling(its model)`, as the run lays them. Lines may mix
+    /v1/chat/completions, /v1/completions and /v1/responses: herd answers all in one job."""
     errors: list[BatchError] = []
     models: set[str] = set()
     seen: dict[str, int] = {}
@@ -557,7 +579,8 @@ def check_lines(lines: Iterable[bytes]) -> tuple[list[BatchError], set[str], int
             continue
         try:
             parsed = openai_batch_request(request)
-            SamplingSpec.model_validate({**SamplingSpec().model_dump(), **parsed.overrides})
+            named = request["body"].get("model")
+            SamplingSpec.model_validate({**job_sampling(named if isinstance(named, str) else ""), **parsed.overrides})
         except RequestError as error:
             problem(str(error), str(error).split(":", 1)[0])
             continue
@@ -565,7 +588,7 @@ def check_lines(lines: Iterable[bytes]) -> tuple[list[BatchError], set[str], int
             first = error.errors()[0]
             where = _request_field(".".join(str(part) for part in first["loc"]), request.get("body") or {})
             param = f"body.{where}" if where else "body"
-            problem(f"{param}: {first['msg']}", param)
+            problem(f"{param}: {first['msg'].removeprefix('Value error, ')}", param)
             continue
         custom_id = request["custom_id"]
         if custom_id in seen:

@@ -413,3 +413,27 @@ def test_each_owner_has_a_bucket_of_five_seconds_of_requests_that_refills_at_its
     assert rate.wait_s("team-a") == 0.0 and rate.wait_s("team-a") == 0.5
     now[0] += 3600  # an idle hour fills the bucket, no more
     assert [rate.wait_s("team-a") for _ in range(11)][-2:] == [0.0, 0.5]
+
+
+def test_a_lines_sampling_is_checked_over_its_served_models_job_as_the_run_lays_it():
+    """The model's job asks for logprobs: a line that asks only for top_logprobs is answered (the run
+    lays it over the job's sampling), so validation does not refuse it; over herd's defaults it would be
+    refused, as it is for a model whose job does not ask for logprobs."""
+    from service.config import ServiceSpec
+    from service.worker import job_sampling_of
+
+    spec = ServiceSpec.model_validate(
+        {
+            "models": [
+                {"name": "with-logprobs", "job": {"model": {"path": "x"}, "sampling": {"logprobs": True}}},
+                {"name": "plain", "job": {"model": {"path": "x"}}},
+            ]
+        }
+    )
+
+    def line(model: str) -> bytes:
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}
+        return json.dumps({"custom_id": model, "method": "POST", "url": "/v1/chat/completions", "body": body}).encode()
+
+    errors, _, _ = check_lines([line("with-logprobs"), line("plain")], job_sampling_of(spec))
+    assert [(error.line, error.message) for error in errors] == [(2, "body: top_logprobs needs logprobs: true")]
