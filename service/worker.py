@@ -533,13 +533,14 @@ def _defaults_sampling(model_name: str) -> dict[str, Any]:
 def job_sampling_of(spec: ServiceSpec) -> Callable[[str], dict[str, Any]]:
     """The sampling a line's parameters are laid over, by the model name it gives: its served model's
     job's (as workers/rendering.row_sampling lays them at run time), else herd's defaults."""
-    known: dict[str, dict[str, Any]] = {}
+    known: dict[str | None, dict[str, Any]] = {}  # by served model: lines may give any number of names
 
     def sampling(model_name: str) -> dict[str, Any]:
-        if model_name not in known:
-            model = spec.model_named(model_name)
-            known[model_name] = (model.shared_job.sampling if model is not None else SamplingSpec()).model_dump()
-        return known[model_name]
+        model = spec.model_named(model_name)
+        served = model.name if model is not None else None
+        if served not in known:
+            known[served] = (model.shared_job.sampling if model is not None else SamplingSpec()).model_dump()
+        return known[served]
 
     return sampling
 
