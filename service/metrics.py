@@ -13,6 +13,7 @@ from collections import Counter
 from service.objects import BatchRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _label(value: str) -> str:
@@ -44,6 +45,8 @@ class ServiceMetrics:
                 self._tokens["completion"] += record.batch.usage.output_tokens
 
     def answered(self, method: str, status: int, seconds: float) -> None:
+        # A client may send any method name: counted by name only for HTTP's own, so series stay few.
+        method = method if method in _METHODS else "OTHER"
         with self._lock:
             self._requests[(method, status)] += 1
             self._request_seconds += seconds

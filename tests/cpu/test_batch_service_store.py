@@ -730,6 +730,8 @@ def test_metrics_are_totals_over_every_owner_in_prometheus_format_for_the_metric
         refused = http.get("/metrics", headers={"Authorization": "Bearer sk-team-a-0123456789abcdef"})
         assert refused.status_code == 403 and "metrics_readers" in refused.json()["error"]["message"]
         assert http.get("/metrics").status_code == 401
+        for method in ("BREW", "PROPFIND"):  # any method a client makes up is one series, not one each
+            http.request(method, "/v1/files", headers={"Authorization": "Bearer sk-team-a-0123456789abcdef"})
         answer = http.get("/metrics", headers={"Authorization": "Bearer sk-operators-0123456789"})
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = {
@@ -745,5 +747,6 @@ def test_metrics_are_totals_over_every_owner_in_prometheus_format_for_the_metric
     # Every answered request but the probes of /metrics and /health, the refused ones included.
     assert samples[("herd_http_requests_total", (("code", "200"), ("method", "GET")))] == 1
     assert samples[("herd_http_requests_total", (("code", "404"), ("method", "GET")))] == 1
+    assert samples[("herd_http_requests_total", (("code", "405"), ("method", "OTHER")))] == 2
     assert 0 <= samples[("herd_worker_last_look_age_seconds", ())] < 60
     assert not any(OWNER in str(key) for key in samples)  # no owner's name, only totals
