@@ -37,6 +37,11 @@ class ServiceMetrics:
         with self._lock:
             self._open, self._looked_at = found, time.monotonic()
 
+    def last_look_age_s(self) -> float | None:
+        """Seconds since the worker's last look for work read the root; None before the first."""
+        with self._lock:
+            return time.monotonic() - self._looked_at if self._looked_at is not None else None
+
     def batch_ended(self, record: BatchRecord) -> None:
         with self._lock:
             self._ended[record.batch.status] += 1
@@ -52,8 +57,8 @@ class ServiceMetrics:
             self._request_seconds += seconds
 
     def render(self) -> str:
+        age = self.last_look_age_s()
         with self._lock:
-            age = time.monotonic() - self._looked_at if self._looked_at is not None else float("nan")
             families = [
                 (
                     "herd_batches_open",
@@ -68,7 +73,7 @@ class ServiceMetrics:
                     "herd_worker_last_look_age_seconds",
                     "gauge",
                     "Seconds since the worker last read the root (it looks every second).",
-                    [({}, age)],
+                    [({}, age if age is not None else float("nan"))],
                 ),
                 (
                     "herd_batches_ended_total",

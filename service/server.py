@@ -12,7 +12,6 @@ from schemas.job import RetrySpec, StorageSpec
 from service.app import build_app
 from service.config import ServiceSpec
 from service.keys import ApiKeys
-from service.metrics import ServiceMetrics
 from service.store import Store
 from service.webhooks import WebhookSender
 from service.worker import BatchWorker
@@ -43,9 +42,8 @@ def serve(spec: ServiceSpec, keys: ApiKeys) -> None:
     except Exception as error:  # noqa: BLE001 - whatever storage raised, said with the root it concerns
         raise storage_problem(f"root: cannot use {root}", error) from None
     webhooks = WebhookSender(spec.webhook.url, spec.webhook.secret) if spec.webhook is not None else None
-    metrics = ServiceMetrics()
-    worker = BatchWorker(spec, store, webhooks, metrics)
-    app = build_app(spec, store, keys, worker.health_problem, metrics)
+    worker = BatchWorker(spec, store, webhooks)
+    app = build_app(spec, store, keys, worker.health_problem, worker.metrics)
     models = ", ".join(f"{model.name} ({model.job['model']['path']})" for model in spec.models)
     log.info("serving the Batch API on http://%s:%d/v1 for %s; state in %s", spec.host, spec.port, models, root)
     if not keys.required:

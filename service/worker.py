@@ -57,13 +57,12 @@ def now() -> int:
 
 
 class BatchWorker:
-    def __init__(
-        self, spec: ServiceSpec, store: Store, webhooks: WebhookSender | None, metrics: ServiceMetrics | None = None
-    ) -> None:
+    def __init__(self, spec: ServiceSpec, store: Store, webhooks: WebhookSender | None) -> None:
         self.spec = spec
         self.store = store
         self.webhooks = webhooks
-        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        # What its looks found and the batches it ended, for GET /metrics; its last look, for /health.
+        self.metrics = ServiceMetrics()
         self._running: dict[str, threading.Thread] = {}
         self._models_busy: set[str] = set()
         self._last_served: dict[str, float] = {}  # owner: when a batch of theirs last took a model
@@ -78,16 +77,15 @@ class BatchWorker:
         self._closing = threading.Event()
         self._stops: dict[str, threading.Event] = {}
         self._thread = threading.Thread(target=self._loop, name="herd-batches", daemon=True)
-        self._last_look: float | None = None  # time.monotonic() of the last look for work that read the root
 
     def health_problem(self) -> str | None:
         """Why the service cannot do its work now, or None: what GET /health answers. Says nothing of
         any owner's batches (a load balancer asks without a key)."""
         if not self._thread.is_alive():
             return "the batch worker is not running"
-        if self._last_look is None:
+        waited = self.metrics.last_look_age_s()
+        if waited is None:
             return "starting: the state root has not been read yet"
-        waited = time.monotonic() - self._last_look
         if waited > UNHEALTHY_AFTER_S:
             return f"the state root has not been readable for {waited:.0f} s"
         return None
@@ -121,7 +119,6 @@ class BatchWorker:
                         log.info("deleted %d expired files", len(gone))
                     swept = time.monotonic()
                 self._take_batches(waiting)
-                self._last_look = time.monotonic()
                 self.metrics.looked(waiting)
             except Exception:
                 log.exception("could not look for batches; trying again")
