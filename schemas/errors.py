@@ -42,7 +42,7 @@ class UnplannableFiles(SpecError):
 
     MOST_NAMED: ClassVar[int] = 20
 
-    def __init__(self, problems: list[str], *, stopped: bool = False) -> None:
+    def __init__(self, problems: list[str], stopped: bool = False) -> None:
         self.problems, self.stopped = problems, stopped
         if len(problems) == 1 and not stopped:
             message = problems[0]
@@ -54,7 +54,7 @@ class UnplannableFiles(SpecError):
         super().__init__(message)
 
     def __reduce__(self) -> tuple:  # a planning process sends it to the driver pickled
-        return (_unplannable_files, (self.problems, self.stopped))
+        return (UnplannableFiles, (self.problems, self.stopped))
 
     @classmethod
     def joined(cls, errors: list[UnplannableFiles]) -> UnplannableFiles:
@@ -62,10 +62,6 @@ class UnplannableFiles(SpecError):
         problems = [problem for error in errors for problem in error.problems]
         stopped = any(error.stopped for error in errors) or len(problems) > cls.MOST_NAMED
         return cls(problems[: cls.MOST_NAMED], stopped=stopped)
-
-
-def _unplannable_files(problems: list[str], stopped: bool) -> UnplannableFiles:
-    return UnplannableFiles(problems, stopped=stopped)
 
 
 class StorageUnavailable(HerdError):
