@@ -83,7 +83,8 @@ def planned_tiny_shards_job(
             "model": {"path": str(tiny_model()), "max_model_len": 512},
             "prompt": {"format": "raw"},
             "sampling": {"max_new_tokens": 1},
-            "resources": {"replicas": replicas, "shards_in_flight": shards_in_flight},
+            # The fake engine's replicas hold CPUs, also on a machine with GPUs.
+            "resources": {"replicas": replicas, "shards_in_flight": shards_in_flight, "accelerator": "cpu"},
             "output": {"path": str(output)},
         }
     )

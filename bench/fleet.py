@@ -179,9 +179,10 @@ def main(argv: list[str]) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # No GPUs: Ray would give every node of this machine its GPUs, and the replicas are CPU replicas.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0})
     for _ in range(-(-arguments.replicas // CPUS_PER_NODE)):
-        cluster.add_node(num_cpus=CPUS_PER_NODE)
+        cluster.add_node(num_cpus=CPUS_PER_NODE, num_gpus=0)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         with tempfile.TemporaryDirectory() as work_dir:
