@@ -47,7 +47,7 @@ def _cpu_ms_a_file(directory: Path, count: int) -> float:
 
     storage = Storage(StorageSpec(), RetrySpec())
     spec = InputSpec(path=str(directory), prompt_column="prompt", rows_per_shard=200)
-    files = select_inputs(spec, storage.expand_inputs(spec.path)).files
+    files = select_inputs(spec, storage.expand_inputs(spec.path), storage).files
     started = cpu_seconds()
     shards = plan_shards(spec, files, storage)
     elapsed = cpu_seconds() - started

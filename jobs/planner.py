@@ -12,11 +12,15 @@ deterministic: the same files and settings give the same shards with the same id
 - A `.json` file that is one JSON array (its first bytes tell), and a CSV or TSV: byte ranges of the
   JSON Lines copy each node makes of it (workers/json_lines_copy.py), whose size is estimated (an
   array's at the file's size, a CSV's from its first records copied); the last range reaches to the end.
+- Arrow IPC: equal row ranges, read through the Parquet copy each node makes of the columns read
+  (workers/spill_cache.py). Its record batches keep their row counts inside them, so planning reads the
+  file once (the columns read only, where its layout allows).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -27,12 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from common import arrow_ipc
 from common.retry import is_transient, storage_problem
 from common.storage import FileInfo, Storage, absolute
 from jobs.planning_processes import plan_in_processes
 from schemas.errors import SpecError, UnplannableFiles
 from schemas.input_files import (
-    ARROW_IPC_ADVICE,
     INPUT_NAMES,
     FileFormat,
     compression_of,
@@ -87,11 +91,14 @@ def file_label(url: str, root: str) -> str:
     return url[len(root.rstrip("/")) + 1 :]
 
 
-def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: str | None = None) -> InputFiles:
+def select_inputs(
+    input_spec: InputSpec, listed: list[FileInfo], storage: Storage, output_path: str | None = None
+) -> InputFiles:
     """The listed files herd reads, and every other one with the reason, so that none is skipped
     without a word. A file named on its own must be readable; in a folder or a glob, bookkeeping
     files (_SUCCESS, .crc), files of other types and the job's own output (an output folder inside
-    the input folder) are passed over and reported."""
+    the input folder) are passed over and reported, and so are the files of a Hugging Face dataset's
+    folder that its state.json does not name."""
     root = input_root(input_spec.path)
     output = absolute(output_path).rstrip("/") + "/" if output_path is not None else None
     if output is not None and (absolute(root).rstrip("/") + "/").startswith(output):
@@ -99,15 +106,22 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
     if len(listed) == 1 and listed[0].url.rstrip("/") == input_spec.path.rstrip("/"):
         input_spec.format_of(listed[0].url)  # raises a SpecError naming the file when it cannot be read
         return InputFiles(listed)
+    labels = [file_label(info.url, root) for info in listed]
     if root == input_spec.path.rstrip("/"):  # a folder (a glob names the files it wants)
-        _refuse_dataset_folder(input_spec.path, [file_label(info.url, root) for info in listed])
+        _refuse_table_folder(input_spec.path, labels)
+    saved = _saved_datasets(input_spec.path, listed, labels, storage)
     selected, own_output = InputFiles([]), 0
-    for info in listed:
-        label = file_label(info.url, root)
+    for info, label in zip(listed, labels, strict=True):
+        folder, _, name = label.rpartition("/")
         if output is not None and absolute(info.url).startswith(output):
             own_output += 1  # a rerun would otherwise take its own results (and job.json) for prompts
         elif is_hidden(label):
             selected.ignored.append((label, "hidden (a name starting with _ or .: Spark/Hadoop bookkeeping)"))
+        elif folder in saved and label not in saved[folder]:
+            why = "not one of the data files its state.json names (a datasets cache file, or an earlier save's)"
+            if name in _SAVED_DATASET_METADATA:
+                why = "the metadata of a Hugging Face dataset saved with save_to_disk"
+            selected.ignored.append((label, why))
         elif input_spec.format == "auto" and format_from_name(label) is None:
             selected.ignored.append((label, f"not {INPUT_NAMES}"))
         else:
@@ -118,23 +132,52 @@ def select_inputs(input_spec: InputSpec, listed: list[FileInfo], output_path: st
     return selected
 
 
-def _refuse_dataset_folder(path: str, labels: list[str]) -> None:
-    """A folder that is one dataset in a format of its own, whose files read one by one are not its rows.
+# What save_to_disk writes beside a dataset's Arrow files.
+_SAVED_DATASET_METADATA = ("state.json", "dataset_info.json")
+
+
+def _saved_datasets(path: str, listed: list[FileInfo], labels: list[str], storage: Storage) -> dict[str, list[str]]:
+    """The folders among `labels` that hold a Hugging Face dataset saved with save_to_disk (a state.json
+    beside Arrow files), each with the labels of its data files, as its state.json names them. Other
+    Arrow files there (datasets' cache files of a map over it, an earlier save's) are not its rows.
+    A DatasetDict (a dataset_dict.json above its splits' folders) is refused: which split is meant?"""
+    url_of = dict(zip(labels, (info.url for info in listed), strict=True))
+    arrow_folders = {label.rpartition("/")[0] for label in labels if format_from_name(label) == "arrow"}
+    saved: dict[str, list[str]] = {}
+    for label in labels:
+        folder, _, name = label.rpartition("/")
+        if name == "dataset_dict.json":
+            inside = folder + "/" if folder else ""
+            below = [other[len(inside) :] for other in labels if other.startswith(inside)]
+            splits = sorted({other.split("/")[0] for other in below if "/" in other}) or ["train"]
+            where = f"{path.rstrip('/')}/{folder}".rstrip("/")
+            raise SpecError(
+                f"input.path: {where} is a Hugging Face DatasetDict saved with save_to_disk (splits: "
+                f"{', '.join(splits[:10])}): name one split's folder (input.path: {where}/{splits[0]})"
+            )
+        if name != "state.json" or folder not in arrow_folders:
+            continue
+        try:
+            state = json.loads(storage.read_bytes(url_of[label]))
+            names = [entry["filename"] for entry in state["_data_files"]]
+        except (ValueError, KeyError, TypeError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise SpecError(f"{label}: not a Hugging Face dataset's state.json ({reason})") from None
+        data = [f"{folder}/{name}" if folder else name for name in names]
+        absent = [entry for entry in data if entry not in url_of]
+        if absent:
+            raise SpecError(f"{label} names {absent[0]}, which is not there: the dataset is incomplete")
+        saved[folder] = data
+    return saved
+
+
+def _refuse_table_folder(path: str, labels: list[str]) -> None:
+    """A lakehouse table's folder, whose files read one by one are not its rows.
 
     A Delta, Iceberg or Hudi table's folder holds, beside its current files, the files of its earlier
     versions (rewritten or deleted rows) and of failed writes, until they are vacuumed: only its log
-    says which files are the table. A Hugging Face dataset saved with save_to_disk is Arrow files, which
-    herd does not read, beside JSON files of its own bookkeeping, which it would take for prompts."""
-    names = set(labels)
+    says which files are the table."""
     for label in labels:
-        folder, _, name = label.rpartition("/")
-        if name == "state.json" and any(
-            other.endswith(".arrow") and other.rpartition("/")[0] == folder for other in names
-        ):
-            raise SpecError(
-                f"input.path: {path} is a Hugging Face dataset saved with save_to_disk ({label} and Arrow "
-                f"files): {ARROW_IPC_ADVICE}"
-            )
         parts = label.split("/")
         if "_delta_log" in parts[:-1]:
             table, log = "a Delta Lake table", "_delta_log/"
@@ -175,7 +218,7 @@ def list_inputs(storage: Storage, job: JobSpec) -> InputFiles:
         raise storage_problem(f"input.path: cannot list {job.input.path}", error) from None
     if not listed:
         raise SpecError(f"input.path: no files match {job.input.path!r}")
-    inputs = select_inputs(job.input, listed, job.output.path)
+    inputs = select_inputs(job.input, listed, storage, job.output.path)
     for label, why in inputs.ignored:
         log.warning("not an input: %s (%s)", label, why)
     if not inputs.files:
@@ -234,6 +277,8 @@ def plan_batches(
             return _parquet_shards(footer, base, input_spec, template_columns)
         codec = compression_of(info.url)
         kind = input_spec.format_of(info.url)
+        if kind == "arrow":
+            return _arrow_shards(info, base, input_spec, template_columns, storage)
         if kind == "jsonl" and codec is None and not input_spec.transcoded:
             if _holds_json_array(info, storage):
                 return _copied_jsonl_shards(info.size, base, input_spec, copied_from="json-array")
@@ -300,20 +345,12 @@ def _parquet_shards(
             raise footer
         metadata = footer
         names = metadata.schema.to_arrow_schema().names  # top-level columns (a nested one has several chunks)
-        columns = set(names)
     except Exception as error:
         if is_transient(error):
             raise storage_problem(f"{label}: cannot read its Parquet footer", error) from None
         raise SpecError(f"{label}: not a readable Parquet file ({error})") from None
-    available = columns | set(base["partition"])
-    missing = [column for column in input_spec.columns_read(set()) if column not in available]
-    if missing:
-        raise SpecError(f"{label}: column(s) {missing} named in the job are not in the file; it has {sorted(columns)}")
-    # Template names that are not columns are left to the template (it may test `is defined`).
-    read = [column for column in input_spec.columns_read(template_columns) if column in columns]
-    if not read:  # a template of partition values only: any one column still counts the rows
-        read = [names[0]]
-    base = {**base, "format": "parquet", "columns": tuple(read)}
+    read = _columns_to_read(names, base, input_spec, template_columns)
+    base = {**base, "format": "parquet", "columns": read}
 
     shards: list[Shard] = []
     joined: list[tuple[int, int, int]] = []  # whole small groups waiting to form a shard: (group, first row, rows)
@@ -377,6 +414,56 @@ def _parquet_shards(
             joined_bytes += group_bytes
         row += rows
     flush()
+    return shards
+
+
+def _columns_to_read(
+    names: list[str], base: dict, input_spec: InputSpec, template_columns: set[str]
+) -> tuple[str, ...]:
+    """The columns of a file with columns `names` that its rows need, or a SpecError naming the ones
+    the job names that it lacks."""
+    available = set(names) | set(base["partition"])
+    missing = [column for column in input_spec.columns_read(set()) if column not in available]
+    if missing:
+        raise SpecError(
+            f"{base['file_label']}: column(s) {missing} named in the job are not in the file; it has {sorted(names)}"
+        )
+    # Template names that are not columns are left to the template (it may test `is defined`).
+    read = [column for column in input_spec.columns_read(template_columns) if column in names]
+    return tuple(read or names[:1])  # a template of partition values only: any one column counts the rows
+
+
+def _arrow_shards(
+    info: FileInfo, base: dict, input_spec: InputSpec, template_columns: set[str], storage: Storage
+) -> list[Shard]:
+    """Equal row ranges of an Arrow IPC file, each at most rows_per_shard rows and, by the file's
+    average, bytes_per_shard bytes of the columns read."""
+
+    def measure(handle: object) -> tuple[tuple[str, ...], int, int]:
+        read = _columns_to_read(arrow_ipc.schema_of(handle).names, base, input_spec, template_columns)
+        rows = held = 0
+        for batch in arrow_ipc.batches(handle, read):
+            rows += batch.num_rows
+            held += batch.nbytes
+        return read, rows, held
+
+    try:
+        read, rows, held = storage.read_stream(info.url, measure, size=info.size)
+    except SpecError:
+        raise
+    except Exception as error:
+        if is_transient(error):
+            raise storage_problem(f"{base['file_label']}: cannot read it", error) from None
+        raise SpecError(f"{base['file_label']}: not a readable Arrow IPC file ({error})") from None
+    if rows == 0:
+        return []
+    cap = max(1, min(input_spec.rows_per_shard, input_spec.bytes_per_shard * rows // max(held, 1)))
+    slices = math.ceil(rows / cap)
+    base = {**base, "format": "parquet", "copied_from": "arrow", "columns": read, "whole_row_groups": False}
+    shards = []
+    for index in range(slices):
+        start, end = rows * index // slices, rows * (index + 1) // slices
+        shards.append(Shard(**base, start=start, end=end, estimated_rows=end - start))
     return shards
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
-FileFormat = Literal["parquet", "jsonl", "csv", "tsv"]
+FileFormat = Literal["parquet", "jsonl", "csv", "tsv", "arrow"]
 Compression = Literal["gzip", "bz2", "zstd"]
 # Files read through a JSON Lines copy made on each node that reads them (workers/json_lines_copy.py).
-# jsonl: JSON Lines in another encoding than UTF-8 (input.encoding).
-CopiedFrom = Literal["json-array", "csv", "tsv", "jsonl"]
+# jsonl: JSON Lines in another encoding than UTF-8 (input.encoding). arrow: rows of an Arrow IPC file,
+# read through a Parquet copy each node makes of the columns read (workers/spill_cache.py).
+CopiedFrom = Literal["json-array", "csv", "tsv", "jsonl", "arrow"]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 DELIMITED_SUFFIXES: dict[str, FileFormat] = {".csv": "csv", ".tsv": "tsv"}
+# Arrow's IPC files, in its file format (Feather v2, Polars' write_ipc) or its stream format (a Hugging
+# Face dataset's save_to_disk, Polars' write_ipc_stream): the first bytes tell which.
+ARROW_IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
 # Said where a file is passed over for its name.
-INPUT_NAMES = ".parquet/.pq, .jsonl/.ndjson/.json or .csv/.tsv (optionally .gz/.bz2/.zst)"
+INPUT_NAMES = ".parquet/.pq, .jsonl/.ndjson/.json, .csv/.tsv (optionally .gz/.bz2/.zst) or .arrow/.feather/.ipc"
 COMPRESSION_SUFFIXES: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 
 
@@ -27,20 +31,13 @@ def compression_of(path: str) -> Compression | None:
     return None
 
 
-# Arrow's IPC files (Feather, Polars' write_ipc, a Hugging Face dataset's save_to_disk) are not read.
-ARROW_IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
-ARROW_IPC_ADVICE = (
-    "herd reads Parquet, JSON Lines, JSON and CSV, not Arrow IPC (Feather) files: write the rows as Parquet "
-    "(a Hugging Face dataset: datasets.load_from_disk(path).to_parquet('rows.parquet'); a Feather file: "
-    "pyarrow.parquet.write_table(pyarrow.feather.read_table(path), 'rows.parquet'))"
-)
-
-
 def format_from_name(path: str) -> FileFormat | None:
     """The format from the name (a compression suffix after a JSONL or CSV one is allowed), or None."""
     lowered = path.lower()
     if lowered.endswith(PARQUET_SUFFIXES):
         return "parquet"
+    if lowered.endswith(ARROW_IPC_SUFFIXES):
+        return "arrow"
     codec = compression_of(lowered)
     if codec is not None:
         lowered = lowered[: lowered.rfind(".")]

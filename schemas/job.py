@@ -17,7 +17,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.columns import HERD_OUTPUT_COLUMNS, ROW_ID_COLUMN
 from schemas.errors import SpecError, format_validation_error
-from schemas.input_files import ARROW_IPC_ADVICE, ARROW_IPC_SUFFIXES, FileFormat, format_from_name
+from schemas.input_files import FileFormat, format_from_name
 from schemas.presets import LLAMA2_CONTEXT_TOKENS, LLAMA2_PRESETS, valid_tensor_parallel_sizes
 
 DEMO_MODEL = "demo:smollm2-135m-instruct"
@@ -34,11 +34,12 @@ class InputSpec(StrictModel):
         description="A file, a directory (every input file below it) or a glob; local or s3://.",
         examples=["s3://bucket/prompts/*/"],
     )
-    format: Literal["auto", "parquet", "jsonl", "csv", "tsv", "openai-batch", "llama2-hosted"] = Field(
+    format: Literal["auto", "parquet", "jsonl", "csv", "tsv", "arrow", "openai-batch", "llama2-hosted"] = Field(
         default="auto",
         description="auto: from each file's extension (.parquet/.pq; .jsonl/.ndjson/.json, where a .json "
         "file may hold one JSON array of records instead; .csv/.tsv with a header; all optionally "
-        ".gz/.bz2/.zst); openai-batch: OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
+        ".gz/.bz2/.zst; .arrow/.feather/.ipc: Arrow IPC, as Feather, Polars and Hugging Face datasets "
+        "write it); openai-batch: OpenAI Batch request lines; llama2-hosted: hosted Llama 2 bodies.",
     )
     prompt_column: str | None = Field(
         default=None, description="The text to complete; give this, messages_column, or prompt.template."
@@ -150,14 +151,12 @@ class InputSpec(StrictModel):
     def format_of(self, file_path: str) -> FileFormat:
         """How the file's bytes are read: request files are JSON lines too."""
         if self.format != "auto":
-            return self.format if self.format in ("parquet", "csv", "tsv") else "jsonl"
+            return self.format if self.format in ("parquet", "csv", "tsv", "arrow") else "jsonl"
         found = format_from_name(file_path)
-        if found is None and file_path.lower().endswith(ARROW_IPC_SUFFIXES):
-            raise SpecError(f"input.path: {file_path}: {ARROW_IPC_ADVICE}")
         if found is None:
             raise SpecError(
                 f"input.format: cannot infer the format of {file_path!r} from its extension; "
-                "set input.format to parquet, jsonl or csv"
+                "set input.format to parquet, jsonl, csv or arrow"
             )
         return found
 

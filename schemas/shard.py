@@ -37,14 +37,15 @@ class Shard(NamedTuple):
     file_label: str  # the file's name relative to the input root, used in row ids
     file_size: int  # bytes stored when planned: reads are clamped to it
     file_version: str  # ETag or mtime when planned
-    format: Literal["parquet", "jsonl"]
+    format: Literal["parquet", "jsonl"]  # parquet: a row range (of an Arrow IPC file too); jsonl: bytes
     start: int  # parquet: first row in the file; jsonl: first byte (of the decompressed stream)
     end: int  # exclusive
     estimated_rows: int
     compression: Compression | None = None  # jsonl only: ranges are in the decompressed stream
-    # jsonl only: the file is read through the node's JSON Lines copy of it (workers/json_lines_copy.py),
+    # jsonl: the file is read through the node's JSON Lines copy of it (workers/json_lines_copy.py),
     # made from a JSON array, a CSV, or text in another encoding; ranges are in the copy. A compressed
-    # JSON file's copy turns an array into lines whatever this says.
+    # JSON file's copy turns an array into lines whatever this says. parquet: "arrow", an Arrow IPC
+    # file's rows [start, end), read through the node's Parquet copy of it (workers/spill_cache.py).
     copied_from: CopiedFrom | None = None
     # Parquet: the row groups holding [start, end), and the file row of the first one's first row.
     row_groups: tuple[int, int] = (0, 0)
@@ -65,7 +66,8 @@ class Shard(NamedTuple):
 
     @property
     def read_from_copy(self) -> bool:
-        """Read through the node's JSON Lines copy of its file, not byte ranges of the file itself."""
+        """A JSONL shard read through the node's JSON Lines copy of its file, not byte ranges of the
+        file itself."""
         return self.compression is not None or self.copied_from is not None
 
     def where(self, position: int) -> str:

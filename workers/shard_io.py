@@ -18,7 +18,7 @@ from schemas.job import InputSpec
 from schemas.shard import Shard
 from workers.json_lines_copy import copy_error_reason
 from workers.request_formats import PromptSource, RequestError, requests_in_line
-from workers.spill_cache import jsonl_copy, row_group_copy
+from workers.spill_cache import arrow_copy, jsonl_copy, row_group_copy
 
 _JSONL_TAIL_CHUNK = 64 * 1024
 
@@ -98,7 +98,7 @@ def _read_parquet(shard: Shard, input_spec: InputSpec, storage: Storage) -> Shar
     if shard.whole_row_groups:
         batches = _parquet_rows(storage, shard.file_url, shard.row_groups, shard.columns, 0, shard.end - shard.start)
     else:
-        copy = str(row_group_copy(shard, storage))
+        copy = str(arrow_copy(shard, storage) if shard.copied_from == "arrow" else row_group_copy(shard, storage))
         groups, skip = _groups_holding(copy, shard.start - shard.group_first_row, shard.end - shard.group_first_row)
         batches = _parquet_rows(storage, copy, groups, shard.columns, skip, shard.end - shard.start)
     result = ShardRows(column_types={field.name: field.type for field in batches[0].schema} if batches else {})

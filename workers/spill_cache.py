@@ -8,6 +8,9 @@ Two cases, both of which would otherwise cost one full read (or decompression) p
 - a compressed JSONL file: decompression can only start at the file's beginning. It is decompressed
   once into a local file, and its shards read their byte ranges from there. A JSON array file and a
   CSV are copied the same way, as JSON Lines: their records can only be found from their start.
+- an Arrow IPC file: its record batches are found one after another (a stream holds no index) and may
+  be of any size. The columns read are copied once into a local Parquet file with small row groups,
+  which keeps their types, and every shard reads its rows from there.
 
 Bytes fetched from storage: once per node that touches the group or file. Memory: one batch while
 writing, the shard while reading. Copies are shared through a lock file (the first replica writes,
@@ -94,6 +97,41 @@ def row_group_copy(shard: Shard, storage: Storage) -> Path:
                     writer.close()
 
         storage.read_stream(shard.file_url, copy)
+
+    return _shared_copy(name, write)
+
+
+def arrow_copy(shard: Shard, storage: Storage) -> Path:
+    """A local Parquet file of the columns the shard reads of its Arrow IPC file, every row, in groups
+    of SPILL_GROUP_ROWS rows."""
+    name = _key(shard, f"arrow|{','.join(shard.columns)}") + ".parquet"
+
+    def write(path: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from common import arrow_ipc
+
+        def copy(handle: Any) -> None:
+            writer, pending = None, []
+            try:
+                for batch in arrow_ipc.batches(handle, shard.columns):
+                    if writer is None:
+                        writer = pq.ParquetWriter(path, batch.schema, compression="zstd")
+                    pending.append(batch)
+                    # Batches of any size (one row each, or a million) become groups of SPILL_GROUP_ROWS.
+                    if sum(held.num_rows for held in pending) >= SPILL_GROUP_ROWS:
+                        table = pa.Table.from_batches(pending)
+                        whole = table.num_rows - table.num_rows % SPILL_GROUP_ROWS
+                        writer.write_table(table.slice(0, whole), row_group_size=SPILL_GROUP_ROWS)
+                        pending = table.slice(whole).to_batches()
+                if writer is not None and pending:
+                    writer.write_table(pa.Table.from_batches(pending), row_group_size=SPILL_GROUP_ROWS)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+        storage.read_stream(shard.file_url, copy, size=shard.file_size)
 
     return _shared_copy(name, write)
 

@@ -319,6 +319,33 @@ def test_a_spreadsheet_saved_as_csv_on_s3_runs_through_a_template_with_its_field
     assert all(row["completion_tokens"] == 4 for row in rows)
 
 
+def test_a_hugging_face_dataset_saved_to_disk_on_s3_runs_with_its_ids_and_kept_columns(run_tiny, tmp_path, s3_endpoint):
+    """save_to_disk's folder as datasets writes it (two Arrow stream files, its metadata JSON and a
+    cache file a `.map()` left there), uploaded to S3: each replica reads its rows through its node's
+    Parquet copy; the metadata and the cache file are not rows."""
+    import s3fs
+
+    saved = Path(__file__).parent / "data" / "hf_dataset"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).put(str(saved), "herd-test/hf/questions", recursive=True)
+    outcome = run_tiny(
+        input={
+            "path": "s3://herd-test/hf/questions",
+            "prompt_column": "question",
+            "id_column": "id",
+            "keep_columns": ["topic"],
+            "rows_per_shard": 3,
+        },
+        sampling={"max_new_tokens": 4, "ignore_eos": True},
+        output={"path": str(tmp_path / "out")},
+        storage={"endpoint_url": s3_endpoint},
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.shards == 4
+    rows = sorted(read_rows(str(tmp_path / "out" / "data")), key=lambda row: int(row["id"][1:]))
+    assert [(row["id"], row["topic"], row["completion_tokens"]) for row in rows] == [
+        (f"q{index}", "math", 4) for index in range(10)
+    ]
+
+
 def test_same_seed_reproduces_completions_and_another_seed_does_not(run_tiny, tmp_path):
     _write_parquet(tmp_path / "in.parquet", 16, row_group_size=4)
 

@@ -50,7 +50,8 @@ INVALID_SPECS = [
     ),
     (
         _with("input", format="xlsx"),
-        "input.format: Input should be 'auto', 'parquet', 'jsonl', 'csv', 'tsv', 'openai-batch' or 'llama2-hosted'",
+        "input.format: Input should be 'auto', 'parquet', 'jsonl', 'csv', 'tsv', 'arrow', 'openai-batch' or "
+        "'llama2-hosted'",
     ),
     (_with("sampling", temperature=-1), "sampling.temperature: Input should be greater than or equal to 0"),
     (_with("sampling", n=0), "sampling.n: Input should be greater than or equal to 1"),

@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -41,7 +42,7 @@ def _own_spill_cache(tmp_path, monkeypatch):
 
 
 def _plan(spec: InputSpec, storage: Storage = STORAGE, prompt: PromptSpec | None = None):
-    return plan_shards(spec, select_inputs(spec, storage.expand_inputs(spec.path)).files, storage, prompt)
+    return plan_shards(spec, select_inputs(spec, storage.expand_inputs(spec.path), storage).files, storage, prompt)
 
 
 def _read_all(spec: InputSpec, shards, storage: Storage = STORAGE):
@@ -432,7 +433,7 @@ def test_a_folder_written_by_spark_reads_its_parts_and_reports_the_other_files(t
     (folder / ".part-00000-abc.snappy.parquet.crc").write_bytes(b"crc")
     (folder / "README.txt").write_text("what this is")
     spec = InputSpec(path=str(folder), prompt_column="prompt")
-    inputs = select_inputs(spec, STORAGE.expand_inputs(spec.path))
+    inputs = select_inputs(spec, STORAGE.expand_inputs(spec.path), STORAGE)
     assert [Path(info.url).name for info in inputs.files] == [
         "part-00000-abc.snappy.parquet",
         "part-00001-abc.snappy.parquet",
@@ -468,41 +469,170 @@ def test_a_lakehouse_tables_folder_is_refused_and_a_glob_of_its_data_files_is_re
         pd.DataFrame({"add": ["x"]}).to_parquet(folder / "_delta_log" / "00000000000000000010.checkpoint.parquet")
     spec = InputSpec(path=str(folder), prompt_column="prompt")
     with pytest.raises(SpecError) as refused:
-        select_inputs(spec, STORAGE.expand_inputs(spec.path))
+        select_inputs(spec, STORAGE.expand_inputs(spec.path), STORAGE)
     assert str(refused.value).startswith(f"input.path: {folder} is {table} (its log: {named}); ")
     assert f"a glob of its data files ({folder}/**/*.parquet)" in str(refused.value)
 
     globbed = InputSpec(path=f"{folder}/**/*.parquet", prompt_column="prompt")
-    inputs = select_inputs(globbed, STORAGE.expand_inputs(globbed.path))
+    inputs = select_inputs(globbed, STORAGE.expand_inputs(globbed.path), STORAGE)
     rows, _ = _read_all(globbed, plan_shards(globbed, inputs.files, STORAGE))
     assert sorted(row.values["prompt"] for row in rows) == ["a", "b", "c"]
 
 
-def test_a_hugging_face_dataset_saved_to_disk_is_refused_with_how_to_make_parquet_of_it(tmp_path):
-    """save_to_disk writes Arrow IPC files, which herd does not read, beside dataset_info.json and
-    state.json, which it would read as JSON prompts: 25 error rows and not one of the dataset's."""
-    folder = tmp_path / "prompts"
-    folder.mkdir()
-    table = pa.table({"prompt": ["a", "b"]})
-    with (
-        pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink,
-        pa.ipc.new_stream(sink, table.schema) as stream,
-    ):
-        stream.write_table(table)
-    (folder / "dataset_info.json").write_text(json.dumps({"features": {"prompt": {"dtype": "string"}}}, indent=2))
-    (folder / "state.json").write_text(
-        json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}, indent=2)
+SAVED_DATASETS = Path(__file__).parent / "data"  # written by datasets' save_to_disk: see make_hf_datasets.py
+
+
+def test_a_hugging_face_dataset_saved_to_disk_is_read_as_its_state_json_names_it():
+    """Its Arrow files as state.json names them, in that order, with their types (a conversation stays
+    a list of messages); never its metadata JSON (which would be read as prompts) nor the cache file
+    a `.map()` over the loaded dataset left among its files (rows it never held)."""
+    folder = SAVED_DATASETS / "hf_dataset"
+    spec = InputSpec(
+        path=str(folder), messages_column="messages", id_column="id", keep_columns=["topic"], rows_per_shard=3
     )
-    spec = InputSpec(path=str(folder), prompt_column="prompt")
+    inputs = select_inputs(spec, STORAGE.expand_inputs(spec.path), STORAGE)
+    assert [Path(info.url).name for info in inputs.files] == ["data-00000-of-00002.arrow", "data-00001-of-00002.arrow"]
+    assert dict(inputs.ignored) == {
+        "cache-eb3d92de180e00a7.arrow": "not one of the data files its state.json names "
+        "(a datasets cache file, or an earlier save's)",
+        "dataset_info.json": "the metadata of a Hugging Face dataset saved with save_to_disk",
+        "state.json": "the metadata of a Hugging Face dataset saved with save_to_disk",
+    }
+    shards = plan_shards(spec, inputs.files, STORAGE)
+    assert [(Path(shard.file_url).name[:10], shard.start, shard.end) for shard in shards] == [
+        ("data-00000", 0, 2), ("data-00000", 2, 5), ("data-00001", 0, 2), ("data-00001", 2, 5)
+    ]  # fmt: skip
+    rows, errors = _read_all(spec, shards)
+    assert not errors
+    assert [(row.row_id, row.values["messages"], row.values["topic"]) for row in rows] == [
+        (f"q{index}", [{"role": "user", "content": f"What is {index} plus {index + 1}?"}], "math")
+        for index in range(10)
+    ]
+
+
+def test_a_dataset_dict_folder_is_refused_naming_its_splits_and_a_split_folder_is_read(tmp_path):
+    folder = SAVED_DATASETS / "hf_dataset_dict"
+    spec = InputSpec(path=str(folder), prompt_column="question")
     with pytest.raises(SpecError) as refused:
-        select_inputs(spec, STORAGE.expand_inputs(spec.path))
-    assert str(refused.value).startswith(
-        f"input.path: {folder} is a Hugging Face dataset saved with save_to_disk (state.json and Arrow files): "
+        select_inputs(spec, STORAGE.expand_inputs(spec.path), STORAGE)
+    assert str(refused.value) == (
+        f"input.path: {folder} is a Hugging Face DatasetDict saved with save_to_disk (splits: test, train): "
+        f"name one split's folder (input.path: {folder}/test)"
     )
-    assert "datasets.load_from_disk(path).to_parquet('rows.parquet')" in str(refused.value)
-    named = InputSpec(path=str(folder / "data-00000-of-00001.arrow"), prompt_column="prompt")
-    with pytest.raises(SpecError, match=r"data-00000-of-00001\.arrow: herd reads Parquet, .* not Arrow IPC"):
-        select_inputs(named, STORAGE.expand_inputs(named.path))
+    above = tmp_path / "datasets"
+    shutil.copytree(folder, above / "questions")
+    spec = InputSpec(path=str(above), prompt_column="question")
+    with pytest.raises(
+        SpecError, match=rf"^input.path: {above}/questions is a Hugging Face DatasetDict .*\(splits: test, train\)"
+    ):
+        select_inputs(spec, STORAGE.expand_inputs(spec.path), STORAGE)
+    split = InputSpec(path=str(folder / "train"), prompt_column="question", id_column="id")
+    rows, errors = _read_all(split, _plan(split))
+    assert not errors and [row.row_id for row in rows] == [f"q{index}" for index in range(8)]
+
+
+def test_a_state_json_naming_a_missing_arrow_file_is_refused(tmp_path):
+    folder = tmp_path / "partial"
+    shutil.copytree(SAVED_DATASETS / "hf_dataset", folder)
+    (folder / "data-00001-of-00002.arrow").unlink()
+    spec = InputSpec(path=str(folder), prompt_column="question")
+    with pytest.raises(SpecError, match=r"^state\.json names data-00001-of-00002\.arrow, which is not there: "):
+        select_inputs(spec, STORAGE.expand_inputs(spec.path), STORAGE)
+
+
+def _write_ipc(path: Path, table: pa.Table, layout: str, **options) -> None:
+    with pa.OSFile(str(path), "wb") as sink:
+        new = pa.ipc.new_file if layout == "file" else pa.ipc.new_stream
+        with new(sink, table.schema) as writer:
+            writer.write_table(table, **options)
+
+
+def test_arrow_ipc_files_as_feather_polars_and_pyarrow_write_them_are_read_in_row_ranges_with_their_types(
+    tmp_path,
+):
+    """Both of Arrow's layouts (a footer-indexed file: Feather v2, compressed, and Polars' write_ipc;
+    a stream: Polars' write_ipc_stream, and batches of one row each), cut into row ranges that give
+    every row to one shard, whatever the writer's batches; numbers and lists keep their types."""
+    import polars as pl
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    count = 250
+    frame = pd.DataFrame(
+        {
+            "prompt": [f"question {index}" for index in range(count)],
+            "number": list(range(count)),
+            "tags": [["a", str(index)] for index in range(count)],
+            "unused": ["x" * 100] * count,
+        }
+    )
+    frame.to_feather(folder / "pandas.feather")  # Feather v2, lz4-compressed buffers
+    pl.from_pandas(frame).write_ipc(folder / "polars.arrow")
+    pl.from_pandas(frame).write_ipc_stream(folder / "polars-stream.ipc")
+    _write_ipc(folder / "one-row-batches.arrow", pa.Table.from_pandas(frame, preserve_index=False), "stream",
+               max_chunksize=1)  # fmt: skip
+    spec = InputSpec(path=str(folder), prompt_column="prompt", keep_columns=["number", "tags"], rows_per_shard=40)
+    shards = _plan(spec)
+    for name in ("one-row-batches.arrow", "pandas.feather", "polars-stream.ipc", "polars.arrow"):
+        own = [shard for shard in shards if shard.file_label == name]
+        assert [(shard.start, shard.end) for shard in own] == [
+            (count * index // 7, count * (index + 1) // 7) for index in range(7)
+        ], name
+        assert all(shard.columns == ("prompt", "number", "tags") for shard in own)
+        rows, errors = _read_all(spec, own)
+        assert not errors
+        assert [(row.row_id, row.values) for row in rows] == [
+            (f"{name}:{index}", {"prompt": f"question {index}", "number": index, "tags": ["a", str(index)]})
+            for index in range(count)
+        ], name
+
+
+def test_an_arrow_file_bigger_than_bytes_per_shard_is_cut_by_its_bytes_too(tmp_path):
+    table = pa.table({"prompt": ["w" * 1000] * 100})
+    _write_ipc(tmp_path / "long.arrow", table, "file")
+    # 1,004 bytes a row: its 1,000 characters and their offset.
+    spec = InputSpec(path=str(tmp_path / "long.arrow"), prompt_column="prompt", bytes_per_shard=10_040)
+    assert [shard.end - shard.start for shard in _plan(spec)] == [10] * 10
+
+
+def test_an_arrow_file_without_the_jobs_column_or_not_arrow_at_all_is_a_named_error(tmp_path):
+    _write_ipc(tmp_path / "a.arrow", pa.table({"text": ["hi"]}), "stream")
+    (tmp_path / "b.feather").write_bytes(b"PAR1 this is not Arrow")
+    spec = InputSpec(path=str(tmp_path), prompt_column="prompt")
+    with pytest.raises(SpecError) as refused:
+        _plan(spec)
+    assert str(refused.value).splitlines()[1:] == [
+        "  a.arrow: column(s) ['prompt'] named in the job are not in the file; it has ['text']",
+        f"  b.feather: not a readable Arrow IPC file ({_arrow_error(tmp_path / 'b.feather')})",
+    ]
+
+
+def _arrow_error(path: Path) -> str:
+    try:
+        pa.ipc.open_stream(pa.OSFile(str(path)))
+    except pa.ArrowInvalid as error:
+        return str(error)
+    raise AssertionError(f"{path} reads as Arrow")
+
+
+def test_an_arrow_file_on_s3_is_planned_and_read_through_the_nodes_parquet_copy(tmp_path, s3_endpoint):
+    import s3fs
+
+    table = pa.table({"prompt": [f"p{index}" for index in range(300)], "extra": list(range(300))})
+    _write_ipc(tmp_path / "file.arrow", table, "file", max_chunksize=64)
+    _write_ipc(tmp_path / "stream.arrow", table, "stream", max_chunksize=64)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.put(str(tmp_path / "file.arrow"), "herd-test/arrow/file.arrow")
+    fs.put(str(tmp_path / "stream.arrow"), "herd-test/arrow/stream.arrow")
+    storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec(attempts=1))
+    spec = InputSpec(path="s3://herd-test/arrow/", prompt_column="prompt", rows_per_shard=100)
+    shards = _plan(spec, storage)
+    assert [(shard.file_label, shard.start, shard.end) for shard in shards] == [
+        (name, start, start + 100) for name in ("file.arrow", "stream.arrow") for start in (0, 100, 200)
+    ]
+    rows, errors = _read_all(spec, shards, storage)
+    assert not errors
+    assert [row.values["prompt"] for row in rows] == [f"p{index}" for index in range(300)] * 2
 
 
 def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
