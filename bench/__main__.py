@@ -27,6 +27,7 @@ BENCHMARKS = (
     "service_state",
     "service_memory",
     "refused_request",
+    "arrow_inputs",
 )
 
 

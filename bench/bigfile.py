@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.common import CACHE, WORDS, moto_s3, record, tiny_model
+from bench.common import CACHE, WORDS, moto_s3, peak_rss_mb, record, tiny_model
 
 FAKE_ENGINE_SECONDS_PER_SHARD = 0.05
 
@@ -34,11 +34,6 @@ def _write_file(path: Path, rows: int, row_group_size: int) -> None:
     pq.write_table(
         pa.table({"id": [f"r{index}" for index in range(rows)], "prompt": texts}), path, row_group_size=row_group_size
     )
-
-
-def _peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def _busy_fraction(records: list) -> float:
@@ -85,7 +80,7 @@ def _run(layout: str, url: str, proxy) -> dict:
             int(ray.get(actor.ready.remote()).rsplit(":", 1)[1])
             for actor in [replica.actor for replica in pool.replicas]
         ]
-        rss = max(_peak_rss_mb(pid) for pid in replica_pids)
+        rss = max(peak_rss_mb(pid) for pid in replica_pids)
     finally:
         pool.shutdown()
     fetched = proxy.bytes_read_by_path[f"/{url.removeprefix('s3://')}"] - before

@@ -92,6 +92,13 @@ def planned_tiny_shards_job(
     return job, storage, plan_shards(job.input, storage.expand_inputs(job.input.path), storage)
 
 
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory (VmHWM). Not ru_maxrss, which a process keeps across exec: a
+    child of a large process would report its parent's peak."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
 def cpu_seconds() -> float:
     """This process's CPU time so far (user and system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -1,0 +1,129 @@
+"""What Arrow IPC inputs cost against the same rows in Parquet: planning and reading every shard.
+
+The same rows (an id, a ~200-character prompt and a ~800-character column the job does not read, as
+a dataset with a long text or an image column beside its prompts has) written three ways: Parquet in
+row groups of 65,536 rows (pyarrow's and Spark's order of size), and Arrow IPC in batches of 1,000 rows
+(what a Hugging Face dataset's save_to_disk writes) in the stream layout (save_to_disk's) and in the
+file layout (Feather's, Polars' write_ipc). Each side in a fresh process, sides alternating over
+rounds (this machine's speed drifts); local files, so what is measured is herd's CPU and memory,
+not storage latency. Printed: planning's wall time and the process's peak RSS after planning, the
+wall time to read every shard (an Arrow file's first shard includes the node's Parquet copy of the
+columns read), for each side and against Parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import CACHE, REPO, peak_rss_mb, record
+
+SIDES = ("parquet", "arrow-stream", "arrow-file")
+_BATCH_ROWS = 1000  # datasets' writer_batch_size
+
+
+def _table(rows: int) -> pa.Table:
+    prompts = [f"question {row}: " + "what would a careful reviewer say about this? " * 4 for row in range(rows)]
+    return pa.table({"id": [f"r{row}" for row in range(rows)], "prompt": prompts, "notes": ["n" * 800] * rows})
+
+
+def _inputs(rows: int) -> dict[str, Path]:
+    directory = CACHE / f"arrow-inputs-{rows}"
+    paths = {
+        "parquet": directory / "rows.parquet",
+        "arrow-stream": directory / "rows-stream.arrow",
+        "arrow-file": directory / "rows-file.arrow",
+    }
+    if all(path.exists() for path in paths.values()):
+        return paths
+    directory.mkdir(parents=True, exist_ok=True)
+    table = _table(rows)
+    pq.write_table(table, paths["parquet"], row_group_size=65536)
+    for side, new in (("arrow-stream", pa.ipc.new_stream), ("arrow-file", pa.ipc.new_file)):
+        with pa.OSFile(str(paths[side]), "wb") as sink, new(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=_BATCH_ROWS)
+    return paths
+
+
+def _one_side(path: str) -> dict[str, Any]:
+    """Plans and reads the file in this process, as a replica would read every shard of it."""
+    from common.storage import Storage
+    from jobs.planner import plan_shards, select_inputs
+    from schemas.job import InputSpec, RetrySpec, StorageSpec
+    from workers.shard_io import read_shard
+
+    storage = Storage(StorageSpec(), RetrySpec())
+    spec = InputSpec(path=path, prompt_column="prompt", id_column="id")
+    started = time.perf_counter()
+    shards = plan_shards(spec, select_inputs(spec, storage.expand_inputs(path), storage).files, storage)
+    planned = time.perf_counter()
+    planning_rss = peak_rss_mb()
+    rows = sum(len(read_shard(shard, spec, storage).rows) for shard in shards)
+    return {
+        "plan_s": planned - started,
+        "plan_peak_rss_mb": planning_rss,
+        "read_s": time.perf_counter() - planned,
+        "peak_rss_mb": peak_rss_mb(),
+        "shards": len(shards),
+        "rows": rows,
+    }
+
+
+def _fresh_process(path: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as cache:  # each side makes its own node copy
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", "arrow_inputs", "--one", str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HERD_CACHE_DIR": cache},
+            check=True,
+        )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench arrow_inputs")
+    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a side, in the fresh process that measures it
+    arguments = parser.parse_args(argv)
+    if arguments.one:
+        print(json.dumps(_one_side(arguments.one)))
+        return 0
+    paths = _inputs(arguments.rows)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    for round_index in range(arguments.rounds):
+        order = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
+        for side in order:
+            found = _fresh_process(paths[side])
+            assert found["rows"] == arguments.rows, (side, found)
+            runs[side].append(found)
+            print(side, found, flush=True)
+    medians = {
+        side: {key: statistics.median(run[key] for run in found) for key in ("plan_s", "plan_peak_rss_mb", "read_s")}
+        for side, found in runs.items()
+    }
+    sizes = {side: path.stat().st_size for side, path in paths.items()}
+    lines = [
+        f"{side}: planned in {median['plan_s']:.2f} s (peak RSS {median['plan_peak_rss_mb']:.0f} MB), every shard read "
+        f"in {median['read_s']:.1f} s ({median['read_s'] / medians['parquet']['read_s']:.2f}x Parquet's)"
+        for side, median in medians.items()
+    ]
+    record(
+        "arrow_inputs",
+        {"rows": arguments.rows, "file_bytes": sizes, "runs": runs, "medians": medians},
+        f"arrow_inputs, {arguments.rows:,} rows, medians of {arguments.rounds} rounds: " + "; ".join(lines),
+    )
+    return 0
