@@ -358,9 +358,8 @@ class BatchWorker:
             )
             return True
 
-        record = self.store.update_batch(record.owner, batch.id, done)
+        record = self._end(record, done)
         log.info("batch %s %s: %s", batch.id, record.batch.status, record.batch.request_counts.model_dump())
-        self._notify(record)
 
     def _gather_answers(self, urls: list[str], sizes: list[int], outputs: _Spool, errors: _Spool) -> set[str]:
         """The job's data and error files gathered into the batch's output and error files; returns
@@ -414,17 +413,27 @@ class BatchWorker:
             current.batch.errors = BatchErrors(data=listed)
             return True
 
-        record = self.store.update_batch(record.owner, record.batch.id, failed)
+        record = self._end(record, failed)
         log.info("batch %s failed: %s", record.batch.id, message)
-        self._notify(record)
         return record
 
-    def _notify(self, record: BatchRecord) -> None:
-        if record.batch.status not in TERMINAL:
-            return
-        self.metrics.batch_ended(record)
-        if self.webhooks is not None:
-            self.webhooks.send(f"batch.{record.batch.status}", {"id": record.batch.id})
+    def _end(self, record: BatchRecord, change: Callable[[BatchRecord], bool]) -> BatchRecord:
+        """Applies `change`, which ends the batch or returns False where it has ended already, and
+        counts the end and sends its webhook only when this update is the one that ended it: a failure
+        racing a cancel, or two servers finishing one batch, tell the world once."""
+        ended_here = False
+
+        def once(current: BatchRecord) -> bool:
+            nonlocal ended_here
+            ended_here = change(current)  # the last call is the one whose write stood
+            return ended_here
+
+        record = self.store.update_batch(record.owner, record.batch.id, once)
+        if ended_here:
+            self.metrics.batch_ended(record)
+            if self.webhooks is not None:
+                self.webhooks.send(f"batch.{record.batch.status}", {"id": record.batch.id})
+        return record
 
 
 class _Counts:

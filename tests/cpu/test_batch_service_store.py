@@ -491,6 +491,47 @@ def test_a_batch_of_many_shards_is_finalized_a_group_of_shard_files_at_a_time_an
     assert (listed.file.bytes, listed.lines) == (len(store.read_file_content(OWNER, done.error_file_id)), 151)
 
 
+class _SentWebhooks:
+    """Stands in for a server's WebhookSender: what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send(self, event: str, data: dict[str, Any]) -> None:
+        self.sent.append((event, data["id"]))
+
+
+def _ended_counts(metrics: Any) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(metrics.render())
+        for sample in family.samples
+        if sample.name == "herd_batches_ended_total"
+    }
+
+
+def test_a_batch_two_servers_end_at_once_is_counted_and_announced_by_the_one_whose_update_ended_it(store):
+    """Two servers on one root each end the same running batch (a failure racing a finalize, say),
+    each from the record it read while the batch ran: the record ends once, and only the server whose
+    update ended it counts the end in its /metrics and sends the webhook."""
+    from service.worker import BatchWorker
+
+    made = _batch()
+    store.create_batch(made)
+    _end(store, made, "in_progress")
+    running = store.batch(OWNER, made.batch.id)
+    spec = ServiceSpec(root=store.folder.root)
+    first, second = BatchWorker(spec, store, _SentWebhooks()), BatchWorker(spec, store, _SentWebhooks())
+    first._fail(running, "batch_failed", "the first server's reason")
+    second._fail(running, "batch_failed", "the second server's reason")
+    ended = store.batch(OWNER, made.batch.id).batch
+    assert (ended.status, ended.errors.data[0].message) == ("failed", "the first server's reason")
+    assert (first.webhooks.sent, second.webhooks.sent) == ([("batch.failed", made.batch.id)], [])
+    assert (_ended_counts(first.metrics), _ended_counts(second.metrics)) == ({"failed": 1}, {})
+
+
 def test_batch_metadata_is_kept_and_held_to_openais_limits(store, sdk):
     upload = sdk.files.create(file=("batch.jsonl", b'{"custom_id": "a"}\n'), purpose="batch")
 
