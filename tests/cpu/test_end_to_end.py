@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.errors import ExitCode
-from tests.cpu.conftest import manifest_records, read_rows
+from tests.cpu.conftest import every_replica_up, manifest_records, read_rows
 
 WORDS = "the quick brown fox jumps over a lazy dog while data engineers write prompts".split()
 
@@ -67,7 +67,10 @@ def test_parquet_job_writes_one_row_per_sample_with_exact_token_counts(run_tiny,
 
 
 @pytest.mark.parametrize(("rows", "shards"), [(64, 16), (8, 2)], ids=["many shards", "as many shards as replicas"])
-def test_shards_are_spread_over_both_replicas(run_tiny, tmp_path, rows, shards):
+def test_shards_are_spread_over_both_replicas(run_tiny, tiny_pool, tmp_path, rows, shards):
+    # A replica an earlier test ended is started again by the next run; a run of a few seconds would
+    # otherwise be over, on the other replica alone, before it is up.
+    every_replica_up(tiny_pool)
     _write_parquet(tmp_path / "in.parquet", rows, row_group_size=4)
     run_tiny(
         input={"path": str(tmp_path / "in.parquet"), "prompt_column": "prompt", "rows_per_shard": 4},
@@ -79,8 +82,10 @@ def test_shards_are_spread_over_both_replicas(run_tiny, tmp_path, rows, shards):
     assert len({record.replica for record in records}) == 2
 
 
-def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_row_once(run_tiny, tmp_path):
+def test_a_pandas_file_of_one_row_group_is_shared_by_both_replicas_with_every_row_once(run_tiny, tiny_pool, tmp_path):
     import pandas as pd
+
+    every_replica_up(tiny_pool)
 
     folder = tmp_path / "prompts" / "date=2026-11-25"  # a Hive folder: its value is a column to keep
     folder.mkdir(parents=True)
