@@ -9,6 +9,10 @@ rounds (this machine's speed drifts); local files, so what is measured is herd's
 not storage latency. Printed: planning's wall time and the process's peak RSS after planning, the
 wall time to read every shard (an Arrow file's first shard includes the node's Parquet copy of the
 columns read), for each side and against Parquet.
+
+Then the same three files of `--s3-rows` rows on S3 (moto behind a proxy adding 20 ms to every request,
+as a region's round trip): each side's requests and seconds to plan it and to read every shard, in
+this process, sides alternating over rounds.
 """
 
 from __future__ import annotations
@@ -80,6 +84,47 @@ def _one_side(path: str) -> dict[str, Any]:
     }
 
 
+def _on_slow_s3(rows: int, rounds: int) -> dict[str, Any]:
+    import s3fs
+
+    from bench.common import moto_s3
+    from common.storage import Storage
+    from jobs.planner import plan_shards, select_inputs
+    from schemas.job import InputSpec, RetrySpec, StorageSpec
+    from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
+    from workers.shard_io import read_shard
+
+    paths = _inputs(rows)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    with moto_s3() as endpoint, FlakyS3Proxy(endpoint, 0.0, latency_s=0.02) as proxy:
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+        fs.mkdir("herd-bench")
+        for side, path in paths.items():
+            fs.put(str(path), f"herd-bench/{side}/{path.name}")
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec())
+        for round_index in range(rounds):
+            for side in SIDES if round_index % 2 == 0 else tuple(reversed(SIDES)):
+                with tempfile.TemporaryDirectory() as cache:
+                    os.environ["HERD_CACHE_DIR"] = cache  # each side makes its own node copy
+                    spec = InputSpec(path=f"s3://herd-bench/{side}/", prompt_column="prompt", id_column="id")
+                    requests, started = proxy.requests, time.perf_counter()
+                    files = select_inputs(spec, storage.expand_inputs(spec.path), storage).files
+                    shards = plan_shards(spec, files, storage)
+                    planned, plan_requests = time.perf_counter(), proxy.requests - requests
+                    read = sum(len(read_shard(shard, spec, storage).rows) for shard in shards)
+                    assert read == rows, (side, read)
+                    found = {
+                        "plan_s": planned - started,
+                        "plan_requests": plan_requests,
+                        "read_s": time.perf_counter() - planned,
+                        "read_requests": proxy.requests - requests - plan_requests,
+                        "shards": len(shards),
+                    }
+                runs[side].append(found)
+                print("s3", side, found, flush=True)
+    return runs
+
+
 def _fresh_process(path: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache:  # each side makes its own node copy
         result = subprocess.run(
@@ -97,6 +142,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench arrow_inputs")
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--s3-rows", type=int, default=50_000)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a side, in the fresh process that measures it
     arguments = parser.parse_args(argv)
     if arguments.one:
@@ -121,9 +167,27 @@ def main(argv: list[str]) -> int:
         f"in {median['read_s']:.1f} s ({median['read_s'] / medians['parquet']['read_s']:.2f}x Parquet's)"
         for side, median in medians.items()
     ]
+    s3_runs = _on_slow_s3(arguments.s3_rows, arguments.rounds)
+    s3_medians = {
+        side: {key: statistics.median(run[key] for run in found) for key in found[0]} for side, found in s3_runs.items()
+    }
+    s3_lines = [
+        f"{side}: planned in {median['plan_s']:.2f} s ({median['plan_requests']:.0f} requests), every shard read in "
+        f"{median['read_s']:.1f} s ({median['read_requests']:.0f} requests)"
+        for side, median in s3_medians.items()
+    ]
     record(
         "arrow_inputs",
-        {"rows": arguments.rows, "file_bytes": sizes, "runs": runs, "medians": medians},
-        f"arrow_inputs, {arguments.rows:,} rows, medians of {arguments.rounds} rounds: " + "; ".join(lines),
+        {
+            "rows": arguments.rows,
+            "file_bytes": sizes,
+            "runs": runs,
+            "medians": medians,
+            "s3": {"rows": arguments.s3_rows, "latency_s": 0.02, "runs": s3_runs, "medians": s3_medians},
+        },
+        f"arrow_inputs, {arguments.rows:,} rows, medians of {arguments.rounds} rounds: "
+        + "; ".join(lines)
+        + f". On S3 adding 20 ms a request, {arguments.s3_rows:,} rows: "
+        + "; ".join(s3_lines),
     )
     return 0

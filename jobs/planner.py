@@ -14,7 +14,7 @@ deterministic: the same files and settings give the same shards with the same id
   array's at the file's size, a CSV's from its first records copied); the last range reaches to the end.
 - Arrow IPC: equal row ranges, read through the Parquet copy each node makes of the columns read
   (workers/spill_cache.py). Its record batches keep their row counts inside them, so planning reads the
-  file once (the columns read only, where its layout allows).
+  file once (in large blocks: common/arrow_ipc.py).
 """
 
 from __future__ import annotations

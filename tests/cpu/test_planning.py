@@ -615,24 +615,34 @@ def _arrow_error(path: Path) -> str:
     raise AssertionError(f"{path} reads as Arrow")
 
 
-def test_an_arrow_file_on_s3_is_planned_and_read_through_the_nodes_parquet_copy(tmp_path, s3_endpoint):
+def test_an_arrow_file_on_s3_is_planned_and_read_through_the_nodes_parquet_copy_in_a_few_requests(
+    tmp_path, s3_endpoint
+):
+    """Both layouts, in batches of 4 rows: read in blocks of the file, not a request for each batch's
+    metadata and buffers as pyarrow asks for them (551 requests to plan these two files, against 9)."""
     import s3fs
 
     table = pa.table({"prompt": [f"p{index}" for index in range(300)], "extra": list(range(300))})
-    _write_ipc(tmp_path / "file.arrow", table, "file", max_chunksize=64)
-    _write_ipc(tmp_path / "stream.arrow", table, "stream", max_chunksize=64)
+    _write_ipc(tmp_path / "file.arrow", table, "file", max_chunksize=4)
+    _write_ipc(tmp_path / "stream.arrow", table, "stream", max_chunksize=4)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
     fs.put(str(tmp_path / "file.arrow"), "herd-test/arrow/file.arrow")
     fs.put(str(tmp_path / "stream.arrow"), "herd-test/arrow/stream.arrow")
-    storage = Storage(StorageSpec(endpoint_url=s3_endpoint), RetrySpec(attempts=1))
-    spec = InputSpec(path="s3://herd-test/arrow/", prompt_column="prompt", rows_per_shard=100)
-    shards = _plan(spec, storage)
+    with FlakyS3Proxy(s3_endpoint, 0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        spec = InputSpec(path="s3://herd-test/arrow/", prompt_column="prompt", rows_per_shard=100)
+        shards = _plan(spec, storage)
+        planning_requests = proxy.requests
+        rows, errors = _read_all(spec, shards, storage)
+        reading_requests = proxy.requests - planning_requests
     assert [(shard.file_label, shard.start, shard.end) for shard in shards] == [
         (name, start, start + 100) for name in ("file.arrow", "stream.arrow") for start in (0, 100, 200)
     ]
-    rows, errors = _read_all(spec, shards, storage)
     assert not errors
     assert [row.values["prompt"] for row in rows] == [f"p{index}" for index in range(300)] * 2
+    # The listing, then per file its schema and its blocks (one here) and the version checks.
+    assert planning_requests <= 12, proxy.log
+    assert reading_requests <= 20, proxy.log
 
 
 def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
