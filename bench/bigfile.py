@@ -68,7 +68,7 @@ def _run(layout: str, url: str, proxy) -> dict:
             "model": {"path": str(tiny_model()), "max_model_len": 512},
             "sampling": {"max_new_tokens": 4},
             "output": {"path": f"s3://bench/out-{layout}"},
-            "resources": {"replicas": 2},
+            "resources": {"replicas": 2, "accelerator": "cpu"},  # the fake engine's replicas hold CPUs
             "storage": {"endpoint_url": proxy.endpoint},
         }
     )
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
     results = {}
     with moto_s3() as endpoint, tempfile.TemporaryDirectory() as work, FlakyS3Proxy(endpoint, 0.0) as proxy:
         os.environ["HERD_CACHE_DIR"] = str(Path(work) / "node-cache")  # a fresh spill cache
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
         fs = s3fs.S3FileSystem(endpoint_url=endpoint)
         fs.mkdir("bench")
         for layout, group_rows in (("one-group", arguments.rows), ("groups-of-65536", 65536)):

@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     arguments = parser.parse_args(argv)
     import ray
 
-    ray.init(num_cpus=max(4, arguments.replicas), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=max(4, arguments.replicas), num_gpus=0, include_dashboard=False, log_to_driver=False)
     many = arguments.replicas
     by_value = f"{many}, job by value"
     runs: dict[str, list[dict[str, Any]]] = {str(many): [], "2": [], by_value: []}

@@ -214,11 +214,11 @@ def _requests_per_shard(endpoint: str, proxy: Any, shards: int, rows_per_shard: 
             "model": {"path": str(tiny_model()), "max_model_len": 512},
             "sampling": {"max_new_tokens": 4},
             "output": {"path": "s3://bench/run/out"},
-            "resources": {"replicas": 2},
+            "resources": {"replicas": 2, "accelerator": "cpu"},  # the fake engine's replicas hold CPUs
             "storage": {"endpoint_url": proxy.endpoint},
         }
     )
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, log_to_driver=False)
     pool = ReplicaPool(job.model, job, size=2, engine_factory=FakeEngineFactory(seconds_per_call=0.01))
     try:
         ray.get([replica.actor.ready.remote() for replica in pool.replicas])  # started before counting
