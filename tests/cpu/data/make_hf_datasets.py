@@ -1,4 +1,11 @@
-"""Writes tests/cpu/data/hf_*: what datasets' save_to_disk really writes (datasets==5.2.0)."""
+"""Writes tests/cpu/data/hf_*: what datasets' save_to_disk really writes (datasets==5.2.0).
+
+datasets is not one of herd's dependencies (it caps fsspec below the release s3fs needs), so this runs
+in an environment of its own, once, and its output is kept in the repository:
+
+    python -m venv /tmp/hf && /tmp/hf/bin/pip install datasets==5.2.0
+    /tmp/hf/bin/python tests/cpu/data/make_hf_datasets.py tests/cpu/data
+"""
 
 import sys
 from pathlib import Path
