@@ -113,18 +113,19 @@ def arrow_copy(shard: Shard, storage: Storage) -> Path:
         from common import arrow_ipc
 
         def copy(handle: Any) -> None:
-            writer, pending = None, []
+            writer, pending, pending_rows = None, [], 0
             try:
                 for batch in arrow_ipc.batches(handle, shard.columns):
                     if writer is None:
                         writer = pq.ParquetWriter(path, batch.schema, compression="zstd")
                     pending.append(batch)
+                    pending_rows += batch.num_rows
                     # Batches of any size (one row each, or a million) become groups of SPILL_GROUP_ROWS.
-                    if sum(held.num_rows for held in pending) >= SPILL_GROUP_ROWS:
+                    if pending_rows >= SPILL_GROUP_ROWS:
                         table = pa.Table.from_batches(pending)
                         whole = table.num_rows - table.num_rows % SPILL_GROUP_ROWS
                         writer.write_table(table.slice(0, whole), row_group_size=SPILL_GROUP_ROWS)
-                        pending = table.slice(whole).to_batches()
+                        pending, pending_rows = table.slice(whole).to_batches(), table.num_rows - whole
                 if writer is not None and pending:
                     writer.write_table(pa.Table.from_batches(pending), row_group_size=SPILL_GROUP_ROWS)
             finally:
