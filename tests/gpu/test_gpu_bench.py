@@ -30,5 +30,6 @@ def test_bench_gpu_measures_tokens_per_s_per_gpu_of_herd_bare_vllm_and_ray_data_
     figures = json.loads((REPO / "bench" / "results" / "gpu.json").read_text())
     [case] = figures["results"]
     assert case["shape"] == "tiny" and case["tensor_parallel_size"] == 1
+    assert set(case["tokens_per_s_per_gpu"]) == {"herd", "bare_vllm", "ray_data_llm"}
     assert all(rate > 0 for rate in case["tokens_per_s_per_gpu"].values())
     assert result.stdout.strip().splitlines()[-1].startswith("gpu: tiny TP 1: tokens/s per GPU herd")
