@@ -82,6 +82,15 @@ def _quota_error(message: str, code: str) -> ApiError:
     return ApiError(429, message, code=code, headers={"x-should-retry": "false"})
 
 
+def _storage_limit_error(held: int, size: int, limits: Limits) -> ApiError:
+    most = limits.max_stored_bytes_per_owner
+    return _quota_error(
+        f"file storage limit: this key's files hold {held:,} bytes of {most:,} and this file is {size:,}; "
+        "delete files (DELETE /v1/files/{file_id}) or let them expire",
+        code="storage_limit_exceeded",
+    )
+
+
 def _error(
     status: int,
     message: str,
@@ -340,6 +349,13 @@ def build_app(
         file_id = new_id("file-")
         room = limits.max_stored_bytes_per_owner - store.stored_bytes(owner)
         size, lines = _copy_checked(upload.file, store, owner, file_id, limits, room)
+        # Uploads that ran at once were each checked against a listing taken before the others landed.
+        # Counted again now that this one has, the quota holds: of two that pass it together, the one
+        # that lands second sees both and is refused (both are, when each lands before the other counts).
+        stored = store.stored_bytes(owner)
+        if stored > limits.max_stored_bytes_per_owner:
+            store.delete_file_content(owner, file_id)
+            raise _storage_limit_error(stored - size, size, limits)
         created = int(time.time())
         record = FileRecord(
             owner=owner,
@@ -546,12 +562,7 @@ def _copy_checked(source: Any, store: Store, owner: str, file_id: str, limits: L
             if not size:
                 raise ApiError(400, "file: the file is empty", param="file")
             if size > room:
-                most = limits.max_stored_bytes_per_owner
-                raise _quota_error(
-                    f"file storage limit: this key's files hold {most - room:,} bytes of {most:,} and this file is "
-                    f"{size:,}; delete files (DELETE /v1/files/{{file_id}}) or let them expire",
-                    code="storage_limit_exceeded",
-                )
+                raise _storage_limit_error(limits.max_stored_bytes_per_owner - room, size, limits)
             copy.close()
             store.upload_file_content(owner, file_id, copy.name)
         finally:

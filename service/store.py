@@ -128,6 +128,10 @@ class Store:
     def upload_file_content(self, owner: str, file_id: str, local_path: str) -> None:
         self.folder.upload(self._file_content(owner, file_id), local_path)
 
+    def delete_file_content(self, owner: str, file_id: str) -> None:
+        """An upload's content, refused after it landed (before its record was written)."""
+        self.folder.delete([self._file_content(owner, file_id)])
+
     @staticmethod
     def _expiry_marker(record: FileRecord) -> str:
         return f"expiring/{_owner_folder(record.owner)}/{record.file.expires_at:010d}-{record.file.id}"

@@ -672,6 +672,46 @@ def test_each_key_is_held_to_its_own_storage_and_open_batch_quotas_with_a_429_th
         create(team_a, kept[0].id)
 
 
+def test_uploads_that_arrive_at_once_cannot_pass_the_storage_quota_together(store, monkeypatch):
+    """Four uploads of 45 bytes against a quota of 100, each checked before any of them lands (held at
+    a barrier until all four have been): together they would hold 180 bytes. Counted again once each
+    has landed, at most two are kept, the others are refused with the quota's 429, and nothing of a
+    refused one stays in the root."""
+    spec = ServiceSpec(root=store.folder.root, limits={"max_stored_bytes_per_owner": 100})
+    keys = ApiKeys.parse(f"{OWNER}:sk-team-a-0123456789abcdef", "keys")
+    app = build_app(spec, store, keys, health_problem=lambda: None)
+    line = b'{"custom_id": "request-1", "method": "POST"}\n'  # 45 bytes
+    all_checked = threading.Barrier(4, timeout=60)
+    upload_content = store.upload_file_content
+
+    def upload_once_all_are_checked(owner: str, file_id: str, local_path: str) -> None:
+        all_checked.wait()
+        upload_content(owner, file_id, local_path)
+
+    monkeypatch.setattr(store, "upload_file_content", upload_once_all_are_checked)
+    outcomes: list[Any] = []
+    with TestClient(app, base_url="http://testserver") as http:
+        sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="sk-team-a-0123456789abcdef", http_client=http)
+
+        def upload() -> None:
+            try:
+                outcomes.append(sdk.files.create(file=("batch.jsonl", line), purpose="batch"))
+            except openai.RateLimitError as refused:
+                outcomes.append(refused)
+
+        threads = [threading.Thread(target=upload) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        kept = [outcome.id for outcome in outcomes if not isinstance(outcome, Exception)]
+        refused = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+        assert len(outcomes) == 4 and len(kept) <= 2
+        assert all(error.code == "storage_limit_exceeded" for error in refused)
+        assert sorted(file.id for file in sdk.files.list().data) == sorted(kept)
+    assert store.stored_bytes(OWNER) == 45 * len(kept) <= 100
+
+
 def test_a_key_is_rotated_and_revoked_by_editing_the_keys_file_and_a_file_that_cannot_be_used_changes_nothing(
     store, tmp_path, caplog
 ):
