@@ -1,16 +1,17 @@
 """What Arrow IPC inputs cost against the same rows in Parquet: planning and reading every shard.
 
 The same rows (an id, a ~200-character prompt and a ~800-character column the job does not read, as
-a dataset with a long text or an image column beside its prompts has) written three ways: Parquet in
-row groups of 65,536 rows (pyarrow's and Spark's order of size), and Arrow IPC in batches of 1,000 rows
+a dataset with a long text or an image column beside its prompts has) written four ways: Parquet in
+row groups of 65,536 rows (pyarrow's and Spark's order of size), Arrow IPC in batches of 1,000 rows
 (what a Hugging Face dataset's save_to_disk writes) in the stream layout (save_to_disk's) and in the
-file layout (Feather's, Polars' write_ipc). Each side in a fresh process, sides alternating over
-rounds (this machine's speed drifts); local files, so what is measured is herd's CPU and memory,
-not storage latency. Printed: planning's wall time and the process's peak RSS after planning, the
-wall time to read every shard (an Arrow file's first shard includes the node's Parquet copy of the
-columns read), for each side and against Parquet.
+file layout (Feather's, Polars' write_ipc), and the file layout in batches of 65,536 rows, uncompressed
+(Feather's default batch; ~64 MB each), which planning measures from the file's index and one batch.
+Each side in a fresh process, sides alternating over rounds (this machine's speed drifts); local
+files, so what is measured is herd's CPU and memory, not storage latency. Printed: planning's wall
+time and the process's peak RSS after planning, the wall time to read every shard (an Arrow file's
+first shard includes the node's Parquet copy of the columns read), for each side and against Parquet.
 
-Then the same three files of `--s3-rows` rows on S3 (moto behind a proxy adding 20 ms to every request,
+Then the same four files of `--s3-rows` rows on S3 (moto behind a proxy adding 20 ms to every request,
 as a region's round trip): each side's requests and seconds to plan it and to read every shard, in
 this process, sides alternating over rounds.
 """
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 
 from bench.common import CACHE, REPO, peak_rss_mb, record
 
-SIDES = ("parquet", "arrow-stream", "arrow-file")
+SIDES = ("parquet", "arrow-stream", "arrow-file", "arrow-file-64k")
 _BATCH_ROWS = 1000  # datasets' writer_batch_size
 
 
@@ -48,15 +49,18 @@ def _inputs(rows: int) -> dict[str, Path]:
         "parquet": directory / "rows.parquet",
         "arrow-stream": directory / "rows-stream.arrow",
         "arrow-file": directory / "rows-file.arrow",
+        "arrow-file-64k": directory / "rows-file-64k.arrow",
     }
     if all(path.exists() for path in paths.values()):
         return paths
     directory.mkdir(parents=True, exist_ok=True)
     table = _table(rows)
     pq.write_table(table, paths["parquet"], row_group_size=65536)
-    for side, new in (("arrow-stream", pa.ipc.new_stream), ("arrow-file", pa.ipc.new_file)):
+    writers = (("arrow-stream", pa.ipc.new_stream, _BATCH_ROWS), ("arrow-file", pa.ipc.new_file, _BATCH_ROWS),
+               ("arrow-file-64k", pa.ipc.new_file, 65536))  # fmt: skip
+    for side, new, batch_rows in writers:
         with pa.OSFile(str(paths[side]), "wb") as sink, new(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=_BATCH_ROWS)
+            writer.write_table(table, max_chunksize=batch_rows)
     return paths
 
 
@@ -107,15 +111,17 @@ def _on_slow_s3(rows: int, rounds: int) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory() as cache:
                     os.environ["HERD_CACHE_DIR"] = cache  # each side makes its own node copy
                     spec = InputSpec(path=f"s3://herd-bench/{side}/", prompt_column="prompt", id_column="id")
-                    requests, started = proxy.requests, time.perf_counter()
+                    requests, read_bytes, started = proxy.requests, proxy.bytes_read, time.perf_counter()
                     files = select_inputs(spec, storage.expand_inputs(spec.path), storage).files
                     shards = plan_shards(spec, files, storage)
                     planned, plan_requests = time.perf_counter(), proxy.requests - requests
+                    plan_mb = (proxy.bytes_read - read_bytes) / 1e6
                     read = sum(len(read_shard(shard, spec, storage).rows) for shard in shards)
                     assert read == rows, (side, read)
                     found = {
                         "plan_s": planned - started,
                         "plan_requests": plan_requests,
+                        "plan_mb": plan_mb,
                         "read_s": time.perf_counter() - planned,
                         "read_requests": proxy.requests - requests - plan_requests,
                         "shards": len(shards),
@@ -172,7 +178,8 @@ def main(argv: list[str]) -> int:
         side: {key: statistics.median(run[key] for run in found) for key in found[0]} for side, found in s3_runs.items()
     }
     s3_lines = [
-        f"{side}: planned in {median['plan_s']:.2f} s ({median['plan_requests']:.0f} requests), every shard read in "
+        f"{side}: planned in {median['plan_s']:.2f} s ({median['plan_requests']:.0f} requests, "
+        f"{median['plan_mb']:.1f} MB read), every shard read in "
         f"{median['read_s']:.1f} s ({median['read_requests']:.0f} requests)"
         for side, median in s3_medians.items()
     ]

@@ -4,11 +4,17 @@ dataset's save_to_disk, Polars' write_ipc_stream, pyarrow's new_stream), batches
 The first bytes tell which. Both are read a record batch at a time, through blocks of the file fetched
 whole: pyarrow asks for each batch's metadata and each column's buffers in reads of their own, which
 on S3 were a request each (a 46 MB file of 1,000-row batches: ~200 requests and 20 s through a store
-answering in 20 ms, against 0.4 s for one GET of the whole file)."""
+answering in 20 ms, against 0.4 s for one GET of the whole file).
+
+Planning needs a file's row count, not its rows. A file layout's footer indexes its record batches
+and each batch's metadata holds its row count, so planning reads those alone (and one batch whole,
+for its columns' bytes a row): a few kilobytes a batch of a Feather file instead of the whole file.
+A stream has no index and is read through."""
 
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,13 +26,14 @@ _SCHEMA_BLOCK_BYTES = 64 << 10  # a schema message, or a footer, is a few hundre
 
 
 class _Blocks(io.RawIOBase):
-    """The caller's handle, read in whole blocks, the last one kept: reads of a few bytes at nearby
-    offsets cost one fetch. pyarrow closes what it reads once done; the caller closes its handle."""
+    """The caller's handle, read a block at a time from where a read starts, the last block kept:
+    reads of a few bytes at nearby offsets cost one fetch. pyarrow closes what it reads once done;
+    the caller closes its handle."""
 
     def __init__(self, handle: Any, block_bytes: int) -> None:
         self._handle, self._block_bytes = handle, block_bytes
         self._size = handle.seek(0, io.SEEK_END)
-        self._position, self._block_start, self._block = 0, -1, b""
+        self._position, self._block_start, self._block = 0, 0, b""
 
     def readable(self) -> bool:
         return True
@@ -44,22 +51,32 @@ class _Blocks(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         end = self._size if size < 0 else min(self._size, self._position + size)
-        pieces = []
-        while self._position < end:
-            start = self._position - self._position % self._block_bytes
-            if start != self._block_start:
-                self._handle.seek(start)
-                self._block, self._block_start = self._handle.read(self._block_bytes), start
-            piece = self._block[self._position - start : end - start]
-            if not piece:  # the file is shorter than it was
-                break
-            pieces.append(piece)
-            self._position += len(piece)
-        return b"".join(pieces)
+        if end <= self._position:
+            return b""
+        offset = self._position - self._block_start
+        if offset >= 0 and end - self._block_start <= len(self._block):
+            data = self._block[offset : end - self._block_start]
+        else:
+            # What the block holds of the range, then the rest in one fetch of at least a block, whose
+            # last block is kept: a batch's body is one request, and what follows it one more.
+            cached = self._block[offset:] if 0 <= offset < len(self._block) else b""
+            fetch_from = self._position + len(cached)
+            self._handle.seek(fetch_from)
+            fetched = self._handle.read(max(self._block_bytes, end - fetch_from))
+            self._block = fetched[-self._block_bytes :]
+            self._block_start = fetch_from + len(fetched) - len(self._block)
+            data = cached + fetched[: end - fetch_from]
+        self._position += len(data)
+        return data
 
 
 def _reader(handle: Any, block_bytes: int, options: pa.ipc.IpcReadOptions | None = None) -> Any:
-    source = pa.PythonFile(_Blocks(handle, block_bytes), mode="r")
+    return _reader_of(_Blocks(handle, block_bytes), options)
+
+
+def _reader_of(blocks: _Blocks, options: pa.ipc.IpcReadOptions | None = None) -> Any:
+    blocks.seek(0)
+    source = pa.PythonFile(blocks, mode="r")
     if source.read(len(_FILE_LAYOUT_MAGIC)) == _FILE_LAYOUT_MAGIC:
         return pa.ipc.open_file(source, options=options)
     source.seek(0)
@@ -71,13 +88,104 @@ def schema_of(handle: Any) -> pa.Schema:
     return _reader(handle, _SCHEMA_BLOCK_BYTES).schema
 
 
+def _only(handle: Any, columns: Sequence[str]) -> pa.ipc.IpcReadOptions:
+    wanted = set(columns)
+    return pa.ipc.IpcReadOptions(
+        included_fields=[i for i, name in enumerate(schema_of(handle).names) if name in wanted]
+    )
+
+
 def batches(handle: Any, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """The file's record batches, in order, holding only `columns` (in the file's order)."""
-    wanted = set(columns)
-    fields = [index for index, name in enumerate(schema_of(handle).names) if name in wanted]
-    reader = _reader(handle, _BLOCK_BYTES, pa.ipc.IpcReadOptions(included_fields=fields))
+    reader = _reader(handle, _BLOCK_BYTES, _only(handle, columns))
     if isinstance(reader, pa.ipc.RecordBatchFileReader):
         for index in range(reader.num_record_batches):
             yield reader.get_batch(index)
     else:
         yield from reader
+
+
+def rows_and_bytes(handle: Any, columns: Sequence[str]) -> tuple[int, int]:
+    """The file's rows, and the bytes its `columns` hold once read. A file layout whose batches are
+    large is measured from its index and one batch of middling size (those bytes per byte of its body,
+    times all the bodies' bytes); where they are small, reading them through costs less than a
+    request for each batch's metadata."""
+    blocks = _Blocks(handle, _SCHEMA_BLOCK_BYTES)
+    index = _record_batch_index(blocks) if blocks.read(len(_FILE_LAYOUT_MAGIC)) == _FILE_LAYOUT_MAGIC else []
+    bodies = sum(body_bytes for _, _, body_bytes in index)
+    if bodies < _INDEXED_BODY_BYTES * len(index) or not index:
+        rows = held = 0
+        for batch in batches(handle, columns):
+            rows += batch.num_rows
+            held += batch.nbytes
+        return rows, held
+    counts = [_batch_rows(blocks, offset, metadata_bytes) for offset, metadata_bytes, _ in index]
+    with_rows = sorted((body_bytes, number) for number, (_, _, body_bytes) in enumerate(index) if counts[number])
+    if not with_rows:
+        return 0, 0
+    body_bytes, sample = with_rows[len(with_rows) // 2]
+    batch = _reader_of(blocks, _only(handle, columns)).get_batch(sample)
+    return sum(counts), round(batch.nbytes * bodies / max(body_bytes, 1))
+
+
+_INDEXED_BODY_BYTES = 1 << 20  # a batch's body that costs more to read through than a request: ~20 ms on S3
+
+
+# The file layout's index, read as the Arrow format defines it (format/File.fbs, format/Message.fbs):
+# pyarrow reads a batch's whole body to give its row count.
+
+
+def _record_batch_index(blocks: _Blocks) -> list[tuple[int, int, int]]:
+    """Each record batch's (offset, metadata bytes, body bytes), from the file's footer: a
+    flatbuffer just before its length and the closing magic."""
+    blocks.seek(-(4 + len(_FILE_LAYOUT_MAGIC)), io.SEEK_END)
+    (footer_bytes,) = struct.unpack("<i", blocks.read(4))
+    blocks.seek(-(4 + len(_FILE_LAYOUT_MAGIC) + footer_bytes), io.SEEK_END)
+    footer = blocks.read(footer_bytes)
+    batches_vector = _field(footer, _root(footer), 3)  # Footer.recordBatches: [Block]
+    if batches_vector is None:
+        return []
+    start = batches_vector + struct.unpack_from("<I", footer, batches_vector)[0]
+    (count,) = struct.unpack_from("<I", footer, start)
+    # Block: offset (int64), metaDataLength (int32, then 4 bytes of padding), bodyLength (int64).
+    return [
+        (offset, metadata, body)
+        for offset, metadata, _, body in struct.iter_unpack("<qiiq", footer[start + 4 : start + 4 + 24 * count])
+    ]
+
+
+def _batch_rows(blocks: _Blocks, offset: int, metadata_bytes: int) -> int:
+    """A record batch's row count, from its message's metadata (RecordBatch.length)."""
+    blocks.seek(offset)
+    message = blocks.read(metadata_bytes)
+    # An encapsulated message: a continuation marker (older writers leave it out), its length, then
+    # the Message flatbuffer.
+    message = message[8:] if message[:4] == b"\xff\xff\xff\xff" else message[4:]
+    root = _root(message)
+    header_type = _field(message, root, 1)
+    if header_type is None or message[header_type] != _RECORD_BATCH:
+        raise ValueError(f"the footer's batch at byte {offset} is not a record batch")
+    header = _field(message, root, 2)
+    if header is None:
+        raise ValueError(f"the footer's batch at byte {offset} has no header")
+    record_batch = header + struct.unpack_from("<I", message, header)[0]
+    length = _field(message, record_batch, 0)
+    return 0 if length is None else struct.unpack_from("<q", message, length)[0]
+
+
+_RECORD_BATCH = 3  # MessageHeader's RecordBatch member
+
+
+def _root(buffer: bytes) -> int:
+    return struct.unpack_from("<I", buffer, 0)[0]
+
+
+def _field(buffer: bytes, table: int, field: int) -> int | None:
+    """Where a flatbuffer table's field is, or None when it is absent (it has its default)."""
+    vtable = table - struct.unpack_from("<i", buffer, table)[0]
+    vtable_bytes = struct.unpack_from("<H", buffer, vtable)[0]
+    slot = 4 + 2 * field
+    if slot >= vtable_bytes:
+        return None
+    offset = struct.unpack_from("<H", buffer, vtable + slot)[0]
+    return table + offset if offset else None

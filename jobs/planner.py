@@ -13,8 +13,9 @@ deterministic: the same files and settings give the same shards with the same id
   JSON Lines copy each node makes of it (workers/json_lines_copy.py), whose size is estimated (an
   array's at the file's size, a CSV's from its first records copied); the last range reaches to the end.
 - Arrow IPC: equal row ranges, read through the Parquet copy each node makes of the columns read
-  (workers/spill_cache.py). Its record batches keep their row counts inside them, so planning reads the
-  file once (in large blocks: common/arrow_ipc.py).
+  (workers/spill_cache.py). Planning reads a file layout's index (its footer and each batch's
+  metadata) and one batch; a stream, whose batches keep their row counts inside them, once through
+  (common/arrow_ipc.py).
 """
 
 from __future__ import annotations
@@ -441,11 +442,7 @@ def _arrow_shards(
 
     def measure(handle: object) -> tuple[tuple[str, ...], int, int]:
         read = _columns_to_read(arrow_ipc.schema_of(handle).names, base, input_spec, template_columns)
-        rows = held = 0
-        for batch in arrow_ipc.batches(handle, read):
-            rows += batch.num_rows
-            held += batch.nbytes
-        return read, rows, held
+        return read, *arrow_ipc.rows_and_bytes(handle, read)
 
     try:
         read, rows, held = storage.read_stream(info.url, measure, size=info.size)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
@@ -643,6 +644,34 @@ def test_an_arrow_file_on_s3_is_planned_and_read_through_the_nodes_parquet_copy_
     # The listing, then per file its schema and its blocks (one here) and the version checks.
     assert planning_requests <= 12, proxy.log
     assert reading_requests <= 20, proxy.log
+
+
+@pytest.mark.parametrize("compression", ["uncompressed", "zstd"])
+def test_a_feather_file_of_large_batches_on_s3_is_planned_from_its_index_without_reading_its_rows(
+    tmp_path, s3_endpoint, compression
+):
+    """A file layout's footer indexes its batches and each batch's metadata holds its row count: the
+    planner reads those and one batch (for the bytes a row of the columns read holds, by which
+    bytes_per_shard cuts), a fraction of the file, and plans the shards a read of every row would."""
+    import s3fs
+
+    rng = random.Random(5)
+    words = [f"w{index}" for index in range(5000)]
+    rows = 64_000
+    prompts = [" ".join(rng.choice(words) for _ in range(80)) for _ in range(rows)]
+    table = pa.table({"id": [f"r{index}" for index in range(rows)], "prompt": prompts})
+    path = tmp_path / "big.feather"
+    feather.write_feather(table, str(path), compression=compression, chunksize=8_000)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.put(str(path), f"herd-test/feather-{compression}/big.feather")
+    held = table.select(["prompt"]).nbytes  # what a read of every row measures
+    spec = InputSpec(path=f"s3://herd-test/feather-{compression}/", prompt_column="prompt",
+                     bytes_per_shard=int(held / 6.5), rows_per_shard=1_000_000)  # fmt: skip
+    with FlakyS3Proxy(s3_endpoint, 0.0) as proxy:
+        storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
+        shards = _plan(spec, storage)
+    assert [(shard.start, shard.end) for shard in shards] == [(rows * i // 7, rows * (i + 1) // 7) for i in range(7)]
+    assert proxy.bytes_read < path.stat().st_size / 3, (proxy.bytes_read, path.stat().st_size)
 
 
 def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
