@@ -6,10 +6,10 @@ whole: pyarrow asks for each batch's metadata and each column's buffers in reads
 on S3 were a request each (a 46 MB file of 1,000-row batches: ~200 requests and 20 s through a store
 answering in 20 ms, against 0.4 s for one GET of the whole file).
 
-Planning needs a file's row count, not its rows. A file layout's footer indexes its record batches
-and each batch's metadata holds its row count, so planning reads those alone (and one batch whole,
-for its columns' bytes a row): a few kilobytes a batch of a Feather file instead of the whole file.
-A stream has no index and is read through."""
+Planning needs a file's row count, not its rows. Each batch's metadata holds its row count, found
+through a file layout's footer (an index of the batches) or by stepping over a stream's bodies; where
+batches are large, planning reads those alone and one batch (for its columns' bytes a row): a few
+kilobytes a batch instead of the whole file."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ class _Blocks(io.RawIOBase):
         self._handle, self._block_bytes = handle, block_bytes
         self._size = handle.seek(0, io.SEEK_END)
         self._position, self._block_start, self._block = 0, 0, b""
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def readable(self) -> bool:
         return True
@@ -106,71 +110,110 @@ def batches(handle: Any, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
 
 
 def rows_and_bytes(handle: Any, columns: Sequence[str]) -> tuple[int, int]:
-    """The file's rows, and the bytes its `columns` hold once read. A file layout whose batches are
-    large is measured from its index and one batch of middling size (those bytes per byte of its body,
-    times all the bodies' bytes); where they are small, reading them through costs less than a
-    request for each batch's metadata."""
+    """The file's rows, and the bytes its `columns` hold once read. Where batches are large: from
+    each batch's metadata (found through a file layout's footer, or by stepping over a stream's
+    bodies) and one batch, whose columns' bytes per byte of its body times all the bodies' bytes
+    estimates the rest. Where they are small, reading them through costs less than a request for
+    each batch's metadata."""
     blocks = _Blocks(handle, _SCHEMA_BLOCK_BYTES)
-    index = _record_batch_index(blocks) if blocks.read(len(_FILE_LAYOUT_MAGIC)) == _FILE_LAYOUT_MAGIC else []
-    bodies = sum(body_bytes for _, _, body_bytes in index)
-    if bodies < _INDEXED_BODY_BYTES * len(index) or not index:
+    file_layout = blocks.read(len(_FILE_LAYOUT_MAGIC)) == _FILE_LAYOUT_MAGIC
+    found = _file_record_batches(blocks) if file_layout else _stream_record_batches(blocks)
+    if found is None:
         rows = held = 0
         for batch in batches(handle, columns):
             rows += batch.num_rows
             held += batch.nbytes
         return rows, held
-    counts = [_batch_rows(blocks, offset, metadata_bytes) for offset, metadata_bytes, _ in index]
-    with_rows = sorted((body_bytes, number) for number, (_, _, body_bytes) in enumerate(index) if counts[number])
+    with_rows = sorted((body, number) for number, (body, rows) in enumerate(found) if rows)
     if not with_rows:
         return 0, 0
-    body_bytes, sample = with_rows[len(with_rows) // 2]
-    batch = _reader_of(blocks, _only(handle, columns)).get_batch(sample)
-    return sum(counts), round(batch.nbytes * bodies / max(body_bytes, 1))
+    reader = _reader_of(blocks, _only(handle, columns))
+    if file_layout:  # any batch is at hand: one of middling size
+        body, sample = with_rows[len(with_rows) // 2]
+        batch = reader.get_batch(sample)
+    else:  # reaching a batch reads every message before it: the first with rows
+        sample = min(number for _, number in with_rows)
+        body = found[sample][0]
+        batch = next(batch for number, batch in enumerate(reader) if number == sample)
+    return sum(rows for _, rows in found), round(batch.nbytes * sum(body for body, _ in found) / max(body, 1))
 
 
 _INDEXED_BODY_BYTES = 1 << 20  # a batch's body that costs more to read through than a request: ~20 ms on S3
 
 
-# The file layout's index, read as the Arrow format defines it (format/File.fbs, format/Message.fbs):
-# pyarrow reads a batch's whole body to give its row count.
+# Batches' row counts and sizes, read from their metadata as the Arrow format defines it
+# (format/File.fbs, format/Message.fbs): pyarrow reads a batch's whole body to give its row count.
 
 
-def _record_batch_index(blocks: _Blocks) -> list[tuple[int, int, int]]:
-    """Each record batch's (offset, metadata bytes, body bytes), from the file's footer: a
-    flatbuffer just before its length and the closing magic."""
+def _file_record_batches(blocks: _Blocks) -> list[tuple[int, int]] | None:
+    """Each record batch's (body bytes, rows), through the file's footer: a flatbuffer just before
+    its length and the closing magic, indexing the batches. None when they average under
+    _INDEXED_BODY_BYTES, or there are none."""
     blocks.seek(-(4 + len(_FILE_LAYOUT_MAGIC)), io.SEEK_END)
     (footer_bytes,) = struct.unpack("<i", blocks.read(4))
     blocks.seek(-(4 + len(_FILE_LAYOUT_MAGIC) + footer_bytes), io.SEEK_END)
     footer = blocks.read(footer_bytes)
-    batches_vector = _field(footer, _root(footer), 3)  # Footer.recordBatches: [Block]
-    if batches_vector is None:
-        return []
-    start = batches_vector + struct.unpack_from("<I", footer, batches_vector)[0]
+    vector = _field(footer, _root(footer), 3)  # Footer.recordBatches: [Block]
+    if vector is None:
+        return None
+    start = vector + struct.unpack_from("<I", footer, vector)[0]
     (count,) = struct.unpack_from("<I", footer, start)
     # Block: offset (int64), metaDataLength (int32, then 4 bytes of padding), bodyLength (int64).
-    return [
-        (offset, metadata, body)
-        for offset, metadata, _, body in struct.iter_unpack("<qiiq", footer[start + 4 : start + 4 + 24 * count])
+    offsets = [
+        (offset, body) for offset, _, _, body in struct.iter_unpack("<qiiq", footer[start + 4 : start + 4 + 24 * count])
     ]
+    if not offsets or sum(body for _, body in offsets) < _INDEXED_BODY_BYTES * len(offsets):
+        return None
+    found = []
+    for offset, body in offsets:
+        _, header, _, rows = _message(blocks, offset)
+        if header != _RECORD_BATCH:
+            raise ValueError(f"the footer's batch at byte {offset} is not a record batch")
+        found.append((body, rows))
+    return found
 
 
-def _batch_rows(blocks: _Blocks, offset: int, metadata_bytes: int) -> int:
-    """A record batch's row count, from its message's metadata (RecordBatch.length)."""
+def _stream_record_batches(blocks: _Blocks) -> list[tuple[int, int]] | None:
+    """Each record batch's (body bytes, rows), stepping from message to message over their bodies.
+    None when the first record batch's body is under _INDEXED_BODY_BYTES."""
+    found: list[tuple[int, int]] = []
+    position = 0
+    while position < blocks.size:
+        metadata_bytes, header, body, rows = _message(blocks, position)
+        if header is None:  # the end-of-stream marker
+            break
+        if header == _RECORD_BATCH:
+            if not found and body < _INDEXED_BODY_BYTES:
+                return None
+            found.append((body, rows))
+        position += metadata_bytes + body
+    return found
+
+
+def _message(blocks: _Blocks, offset: int) -> tuple[int, int | None, int, int]:
+    """The encapsulated message at `offset`: the bytes before its body, its header's type (None at
+    the end-of-stream marker), its body's bytes and, for a record batch, its rows."""
     blocks.seek(offset)
-    message = blocks.read(metadata_bytes)
-    # An encapsulated message: a continuation marker (older writers leave it out), its length, then
-    # the Message flatbuffer.
-    message = message[8:] if message[:4] == b"\xff\xff\xff\xff" else message[4:]
+    prefix = 4
+    (length,) = struct.unpack("<i", blocks.read(4))
+    if length == -1:  # the continuation marker; writers before Arrow 0.15 leave it out
+        prefix = 8
+        (length,) = struct.unpack("<i", blocks.read(4))
+    if length == 0:
+        return prefix, None, 0, 0
+    message = blocks.read(length)
     root = _root(message)
-    header_type = _field(message, root, 1)
-    if header_type is None or message[header_type] != _RECORD_BATCH:
-        raise ValueError(f"the footer's batch at byte {offset} is not a record batch")
-    header = _field(message, root, 2)
-    if header is None:
-        raise ValueError(f"the footer's batch at byte {offset} has no header")
-    record_batch = header + struct.unpack_from("<I", message, header)[0]
-    length = _field(message, record_batch, 0)
-    return 0 if length is None else struct.unpack_from("<q", message, length)[0]
+    header_type = _field(message, root, 1)  # Message.header_type
+    header = _field(message, root, 2)  # Message.header
+    body_length = _field(message, root, 3)  # Message.bodyLength
+    body = 0 if body_length is None else struct.unpack_from("<q", message, body_length)[0]
+    kind = 0 if header_type is None else message[header_type]
+    rows = 0
+    if kind == _RECORD_BATCH and header is not None:
+        record_batch = header + struct.unpack_from("<I", message, header)[0]
+        length_field = _field(message, record_batch, 0)  # RecordBatch.length
+        rows = 0 if length_field is None else struct.unpack_from("<q", message, length_field)[0]
+    return prefix + length, kind, body, rows
 
 
 _RECORD_BATCH = 3  # MessageHeader's RecordBatch member

@@ -13,9 +13,8 @@ deterministic: the same files and settings give the same shards with the same id
   JSON Lines copy each node makes of it (workers/json_lines_copy.py), whose size is estimated (an
   array's at the file's size, a CSV's from its first records copied); the last range reaches to the end.
 - Arrow IPC: equal row ranges, read through the Parquet copy each node makes of the columns read
-  (workers/spill_cache.py). Planning reads a file layout's index (its footer and each batch's
-  metadata) and one batch; a stream, whose batches keep their row counts inside them, once through
-  (common/arrow_ipc.py).
+  (workers/spill_cache.py). Planning reads the row counts in the batches' metadata and one batch
+  where batches are large, and small batches once through (common/arrow_ipc.py).
 """
 
 from __future__ import annotations

@@ -646,26 +646,33 @@ def test_an_arrow_file_on_s3_is_planned_and_read_through_the_nodes_parquet_copy_
     assert reading_requests <= 20, proxy.log
 
 
-@pytest.mark.parametrize("compression", ["uncompressed", "zstd"])
-def test_a_feather_file_of_large_batches_on_s3_is_planned_from_its_index_without_reading_its_rows(
-    tmp_path, s3_endpoint, compression
+@pytest.mark.parametrize("layout", ["feather", "feather-zstd", "stream"])
+def test_an_arrow_file_of_large_batches_on_s3_is_planned_from_their_metadata_without_reading_its_rows(
+    tmp_path, s3_endpoint, layout
 ):
-    """A file layout's footer indexes its batches and each batch's metadata holds its row count: the
-    planner reads those and one batch (for the bytes a row of the columns read holds, by which
-    bytes_per_shard cuts), a fraction of the file, and plans the shards a read of every row would."""
+    """Each batch's metadata holds its row count (found through a file layout's footer, or stepping
+    over a stream's bodies): the planner reads those and one batch (for the bytes a row of the
+    columns read holds, by which bytes_per_shard cuts), a fraction of the file, and plans the shards
+    a read of every row would. The stream has a dictionary-encoded column, whose dictionary is a
+    message of its own between the batches."""
     import s3fs
 
     rng = random.Random(5)
     words = [f"w{index}" for index in range(5000)]
     rows = 64_000
     prompts = [" ".join(rng.choice(words) for _ in range(80)) for _ in range(rows)]
-    table = pa.table({"id": [f"r{index}" for index in range(rows)], "prompt": prompts})
-    path = tmp_path / "big.feather"
-    feather.write_feather(table, str(path), compression=compression, chunksize=8_000)
+    topics = pa.array([f"topic {index % 7}" for index in range(rows)]).dictionary_encode()
+    table = pa.table({"id": [f"r{index}" for index in range(rows)], "prompt": prompts, "topic": topics})
+    path = tmp_path / "big.arrow"
+    if layout == "stream":
+        _write_ipc(path, table, "stream", max_chunksize=8_000)
+    else:
+        compression = "zstd" if layout == "feather-zstd" else "uncompressed"
+        feather.write_feather(table, str(path), compression=compression, chunksize=8_000)
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    fs.put(str(path), f"herd-test/feather-{compression}/big.feather")
+    fs.put(str(path), f"herd-test/arrow-{layout}/big.arrow")
     held = table.select(["prompt"]).nbytes  # what a read of every row measures
-    spec = InputSpec(path=f"s3://herd-test/feather-{compression}/", prompt_column="prompt",
+    spec = InputSpec(path=f"s3://herd-test/arrow-{layout}/", prompt_column="prompt",
                      bytes_per_shard=int(held / 6.5), rows_per_shard=1_000_000)  # fmt: skip
     with FlakyS3Proxy(s3_endpoint, 0.0) as proxy:
         storage = Storage(StorageSpec(endpoint_url=proxy.endpoint), RetrySpec(attempts=1))
