@@ -187,6 +187,8 @@ def _stream_record_batches(blocks: _Blocks) -> list[tuple[int, int]] | None:
                 return None
             found.append((body, rows))
         position += metadata_bytes + body
+        if position > blocks.size:
+            raise ValueError(f"the file ends inside a message's body, at byte {blocks.size:,} of {position:,}")
     return found
 
 
@@ -201,12 +203,16 @@ def _message(blocks: _Blocks, offset: int) -> tuple[int, int | None, int, int]:
         (length,) = struct.unpack("<i", blocks.read(4))
     if length == 0:
         return prefix, None, 0, 0
+    if length < 0:
+        raise ValueError(f"a message at byte {offset:,} has a length of {length}")
     message = blocks.read(length)
     root = _root(message)
     header_type = _field(message, root, 1)  # Message.header_type
     header = _field(message, root, 2)  # Message.header
     body_length = _field(message, root, 3)  # Message.bodyLength
     body = 0 if body_length is None else struct.unpack_from("<q", message, body_length)[0]
+    if body < 0:
+        raise ValueError(f"a message at byte {offset:,} has a body of {body} bytes")
     kind = 0 if header_type is None else message[header_type]
     rows = 0
     if kind == _RECORD_BATCH and header is not None:

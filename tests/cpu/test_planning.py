@@ -681,6 +681,18 @@ def test_an_arrow_file_of_large_batches_on_s3_is_planned_from_their_metadata_wit
     assert proxy.bytes_read < path.stat().st_size / 3, (proxy.bytes_read, path.stat().st_size)
 
 
+def test_an_arrow_stream_of_large_batches_cut_short_is_refused_naming_the_file(tmp_path):
+    """Its batches' metadata would count rows the file no longer holds: the planner sees the last
+    body run past the file's end."""
+    table = pa.table({"prompt": ["word " * 300] * 4_000})  # batches of 1,000 rows, 1.5 MB each
+    _write_ipc(tmp_path / "whole.arrow", table, "stream", max_chunksize=1_000)
+    data = (tmp_path / "whole.arrow").read_bytes()
+    (tmp_path / "cut.arrow").write_bytes(data[: len(data) * 2 // 3])
+    spec = InputSpec(path=str(tmp_path / "cut.arrow"), prompt_column="prompt")
+    with pytest.raises(SpecError, match=r"cut\.arrow: not a readable Arrow IPC file \(the file ends inside"):
+        _plan(spec)
+
+
 def test_a_glob_of_folders_reads_the_files_inside_them(tmp_path):
     for day in ("2026-11-24", "2026-11-25"):
         (tmp_path / day).mkdir()
