@@ -26,14 +26,16 @@ _SCHEMA_BLOCK_BYTES = 64 << 10  # a schema message, or a footer, is a few hundre
 
 
 class _Blocks(io.RawIOBase):
-    """The caller's handle, read a block at a time from where a read starts, the last block kept:
-    reads of a few bytes at nearby offsets cost one fetch. pyarrow closes what it reads once done;
-    the caller closes its handle."""
+    """The caller's handle, read a block at a time from where a read starts, the last two blocks
+    kept (a file layout's first bytes and its footer, which a reader opening it goes back and forth
+    between): reads of a few bytes at nearby offsets cost one fetch. pyarrow closes what it reads
+    once done; the caller closes its handle."""
 
     def __init__(self, handle: Any, block_bytes: int) -> None:
         self._handle, self._block_bytes = handle, block_bytes
         self._size = handle.seek(0, io.SEEK_END)
-        self._position, self._block_start, self._block = 0, 0, b""
+        self._position = 0
+        self._kept: list[tuple[int, bytes]] = []  # (offset, bytes), the newest last
 
     @property
     def size(self) -> int:
@@ -54,31 +56,38 @@ class _Blocks(io.RawIOBase):
         return self._position
 
     def read(self, size: int = -1) -> bytes:
-        end = self._size if size < 0 else min(self._size, self._position + size)
-        if end <= self._position:
+        position = self._position
+        end = self._size if size < 0 else min(self._size, position + size)
+        if end <= position:
             return b""
-        offset = self._position - self._block_start
-        if offset >= 0 and end - self._block_start <= len(self._block):
-            data = self._block[offset : end - self._block_start]
+        held = [(start, block) for start, block in self._kept if start <= position < start + len(block)]
+        if held and end <= held[-1][0] + len(held[-1][1]):
+            start, block = held[-1]
+            data = block[position - start : end - start]
         else:
-            # What the block holds of the range, then the rest in one fetch of at least a block, whose
-            # last block is kept: a batch's body is one request, and what follows it one more.
-            cached = self._block[offset:] if 0 <= offset < len(self._block) else b""
-            fetch_from = self._position + len(cached)
-            self._handle.seek(fetch_from)
-            fetched = self._handle.read(max(self._block_bytes, end - fetch_from))
-            self._block = fetched[-self._block_bytes :]
-            self._block_start = fetch_from + len(fetched) - len(self._block)
-            data = cached + fetched[: end - fetch_from]
+            # What a kept block holds of the range, then the rest in one fetch of at least a block
+            # (a batch's body is one request), reaching back from the file's end rather than past
+            # it (the footer a reader asks for after the file's last bytes comes with them).
+            cached = held[-1][1][position - held[-1][0] :] if held else b""
+            fetch_from = position + len(cached)
+            window = max(0, min(fetch_from, self._size - self._block_bytes))
+            self._handle.seek(window)
+            fetched = self._handle.read(max(self._block_bytes, end - window))
+            block = fetched[-self._block_bytes :]
+            self._kept = [*self._kept[-1:], (window + len(fetched) - len(block), block)]
+            data = cached + fetched[fetch_from - window : end - window]
         self._position += len(data)
         return data
 
 
-def _reader(handle: Any, block_bytes: int, options: pa.ipc.IpcReadOptions | None = None) -> Any:
-    return _reader_of(_Blocks(handle, block_bytes), options)
-
-
-def _reader_of(blocks: _Blocks, options: pa.ipc.IpcReadOptions | None = None) -> Any:
+def _reader(blocks: _Blocks, columns: Sequence[str] | None = None) -> Any:
+    """A reader of the file's batches, decoding only `columns` when named; opening it twice reads
+    the file's first bytes and footer once, kept in `blocks`."""
+    options = None
+    if columns is not None:
+        wanted = set(columns)
+        names = _reader(blocks).schema.names
+        options = pa.ipc.IpcReadOptions(included_fields=[i for i, name in enumerate(names) if name in wanted])
     blocks.seek(0)
     source = pa.PythonFile(blocks, mode="r")
     if source.read(len(_FILE_LAYOUT_MAGIC)) == _FILE_LAYOUT_MAGIC:
@@ -89,19 +98,12 @@ def _reader_of(blocks: _Blocks, options: pa.ipc.IpcReadOptions | None = None) ->
 
 def schema_of(handle: Any) -> pa.Schema:
     """The file's schema: from its footer, or its stream's first message."""
-    return _reader(handle, _SCHEMA_BLOCK_BYTES).schema
-
-
-def _only(handle: Any, columns: Sequence[str]) -> pa.ipc.IpcReadOptions:
-    wanted = set(columns)
-    return pa.ipc.IpcReadOptions(
-        included_fields=[i for i, name in enumerate(schema_of(handle).names) if name in wanted]
-    )
+    return _reader(_Blocks(handle, _SCHEMA_BLOCK_BYTES)).schema
 
 
 def batches(handle: Any, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """The file's record batches, in order, holding only `columns` (in the file's order)."""
-    reader = _reader(handle, _BLOCK_BYTES, _only(handle, columns))
+    reader = _reader(_Blocks(handle, _BLOCK_BYTES), columns)
     if isinstance(reader, pa.ipc.RecordBatchFileReader):
         for index in range(reader.num_record_batches):
             yield reader.get_batch(index)
@@ -127,7 +129,7 @@ def rows_and_bytes(handle: Any, columns: Sequence[str]) -> tuple[int, int]:
     with_rows = sorted((body, number) for number, (body, rows) in enumerate(found) if rows)
     if not with_rows:
         return 0, 0
-    reader = _reader_of(blocks, _only(handle, columns))
+    reader = _reader(blocks, columns)
     if file_layout:  # any batch is at hand: one of middling size
         body, sample = with_rows[len(with_rows) // 2]
         batch = reader.get_batch(sample)
