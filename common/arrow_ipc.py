@@ -23,6 +23,7 @@ import pyarrow as pa
 _FILE_LAYOUT_MAGIC = b"ARROW1"
 _BLOCK_BYTES = 8 << 20
 _SCHEMA_BLOCK_BYTES = 64 << 10  # a schema message, or a footer, is a few hundred bytes a column
+_TRAILER_BYTES = 4 + len(_FILE_LAYOUT_MAGIC)
 
 
 class _Blocks(io.RawIOBase):
@@ -66,11 +67,13 @@ class _Blocks(io.RawIOBase):
             data = block[position - start : end - start]
         else:
             # What a kept block holds of the range, then the rest in one fetch of at least a block
-            # (a batch's body is one request), reaching back from the file's end rather than past
-            # it (the footer a reader asks for after the file's last bytes comes with them).
+            # (a batch's body is one request). The file layout's trailer (its footer's length and
+            # magic, the last 10 bytes) is read just before the footer: a block reaching back from
+            # the file's end brings both.
             cached = held[-1][1][position - held[-1][0] :] if held else b""
             fetch_from = position + len(cached)
-            window = max(0, min(fetch_from, self._size - self._block_bytes))
+            trailer = fetch_from >= self._size - _TRAILER_BYTES
+            window = max(0, self._size - self._block_bytes) if trailer else fetch_from
             self._handle.seek(window)
             fetched = self._handle.read(max(self._block_bytes, end - window))
             block = fetched[-self._block_bytes :]
