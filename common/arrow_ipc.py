@@ -23,7 +23,7 @@ import pyarrow as pa
 _FILE_LAYOUT_MAGIC = b"ARROW1"
 _BLOCK_BYTES = 8 << 20
 _SCHEMA_BLOCK_BYTES = 64 << 10  # a schema message, or a footer, is a few hundred bytes a column
-_TRAILER_BYTES = 4 + len(_FILE_LAYOUT_MAGIC)
+_TRAILER_BYTES = 4 + len(_FILE_LAYOUT_MAGIC)  # a file layout's last bytes: its footer's length, the magic
 
 
 class _Blocks(io.RawIOBase):
@@ -154,9 +154,9 @@ def _file_record_batches(blocks: _Blocks) -> list[tuple[int, int]] | None:
     """Each record batch's (body bytes, rows), through the file's footer: a flatbuffer just before
     its length and the closing magic, indexing the batches. None when they average under
     _INDEXED_BODY_BYTES, or there are none."""
-    blocks.seek(-(4 + len(_FILE_LAYOUT_MAGIC)), io.SEEK_END)
+    blocks.seek(-_TRAILER_BYTES, io.SEEK_END)
     (footer_bytes,) = struct.unpack("<i", blocks.read(4))
-    blocks.seek(-(4 + len(_FILE_LAYOUT_MAGIC) + footer_bytes), io.SEEK_END)
+    blocks.seek(-_TRAILER_BYTES - footer_bytes, io.SEEK_END)
     footer = blocks.read(footer_bytes)
     vector = _field(footer, _root(footer), 3)  # Footer.recordBatches: [Block]
     if vector is None:
