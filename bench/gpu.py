@@ -148,6 +148,9 @@ def _ray_data(data: Path, model: Path, limits: Limits, device: str, gpus: int, t
     return {"wall_s": wall, "tokens": figures["tokens"]}
 
 
+SIDES = ("herd", "bare_vllm", "ray_data_llm")
+
+
 def _gpu_count() -> int:
     try:
         import torch
@@ -180,8 +183,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=int, default=1000)
     parser.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
     parser.add_argument("--prepare", action="store_true", help="only write the shapes' directories (no GPU needed)")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)}: a GPU "
+                        "lent for minutes may measure herd against one peer only")  # fmt: skip
     arguments = parser.parse_args(argv)
     shapes = arguments.shapes.split(",")
+    unknown = sorted(set(arguments.sides.split(",")) - set(SIDES))
+    if unknown:
+        parser.error(f"--sides: {', '.join(unknown)} is not one of {', '.join(SIDES)}")
     models = {shape: tiny_model() if shape == "tiny" else llama2_shape_dir(shape) for shape in shapes}
     if arguments.prepare:
         print(f"prepared: {', '.join(str(path) for path in models.values())}")
@@ -207,6 +215,8 @@ def main(argv: list[str]) -> int:
         walls: dict[str, float] = {}
         rates: dict[str, float] = {}
         for side, (measure, side_arguments) in sides.items():
+            if side not in arguments.sides.split(","):
+                continue
             # One side failing (a peer's incompatibility with this vLLM release, say) still leaves the
             # others' figures: a GPU machine may be lent for minutes only.
             try:
