@@ -28,6 +28,7 @@ BENCHMARKS = (
     "service_memory",
     "refused_request",
     "arrow_inputs",
+    "node_copies",
 )
 
 

@@ -1,7 +1,8 @@
 """Hands shards out to replicas as they free up, retries failures, replaces dead replicas.
 
 Dynamic dispatch, largest shards first: a fast replica simply takes more shards, and the small
-ones fill the tail. A shard whose replica died goes back to the queue for another replica; it is
+ones fill the tail; a node keeps to the file it has copied while that file's shards wait
+(jobs/pending_shards.py). A shard whose replica died goes back to the queue for another replica; it is
 recorded only when a replica returns its result, so it is never counted twice.
 
 The dispatcher keeps the shard queue, the retries and the commits; each replica's lifecycle (placing,
@@ -18,7 +19,7 @@ import heapq
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from common.retry import backoff_seconds
 from jobs.capacity import cluster_shape, describe_cluster
+from jobs.pending_shards import PendingShards
 from jobs.progress import Progress
 from jobs.replica_state import NODE_LEFT, Phase, ReplicaState
 from jobs.replicas import ReplicaPool, last_log_lines
@@ -67,7 +69,7 @@ class DispatchOutcome:
 class _Queue:
     """The shards: waiting, waiting for a retry's backoff, and running (by result ref)."""
 
-    pending: deque[Shard]
+    pending: PendingShards
     delayed: list[tuple[float, int, Shard]] = field(default_factory=list)  # (not before, tiebreak, shard)
     attempts: Counter[str] = field(default_factory=Counter)
     # result ref -> (replica, the shards of that call: one, or a group of small ones run together)
@@ -82,32 +84,6 @@ class _Queue:
 def dispatch_order(shards: list[Shard]) -> list[Shard]:
     """Largest first: the long shards start early, the short ones fill the tail."""
     return sorted(shards, key=lambda shard: -shard.estimated_rows)
-
-
-# The most small shards one call runs together (each is a thread of the replica while it runs).
-MAX_GROUP = 64
-
-
-def next_group(pending: deque[Shard], rows_per_shard: int, bytes_per_shard: int) -> list[Shard]:
-    """The next shard, with the small shards after it while all of them together hold no more than a
-    shard's rows and bytes: a replica runs them at once, so that their requests share the engine's
-    batches (1,000 files of 3 rows would otherwise keep a few requests in flight at a time). Each keeps
-    its own id, record and output files: packing happens here, not in the plan, so resume and
-    new_files: process see the same shard ids as ever."""
-    group = [pending.popleft()]
-    rows, size = group[0].estimated_rows, _bytes(group[0])
-    while pending and len(group) < MAX_GROUP and group[0].retry is None and pending[0].retry is None:
-        nxt = pending[0]
-        if rows + nxt.estimated_rows > rows_per_shard or size + _bytes(nxt) > bytes_per_shard:
-            break
-        group.append(pending.popleft())
-        rows, size = rows + nxt.estimated_rows, size + _bytes(nxt)
-    return group
-
-
-def _bytes(shard: Shard) -> int:
-    """A JSONL shard's byte range (a Parquet shard is bounded by its rows and columns when planned)."""
-    return 0 if shard.format == "parquet" else max(0, min(shard.end, shard.file_size) - shard.start)
 
 
 class Dispatcher:
@@ -139,7 +115,7 @@ class Dispatcher:
             self.progress.replicas(len(self._in(Phase.UP)))
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
-        queue = _Queue(pending=deque(dispatch_order(shards)))
+        queue = _Queue(pending=PendingShards(dispatch_order(shards)))
         # The job goes with every shard: put in the object store once, it is not pickled again for
         # each call (~0.15 ms of the driver's CPU a shard, of ~2-5; `python -m bench driver`).
         self._job_in_store = ray.put(self.job)
@@ -327,7 +303,9 @@ class Dispatcher:
             replica = min(free, key=lambda candidate: self.pool.shards_in_flight - candidate.free_slots)
             if replica.free_slots < self.pool.shards_in_flight and len(queue.pending) <= len(self._in(Phase.STARTING)):
                 return
-            group = next_group(queue.pending, self.job.input.rows_per_shard, self.job.input.bytes_per_shard)
+            group = queue.pending.take_group(
+                replica.node_id or "", self.job.input.rows_per_shard, self.job.input.bytes_per_shard
+            )
             replica.take_slot()
             for shard in group:
                 queue.attempts[shard.shard_id] += 1

@@ -70,6 +70,17 @@ class Shard(NamedTuple):
         file itself."""
         return self.compression is not None or self.copied_from is not None
 
+    @property
+    def node_copy(self) -> str | None:
+        """What a node copies whole from storage to read this shard, which its other shards share: the
+        file (compressed or transcoded JSONL, a JSON array, a CSV, an Arrow IPC file) or one large
+        Parquet row group. None when the shard reads its own part of the file."""
+        if self.format == "jsonl":
+            return self.file_url if self.read_from_copy else None
+        if self.copied_from == "arrow":
+            return self.file_url
+        return None if self.whole_row_groups else f"{self.file_url}#row-group-{self.row_groups[0]}"
+
     def where(self, position: int) -> str:
         """Where a row of this shard is in its file, for a person: a Parquet row index, or the byte
         offset of a JSONL line (a line number would need the file read from its start)."""

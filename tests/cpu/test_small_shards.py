@@ -4,7 +4,6 @@ so their requests share the engine's batches, while each keeps its own id, recor
 from __future__ import annotations
 
 import json
-from collections import deque
 
 from schemas.shard import ErrorRetry, Shard, ShardRecord
 from tests.cpu.conftest import manifest_records, read_rows
@@ -18,23 +17,24 @@ def _shard(name: str, rows: int, size: int = 100) -> Shard:
 
 
 def test_small_shards_are_grouped_up_to_a_shards_rows_and_bytes_and_large_or_retried_ones_go_alone():
-    from jobs.dispatch import MAX_GROUP, next_group
+    from jobs.pending_shards import MAX_GROUP, PendingShards
 
     big, small = _shard("big", 1000), [_shard(f"s{index:03d}", 3) for index in range(200)]
-    pending = deque([big, *small])
-    assert next_group(pending, rows_per_shard=1024, bytes_per_shard=10**6) == [big, *small[:8]]  # 1000 + 8 * 3 rows
-    assert next_group(pending, rows_per_shard=1024, bytes_per_shard=10**6) == small[8 : 8 + MAX_GROUP]
+    pending = PendingShards([big, *small])
+    assert pending.take_group("node", rows_per_shard=1024, bytes_per_shard=10**6) == [big, *small[:8]]  # 1000 + 8 * 3
+    assert pending.take_group("node", rows_per_shard=1024, bytes_per_shard=10**6) == small[8 : 8 + MAX_GROUP]
     # Bytes bound a group too: 100 bytes a shard, 250 allowed.
-    assert len(next_group(pending, rows_per_shard=1024, bytes_per_shard=250)) == 2
+    assert len(pending.take_group("node", rows_per_shard=1024, bytes_per_shard=250)) == 2
+    assert len(pending) == 200 - 8 - MAX_GROUP - 2
     previous = ShardRecord(
         shard_id="again", rows_in=3, rows_out=2, error_rows=1, reused_rows=0, prompt_tokens=0, completion_tokens=0,
         generate_started_at=0, generate_seconds=0, shard_seconds=0, started_at=0, finished_at=0, outputs=[],
         replica="r", attempts=1,
     )  # fmt: skip
     retried = _shard("again", 3).with_retry(ErrorRetry(stages=("generate",), previous=previous))
-    pending = deque([small[0], retried, small[1]])
-    assert next_group(pending, 1024, 10**6) == [small[0]]
-    assert next_group(pending, 1024, 10**6) == [retried]
+    pending = PendingShards([small[0], retried, small[1]])
+    assert pending.take_group("node", 1024, 10**6) == [small[0]]
+    assert pending.take_group("node", 1024, 10**6) == [retried]
 
 
 def test_a_thousand_rows_in_many_small_files_run_together_and_commit_once_each(run_tiny, tmp_path):

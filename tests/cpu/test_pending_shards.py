@@ -1,0 +1,103 @@
+"""The waiting shards as the dispatcher hands them out: each node keeps to the file it has copied
+whole (a compressed JSONL file, an Arrow file, one large Parquet row group) while that file's shards
+wait, and begins a file no node has begun before sharing one, so a file is fetched about once rather
+than once a node; every shard is handed out once, and shards read straight from storage keep their
+order."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pytest
+
+from jobs.pending_shards import PendingShards
+from schemas.shard import Shard
+
+
+def _gzip_shards(name: str, count: int) -> list[Shard]:
+    """A gzip JSONL file's shards: byte ranges of its decompressed stream, read through a node's copy."""
+    return [
+        Shard(file_url=f"s3://in/{name}.jsonl.gz", file_label=f"{name}.jsonl.gz", file_size=10**9, file_version="v",
+              format="jsonl", start=index * 10**6, end=(index + 1) * 10**6, estimated_rows=1000, compression="gzip")
+        for index in range(count)
+    ]  # fmt: skip
+
+
+def _plain_shard(name: str) -> Shard:
+    return Shard(file_url=f"s3://in/{name}.parquet", file_label=f"{name}.parquet", file_size=10**6, file_version="v",
+                 format="parquet", start=0, end=1000, estimated_rows=1000, row_groups=(0, 1))  # fmt: skip
+
+
+def _hand_out(pending: PendingShards, nodes: list[str]) -> list[tuple[str, Shard]]:
+    """The nodes ask in turn until nothing waits; a shard a group (1,000 rows each, a shard's worth)."""
+    handed = []
+    for node in (nodes[turn % len(nodes)] for turn in range(10**6)):
+        if not pending:
+            return handed
+        [shard] = pending.take_group(node, rows_per_shard=1000, bytes_per_shard=10**9)
+        handed.append((node, shard))
+    raise AssertionError("never emptied")
+
+
+@pytest.mark.parametrize(("files", "nodes_a_file"), [(4, [1, 1, 1, 1]), (3, [1, 1, 2])])
+def test_each_node_keeps_to_the_file_it_copies_and_begins_another_before_sharing_one(files, nodes_a_file):
+    """Two nodes, files of 10 shards: each node ends a file and begins one no node has begun; with
+    three files the last is shared once no other is left (handed out in order, both nodes would
+    have copied every file)."""
+    by_file = {name: _gzip_shards(name, 10) for name in "abcd"[:files]}
+    shards = [shard for name in by_file for shard in by_file[name]]
+    handed = _hand_out(PendingShards(shards), ["node-1", "node-2"])
+    assert sorted(shard for _, shard in handed) == sorted(shards)  # each once
+    nodes_of = defaultdict(set)
+    for node, shard in handed:
+        nodes_of[shard.file_label].add(node)
+    assert sorted(len(nodes) for nodes in nodes_of.values()) == nodes_a_file
+    for node in ("node-1", "node-2"):  # a node's shards of a file come in the file's order
+        for name in by_file:
+            mine = [shard.start for who, shard in handed if who == node and shard.file_label == f"{name}.jsonl.gz"]
+            assert mine == sorted(mine)
+
+
+def test_shards_read_straight_from_storage_keep_their_order_between_copied_ones():
+    plain = [_plain_shard(f"p{index}") for index in range(4)]
+    copied = _gzip_shards("a", 3)
+    pending = PendingShards([plain[0], copied[0], plain[1], copied[1], plain[2], copied[2], plain[3]])
+    handed = _hand_out(pending, ["node-1", "node-2"])
+    # node-1 begins the copy of a and keeps to it; node-2 takes the rest in order.
+    assert [(node, shard.file_label) for node, shard in handed] == [
+        ("node-1", "p0.parquet"), ("node-2", "a.jsonl.gz"), ("node-1", "p1.parquet"), ("node-2", "a.jsonl.gz"),
+        ("node-1", "p2.parquet"), ("node-2", "a.jsonl.gz"), ("node-1", "p3.parquet"),
+    ]  # fmt: skip
+
+
+def test_a_shard_back_for_another_attempt_waits_at_the_end_and_what_waits_is_listed_once():
+    copied = _gzip_shards("a", 4)
+    pending = PendingShards([*copied, _plain_shard("p0")])
+    first = pending.take_group("node-1", 1000, 10**9)
+    assert first == [copied[0]]
+    pending.append(copied[0])  # its attempt failed: back in the queue
+    assert list(pending) == [*copied[1:], _plain_shard("p0"), copied[0]] and len(pending) == 5
+    taken = [pending.take_group("node-1", 1000, 10**9)[0] for _ in range(3)]
+    assert taken == copied[1:]  # its own copy first, not the failed shard
+    assert list(pending) == [_plain_shard("p0"), copied[0]] and len(pending) == 2
+    assert [pending.take_group("node-1", 1000, 10**9)[0] for _ in range(2)] == [_plain_shard("p0"), copied[0]]
+    assert not pending and list(pending) == []
+
+
+def test_the_shards_of_one_large_parquet_row_group_share_its_copy_and_other_groups_go_to_other_nodes():
+    def slice_of(group: int, start: int) -> Shard:
+        return Shard(file_url="s3://in/big.parquet", file_label="big.parquet", file_size=10**9, file_version="v",
+                     format="parquet", start=group * 10**6 + start, end=group * 10**6 + start + 1000,
+                     estimated_rows=1000, row_groups=(group, group + 1), group_first_row=group * 10**6,
+                     whole_row_groups=False)  # fmt: skip
+
+    shards = [slice_of(group, start) for group in (0, 1) for start in (0, 1000, 2000)]
+    handed = _hand_out(PendingShards(shards), ["node-1", "node-2"])
+    assert Counter((node, shard.row_groups) for node, shard in handed) == {("node-1", (0, 1)): 3, ("node-2", (1, 2)): 3}
+
+
+def test_cleared_nothing_waits():
+    pending = PendingShards(_gzip_shards("a", 3))
+    pending.take_group("node-1", 1000, 10**9)
+    pending.clear()
+    assert not pending and list(pending) == []
