@@ -12,7 +12,6 @@ a node (`python -m bench node_copies`). Shards read straight from storage keep t
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -21,45 +20,45 @@ from schemas.shard import Shard
 # The most small shards one call runs together (each is a thread of the replica while it runs).
 MAX_GROUP = 64
 
-# A waiting shard: its place in the order, the shard, and whether its copy's queue holds it too.
-_Entry = tuple[int, Shard, bool]
-
 
 class PendingShards:
+    """Each shard waits in one queue: the shards read straight from storage (and those back for
+    another attempt) in dispatch order, and each copy's shards in theirs. Dispatch order is largest
+    first, so of the two heads the larger is the earlier; a copy's head wins a tie."""
+
     def __init__(self, shards: Iterable[Shard]) -> None:
         self._empty()
         for shard in shards:
             key = shard.node_copy
-            entry = (next(self._places), shard, key is not None)
-            self._order.append(entry)
-            if key is not None:
+            if key is None:
+                self._straight.append(shard)
+            else:
                 if key not in self._by_copy:
                     self._by_copy[key] = deque()
                     self._fresh.append(key)
-                self._by_copy[key].append(entry)
+                self._by_copy[key].append(shard)
             self._count += 1
 
     def _empty(self) -> None:
-        self._order: deque[_Entry] = deque()
-        self._by_copy: dict[str, deque[_Entry]] = {}  # a copy's shards, in order
-        self._fresh: deque[str] = deque()  # copies in order of their first shard, until a node begins one
-        self._begun: set[str] = set()
+        self._straight: deque[Shard] = deque()
+        self._by_copy: dict[str, deque[Shard]] = {}  # in the order of their first shards
+        self._fresh: deque[str] = deque()  # copies no node has begun (and some since begun: skipped)
         self._node_copy: dict[str, str] = {}  # the copy each node works through
-        self._taken: set[int] = set()  # shards handed out through one of their two queues
-        self._places = itertools.count()
         self._count = 0
 
     def append(self, shard: Shard) -> None:
-        """A shard back for another attempt: at the end of the order only, so that a failure that came
-        from its node's copy is not handed back to that node first."""
-        self._order.append((next(self._places), shard, False))
+        """A shard back for another attempt: at the end, with the shards read straight, so that a
+        failure that came from its node's copy is not handed back to that node first."""
+        self._straight.append(shard)
         self._count += 1
 
     def __len__(self) -> int:
         return self._count
 
     def __iter__(self) -> Iterator[Shard]:
-        return (shard for place, shard, _ in self._order if place not in self._taken)
+        yield from self._straight
+        for queue in self._by_copy.values():
+            yield from queue
 
     def clear(self) -> None:
         self._empty()
@@ -71,58 +70,44 @@ class PendingShards:
         in flight at a time). Each keeps its own id, record and output files: packing happens here,
         not in the plan, so resume and new_files: process see the same shard ids as ever."""
         queue = self._queue_for(node)
-        group = [self._pop(queue)]
+        group = [queue.popleft()]
         rows, size = group[0].estimated_rows, _bytes(group[0])
-        while len(group) < MAX_GROUP and group[0].retry is None:
-            following = self._head(queue)
-            if following is None or following.retry is not None:
-                break
+        while queue and len(group) < MAX_GROUP and group[0].retry is None and queue[0].retry is None:
+            following = queue[0]
             if rows + following.estimated_rows > rows_per_shard or size + _bytes(following) > bytes_per_shard:
                 break
-            group.append(self._pop(queue))
+            group.append(queue.popleft())
             rows, size = rows + following.estimated_rows, size + _bytes(following)
-        key = group[0].node_copy
-        if key is not None:
-            self._node_copy[node] = key
-            self._begun.add(key)
         self._count -= len(group)
         return group
 
-    def _queue_for(self, node: str) -> deque[_Entry]:
+    def _queue_for(self, node: str) -> deque[Shard]:
         own = self._node_copy.get(node)
-        if own is not None:
-            if self._head(self._by_copy.get(own, deque())) is not None:
-                return self._by_copy[own]
-            self._by_copy.pop(own, None)
-        head = self._head(self._order)
-        if head is None:
-            raise IndexError("no shard is waiting")
-        key = head.node_copy
-        if key is None or key not in self._node_copy.values():
-            return self._order
+        if own is not None and self._by_copy.get(own):
+            return self._by_copy[own]
         fresh = self._first_fresh()
-        return self._order if fresh is None else self._by_copy[fresh]  # else share the head's copy
+        if fresh is not None and not (
+            self._straight and self._straight[0].estimated_rows > self._by_copy[fresh][0].estimated_rows
+        ):
+            return self._begin(node, fresh)
+        if self._straight:
+            return self._straight
+        # Every copy with shards waiting is begun: share the first (its node works through it too).
+        for key in list(self._by_copy):
+            if self._by_copy[key]:
+                return self._begin(node, key)
+            del self._by_copy[key]
+        raise IndexError("no shard is waiting")
 
     def _first_fresh(self) -> str | None:
-        while self._fresh:
-            key = self._fresh[0]
-            if key not in self._begun and self._head(self._by_copy[key]) is not None:
-                return key
+        begun = set(self._node_copy.values())
+        while self._fresh and (self._fresh[0] in begun or not self._by_copy.get(self._fresh[0])):
             self._fresh.popleft()
-            if key not in self._begun:
-                del self._by_copy[key]  # handed out through the order, every one
-        return None
+        return self._fresh[0] if self._fresh else None
 
-    def _head(self, queue: deque[_Entry]) -> Shard | None:
-        while queue and queue[0][0] in self._taken:
-            self._taken.discard(queue.popleft()[0])  # handed out through its other queue
-        return queue[0][1] if queue else None
-
-    def _pop(self, queue: deque[_Entry]) -> Shard:
-        place, shard, twice = queue.popleft()
-        if twice:
-            self._taken.add(place)
-        return shard
+    def _begin(self, node: str, key: str) -> deque[Shard]:
+        self._node_copy[node] = key
+        return self._by_copy[key]
 
 
 def _bytes(shard: Shard) -> int:

@@ -7,6 +7,7 @@ order."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 
 import pytest
 
@@ -14,29 +15,34 @@ from jobs.pending_shards import PendingShards
 from schemas.shard import Shard
 
 
-def _gzip_shards(name: str, count: int) -> list[Shard]:
+def _gzip_shards(name: str, count: int, rows: int = 1000) -> list[Shard]:
     """A gzip JSONL file's shards: byte ranges of its decompressed stream, read through a node's copy."""
     return [
         Shard(file_url=f"s3://in/{name}.jsonl.gz", file_label=f"{name}.jsonl.gz", file_size=10**9, file_version="v",
-              format="jsonl", start=index * 10**6, end=(index + 1) * 10**6, estimated_rows=1000, compression="gzip")
+              format="jsonl", start=index * 10**6, end=(index + 1) * 10**6, estimated_rows=rows, compression="gzip")
         for index in range(count)
     ]  # fmt: skip
 
 
-def _plain_shard(name: str) -> Shard:
+def _plain_shard(name: str, rows: int) -> Shard:
+    """A Parquet shard of whole row groups: read straight from storage."""
     return Shard(file_url=f"s3://in/{name}.parquet", file_label=f"{name}.parquet", file_size=10**6, file_version="v",
-                 format="parquet", start=0, end=1000, estimated_rows=1000, row_groups=(0, 1))  # fmt: skip
+                 format="parquet", start=0, end=rows, estimated_rows=rows, row_groups=(0, 1))  # fmt: skip
 
 
-def _hand_out(pending: PendingShards, nodes: list[str]) -> list[tuple[str, Shard]]:
-    """The nodes ask in turn until nothing waits; a shard a group (1,000 rows each, a shard's worth)."""
+def _hand_out(pending: PendingShards, nodes: list[str], rows_per_shard: int = 1000) -> list[tuple[str, Shard]]:
+    """The nodes ask in turn until nothing waits; a shard a group (no two fit in rows_per_shard)."""
     handed = []
     for node in (nodes[turn % len(nodes)] for turn in range(10**6)):
         if not pending:
             return handed
-        [shard] = pending.take_group(node, rows_per_shard=1000, bytes_per_shard=10**9)
+        [shard] = pending.take_group(node, rows_per_shard=rows_per_shard, bytes_per_shard=10**9)
         handed.append((node, shard))
     raise AssertionError("never emptied")
+
+
+def _sorted(shards: Iterable[Shard]) -> list[tuple[str, int]]:
+    return sorted((shard.file_label, shard.start) for shard in shards)
 
 
 @pytest.mark.parametrize(("files", "nodes_a_file"), [(4, [1, 1, 1, 1]), (3, [1, 1, 2])])
@@ -47,7 +53,7 @@ def test_each_node_keeps_to_the_file_it_copies_and_begins_another_before_sharing
     by_file = {name: _gzip_shards(name, 10) for name in "abcd"[:files]}
     shards = [shard for name in by_file for shard in by_file[name]]
     handed = _hand_out(PendingShards(shards), ["node-1", "node-2"])
-    assert sorted(shard for _, shard in handed) == sorted(shards)  # each once
+    assert _sorted(shard for _, shard in handed) == _sorted(shards)  # each once
     nodes_of = defaultdict(set)
     for node, shard in handed:
         nodes_of[shard.file_label].add(node)
@@ -58,29 +64,30 @@ def test_each_node_keeps_to_the_file_it_copies_and_begins_another_before_sharing
             assert mine == sorted(mine)
 
 
-def test_shards_read_straight_from_storage_keep_their_order_between_copied_ones():
-    plain = [_plain_shard(f"p{index}") for index in range(4)]
-    copied = _gzip_shards("a", 3)
-    pending = PendingShards([plain[0], copied[0], plain[1], copied[1], plain[2], copied[2], plain[3]])
-    handed = _hand_out(pending, ["node-1", "node-2"])
-    # node-1 begins the copy of a and keeps to it; node-2 takes the rest in order.
+def test_shards_read_straight_from_storage_keep_their_order_largest_first_between_copied_ones():
+    big = [_plain_shard("p0", 2000), _plain_shard("p1", 2000)]
+    small = [_plain_shard("p2", 1100), _plain_shard("p3", 1100)]
+    copied = _gzip_shards("a", 3, rows=1200)
+    handed = _hand_out(PendingShards([*big, *copied, *small]), ["node-1", "node-2"], rows_per_shard=2000)
+    # node-1 begins the copy of a once the larger shards are out, and keeps to it; node-2 takes the
+    # rest in order.
     assert [(node, shard.file_label) for node, shard in handed] == [
-        ("node-1", "p0.parquet"), ("node-2", "a.jsonl.gz"), ("node-1", "p1.parquet"), ("node-2", "a.jsonl.gz"),
-        ("node-1", "p2.parquet"), ("node-2", "a.jsonl.gz"), ("node-1", "p3.parquet"),
+        ("node-1", "p0.parquet"), ("node-2", "p1.parquet"), ("node-1", "a.jsonl.gz"), ("node-2", "p2.parquet"),
+        ("node-1", "a.jsonl.gz"), ("node-2", "p3.parquet"), ("node-1", "a.jsonl.gz"),
     ]  # fmt: skip
 
 
 def test_a_shard_back_for_another_attempt_waits_at_the_end_and_what_waits_is_listed_once():
     copied = _gzip_shards("a", 4)
-    pending = PendingShards([*copied, _plain_shard("p0")])
-    first = pending.take_group("node-1", 1000, 10**9)
-    assert first == [copied[0]]
+    plain = _plain_shard("p0", 1000)
+    pending = PendingShards([*copied, plain])
+    assert pending.take_group("node-1", 1000, 10**9) == [copied[0]]
     pending.append(copied[0])  # its attempt failed: back in the queue
-    assert list(pending) == [*copied[1:], _plain_shard("p0"), copied[0]] and len(pending) == 5
+    assert _sorted(pending) == _sorted([*copied, plain]) and len(pending) == 5
     taken = [pending.take_group("node-1", 1000, 10**9)[0] for _ in range(3)]
     assert taken == copied[1:]  # its own copy first, not the failed shard
-    assert list(pending) == [_plain_shard("p0"), copied[0]] and len(pending) == 2
-    assert [pending.take_group("node-1", 1000, 10**9)[0] for _ in range(2)] == [_plain_shard("p0"), copied[0]]
+    assert _sorted(pending) == _sorted([plain, copied[0]]) and len(pending) == 2
+    assert [pending.take_group("node-1", 1000, 10**9)[0] for _ in range(2)] == [plain, copied[0]]
     assert not pending and list(pending) == []
 
 
