@@ -93,11 +93,16 @@ class PendingShards:
         if self._straight:
             return self._straight
         # Every copy with shards waiting is begun: share the first (its node works through it too).
-        for key in list(self._by_copy):
-            if self._by_copy[key]:
-                return self._begin(node, key)
-            del self._by_copy[key]
-        raise IndexError("no shard is waiting")
+        ended = []
+        for key, queue in self._by_copy.items():
+            if queue:
+                break
+            ended.append(key)
+        else:
+            raise IndexError("no shard is waiting")
+        for gone in ended:  # each is passed over once
+            del self._by_copy[gone]
+        return self._begin(node, key)
 
     def _first_fresh(self) -> str | None:
         begun = set(self._node_copy.values())
