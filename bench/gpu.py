@@ -222,7 +222,8 @@ def main(argv: list[str]) -> int:
             try:
                 with tempfile.TemporaryDirectory() as work_dir:
                     figures = measure(*side_arguments, Path(work_dir))
-                assert figures["tokens"] == expected, f"{side} generated {figures['tokens']} tokens, not {expected}"
+                if figures["tokens"] != expected:
+                    raise RuntimeError(f"it generated {figures['tokens']} tokens, not {expected}")
             except Exception as error:  # noqa: BLE001 - reported, and the run exits 1
                 failed = True
                 print(f"{shape} TP {tp} {side}: failed: {error}", flush=True)
