@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 _FILE_LAYOUT_MAGIC = b"ARROW1"
 _BLOCK_BYTES = 8 << 20
-_SCHEMA_BLOCK_BYTES = 64 << 10  # a schema message, or a footer, is a few hundred bytes a column
+_METADATA_BLOCK_BYTES = 64 << 10  # a schema, a footer or a batch's metadata: a few hundred bytes a column
 _TRAILER_BYTES = 4 + len(_FILE_LAYOUT_MAGIC)  # a file layout's last bytes: its footer's length, the magic
 
 
@@ -99,11 +99,6 @@ def _reader(blocks: _Blocks, columns: Sequence[str] | None = None) -> Any:
     return pa.ipc.open_stream(source, options=options)
 
 
-def schema_of(handle: Any) -> pa.Schema:
-    """The file's schema: from its footer, or its stream's first message."""
-    return _reader(_Blocks(handle, _SCHEMA_BLOCK_BYTES)).schema
-
-
 def batches(handle: Any, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """The file's record batches, in order, holding only `columns` (in the file's order)."""
     reader = _reader(_Blocks(handle, _BLOCK_BYTES), columns)
@@ -114,13 +109,15 @@ def batches(handle: Any, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
-def rows_and_bytes(handle: Any, columns: Sequence[str]) -> tuple[int, int]:
-    """The file's rows, and the bytes its `columns` hold once read. Where batches are large: from
-    each batch's metadata (found through a file layout's footer, or by stepping over a stream's
-    bodies) and one batch, whose columns' bytes per byte of its body times all the bodies' bytes
-    estimates the rest. Where they are small, reading them through costs less than a request for
-    each batch's metadata."""
-    blocks = _Blocks(handle, _SCHEMA_BLOCK_BYTES)
+def measure(handle: Any, columns_of: Callable[[list[str]], tuple[str, ...]]) -> tuple[tuple[str, ...], int, int]:
+    """The columns `columns_of` picks from the file's column names, the file's rows, and the bytes
+    those columns hold once read. Where batches are large: from each batch's metadata (found through
+    a file layout's footer, or by stepping over a stream's bodies) and one batch, whose columns' bytes
+    per byte of its body times all the bodies' bytes estimates the rest. Where they are small,
+    reading them through costs less than a request for each batch's metadata."""
+    blocks = _Blocks(handle, _METADATA_BLOCK_BYTES)
+    columns = columns_of(_reader(blocks).schema.names)
+    blocks.seek(0)
     file_layout = blocks.read(len(_FILE_LAYOUT_MAGIC)) == _FILE_LAYOUT_MAGIC
     found = _file_record_batches(blocks) if file_layout else _stream_record_batches(blocks)
     if found is None:
@@ -128,10 +125,10 @@ def rows_and_bytes(handle: Any, columns: Sequence[str]) -> tuple[int, int]:
         for batch in batches(handle, columns):
             rows += batch.num_rows
             held += batch.nbytes
-        return rows, held
+        return columns, rows, held
     with_rows = sorted((body, number) for number, (body, rows) in enumerate(found) if rows)
     if not with_rows:
-        return 0, 0
+        return columns, 0, 0
     reader = _reader(blocks, columns)
     if file_layout:  # any batch is at hand: one of middling size
         body, sample = with_rows[len(with_rows) // 2]
@@ -140,7 +137,7 @@ def rows_and_bytes(handle: Any, columns: Sequence[str]) -> tuple[int, int]:
         sample = min(number for _, number in with_rows)
         body = found[sample][0]
         batch = next(batch for number, batch in enumerate(reader) if number == sample)
-    return sum(rows for _, rows in found), round(batch.nbytes * sum(body for body, _ in found) / max(body, 1))
+    return columns, sum(rows for _, rows in found), round(batch.nbytes * sum(body for body, _ in found) / max(body, 1))
 
 
 _INDEXED_BODY_BYTES = 1 << 20  # a batch's body that costs more to read through than a request: ~20 ms on S3

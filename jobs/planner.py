@@ -439,12 +439,13 @@ def _arrow_shards(
     """Equal row ranges of an Arrow IPC file, each at most rows_per_shard rows and, by the file's
     average, bytes_per_shard bytes of the columns read."""
 
-    def measure(handle: object) -> tuple[tuple[str, ...], int, int]:
-        read = _columns_to_read(arrow_ipc.schema_of(handle).names, base, input_spec, template_columns)
-        return read, *arrow_ipc.rows_and_bytes(handle, read)
+    def columns_of(names: list[str]) -> tuple[str, ...]:
+        return _columns_to_read(names, base, input_spec, template_columns)
 
     try:
-        read, rows, held = storage.read_stream(info.url, measure, size=info.size)
+        read, rows, held = storage.read_stream(
+            info.url, lambda handle: arrow_ipc.measure(handle, columns_of), size=info.size
+        )
     except SpecError:
         raise
     except Exception as error:
