@@ -27,8 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +130,19 @@ def _herd(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: i
         "resources": {"replicas": max(1, gpus // tp)},
         "output": {"path": str(work / "herd-out")},
     }  # fmt: skip
-    wall, summary, _ = run_herd(job, work / "herd")
-    return {"wall_s": wall, "tokens": summary["completion_tokens"]}
+    wall, summary, records = run_herd(job, work / "herd")
+    # From the first shard's generation start to the last one's end: gaps between shards count.
+    generating = max(r["generate_started_at"] + r["generate_seconds"] for r in records) - min(
+        r["generate_started_at"] for r in records
+    )
+    return {"wall_s": wall, "tokens": summary["completion_tokens"], "generate_s": generating}
 
 
 def _bare(data: Path, model: Path, limits: Limits, device: str, tp: int, work: Path) -> dict[str, Any]:
     lengths = [str(limits.max_model_len), str(limits.new_tokens)]
     arguments = [str(data), str(model), str(work / "bare.parquet"), *lengths, "as-is"]
     wall, figures = run_script(["-m", "bench.bare_vllm", *arguments, json.dumps(_engine(device, tp))])
-    return {"wall_s": wall, "tokens": figures["tokens"]}
+    return {"wall_s": wall, "tokens": figures["tokens"], "generate_s": figures["generate_s"]}
 
 
 def _ray_data(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: int, work: Path) -> dict[str, Any]:
@@ -149,6 +156,22 @@ def _ray_data(data: Path, model: Path, limits: Limits, device: str, gpus: int, t
 
 
 SIDES = ("herd", "bare_vllm", "ray_data_llm")
+RATIOS = ("herd_over_bare", "herd_over_bare_while_generating", "herd_over_ray_data")
+
+
+@contextmanager
+def _fresh_vllm_cache(work: Path) -> Iterator[None]:
+    """vLLM's compile cache (VLLM_CACHE_ROOT) of its own for one side: a side run after another
+    would otherwise reuse that one's torch.compile artifacts and start tens of seconds sooner."""
+    previous = os.environ.get("VLLM_CACHE_ROOT")
+    os.environ["VLLM_CACHE_ROOT"] = str(work / "vllm-cache")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VLLM_CACHE_ROOT", None)
+        else:
+            os.environ["VLLM_CACHE_ROOT"] = previous
 
 
 def _gpu_count() -> int:
@@ -214,13 +237,14 @@ def main(argv: list[str]) -> int:
         expected = arguments.prompts * limits.new_tokens
         walls: dict[str, float] = {}
         rates: dict[str, float] = {}
+        generating: dict[str, float] = {}  # from the first token asked for to the last one: start-up left out
         for side, (measure, side_arguments) in sides.items():
             if side not in arguments.sides.split(","):
                 continue
             # One side failing (a peer's incompatibility with this vLLM release, say) still leaves the
             # others' figures: a GPU machine may be lent for minutes only.
             try:
-                with tempfile.TemporaryDirectory() as work_dir:
+                with tempfile.TemporaryDirectory() as work_dir, _fresh_vllm_cache(Path(work_dir)):
                     figures = measure(*side_arguments, Path(work_dir))
                 if figures["tokens"] != expected:
                     raise RuntimeError(f"it generated {figures['tokens']} tokens, not {expected}")
@@ -230,19 +254,27 @@ def main(argv: list[str]) -> int:
                 continue
             walls[side] = figures["wall_s"]
             rates[side] = figures["tokens"] / figures["wall_s"] / gpus_of[side]
-            print(f"{shape} TP {tp} {side}: {figures['tokens']} tokens in {walls[side]:.1f} s, "
-                  f"{rates[side]:.0f} tokens/s per GPU", flush=True)  # fmt: skip
+            line = f"{shape} TP {tp} {side}: {figures['tokens']} tokens in {walls[side]:.1f} s, "
+            line += f"{rates[side]:.0f} tokens/s per GPU"
+            if "generate_s" in figures:
+                generating[side] = figures["tokens"] / figures["generate_s"] / gpus_of[side]
+                line += f" ({generating[side]:.0f} while generating, {figures['generate_s']:.1f} s)"
+            print(line, flush=True)
         result = {"shape": shape, "tensor_parallel_size": tp, "gpus_used": used, "new_tokens": limits.new_tokens,
-                  "walls_s": walls, "tokens_per_s_per_gpu": rates}  # fmt: skip
+                  "walls_s": walls, "tokens_per_s_per_gpu": rates,
+                  "tokens_per_s_per_gpu_while_generating": generating}  # fmt: skip
         for peer in ("bare_vllm", "ray_data_llm"):
+            name = f"herd_over_{peer.removesuffix('_llm').removesuffix('_vllm')}"
             if "herd" in rates and peer in rates:
-                result[f"herd_over_{peer.removesuffix('_llm').removesuffix('_vllm')}"] = rates["herd"] / rates[peer]
+                result[name] = rates["herd"] / rates[peer]
+            if "herd" in generating and peer in generating:
+                result[f"{name}_while_generating"] = generating["herd"] / generating[peer]
         results.append(result)
         print(json.dumps(result), flush=True)
     lines = [
         f"{item['shape']} TP {item['tensor_parallel_size']}: tokens/s per GPU "
         + ", ".join(f"{side} {rate:.0f}" for side, rate in item["tokens_per_s_per_gpu"].items())
-        + "".join(f", {key} {item[key]:.2f}" for key in ("herd_over_bare", "herd_over_ray_data") if key in item)
+        + "".join(f", {key} {item[key]:.2f}" for key in RATIOS if key in item)
         for item in results
     ]
     record(

@@ -106,6 +106,7 @@ class Dispatcher:
         self.policy = job.retry
         self.outcome = DispatchOutcome()
         self.progress = progress
+        self._replica_came_up = False
 
     def _in(self, *phases: Phase) -> list[ReplicaState]:
         return [replica for replica in self.pool.replicas if replica.phase in phases]
@@ -124,6 +125,7 @@ class Dispatcher:
         for replica in self.pool.replicas:
             if replica.phase == Phase.PLACING and replica.waiting_on is None:
                 self._await_placement(replica)
+        self._replica_came_up = bool(self._in(Phase.UP))
         # Replicas still up from an earlier job on this pool take shards at once.
         for replica in self._in(Phase.UP):
             replica.free_slots = self.pool.shards_in_flight
@@ -320,14 +322,24 @@ class Dispatcher:
         try:
             name = ray.get(replica.waiting_on, timeout=_FETCH_TIMEOUT_S)  # ready: the answer is there
         except Exception as error:  # noqa: BLE001 - the engine could not start; reported below
-            queue.last_start_error = _reason(error)
-            log.warning("a replica failed to start: %s", queue.last_start_error)
+            reason = _reason(error)
+            # The same error twice before any replica came up: a broken checkpoint, a missing
+            # library, a setting the engine refuses. Replacing the replica again would only
+            # repeat it, for minutes each time with a large model.
+            repeated = reason == queue.last_start_error and not self._replica_came_up
+            queue.last_start_error = reason
+            where = f" (its log: {replica.log_file})" if replica.log_file else ""
+            log.warning("a replica failed to start: %s%s", reason, where)
             replica.died(time.monotonic())
-            if isinstance(error, RayActorError):
+            if repeated and not self._node_lost(replica):
+                log.warning("not replacing it: the second start in a row to fail this way, and none came up")
+                self.pool.forget(replica)
+            elif isinstance(error, RayActorError):
                 self._on_replica_death(replica, error)
             else:
                 self._replace(replica)
             return
+        self._replica_came_up = True
         replica.started(name, self.pool.shards_in_flight, time.monotonic())
         log.info("replica %s is ready", name)
         self._replicas_changed()

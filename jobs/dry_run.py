@@ -217,14 +217,15 @@ def _calibrate(job: JobSpec, rendered: list[tuple[Any, list[int], SamplingSpec]]
     from common.node_cache import cache_root
     from workers.engine import EngineRequest, VllmEngine, engine_variables_set, row_seed
     from workers.model_source import resolve_model, with_local_adapters
-    from workers.output_capture import output_sent_to
+    from workers.output_capture import output_sent_to, start_failure_explained
 
     device = "cpu" if not _has_gpu() else "gpu"
     log_file = str(cache_root() / "logs" / f"calibrate-{os.getpid()}.log")
     # The engine gets the settings a replica's engine gets; vLLM's own lines stay out of the plan's output.
     with engine_variables_set(job.model, device), output_sent_to(log_file):
         storage = Storage(job.storage, job.retry)
-        engine = VllmEngine(resolve_model(job.model.path, storage), with_local_adapters(job.model, storage), device)
+        with start_failure_explained(log_file):
+            engine = VllmEngine(resolve_model(job.model.path, storage), with_local_adapters(job.model, storage), device)
         requests = [
             EngineRequest(ids, row_seed(sampling.seed, row.row_id), sampling) for row, ids, sampling in rendered
         ]

@@ -524,7 +524,8 @@ class RetrySpec(StrictModel):
         default=4,
         ge=0,
         description="Crashed, stalled or never-ready replicas replaced per run before giving up. A replica "
-        "whose node was lost (spot, preemption) is replaced without counting.",
+        "whose node was lost (spot, preemption) is replaced without counting; one whose engine fails to "
+        "start as the one before it did, while none has come up, is not replaced.",
     )
 
 

@@ -16,7 +16,7 @@ from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model, with_local_adapters
-from workers.output_capture import send_output_to
+from workers.output_capture import send_output_to, start_failure_explained
 from workers.shard_io import ShardInputError
 from workers.shard_processor import ReplicaContext, process_shard
 
@@ -48,7 +48,8 @@ class Replica:
             send_output_to(log_file)
         self.storage = Storage(storage, retry)
         model_dir = resolve_model(model.path, self.storage)
-        self.engine = engine_factory(model_dir, with_local_adapters(model, self.storage), device)
+        with start_failure_explained(log_file):
+            self.engine = engine_factory(model_dir, with_local_adapters(model, self.storage), device)
         # pyarrow imports pandas at the first pa.table() of a process: left to the first shard's write,
         # that import holds the shard while the engine idles (64 replicas sharing a machine's cores
         # idled ~20 s each: `python -m bench fleet`); paid here, it is start-up time.

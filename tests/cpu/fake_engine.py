@@ -33,7 +33,16 @@ class FakeEngine:
         refuse_marked_while: str | None = None,
         start_seconds: float = 0.0,
         loading_dir: str | None = None,
+        start_errors: tuple[str, ...] = (),
+        starts_dir: str | None = None,
     ) -> None:
+        if starts_dir is not None:  # the n-th start of the test (counted in files) fails with start_errors[n]
+            starts = Path(starts_dir)
+            starts.mkdir(parents=True, exist_ok=True)
+            count = len(list(starts.iterdir()))
+            (starts / f"start-{count}-{os.getpid()}").touch()
+            if count < len(start_errors):
+                raise RuntimeError(start_errors[count])
         if loading_dir is not None:  # says it is loading, for a test that acts at that moment
             (Path(loading_dir) / str(os.getpid())).write_text("")
         time.sleep(start_seconds)  # loading weights, or a node that never gets them
@@ -124,7 +133,11 @@ class FakeEngineFactory:
         refuse_marked_while: str | None = None,
         start_seconds: float = 0.0,
         loading_dir: str | None = None,
+        start_errors: tuple[str, ...] = (),
+        starts_dir: str | None = None,
     ) -> None:
+        self.start_errors = start_errors
+        self.starts_dir = starts_dir
         self.loading_dir = loading_dir
         self.refuse_marked_while = refuse_marked_while
         self.start_seconds = start_seconds
@@ -144,4 +157,6 @@ class FakeEngineFactory:
             self.refuse_marked_while,
             self.start_seconds,
             self.loading_dir,
+            self.start_errors,
+            self.starts_dir,
         )

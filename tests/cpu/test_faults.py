@@ -507,6 +507,32 @@ def test_fake_engine_replicas_that_never_get_ready_are_replaced_then_the_job_fai
     )
 
 
+@pytest.mark.parametrize(
+    ("start_errors", "starts", "exit_code"),
+    [
+        # A missing library, a broken checkpoint: a third start would fail the same way.
+        (("ModuleNotFoundError: No module named 'flashinfer'",) * 5, 2, ExitCode.SHARDS_FAILED),
+        (("CUDA error: out of memory",), 2, ExitCode.SUCCESS),  # once: the replacement starts
+        (("first cause", "second cause", "third cause"), 4, ExitCode.SUCCESS),  # never the same twice running
+    ],
+)
+def test_fake_engine_replica_starts_are_retried_until_one_fails_as_the_one_before_while_none_came_up(
+    ray_session, tiny_model, tmp_path, start_errors, starts, exit_code
+):
+    ids = _write_prompts(tmp_path / "in.jsonl", 10)
+    job, outcome = _run_on_fake_engine(
+        tmp_path, tiny_model, FakeEngineFactory(start_errors=start_errors, starts_dir=str(tmp_path / "starts")), 1
+    )
+    assert len(list((tmp_path / "starts").iterdir())) == starts
+    assert outcome.exit_code == exit_code
+    if exit_code == ExitCode.SUCCESS:
+        assert sorted(row["id"] for row in read_rows(f"{job.output.path}/data")) == ids
+    else:
+        assert outcome.summary.shards_failed and all(
+            "No module named 'flashinfer'" in failure for failure in outcome.summary.shards_failed
+        )
+
+
 def test_fake_engine_one_refused_request_among_a_thousand_is_found_by_halving_and_the_rest_run_together():
     """vLLM refuses a whole call when it refuses one of its requests (an out-of-vocabulary logit_bias,
     a schema it cannot compile). Which request, and what it said, is the row's error; the other
