@@ -113,7 +113,9 @@ class Dispatcher:
 
     def _replicas_changed(self) -> None:
         if self.progress is not None:
-            self.progress.replicas(len(self._in(Phase.UP)))
+            self.progress.replicas(
+                len(self._in(Phase.UP)), starting=len(self._in(Phase.STARTING)), placing=len(self._in(Phase.PLACING))
+            )
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         queue = _Queue(pending=PendingShards(dispatch_order(shards)))
@@ -180,6 +182,7 @@ class Dispatcher:
         (or capacity coming back) adds a node."""
         ready = replica.placement_group.ready()
         replica.await_placement(ready, time.monotonic(), self.job.resources.capacity_timeout_s)
+        self._replicas_changed()
 
     def _on_placed(self, replica: ReplicaState) -> None:
         waited = replica.placed(
@@ -188,6 +191,7 @@ class Dispatcher:
             time.monotonic(),
             self.job.resources.replica_start_timeout_s,
         )
+        self._replicas_changed()
         if waited >= _WAITING_NOTICE_S:
             log.info("a replica's node is there after %.0fs; starting its engine", waited)
 
@@ -338,6 +342,7 @@ class Dispatcher:
                 self._on_replica_death(replica, error)
             else:
                 self._replace(replica)
+            self._replicas_changed()
             return
         self._replica_came_up = True
         replica.started(name, self.pool.shards_in_flight, time.monotonic())

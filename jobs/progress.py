@@ -36,6 +36,8 @@ class _Figures:
     error_rows: int = 0
     tokens: int = 0
     replicas_up: int = 0
+    replicas_starting: int = 0  # placed, loading their engine
+    replicas_placing: int = 0  # waiting for a node (an autoscaler adding one, capacity coming back)
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (when, tokens) of recent commits
 
 
@@ -81,10 +83,13 @@ class Progress:
         self._thread = threading.Thread(target=self._tick, name="herd-progress", daemon=True)
         self._thread.start()
 
-    def replicas(self, up: int) -> None:
+    def replicas(self, up: int, starting: int = 0, placing: int = 0) -> None:
+        """Replicas up, loading their engine, and waiting for a node."""
         with self._lock:
             if self._figures:
                 self._figures.replicas_up = up
+                self._figures.replicas_starting = starting
+                self._figures.replicas_placing = placing
         self._refresh()
 
     def committed(self, record: ShardRecord, shard: Shard) -> None:
@@ -145,6 +150,8 @@ class Progress:
                 "tokens_per_s_overall": round(figures.tokens / elapsed, 1),
                 "error_rows": figures.error_rows,
                 "replicas_up": figures.replicas_up,
+                "replicas_starting": figures.replicas_starting,
+                "replicas_placing": figures.replicas_placing,
                 "elapsed_s": round(elapsed, 1),
                 "eta_s": round(eta, 1) if eta is not None else None,
             }
@@ -178,10 +185,17 @@ def describe_figures(figures: dict[str, Any]) -> str:
     total = f"{figures['rows_total']}" if figures["rows_total_exact"] else f"~{figures['rows_total']}"
     eta = "?" if figures["eta_s"] is None else _clock(figures["eta_s"])
     failed = f" ({figures['shards_failed']} failed)" if figures["shards_failed"] else ""
+    # A 70B engine loads for minutes and an autoscaler adds a GPU node in as many: say which is waited on.
+    waiting = [
+        f"{figures[key]} {what}"
+        for key, what in (("replicas_starting", "loading"), ("replicas_placing", "waiting for a node"))
+        if figures.get(key)
+    ]
+    replicas = f"{figures['replicas_up']} replicas" + (f" ({', '.join(waiting)})" if waiting else "")
     return (
         f"{figures['rows_done']}/{total} rows · {figures['shards_done']}/{figures['shards_total']} shards{failed}"
         f" · {figures['tokens_per_s_recent']:.0f} tok/s (avg {figures['tokens_per_s_overall']:.0f})"
-        f" · {figures['error_rows']} errors · {figures['replicas_up']} replicas · ETA {eta}"
+        f" · {figures['error_rows']} errors · {replicas} · ETA {eta}"
     )
 
 

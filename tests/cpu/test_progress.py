@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from jobs.progress import Progress
+from jobs.progress import Progress, describe_figures
 from schemas.shard import Shard, ShardRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +28,10 @@ def _record(shard: Shard, rows: int, tokens: int) -> ShardRecord:
     )  # fmt: skip
 
 
+def _line(progress: Progress) -> str:
+    return describe_figures(progress.snapshot())
+
+
 def test_plain_progress_lines_come_every_period_and_refine_an_estimated_total():
     stream = io.StringIO()
     progress = Progress("lines", every_s=0.2, stream=stream)
@@ -40,7 +44,18 @@ def test_plain_progress_lines_come_every_period_and_refine_an_estimated_total():
     lines = stream.getvalue().splitlines()
     assert len(lines) >= 3 and all(line.startswith("herd: progress: ") for line in lines)
     assert "50/~200 rows · 1/4 shards" in lines[-1]
-    assert "1 errors · 2 replicas" in lines[-1] and "tok/s" in lines[-1]
+    assert "1 errors · 2 replicas · ETA" in lines[-1] and "tok/s" in lines[-1]
+
+
+def test_replicas_not_up_yet_are_shown_by_what_they_wait_for():
+    stream = io.StringIO()
+    progress = Progress("lines", every_s=60, stream=stream)
+    progress.start([_shard(0, 100)])
+    progress.replicas(0, starting=1, placing=2)
+    assert "0 errors · 0 replicas (1 loading, 2 waiting for a node) · ETA ?" in _line(progress)
+    progress.replicas(3)
+    assert "0 errors · 3 replicas · ETA" in _line(progress)
+    progress.close()
 
 
 def test_json_progress_is_one_object_a_line():
