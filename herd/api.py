@@ -70,7 +70,8 @@ def run(
             or "all" of them; every row stays exactly once.
         progress: "live" (a display on the terminal), "lines" (a line every `progress_every_s`),
             "json" (a JSON object per line), "none"; "auto" is live on a terminal, else lines; or an
-            object with the methods of jobs.progress.Progress, told of every commit.
+            object with the methods of jobs.progress.Progress (start, committed, failed, replicas,
+            close; replicas_waiting too where it has one), told of every commit.
         progress_every_s: how often "lines" and "json" print.
         verbose: stream the replicas' own output (vLLM's) here instead of a log file per replica.
         keep_engines: keep the replicas running after the job, for the next call in this process on

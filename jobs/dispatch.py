@@ -112,10 +112,13 @@ class Dispatcher:
         return [replica for replica in self.pool.replicas if replica.phase in phases]
 
     def _replicas_changed(self) -> None:
-        if self.progress is not None:
-            self.progress.replicas(
-                len(self._in(Phase.UP)), starting=len(self._in(Phase.STARTING)), placing=len(self._in(Phase.PLACING))
-            )
+        if self.progress is None:
+            return
+        self.progress.replicas(len(self._in(Phase.UP)))
+        # Optional: a caller's own progress object (herd.run(progress=...)) may predate it.
+        waiting = getattr(self.progress, "replicas_waiting", None)
+        if waiting is not None:
+            waiting(starting=len(self._in(Phase.STARTING)), placing=len(self._in(Phase.PLACING)))
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         queue = _Queue(pending=PendingShards(dispatch_order(shards)))

@@ -83,11 +83,16 @@ class Progress:
         self._thread = threading.Thread(target=self._tick, name="herd-progress", daemon=True)
         self._thread.start()
 
-    def replicas(self, up: int, starting: int = 0, placing: int = 0) -> None:
-        """Replicas up, loading their engine, and waiting for a node."""
+    def replicas(self, up: int) -> None:
         with self._lock:
             if self._figures:
                 self._figures.replicas_up = up
+        self._refresh()
+
+    def replicas_waiting(self, starting: int, placing: int) -> None:
+        """Replicas not up yet: loading their engine, and waiting for a node."""
+        with self._lock:
+            if self._figures:
                 self._figures.replicas_starting = starting
                 self._figures.replicas_placing = placing
         self._refresh()

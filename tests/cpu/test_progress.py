@@ -51,9 +51,11 @@ def test_replicas_not_up_yet_are_shown_by_what_they_wait_for():
     stream = io.StringIO()
     progress = Progress("lines", every_s=60, stream=stream)
     progress.start([_shard(0, 100)])
-    progress.replicas(0, starting=1, placing=2)
+    progress.replicas(0)
+    progress.replicas_waiting(starting=1, placing=2)
     assert "0 errors · 0 replicas (1 loading, 2 waiting for a node) · ETA ?" in _line(progress)
     progress.replicas(3)
+    progress.replicas_waiting(starting=0, placing=0)
     assert "0 errors · 3 replicas · ETA" in _line(progress)
     progress.close()
 
