@@ -122,6 +122,7 @@ class Dispatcher:
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         queue = _Queue(pending=PendingShards(dispatch_order(shards)))
+        self._pending = queue.pending  # a lost node's copy is released here (_replace_after_loss)
         # The job goes with every shard: put in the object store once, it is not pickled again for
         # each call (~0.15 ms of the driver's CPU a shard, of ~2-5; `python -m bench driver`).
         self._job_in_store = ray.put(self.job)
@@ -458,6 +459,8 @@ class Dispatcher:
 
     def _replace_after_loss(self, replica: ReplicaState) -> None:
         log.warning("its node is gone (preempted or lost): a replacement does not count as a crash")
+        if replica.node_id not in (None, NODE_LEFT):
+            self._pending.node_gone(replica.node_id)
         self._replace(replica, crashed=False)
 
     def _decide_verdicts(self) -> None:

@@ -52,6 +52,15 @@ class PendingShards:
         self._straight.append(shard)
         self._count += 1
 
+    def node_gone(self, node: str) -> None:
+        """A node that left the cluster (spot, preemption) took its copy with it: the copy it was
+        working through is no node's now, and the next replica to ask begins it before any other, as
+        the earliest copy not begun (left claimed, it would wait for the end and then be shared by
+        every node that asks: fetched once a node)."""
+        key = self._node_copy.pop(node, None)
+        if key is not None and self._by_copy.get(key) and key not in self._node_copy.values():
+            self._fresh.appendleft(key)
+
     def __len__(self) -> int:
         return self._count
 

@@ -134,3 +134,23 @@ def test_whatever_the_nodes_ask_every_shard_is_handed_out_once_for_each_time_it_
                     waiting[(shard.file_label, shard.start)] += 1
             assert len(pending) == len(list(pending)) == sum(waiting.values()) - sum(handed.values())
         assert handed == waiting
+
+
+def test_a_lost_nodes_copy_is_begun_again_by_the_next_node_to_ask_before_any_file_no_node_began():
+    """node-1 is preempted part way through file a: its replacement (node-3) takes a up at once, and a
+    is fetched by that one node again rather than, left for the end, by every node that asks then."""
+    by_file = {name: _gzip_shards(name, 10) for name in "abc"}
+    pending = PendingShards([shard for name in "abc" for shard in by_file[name]])
+    taken = [pending.take_group(node, 1000, 10**9)[0] for node in ("node-1", "node-2", "node-1", "node-2")]
+    assert [shard.file_label for shard in taken] == ["a.jsonl.gz", "b.jsonl.gz", "a.jsonl.gz", "b.jsonl.gz"]
+    pending.node_gone("node-1")
+    pending.node_gone("node-9")  # a node that held no copy: nothing changes
+    handed = _hand_out(pending, ["node-3", "node-2"])
+    nodes_of = defaultdict(set)
+    for node, shard in handed:
+        nodes_of[shard.file_label].add(node)
+    assert handed[0] == ("node-3", by_file["a"][2])
+    assert nodes_of["a.jsonl.gz"] == {"node-3"} and nodes_of["b.jsonl.gz"] == {"node-2"}
+    assert _sorted([*taken, *(shard for _, shard in handed)]) == _sorted(
+        shard for name in "abc" for shard in by_file[name]
+    )
