@@ -207,8 +207,9 @@ def generate(
     progress: ProgressMode = "auto",
     verbose: bool = False,
 ) -> Any:
-    """Completions for every row of a pandas DataFrame or a pyarrow Table, as one of the same kind
-    (another table that exports Arrow, such as a Polars DataFrame, gives a pyarrow Table).
+    """Completions for every row of a pandas DataFrame, a pyarrow Table or a Hugging Face
+    datasets.Dataset, as one of the same kind (another table that exports Arrow, such as a Polars
+    DataFrame, gives a pyarrow Table).
 
     The rows run as a herd job (the same planning, commits and seeds as `herd run` on a Parquet file
     of the same rows), and the engines stay warm for the next call in this process (see shutdown()).
@@ -218,11 +219,13 @@ def generate(
     them) and `error`: empty, or "stage: reason" for a row that failed (its other added columns are
     then empty). pandas gets them in its nullable dtypes (Int64, boolean, string: empty is pd.NA,
     whether or not any row failed), Arrow in herd's output types (empty is null). The run's summary is in
-    `result.attrs["herd_summary"]` (pandas) or the schema metadata b"herd_summary" (Arrow).
+    `result.attrs["herd_summary"]` (pandas), the schema metadata b"herd_summary" (Arrow) or, as JSON,
+    `result.info.description` (a Dataset, which keeps its own features: a ClassLabel stays one).
 
     Args:
-        data: a pandas DataFrame, a pyarrow Table, or a table that exports Arrow's C stream (Polars,
-            DuckDB; `polars.from_arrow(result)` turns the result back into Polars).
+        data: a pandas DataFrame, a pyarrow Table, a datasets.Dataset (its rows as they are after
+            select, shuffle or filter; one split of a DatasetDict), or a table that exports Arrow's C
+            stream (Polars, DuckDB; `polars.from_arrow(result)` turns the result back into Polars).
         model: the job file's model section, as a dict or a ModelSpec, or just its path
             ("demo:smollm2-135m-instruct", a local checkpoint, s3://...).
         prompt_column, messages_column, id_column, keep_columns, adapter_column, rows_per_shard: the
@@ -247,7 +250,11 @@ def generate(
     import pyarrow as pa
 
     kind = _kind_of(data)
-    table = None if kind == "pandas" else _without_view_types(data if kind == "arrow" else pa.table(data))
+    if kind == "hugging face":
+        # Its rows as they are seen (after select, shuffle, filter), as Arrow: no copy without those.
+        table = _without_view_types(data.with_format("arrow")[:])
+    else:
+        table = None if kind == "pandas" else _without_view_types(data if kind == "arrow" else pa.table(data))
     names = list(map(str, data.columns)) if kind == "pandas" else table.column_names
     _check_added_columns(names)
     workdir = Path(tempfile.mkdtemp(prefix="herd-generate-"))
@@ -409,14 +416,47 @@ def _kind_of(data: Any) -> str:
         return "arrow"
     if type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame":
         return "pandas"
+    if type(data).__module__.startswith("datasets"):
+        return _hugging_face_kind(data)
     if hasattr(data, "__arrow_c_stream__"):  # Arrow's C stream: Polars, DuckDB, Daft, nanoarrow...
         return "arrow stream"
     kind = f"{type(data).__module__}.{type(data).__qualname__}"
     lazy = " (collect it first)" if hasattr(data, "collect") else ""
     raise SpecError(
-        "herd.generate takes a pandas DataFrame, a pyarrow Table or another table that exports Arrow "
-        f"(a Polars DataFrame), got {kind}{lazy}"
+        "herd.generate takes a pandas DataFrame, a pyarrow Table, a datasets.Dataset or another table that "
+        f"exports Arrow (a Polars DataFrame), got {kind}{lazy}"
     )
+
+
+def _hugging_face_kind(data: Any) -> str:
+    """A datasets.Dataset is rows in memory (or memory-mapped); its dicts and streams are refused,
+    saying what to pass instead."""
+    name = type(data).__name__
+    if name == "Dataset":
+        return "hugging face"
+    if name.endswith("DatasetDict"):
+        splits = ", ".join(map(repr, data))
+        raise SpecError(f"herd.generate takes one split of a {name}, e.g. data[{next(iter(data))!r}] (it has {splits})")
+    if name == "IterableDataset":
+        raise SpecError(
+            "herd.generate needs the rows at hand, and an IterableDataset (streaming=True) only streams them: "
+            "load it without streaming=True, or run a job on its files with herd.run (Parquet, JSON Lines, "
+            "or a save_to_disk folder)"
+        )
+    raise SpecError(f"herd.generate takes a datasets.Dataset, got datasets' {name}")
+
+
+def _hugging_face_result(data: Any, table: Any, summary: RunSummary) -> Any:
+    """The result as a datasets.Dataset: the caller's features (a ClassLabel stays one), the added
+    columns' from their Arrow types, and the run's summary as JSON in its info's description."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    added = pa.schema([field for field in table.schema if field.name not in data.features])
+    features = datasets.Features({**data.features, **datasets.Features.from_arrow_schema(added)})
+    info = datasets.DatasetInfo(description=summary.model_dump_json(), features=features)
+    return datasets.Dataset(InMemoryTable(table), info=info)
 
 
 def _without_view_types(table: Any) -> Any:
@@ -615,5 +655,7 @@ def _with_completions(
     result = table.take(pa.array(positions, type=pa.int64()))
     for name, column in values.items():
         result = result.append_column(name, pa.array(column, type=DATA_COLUMN_TYPES.get(name, pa.string())))
+    if kind == "hugging face":
+        return _hugging_face_result(data, result, summary)
     metadata = {**(result.schema.metadata or {}), b"herd_summary": summary.model_dump_json().encode()}
     return result.replace_schema_metadata(metadata)

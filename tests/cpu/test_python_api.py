@@ -125,6 +125,23 @@ try:
 except herd.SpecError as error:
     out["lazy"] = str(error)
 
+# A Hugging Face Dataset, shuffled and cut (its rows are an index over the table underneath), with a
+# ClassLabel column: a Dataset of those rows comes back, its features kept, the same rows' completions.
+import datasets
+features = datasets.Features({"key": datasets.Value("string"), "question": datasets.Value("string"),
+                              "label": datasets.ClassLabel(names=["even", "odd"])})
+hf_rows = datasets.Dataset.from_dict(
+    {"key": frame["key"].tolist(), "question": frame["question"].tolist(), "label": [i % 2 for i in range(40)]},
+    features=features,
+).shuffle(seed=3).select(range(12))
+hf = herd.generate(hf_rows, model=model, prompt_column="question", id_column="key", prompt={"format": "raw"},
+                   sampling=sampling, rows_per_shard=16, progress="none")
+out["hf"] = {"type": type(hf).__name__, "keys": list(hf["key"]), "given_keys": list(hf_rows["key"]),
+             "labels": list(hf["label"]), "given_labels": list(hf_rows["label"]),
+             "label_feature": str(hf.features["label"]),
+             "completions": dict(zip(list(hf["key"]), list(hf["completion"]))),
+             "rows_in": json.loads(hf.info.description)["rows_in"]}
+
 try:
     herd.generate(table, model=model, prompt_column="prompt", prompt={"format": "raw"}, sampling=sampling,
                   max_error_fraction=0.1, progress="none")
@@ -221,6 +238,15 @@ def test_generate_on_dataframes_and_tables_matches_run_and_reuses_the_warm_engin
     assert out["polars_type"] == "Table"
     assert out["polars"] == {key: first[key] for key in ("key", "score", "completion")}
     assert "got polars.lazyframe.frame.LazyFrame (collect it first)" in out["lazy"]
+
+    # A Dataset after shuffle and select: those rows, in that order, as a Dataset with its features.
+    hf = out["hf"]
+    assert hf["type"] == "Dataset" and hf["keys"] == hf["given_keys"] and hf["labels"] == hf["given_labels"]
+    assert hf["keys"] != [f"k{i}" for i in range(12)]  # shuffled: not the table's first rows
+    assert hf["label_feature"].startswith("ClassLabel(names=['even', 'odd']")
+    first_completions = dict(zip(first["key"], first["completion"], strict=True))
+    assert hf["completions"] == {key: first_completions[key] for key in hf["keys"]}
+    assert hf["rows_in"] == 12
 
     # Typed errors carry the command line's exit codes.
     assert out["over_threshold"] == [3, 1]
@@ -320,6 +346,22 @@ def test_generate_refuses_what_is_not_a_table_and_columns_it_would_overwrite():
 
     with pytest.raises(herd.SpecError, match=r"exports Arrow \(a Polars DataFrame\), got builtins\.list$"):
         herd.generate([{"prompt": "hi"}], model="unused", prompt_column="prompt")
+    import datasets
+
+    splits = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"prompt": ["hi"]}),
+            "test": datasets.Dataset.from_dict({"prompt": ["ho"]}),
+        }
+    )
+    with pytest.raises(
+        herd.SpecError, match=r"one split of a DatasetDict, e\.g\. data\['train'\] \(it has 'train', 'test'\)"
+    ):
+        herd.generate(splits, model="unused", prompt_column="prompt")
+    with pytest.raises(
+        herd.SpecError, match=r"an IterableDataset \(streaming=True\) only streams them: load it without"
+    ):
+        herd.generate(splits["train"].to_iterable_dataset(), model="unused", prompt_column="prompt")
     with pytest.raises(herd.SpecError, match="completion"):
         herd.generate(pd.DataFrame({"prompt": ["hi"], "completion": ["x"]}), model="unused", prompt_column="prompt")
     with pytest.raises(herd.SpecError, match=r"no column 'nope', which the job names \(the rows have: prompt\)"):
