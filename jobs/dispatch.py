@@ -339,7 +339,7 @@ class Dispatcher:
             where = f" (its log: {replica.log_file})" if replica.log_file else ""
             log.warning("a replica failed to start: %s%s", reason, where)
             replica.died(time.monotonic())
-            if repeated and not self._node_lost(replica):
+            if repeated and not isinstance(error, ActorUnavailableError) and not self._node_lost(replica):
                 log.warning("not replacing it: the second start in a row to fail this way, and none came up")
                 self.pool.forget(replica)
             elif isinstance(error, RayActorError):
