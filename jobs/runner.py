@@ -169,17 +169,27 @@ def run_job(
             lease.release()
 
 
+# Past a first file that cannot be planned, this many more are planned to name the others that
+# cannot be: all of 100,000 would cost minutes of footers before the error.
+FILES_CHECKED_AFTER_A_BAD_FIRST = 1000
+
+
 def _first_file_planned(job: JobSpec, files: list[FileInfo], storage: Storage) -> list[Shard]:
-    """The first file's shards. If it cannot be planned, the other files are planned too (no engine
-    has started) so that the error names every file that cannot be, not only the first."""
+    """The first file's shards. If it cannot be planned, the next files are planned too (no engine
+    has started) so that the error names the others that cannot be, not only the first."""
     try:
         return plan_shards(job.input, files[:1], storage, job.prompt)
     except UnplannableFiles as first_problem:
+        problems = [first_problem]
         try:
-            plan_shards(job.input, files[1:], storage, job.prompt)
+            plan_shards(job.input, files[1 : 1 + FILES_CHECKED_AFTER_A_BAD_FIRST], storage, job.prompt)
         except UnplannableFiles as more:
-            raise UnplannableFiles.joined([first_problem, more]) from None
-        raise
+            problems.append(more)
+        if len(files) > 1 + FILES_CHECKED_AFTER_A_BAD_FIRST:
+            problems.append(UnplannableFiles([], stopped=True))  # the files after those were not looked at
+        if len(problems) == 1:
+            raise
+        raise UnplannableFiles.joined(problems) from None
 
 
 def _lease_of(storage: Storage, layout: OutputLayout, job: JobSpec) -> Lease:

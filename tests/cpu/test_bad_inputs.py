@@ -135,6 +135,30 @@ def test_planning_stops_naming_files_at_its_limit_when_every_file_lacks_the_colu
     ]
 
 
+def test_a_bad_first_file_is_reported_after_a_bounded_look_at_the_files_after_it(tmp_path, monkeypatch):
+    """With 100,000 files, planning them all to report a bad first one would take minutes: the next
+    few are looked at, and the error says that others may follow."""
+    import jobs.runner
+
+    monkeypatch.setattr(jobs.runner, "FILES_CHECKED_AFTER_A_BAD_FIRST", 2)
+    good = {"prompt": ["hello"] * 3}
+    _parquet_files(
+        tmp_path / "in",
+        {
+            "part-0.parquet": {"text": ["hello"]},
+            "part-1.parquet": good,
+            "part-2.parquet": b"PAR1 truncated",
+            "part-3.parquet": b"PAR1 truncated too, but past the look",
+            "part-4.parquet": good,
+        },
+    )
+    job = _job_without_engine(str(tmp_path / "in"), tmp_path)
+    with pytest.raises(UnplannableFiles) as raised:
+        run_job(job, engine_factory=_no_engine)
+    assert raised.value.stopped and str(raised.value).startswith("2 input files cannot be planned; planning stopped")
+    assert [problem.split(":")[0] for problem in raised.value.problems] == ["part-0.parquet", "part-2.parquet"]
+
+
 def test_unwritable_output_is_refused_before_generation(tmp_path):
     (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
     (tmp_path / "a-file").write_text("not a directory")
