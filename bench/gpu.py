@@ -13,9 +13,11 @@ llama.cpp's vocab-only GGUF, see tests/llama2_vocab.py). Prompts have ShareGPT-l
 For each shape and tensor parallel size (1, and 2 and 8 where there are that many GPUs; 13B needs
 TP 2 on GPUs under 40 GB): herd (`submit.py run`, replicas = GPUs / TP), the bare script (one LLM,
 one generate, on TP GPUs) and Ray Data LLM (GPUs / TP engines), each end to end from a fresh
-process; printed as generated tokens/s per GPU, and herd's ratio to each. Sized (1,000 prompts,
-256k generated tokens a side) to finish 7B and 13B at TP 1 in about 8 minutes on one H100 or
-H200: an estimate until a GPU measures it (mostly the six engine start-ups); `--prompts` scales it.
+process; printed as generated tokens/s per GPU, and herd's ratio to each. Sized at 1,000 prompts
+(256k generated tokens a side), where the engine start-ups are most of each wall: on one H200 7B at
+TP 1 took 139 s for herd and 78 s for the bare script (2026-12-04), so 7B and 13B with all three
+sides likely take 12 to 15 minutes, not the 8 first estimated; `--shapes` and `--sides` measure less,
+`--prompts` scales the generation.
 
 The machine that runs it needs this repository's .venv built with `bash scripts/install.sh gpu
 test` and bench/.cache/gpu-models, which `python -m bench gpu --prepare` writes here (it fetches
