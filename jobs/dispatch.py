@@ -122,7 +122,6 @@ class Dispatcher:
 
     def run(self, shards: list[Shard]) -> DispatchOutcome:
         queue = _Queue(pending=PendingShards(dispatch_order(shards)))
-        self._pending = queue.pending  # a lost node's copy is released here (_replace_after_loss)
         # The job goes with every shard: put in the object store once, it is not pickled again for
         # each call (~0.15 ms of the driver's CPU a shard, of ~2-5; `python -m bench driver`).
         self._job_in_store = ray.put(self.job)
@@ -176,7 +175,7 @@ class Dispatcher:
             if finished:
                 self._commit(queue, finished)
             self._give_up_on_slow_starts(queue)
-            self._decide_verdicts()
+            self._decide_verdicts(queue)
             self._watch_capacity(queue)
             self._watch_progress(queue)
         return self.outcome
@@ -343,7 +342,7 @@ class Dispatcher:
                 log.warning("not replacing it: the second start in a row to fail this way, and none came up")
                 self.pool.forget(replica)
             elif isinstance(error, RayActorError):
-                self._on_replica_death(replica, error)
+                self._on_replica_death(queue, replica, error)
             else:
                 self._replace(replica)
             self._replicas_changed()
@@ -368,7 +367,7 @@ class Dispatcher:
             if replica.phase != Phase.DEAD:  # its other in-flight shard reports the same death
                 replica.died(time.monotonic())
                 self._replicas_changed()
-                self._on_replica_death(replica, error)
+                self._on_replica_death(queue, replica, error)
             for shard in group:
                 self._retry_or_fail(queue, shard, f"replica died: {_reason(error)}")
             return []
@@ -437,11 +436,11 @@ class Dispatcher:
         not_before = time.monotonic() + backoff_seconds(self.policy, attempts)
         heapq.heappush(queue.delayed, (not_before, self.outcome.attempts, shard))
 
-    def _on_replica_death(self, replica: ReplicaState, error: RayActorError) -> None:
+    def _on_replica_death(self, queue: _Queue, replica: ReplicaState, error: RayActorError) -> None:
         """A replica that died, starting or running: replaced without counting a crash when its node
         is gone, decided later when it is only unreachable, else replaced as a crash."""
         if getattr(error, "preempted", False) or self._node_lost(replica):
-            self._replace_after_loss(replica)
+            self._replace_after_loss(queue, replica)
         elif isinstance(error, ActorUnavailableError):
             # Unreachable rather than ended: its node may be gone without the cluster having said so
             # yet. Decided in the loop, so the other replicas' results keep flowing.
@@ -457,19 +456,19 @@ class Dispatcher:
             return True
         return node is not None and not any(entry["NodeID"] == node and entry.get("Alive") for entry in ray.nodes())
 
-    def _replace_after_loss(self, replica: ReplicaState) -> None:
+    def _replace_after_loss(self, queue: _Queue, replica: ReplicaState) -> None:
         log.warning("its node is gone (preempted or lost): a replacement does not count as a crash")
         if replica.node_id not in (None, NODE_LEFT):
-            self._pending.node_gone(replica.node_id)
+            queue.pending.node_gone(replica.node_id)  # its copy went with it
         self._replace(replica, crashed=False)
 
-    def _decide_verdicts(self) -> None:
+    def _decide_verdicts(self, queue: _Queue) -> None:
         """Unreachable replicas: replaced without counting a crash once their node is declared gone;
         counted as a crash if the node is still there when the cluster has had time to decide."""
         for replica in [replica for replica in self.pool.replicas if replica.verdict_due is not None]:
             if self._node_lost(replica):
                 replica.verdict_given()
-                self._replace_after_loss(replica)
+                self._replace_after_loss(queue, replica)
             elif time.monotonic() >= replica.verdict_due:
                 replica.verdict_given()
                 self._replace(replica, crashed=True)

@@ -185,11 +185,10 @@ def _first_file_planned(job: JobSpec, files: list[FileInfo], storage: Storage) -
             plan_shards(job.input, files[1 : 1 + FILES_CHECKED_AFTER_A_BAD_FIRST], storage, job.prompt)
         except UnplannableFiles as more:
             problems.append(more)
-        if len(files) > 1 + FILES_CHECKED_AFTER_A_BAD_FIRST:
-            problems.append(UnplannableFiles([], stopped=True))  # the files after those were not looked at
-        if len(problems) == 1:
+        unchecked = len(files) > 1 + FILES_CHECKED_AFTER_A_BAD_FIRST
+        if len(problems) == 1 and not unchecked:
             raise
-        raise UnplannableFiles.joined(problems) from None
+        raise UnplannableFiles.joined(problems, stopped=unchecked) from None
 
 
 def _lease_of(storage: Storage, layout: OutputLayout, job: JobSpec) -> Lease:

@@ -57,10 +57,11 @@ class UnplannableFiles(SpecError):
         return (UnplannableFiles, (self.problems, self.stopped))
 
     @classmethod
-    def joined(cls, errors: list[UnplannableFiles]) -> UnplannableFiles:
-        """The problems of several slices of the files, in their order."""
+    def joined(cls, errors: list[UnplannableFiles], stopped: bool = False) -> UnplannableFiles:
+        """The problems of several slices of the files, in their order. `stopped`: files were left
+        unplanned besides those slices."""
         problems = [problem for error in errors for problem in error.problems]
-        stopped = any(error.stopped for error in errors) or len(problems) > cls.MOST_NAMED
+        stopped = stopped or any(error.stopped for error in errors) or len(problems) > cls.MOST_NAMED
         return cls(problems[: cls.MOST_NAMED], stopped=stopped)
 
 
