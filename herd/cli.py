@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import herd
 from common.versions import versions_line
+from jobs.progress import write_line
 from schemas import SpecError, load_job
 from schemas.errors import ExitCode, HerdError, JobFailed
 from schemas.results import RunSummary, throughput_text
@@ -41,9 +42,10 @@ class _JsonLines(logging.Formatter):
 def _say(message: str, stream: object = None, **fields: object) -> None:
     """One herd line: `herd: message`, or a JSON object with --log-format json."""
     if _LOG_FORMAT["value"] == "json":
-        print(json.dumps({"event": fields.pop("event", "message"), "message": message, **fields}), file=stream)
+        line = json.dumps({"event": fields.pop("event", "message"), "message": message, **fields})
     else:
-        print(f"herd: {message}", file=stream)
+        line = f"herd: {message}"
+    write_line(stream or sys.stdout, line)
 
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
@@ -62,7 +64,7 @@ def _interrupt_on_sigterm() -> None:
 
 def _print_summary(summary: RunSummary) -> None:
     if _LOG_FORMAT["value"] == "json":
-        print(json.dumps({"event": "summary", **summary.model_dump(mode="json")}))
+        write_line(sys.stdout, json.dumps({"event": "summary", **summary.model_dump(mode="json")}))
         return
     print(
         f"herd: {summary.status}: {summary.rows_in} rows in, {summary.rows_out} rows out, "

@@ -183,7 +183,14 @@ class Progress:
             line = json.dumps({"event": "progress", **figures})
         else:
             line = f"herd: progress: {describe_figures(figures)}"
-        print(line, file=self.stream, flush=True)
+        write_line(self.stream, line)
+
+
+def write_line(stream: Any, line: str) -> None:
+    """`line` and its newline in one write: `print` writes them apart, and a log record written from
+    another thread between the two joins two JSON objects on one line (seen in CI)."""
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def describe_figures(figures: dict[str, Any]) -> str:

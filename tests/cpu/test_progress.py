@@ -60,6 +60,39 @@ def test_replicas_not_up_yet_are_shown_by_what_they_wait_for():
     progress.close()
 
 
+class _WritesRecorded(io.StringIO):
+    """A stream that keeps each write apart, as another thread's log record could fall between two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_progress_line_and_each_cli_message_is_written_whole_so_no_log_record_can_split_it():
+    import herd.cli
+
+    for mode in ("json", "lines"):
+        stream = _WritesRecorded()
+        progress = Progress(mode, every_s=0.05, stream=stream)
+        progress.start([_shard(0, 10)])
+        time.sleep(0.3)
+        progress.close()
+        assert stream.writes and all(write.endswith("\n") and write.count("\n") == 1 for write in stream.writes)
+    said = {"json": '{"event": "error", "message": "bad", "exit_code": 2}\n', "text": "herd: bad\n"}
+    for log_format, expected in said.items():
+        stream = _WritesRecorded()
+        herd.cli._LOG_FORMAT["value"] = log_format
+        try:
+            herd.cli._say("bad", stream, event="error", exit_code=2)
+        finally:
+            herd.cli._LOG_FORMAT["value"] = "text"
+        assert stream.writes == [expected]
+
+
 def test_json_progress_is_one_object_a_line():
     stream = io.StringIO()
     progress = Progress("json", every_s=0.1, stream=stream)
