@@ -84,3 +84,13 @@ def first_error_in(log_file: str, start: int = 0) -> str | None:
         elif in_traceback and line.strip() and not line[0].isspace():
             return line.strip()[:500]
     return None
+
+
+def recent_first_error_in(log_file: str, since: int) -> str | None:
+    """first_error_in from byte `since` on, or over the log's last few MB if it has grown past them
+    since: a replica's log may grow for days before its engine dies."""
+    try:
+        size = os.path.getsize(log_file)
+    except OSError:
+        return None
+    return first_error_in(log_file, max(since, size - _TRACEBACK_READ_LIMIT))

@@ -16,7 +16,7 @@ from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
 from schemas.shard import Shard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model, with_local_adapters
-from workers.output_capture import send_output_to, start_failure_explained
+from workers.output_capture import recent_first_error_in, send_output_to, start_failure_explained
 from workers.shard_io import ShardInputError
 from workers.shard_processor import ReplicaContext, process_shard
 
@@ -50,6 +50,9 @@ class Replica:
         model_dir = resolve_model(model.path, self.storage)
         with start_failure_explained(log_file):
             self.engine = engine_factory(model_dir, with_local_adapters(model, self.storage), device)
+        # Where the running engine's part of the log begins: an engine that dies names its cause from there.
+        self._log_file = log_file
+        self._log_since_start = os.path.getsize(log_file) if log_file is not None and os.path.exists(log_file) else 0
         # pyarrow imports pandas at the first pa.table() of a process: left to the first shard's write,
         # that import holds the shard while the engine idles (64 replicas sharing a machine's cores
         # idled ~20 s each: `python -m bench fleet`); paid here, it is start-up time.
@@ -92,8 +95,11 @@ class Replica:
             return process_shard(shard, job, self.engine, storage, self.context)
         except EngineDead as error:
             # A dead engine does not come back: end this replica so the driver replaces it and
-            # re-queues its shards, instead of failing every later shard here.
-            log.error("the engine died (%s); stopping replica %s", error, self.context.name)
+            # re-queues its shards, instead of failing every later shard here. vLLM's error says only
+            # "see stack trace above"; the cause (CUDA out of memory, a GPU fallen off the bus) is the
+            # first traceback its processes wrote, named on this last line, which the driver shows.
+            cause = recent_first_error_in(self._log_file, self._log_since_start) if self._log_file else None
+            log.error("the engine died (%s); stopping replica %s", cause or error, self.context.name)
             os._exit(1)
         finally:
             with self._held_lock:

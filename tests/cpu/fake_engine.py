@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,15 @@ from schemas.job import ModelSpec
 from workers.engine import EngineDead, EngineRequest, Sample
 
 REFUSED_MARK = "flaky"
+
+
+ENGINE_CORE_DEATH = """\
+(EngineCore_DP0 pid={pid}) ERROR 12-04 16:05:02 [core.py:1512] EngineCore encountered a fatal error.
+(EngineCore_DP0 pid={pid}) ERROR 12-04 16:05:02 [core.py:1512] Traceback (most recent call last):
+(EngineCore_DP0 pid={pid}) ERROR 12-04 16:05:02 [core.py:1512]   File "vllm/v1/engine/core.py", line 1501, in run
+(EngineCore_DP0 pid={pid}) ERROR 12-04 16:05:02 [core.py:1512]     self.step()
+(EngineCore_DP0 pid={pid}) ERROR 12-04 16:05:02 [core.py:1512] torch.OutOfMemoryError: CUDA out of memory. \
+Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which 1.10 GiB is free."""
 
 
 class FakeEngine:
@@ -70,7 +80,9 @@ class FakeEngine:
         if len(list(self.deaths_dir.iterdir())) < self.deaths:
             (self.deaths_dir / f"death-{os.getpid()}").touch()
             if self.fault == "engine_dead":
-                raise EngineDead("EngineCore encountered an issue")
+                # What vLLM's engine core writes to the replica's output as it dies on a GPU.
+                print(ENGINE_CORE_DEATH.format(pid=os.getpid()), file=sys.stderr, flush=True)
+                raise EngineDead("EngineCore encountered an issue. See stack trace (above) for the root cause.")
             if self.fault == "hang":
                 time.sleep(3600)  # ended by the driver's stall watch
             os._exit(1)

@@ -11,7 +11,7 @@ from jobs.runner import run_job
 from schemas import parse_job
 from schemas.errors import ExitCode
 from tests.cpu.conftest import tiny_model_spec
-from workers.output_capture import EngineStartFailed, first_error_in, start_failure_explained
+from workers.output_capture import EngineStartFailed, first_error_in, recent_first_error_in, start_failure_explained
 
 # How an engine core that failed to start writes to its replica's log on GPU (the H200 run of
 # `python -m bench gpu`, 2026-12-04, without FlashInfer): its own traceback, each line under its
@@ -52,6 +52,19 @@ def test_the_first_error_is_looked_for_only_in_what_this_start_wrote_and_an_erro
             handle.write('ERROR 12-04 16:05:02 [loader.py:9]   File "loader.py", line 9, in load\n')
             handle.write("ERROR 12-04 16:05:02 [loader.py:9] OSError: the weights are gone\n")
         raise RuntimeError("Engine core initialization failed. See root cause above.")
+
+
+def test_an_engine_death_is_named_by_the_first_error_since_its_start_within_the_logs_last_megabytes(tmp_path):
+    log = tmp_path / "replica-1.log"
+    log.write_text("Traceback (most recent call last):\n  File 'x'\nOSError: a failed earlier start\n")
+    started = log.stat().st_size
+    with open(log, "a") as handle:
+        handle.write("Traceback (most recent call last):\n  File 'y'\nValueError: days ago, a passing error\n")
+        handle.write("INFO a line of a long run\n" * 250_000)  # ~6 MB written over days
+        handle.write(ENGINE_CORE_LOG)
+    assert first_error_in(str(log), started) == "ValueError: days ago, a passing error"
+    assert recent_first_error_in(str(log), started) == "ModuleNotFoundError: No module named 'flashinfer'"
+    assert recent_first_error_in(str(tmp_path / "gone.log"), 0) is None
 
 
 def test_a_checkpoint_cut_short_fails_the_job_naming_the_engine_cores_error_when_the_core_runs_apart(

@@ -44,8 +44,11 @@ def _jsonl_input(path: Path | str) -> dict:
     return {"path": str(path), "prompt_column": "prompt", "id_column": "id", "bytes_per_shard": 1024}
 
 
-def _run_on_fake_engine(tmp_path: Path, tiny_model: Path, factory: FakeEngineFactory, replicas: int, **sections):
-    """Runs a JSONL job on a pool of fake-engine replicas built for it, then stops the pool."""
+def _run_on_fake_engine(
+    tmp_path: Path, tiny_model: Path, factory: FakeEngineFactory, replicas: int, quiet: bool = False, **sections
+):
+    """Runs a JSONL job on a pool of fake-engine replicas built for it, then stops the pool. `quiet`:
+    each replica's output in a log file of its own, as `herd run` and herd.run have it."""
     job = parse_job(
         {
             "input": _jsonl_input(tmp_path / "in.jsonl"),
@@ -55,9 +58,9 @@ def _run_on_fake_engine(tmp_path: Path, tiny_model: Path, factory: FakeEngineFac
             **sections,
         }
     )
-    pool = ReplicaPool(job.model, job, size=replicas, engine_factory=factory)
+    pool = ReplicaPool(job.model, job, size=replicas, engine_factory=factory, quiet=quiet)
     try:
-        return job, run_job(job, pool=pool)
+        return job, run_job(job, pool=pool, quiet=quiet)
     finally:
         pool.shutdown()
 
@@ -227,14 +230,22 @@ def test_credentials_never_appear_in_any_output_object(run_tiny, tmp_path, s3_en
         assert FAKE_AWS_SECRET.encode() not in content and FAKE_AWS_KEY_ID.encode() not in content, name
 
 
-def test_fake_engine_whose_engine_dies_is_replaced_and_no_row_becomes_an_error(ray_session, tiny_model, tmp_path):
+def test_fake_engine_whose_engine_dies_is_replaced_naming_the_cause_and_no_row_becomes_an_error(
+    ray_session, tiny_model, tmp_path, caplog
+):
+    """The engine core dies as on a GPU: its traceback in the replica's log, then vLLM's EngineDeadError,
+    which says only "See stack trace (above)". The driver's warning names the cause."""
+    import logging
+
     expected = _write_prompts(tmp_path / "in.jsonl", 60)
     factory = FakeEngineFactory(
         seconds_per_call=0.1, deaths_dir=str(tmp_path / "deaths"), deaths=1, fault="engine_dead"
     )
-    _, outcome = _run_on_fake_engine(
-        tmp_path, tiny_model, factory, replicas=1, retry={"attempts": 3, "backoff_base_s": 0.05}
-    )
+    with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
+        _, outcome = _run_on_fake_engine(
+            tmp_path, tiny_model, factory, replicas=1, quiet=True, retry={"attempts": 3, "backoff_base_s": 0.05}
+        )
+    assert "died" in caplog.text and "the engine died (torch.OutOfMemoryError: CUDA out of memory." in caplog.text
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
