@@ -98,8 +98,11 @@ class Replica:
             # re-queues its shards, instead of failing every later shard here. vLLM's error says only
             # "see stack trace above"; the cause (CUDA out of memory, a GPU fallen off the bus) is the
             # first traceback its processes wrote, named on this last line, which the driver shows.
+            why = str(error)
             cause = recent_first_error_in(self._log_file, self._log_since_start) if self._log_file else None
-            log.error("the engine died (%s); stopping replica %s", cause or error, self.context.name)
+            if cause is not None and cause not in why:
+                why += f" (the first error in its log since it started: {cause})"
+            log.error("the engine died, stopping replica %s: %s", self.context.name, why)
             os._exit(1)
         finally:
             with self._held_lock:

@@ -245,7 +245,8 @@ def test_fake_engine_whose_engine_dies_is_replaced_naming_the_cause_and_no_row_b
         _, outcome = _run_on_fake_engine(
             tmp_path, tiny_model, factory, replicas=1, quiet=True, retry={"attempts": 3, "backoff_base_s": 0.05}
         )
-    assert "died" in caplog.text and "the engine died (torch.OutOfMemoryError: CUDA out of memory." in caplog.text
+    assert "the engine died, stopping replica" in caplog.text
+    assert "(the first error in its log since it started: torch.OutOfMemoryError: CUDA out of memory." in caplog.text
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
     ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
