@@ -52,6 +52,8 @@ def serve(spec: ServiceSpec, keys: ApiKeys) -> None:
     ensure_ray(quiet=True)
     worker.start()
     try:
-        uvicorn.run(app, host=spec.host, port=spec.port, log_level="warning", access_log=False)
+        # log_config=None: uvicorn's own lines ("Invalid HTTP request received.") go through herd's
+        # handler, as JSON objects with --log-format json, instead of its own plain-text one.
+        uvicorn.run(app, host=spec.host, port=spec.port, log_level="warning", access_log=False, log_config=None)
     finally:
         worker.close()

@@ -26,15 +26,18 @@ class ServiceProcess:
         port: int,
         log_file: Path,
         cluster: dict[str, str] | None = None,
+        log_format: str = "text",
     ) -> None:
         """`cluster`: RAY_ADDRESS and its authentication, for a service whose replicas run on a
-        cluster; without it the service starts a Ray of its own, as on a laptop."""
+        cluster; without it the service starts a Ray of its own, as on a laptop. `log_format`: herd's
+        --log-format."""
         self.service_file, self.keys_file = service_file, keys_file
         self.port = port
         self.log_file = log_file
         self.ray_dir = tempfile.mkdtemp(prefix="hs", dir="/tmp")  # short: Ray's socket paths have a length limit
         os.makedirs(os.path.join(self.ray_dir, "ray"))
         command = [sys.executable, "submit.py", "serve", str(service_file), "--port", str(port)]
+        command += ["--log-format", log_format]
         if keys_file is not None:
             command += ["--keys", str(keys_file)]
         environment = {**os.environ, "RAY_TMPDIR": self.ray_dir, "PYTHONUNBUFFERED": "1"}

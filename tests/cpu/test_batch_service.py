@@ -126,6 +126,7 @@ def service(tiny_model, tmp_path_factory, webhook_receiver, service_adapter, ray
         free_port(),
         directory / "service.log",
         cluster=ray_cluster[0],
+        log_format="json",  # as a deployment feeding a log pipeline runs it
     )
     try:
         server.wait_ready()
@@ -529,6 +530,30 @@ def test_batches_of_one_model_share_its_warm_engine_on_the_cluster_ray_address_n
     head_processes = pids_mentioning(ray_cluster[1])
     assert any(replica_pid in descendants(pid) for pid in head_processes), (replica_pid, head_processes)
     assert not any(Path(service.ray_dir).rglob("session_*")), "the service started a Ray of its own"
+
+
+@pytest.mark.own_engine
+def test_with_log_format_json_every_line_the_service_wrote_is_one_json_object_even_for_a_request_not_in_http(
+    service,
+):
+    """Its own lines, each request's, and the HTTP server's (uvicorn's, which has a plain-text
+    handler of its own unless told otherwise) for bytes that are not HTTP, as a port scanner sends."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as raw:
+        raw.sendall(b"NOT HTTP \x00\x01\r\n\r\n")
+        assert raw.recv(1024).startswith(b"HTTP/1.1 400")
+    deadline = time.monotonic() + 30
+    while "Invalid HTTP request received." not in service.log():
+        assert time.monotonic() < deadline, service.log()[-3000:]
+        time.sleep(0.2)
+    written = service.log()
+    lines = written[: written.rfind("\n")].splitlines()  # whole lines: the server may be writing one
+    objects = [json.loads(line) for line in lines]  # fails on any line that is not one JSON object
+    said = {"logger": "uvicorn.error", "level": "warning", "message": "Invalid HTTP request received."}
+    assert any(said.items() <= entry.items() for entry in objects)
+    requests = [entry["message"] for entry in objects if entry.get("logger") == "herd.service.requests"]
+    assert any(re.fullmatch(r"team-a GET /v1/batches/batch_\w+ 200 \d+ ms", message) for message in requests)
 
 
 @pytest.mark.own_engine
