@@ -489,6 +489,9 @@ def configure_logging(log_format: str, verbose: bool = False) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s herd %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    # A library's warnings.warn (pandas', pyarrow's) as a log record: one JSON object in json mode,
+    # not a plain "file:line: FutureWarning" among them.
+    logging.captureWarnings(True)
     for name in HERD_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,6 +93,18 @@ def test_each_progress_line_and_each_cli_message_is_written_whole_so_no_log_reco
         finally:
             herd.cli._LOG_FORMAT["value"] = "text"
         assert stream.writes == [expected]
+
+
+def test_with_log_format_json_a_librarys_python_warning_is_one_json_object_too():
+    program = (
+        "import warnings; from herd.cli import configure_logging; configure_logging('json'); "
+        "warnings.warn('a library changes its default', FutureWarning)"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
+    [line] = result.stderr.splitlines()
+    said = json.loads(line)
+    assert (said["level"], said["logger"]) == ("warning", "py.warnings")
+    assert "FutureWarning: a library changes its default" in said["message"]
 
 
 def test_json_progress_is_one_object_a_line():
