@@ -273,6 +273,13 @@ def main(argv: list[str]) -> int:
                 result[f"{name}_while_generating"] = generating["herd"] / generating[peer]
         results.append(result)
         print(json.dumps(result), flush=True)
+        # Saved after every case, not once at the end: a machine lent for minutes may be taken back
+        # (or the command cut off) in the middle of the next one.
+        _save(arguments.device, gpus, arguments.prompts, results)
+    return 1 if failed else 0
+
+
+def _save(device: str, gpus: int, prompts: int, results: list[dict[str, Any]]) -> None:
     lines = [
         f"{item['shape']} TP {item['tensor_parallel_size']}: tokens/s per GPU "
         + ", ".join(f"{side} {rate:.0f}" for side, rate in item["tokens_per_s_per_gpu"].items())
@@ -280,8 +287,7 @@ def main(argv: list[str]) -> int:
         for item in results
     ]
     record(
-        "gpu" if arguments.device == "gpu" else "gpu-plumbing-on-cpu",
-        {"device": arguments.device, "gpus": gpus, "prompts": arguments.prompts, **_stack(gpus), "results": results},
+        "gpu" if device == "gpu" else "gpu-plumbing-on-cpu",
+        {"device": device, "gpus": gpus, "prompts": prompts, **_stack(gpus), "results": results},
         "gpu: " + "; ".join(lines),
-    )  # fmt: skip
-    return 1 if failed else 0
+    )
