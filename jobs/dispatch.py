@@ -36,7 +36,7 @@ from jobs.replicas import ReplicaPool, last_log_lines
 from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.job import JobSpec
 from schemas.shard import Shard, ShardRecord, ShardResult
-from workers.replica import HEALTH_GROUP
+from workers.replica import HEALTH_GROUP, EngineDied
 from workers.shard_io import ShardInputError
 
 log = logging.getLogger(__name__)
@@ -262,20 +262,26 @@ class Dispatcher:
                 except Exception:  # noqa: BLE001 - a dead replica is reported by its shards
                     continue
                 if idle_for is not None and idle_for > limit:
-                    self._take_back(queue, replica, f"made no progress for {idle_for:.0f}s")
+                    self._take_back(queue, replica, self._stalled(f"made no progress for {idle_for:.0f}s"))
             elif now - replica.heartbeat_sent > limit:
                 replica.heartbeat_answered()
-                self._take_back(queue, replica, f"did not answer for {now - replica.heartbeat_sent:.0f}s")
+                self._take_back(
+                    queue, replica, self._stalled(f"did not answer for {now - replica.heartbeat_sent:.0f}s")
+                )
 
-    def _take_back(self, queue: _Queue, replica: ReplicaState, why: str) -> None:
+    def _stalled(self, why: str) -> str:
+        return f"{why} (resources.stall_timeout_s {self.job.resources.stall_timeout_s:g}s)"
+
+    def _take_back(self, queue: _Queue, replica: ReplicaState, why: str, shard_reason: str | None = None) -> None:
+        """Replaces a replica that cannot go on (stalled, its engine dead), its shards in flight run
+        elsewhere, each using one of its attempts."""
         held = queue.held_by(replica)
+        shard_ids = ", ".join(shard.shard_id for _, shards in held for shard in shards) or "none"
         log.warning(
-            "replica %s %s (resources.stall_timeout_s %gs) holding shard(s) %s; replacing it, its shards run "
-            "elsewhere%s",
+            "replica %s %s holding shard(s) %s; replacing it, its shards run elsewhere%s",
             replica.name,
             why,
-            self.job.resources.stall_timeout_s,
-            ", ".join(shard.shard_id for _, shards in held for shard in shards),
+            shard_ids,
             last_log_lines(replica),
         )
         for ref, _ in held:
@@ -285,7 +291,7 @@ class Dispatcher:
         self._replace(replica, crashed=True)
         for _, shards in held:
             for shard in shards:
-                self._retry_or_fail(queue, shard, f"replica stalled: it {why}")
+                self._retry_or_fail(queue, shard, shard_reason or f"replica stalled: it {why}")
 
     def _give_up_on_slow_starts(self, queue: _Queue) -> None:
         now = time.monotonic()
@@ -376,16 +382,21 @@ class Dispatcher:
         else:
             outcomes = result if len(group) > 1 else [result]  # process_group answers a list
         replica.give_slot_back()
+        engine_died = next((_cause(outcome) for outcome in outcomes if isinstance(_cause(outcome), EngineDied)), None)
+        if engine_died is not None and replica.phase != Phase.DEAD:  # its other calls say the same
+            self._take_back(queue, replica, f"lost its engine: {engine_died}", f"replica's engine died: {engine_died}")
         succeeded = []
         for shard, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+            if isinstance(_cause(outcome), EngineDied):
+                self._retry_or_fail(queue, shard, f"replica's engine died: {_cause(outcome)}")
+            elif isinstance(outcome, BaseException):
                 self._on_shard_failed(queue, shard, outcome)
             else:
-                succeeded.append((shard, outcome))
+                succeeded.append((shard, outcome))  # finished before the engine died: committed
         return succeeded
 
     def _on_shard_failed(self, queue: _Queue, shard: Shard, error: BaseException) -> None:
-        cause = getattr(error, "cause", None) or error
+        cause = _cause(error)
         if isinstance(cause, StorageUnavailable):
             # Storage, not the shard: past retry.storage_deadline_s the run ends (exit 6); the
             # shard keeps its attempts for the run that resumes it.
@@ -489,6 +500,11 @@ class Dispatcher:
             self.outcome.failed[shard.shard_id] = reason
         queue.pending.clear()
         queue.delayed.clear()
+
+
+def _cause(outcome: Any) -> Any:
+    """What a replica raised, unwrapped from Ray's RayTaskError (which carries it as `cause`)."""
+    return getattr(outcome, "cause", None) or outcome
 
 
 def _reason(error: BaseException) -> str:

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 # while the shards in flight hold every thread of the default group.
 HEALTH_GROUP = "health"
 
+# How long a replica whose engine died waits for the driver to end it before it ends itself.
+_EXIT_AFTER_ENGINE_DEATH_S = 60.0
+
+
+class EngineDied(RuntimeError):
+    """A shard's answer from a replica whose engine died: the driver replaces the replica and runs
+    the shard elsewhere. The message names the cause, which reaches the driver on any node."""
+
 
 def build_vllm_engine(model_dir: str, spec: ModelSpec, device: str) -> Engine:
     return VllmEngine(model_dir, spec, device)
@@ -61,6 +69,7 @@ class Replica:
         # The actor runs resources.shards_in_flight shards at once; the engine batches all their
         # requests together.
         self.context = ReplicaContext(name=f"{socket.gethostname()}:{os.getpid()}")
+        self._engine_died: str | None = None  # why, once it has
         self._shards_held = 0
         self._held_lock = threading.Lock()
 
@@ -85,6 +94,8 @@ class Replica:
         return [_portable(future.exception()) or future.result() for future in futures]
 
     def process(self, shard: Shard, job: JobSpec) -> ShardResult:
+        if self._engine_died is not None:  # sent before the driver learnt it
+            raise EngineDied(self._engine_died)
         # Each shard carries the job's own storage settings: one pool can serve several jobs.
         with self._held_lock:
             if not self._shards_held:
@@ -94,25 +105,34 @@ class Replica:
             storage = Storage(job.storage, job.retry)
             return process_shard(shard, job, self.engine, storage, self.context)
         except EngineDead as error:
-            # A dead engine does not come back: end this replica so the driver replaces it and
-            # re-queues its shards, instead of failing every later shard here. vLLM's error says only
-            # "see stack trace above"; the cause (CUDA out of memory, a GPU fallen off the bus) is the
-            # first traceback its processes wrote, named on this last line, which the driver shows.
-            why = str(error)
-            cause = recent_first_error_in(self._log_file, self._log_since_start) if self._log_file else None
-            if cause is not None and cause not in why:
-                why += f" (the first error in its log since it started: {cause})"
-            log.error("the engine died, stopping replica %s: %s", self.context.name, why)
-            os._exit(1)
+            raise EngineDied(self._engine_death(error)) from None
         finally:
             with self._held_lock:
                 self._shards_held -= 1
 
+    def _engine_death(self, error: EngineDead) -> str:
+        """Why the engine died, said once in the log; the replica ends itself if the driver (which
+        replaces it on its shards' EngineDied) has not ended it within a minute."""
+        with self._held_lock:
+            if self._engine_died is None:
+                # vLLM's error says only "see stack trace above"; the cause (CUDA out of memory, a
+                # GPU fallen off the bus) is the first traceback its processes wrote since it started.
+                why = str(error)
+                cause = recent_first_error_in(self._log_file, self._log_since_start) if self._log_file else None
+                if cause is not None and cause not in why:
+                    why += f" (the first error in its log since it started: {cause})"
+                self._engine_died = why
+                log.error("the engine died, replica %s ends: %s", self.context.name, why)
+                ending = threading.Timer(_EXIT_AFTER_ENGINE_DEATH_S, os._exit, (1,))
+                ending.daemon = True
+                ending.start()
+            return self._engine_died
+
 
 def _portable(error: BaseException | None) -> BaseException | None:
     """An error of one shard of a group, as it travels back to the driver: the kinds it acts on
-    (unreadable input, storage down) as they are, any other as a RuntimeError naming it (an error
+    (unreadable input, storage down, the engine dead) as they are, any other as a RuntimeError naming it (an error
     object of a library may not survive pickling)."""
-    if error is None or isinstance(error, (ShardInputError, StorageUnavailable)):
+    if error is None or isinstance(error, (ShardInputError, StorageUnavailable, EngineDied)):
         return error
     return RuntimeError(f"{type(error).__name__}: {error}")

@@ -245,7 +245,7 @@ def test_fake_engine_whose_engine_dies_is_replaced_naming_the_cause_and_no_row_b
         _, outcome = _run_on_fake_engine(
             tmp_path, tiny_model, factory, replicas=1, quiet=True, retry={"attempts": 3, "backoff_base_s": 0.05}
         )
-    assert "the engine died, stopping replica" in caplog.text
+    assert "lost its engine: EngineCore encountered an issue. See stack trace (above)" in caplog.text
     assert "(the first error in its log since it started: torch.OutOfMemoryError: CUDA out of memory." in caplog.text
     assert outcome.exit_code == ExitCode.SUCCESS
     assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
@@ -378,6 +378,7 @@ def test_fake_engine_shards_that_fail_every_attempt_are_reported_and_the_rest_co
         tiny_model,
         factory,
         replicas=1,
+        quiet=True,
         retry={"attempts": 1, "max_replica_restarts": 1},
         resources={"shards_in_flight": 1},
     )
@@ -385,7 +386,9 @@ def test_fake_engine_shards_that_fail_every_attempt_are_reported_and_the_rest_co
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "shards_failed"
     [failure] = summary["shards_failed"]
-    assert "failed after 1 attempts: replica died" in failure
+    # The cause came back with the shard's answer, as it does from a replica on another node.
+    assert "failed after 1 attempts: replica's engine died: EngineCore encountered an issue" in failure
+    assert "torch.OutOfMemoryError: CUDA out of memory" in failure
     assert summary["shards_run"] == summary["shards"] - 1
     assert len(manifest_records(tmp_path / "out")) == summary["shards"] - 1
     assert len(read_rows(str(tmp_path / "out" / "data"))) == summary["rows_out"] == summary["rows_in"]
