@@ -131,8 +131,8 @@ class Replica:
 
 def _portable(error: BaseException | None) -> BaseException | None:
     """An error of one shard of a group, as it travels back to the driver: the kinds it acts on
-    (unreadable input, storage down, the engine dead) as they are, any other as a RuntimeError naming it (an error
-    object of a library may not survive pickling)."""
+    (unreadable input, storage down, the engine dead) as they are, any other as a RuntimeError naming
+    it (an error object of a library may not survive pickling)."""
     if error is None or isinstance(error, (ShardInputError, StorageUnavailable, EngineDied)):
         return error
     return RuntimeError(f"{type(error).__name__}: {error}")
