@@ -173,7 +173,7 @@ class ContinuousFeeder:
             self._fatal = error
 
     def _stopped(self) -> FeederStopped:
-        stopped = FeederStopped(f"the engine died: {self._fatal}")
+        stopped = FeederStopped(f"{type(self._fatal).__name__}: {self._fatal}")
         stopped.__cause__ = self._fatal
         return stopped
 
