@@ -272,16 +272,24 @@ class Dispatcher:
     def _stalled(self, why: str) -> str:
         return f"{why} (resources.stall_timeout_s {self.job.resources.stall_timeout_s:g}s)"
 
-    def _take_back(self, queue: _Queue, replica: ReplicaState, why: str, shard_reason: str | None = None) -> None:
+    def _take_back(
+        self,
+        queue: _Queue,
+        replica: ReplicaState,
+        why: str,
+        shard_reason: str | None = None,
+        answered: list[Shard] | None = None,
+    ) -> None:
         """Replaces a replica that cannot go on (stalled, its engine dead), its shards in flight run
-        elsewhere, each using one of its attempts."""
+        elsewhere, each using one of its attempts. `answered`: the shards of the call that told, which
+        its caller retries."""
         held = queue.held_by(replica)
-        shard_ids = ", ".join(shard.shard_id for _, shards in held for shard in shards) or "none"
+        holding = [*(answered or []), *(shard for _, shards in held for shard in shards)]
         log.warning(
             "replica %s %s holding shard(s) %s; replacing it, its shards run elsewhere%s",
             replica.name,
             why,
-            shard_ids,
+            ", ".join(shard.shard_id for shard in holding),
             last_log_lines(replica),
         )
         for ref, _ in held:
@@ -384,7 +392,8 @@ class Dispatcher:
         replica.give_slot_back()
         engine_died = next((_cause(outcome) for outcome in outcomes if isinstance(_cause(outcome), EngineDied)), None)
         if engine_died is not None and replica.phase != Phase.DEAD:  # its other calls say the same
-            self._take_back(queue, replica, f"lost its engine: {engine_died}", f"replica's engine died: {engine_died}")
+            reason = f"replica's engine died: {engine_died}"
+            self._take_back(queue, replica, f"lost its engine: {engine_died}", reason, answered=group)
         succeeded = []
         for shard, outcome in zip(group, outcomes, strict=True):
             if isinstance(_cause(outcome), EngineDied):
