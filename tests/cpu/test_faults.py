@@ -34,7 +34,7 @@ from tests.cpu.conftest import (
 )
 from tests.cpu.fake_engine import FakeEngineFactory
 from tests.cpu.flaky_s3_proxy import FlakyS3Proxy
-from tests.cpu.process_tree import end_processes_mentioning
+from tests.cpu.process_tree import descendants, end_processes_mentioning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -303,6 +303,58 @@ def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal
 def test_a_killed_vllm_engine_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
     """The real engine, SIGKILLed while the replica's shards share its batch."""
     _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path, signal.SIGKILL)
+
+
+def test_a_vllm_engine_core_killed_in_its_own_process_as_on_gpu_has_its_replica_replaced_and_no_row_lost(
+    ray_session, tiny_model, tmp_path, monkeypatch, caplog
+):
+    """On GPU vLLM's engine core is a process of its own: when it dies (out of memory, a GPU fault) the
+    replica lives on, and its engine answers every call with EngineDeadError. The replica answers its
+    shards with the engine's death, the driver replaces it, and every row is written once."""
+    import logging
+    import threading
+
+    import ray
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # forwarded to the replicas
+    expected = _write_prompts(tmp_path / "in.jsonl", 200)
+    job = parse_job(
+        {
+            "input": {**_jsonl_input(tmp_path / "in.jsonl"), "bytes_per_shard": 2048},
+            "model": tiny_model_spec(tiny_model),
+            "prompt": {"format": "raw"},
+            "sampling": {"max_new_tokens": 48, "ignore_eos": True, "seed": 1},
+            "output": {"path": str(tmp_path / "out")},
+            "retry": {"max_replica_restarts": 1},
+        }
+    )
+    pool = ReplicaPool(job.model, job, size=1, quiet=True)
+    killed: list[int] = []
+
+    def kill_the_engine_core() -> None:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "out" / "manifest").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        replica_pid = int(ray.get(pool.replicas[0].actor.ready.remote()).rsplit(":", 1)[1])
+        for pid in descendants(replica_pid):  # the engine core and its worker, not the replica
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_engine_core, daemon=True)
+    killer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
+            outcome = run_job(job, pool=pool, quiet=True)
+    finally:
+        pool.shutdown()
+    killer.join(timeout=60)
+    assert killed, "no engine process was found under the replica"
+    assert "lost its engine: the engine's process exited" in caplog.text
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
 
 
 def test_a_stopped_vllm_replica_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
