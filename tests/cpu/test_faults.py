@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,16 @@ def _run_on_fake_engine(
         return job, run_job(job, pool=pool, quiet=quiet)
     finally:
         pool.shutdown()
+
+
+def _assert_replaced_once_and_every_row_written_once(outcome: Any, output: Path, expected: list[str]) -> None:
+    """A run that lost one replica mid-job: it succeeded with that replica replaced, no row an error,
+    every row written once (counted in the session's fault tally)."""
+    assert outcome.exit_code == ExitCode.SUCCESS
+    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    ids = [row["id"] for row in read_rows(str(output / "data"))]
+    fault_tally.record(1, expected, ids)
+    assert sorted(ids) == expected
 
 
 def _write_prompts(path: Path, count: int) -> list[str]:
@@ -247,11 +258,7 @@ def test_fake_engine_whose_engine_dies_is_replaced_naming_the_cause_and_no_row_b
         )
     assert "lost its engine: EngineCore encountered an issue. See stack trace (above)" in caplog.text
     assert "(the first error in its log since it started: torch.OutOfMemoryError: CUDA out of memory." in caplog.text
-    assert outcome.exit_code == ExitCode.SUCCESS
-    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
-    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
-    fault_tally.record(1, expected, ids)
-    assert sorted(ids) == expected
+    _assert_replaced_once_and_every_row_written_once(outcome, tmp_path / "out", expected)
 
 
 def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal.Signals, **sections) -> None:
@@ -292,12 +299,8 @@ def _signal_the_engine_mid_job(run_tiny, tiny_pool, tmp_path: Path, sent: signal
             except ProcessLookupError:
                 continue
     [outcome] = outcomes
-    assert outcome.exit_code == ExitCode.SUCCESS
-    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
+    _assert_replaced_once_and_every_row_written_once(outcome, tmp_path / "out", expected)
     assert victim not in [replica.actor for replica in tiny_pool.replicas] and len(tiny_pool.replicas) == tiny_pool.size
-    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
-    fault_tally.record(1, expected, ids)
-    assert sorted(ids) == expected
 
 
 def test_a_killed_vllm_engine_ends_its_replica_and_its_shards_finish_elsewhere(run_tiny, tiny_pool, tmp_path):
@@ -350,11 +353,7 @@ def test_a_vllm_engine_core_killed_in_its_own_process_as_on_gpu_has_its_replica_
     killer.join(timeout=60)
     assert killed, "no engine process was found under the replica"
     assert "lost its engine: the engine's process exited" in caplog.text
-    assert outcome.exit_code == ExitCode.SUCCESS
-    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
-    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
-    fault_tally.record(1, expected, ids)
-    assert sorted(ids) == expected
+    _assert_replaced_once_and_every_row_written_once(outcome, tmp_path / "out", expected)
 
 
 def test_a_stopped_vllm_replica_is_replaced_after_stall_timeout_and_its_shards_finish_elsewhere(
@@ -381,11 +380,7 @@ def test_fake_engine_that_hangs_while_its_replica_answers_is_replaced_after_stal
     with caplog.at_level(logging.WARNING, logger="jobs.dispatch"):
         _, outcome = _run_on_fake_engine(tmp_path, tiny_model, factory, replicas=2, resources={"stall_timeout_s": 4})
     assert "made no progress for" in caplog.text and "resources.stall_timeout_s 4s" in caplog.text
-    assert outcome.exit_code == ExitCode.SUCCESS
-    assert outcome.summary.replicas_replaced == 1 and outcome.summary.error_rows == 0
-    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
-    fault_tally.record(1, expected, ids)
-    assert sorted(ids) == expected
+    _assert_replaced_once_and_every_row_written_once(outcome, tmp_path / "out", expected)
 
 
 def test_fake_engine_capacity_that_never_comes_ends_the_job_within_capacity_timeout_with_exit_7(
