@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,29 +262,23 @@ class Dispatcher:
                 except Exception:  # noqa: BLE001 - a dead replica is reported by its shards
                     continue
                 if idle_for is not None and idle_for > limit:
-                    self._take_back(queue, replica, self._stalled(f"made no progress for {idle_for:.0f}s"))
+                    self._take_back_stalled(queue, replica, f"made no progress for {idle_for:.0f}s")
             elif now - replica.heartbeat_sent > limit:
                 replica.heartbeat_answered()
-                self._take_back(
-                    queue, replica, self._stalled(f"did not answer for {now - replica.heartbeat_sent:.0f}s")
-                )
+                self._take_back_stalled(queue, replica, f"did not answer for {now - replica.heartbeat_sent:.0f}s")
 
-    def _stalled(self, why: str) -> str:
-        return f"{why} (resources.stall_timeout_s {self.job.resources.stall_timeout_s:g}s)"
+    def _take_back_stalled(self, queue: _Queue, replica: ReplicaState, why: str) -> None:
+        why = f"{why} (resources.stall_timeout_s {self.job.resources.stall_timeout_s:g}s)"
+        self._take_back(queue, replica, why, f"replica stalled: it {why}")
 
     def _take_back(
-        self,
-        queue: _Queue,
-        replica: ReplicaState,
-        why: str,
-        shard_reason: str | None = None,
-        answered: list[Shard] | None = None,
+        self, queue: _Queue, replica: ReplicaState, why: str, shard_reason: str, answered: Sequence[Shard] = ()
     ) -> None:
         """Replaces a replica that cannot go on (stalled, its engine dead), its shards in flight run
         elsewhere, each using one of its attempts. `answered`: the shards of the call that told, which
         its caller retries."""
         held = queue.held_by(replica)
-        holding = [*(answered or []), *(shard for _, shards in held for shard in shards)]
+        holding = [*answered, *(shard for _, shards in held for shard in shards)]
         log.warning(
             "replica %s %s holding shard(s) %s; replacing it, its shards run elsewhere%s",
             replica.name,
@@ -299,7 +293,7 @@ class Dispatcher:
         self._replace(replica, crashed=True)
         for _, shards in held:
             for shard in shards:
-                self._retry_or_fail(queue, shard, shard_reason or f"replica stalled: it {why}")
+                self._retry_or_fail(queue, shard, shard_reason)
 
     def _give_up_on_slow_starts(self, queue: _Queue) -> None:
         now = time.monotonic()
@@ -391,13 +385,13 @@ class Dispatcher:
             outcomes = result if len(group) > 1 else [result]  # process_group answers a list
         replica.give_slot_back()
         engine_died = next((_cause(outcome) for outcome in outcomes if isinstance(_cause(outcome), EngineDied)), None)
+        died = f"replica's engine died: {engine_died}"  # the same in every answer of one replica
         if engine_died is not None and replica.phase != Phase.DEAD:  # its other calls say the same
-            reason = f"replica's engine died: {engine_died}"
-            self._take_back(queue, replica, f"lost its engine: {engine_died}", reason, answered=group)
+            self._take_back(queue, replica, f"lost its engine: {engine_died}", died, answered=group)
         succeeded = []
         for shard, outcome in zip(group, outcomes, strict=True):
             if isinstance(_cause(outcome), EngineDied):
-                self._retry_or_fail(queue, shard, f"replica's engine died: {_cause(outcome)}")
+                self._retry_or_fail(queue, shard, died)
             elif isinstance(outcome, BaseException):
                 self._on_shard_failed(queue, shard, outcome)
             else:
