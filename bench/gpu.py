@@ -32,6 +32,7 @@ import math
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,19 +133,28 @@ def _herd(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: i
         "resources": {"replicas": max(1, gpus // tp)},
         "output": {"path": str(work / "herd-out")},
     }  # fmt: skip
+    launched = time.time()
     wall, summary, records = run_herd(job, work / "herd")
     # From the first shard's generation start to the last one's end: gaps between shards count.
-    generating = max(r["generate_started_at"] + r["generate_seconds"] for r in records) - min(
-        r["generate_started_at"] for r in records
-    )
-    return {"wall_s": wall, "tokens": summary["completion_tokens"], "generate_s": generating}
+    first = min(r["generate_started_at"] for r in records)
+    last = max(r["generate_started_at"] + r["generate_seconds"] for r in records)
+    return {"wall_s": wall, "tokens": summary["completion_tokens"], **_phases(launched, wall, first, last)}
 
 
 def _bare(data: Path, model: Path, limits: Limits, device: str, tp: int, work: Path) -> dict[str, Any]:
     lengths = [str(limits.max_model_len), str(limits.new_tokens)]
     arguments = [str(data), str(model), str(work / "bare.parquet"), *lengths, "as-is"]
+    launched = time.time()
     wall, figures = run_script(["-m", "bench.bare_vllm", *arguments, json.dumps(_engine(device, tp))])
-    return {"wall_s": wall, "tokens": figures["tokens"], "generate_s": figures["generate_s"]}
+    first, last = figures["generate_started_at"], figures["generate_started_at"] + figures["generate_s"]
+    return {"wall_s": wall, "tokens": figures["tokens"], **_phases(launched, wall, first, last)}
+
+
+def _phases(launched: float, wall: float, first: float, last: float) -> dict[str, float]:
+    """A side's wall in three (unix times, from this process's clock): until the first token was asked
+    for (Ray, the engine's start, its weights, compiling, reading the prompts), generating, and
+    what came after the last token (writing, the summary, ending the processes)."""
+    return {"start_up_s": first - launched, "generate_s": last - first, "after_s": launched + wall - last}
 
 
 def _ray_data(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: int, work: Path) -> dict[str, Any]:
@@ -240,6 +250,7 @@ def main(argv: list[str]) -> int:
         walls: dict[str, float] = {}
         rates: dict[str, float] = {}
         generating: dict[str, float] = {}  # from the first token asked for to the last one: start-up left out
+        phases: dict[str, dict[str, float]] = {}  # herd's and the bare script's walls, split (see _phases)
         for side, (measure, side_arguments) in sides.items():
             if side not in arguments.sides.split(","):
                 continue
@@ -260,11 +271,13 @@ def main(argv: list[str]) -> int:
             line += f"{rates[side]:.0f} tokens/s per GPU"
             if "generate_s" in figures:
                 generating[side] = figures["tokens"] / figures["generate_s"] / gpus_of[side]
-                line += f" ({generating[side]:.0f} while generating, {figures['generate_s']:.1f} s)"
+                phases[side] = {key: figures[key] for key in ("start_up_s", "generate_s", "after_s")}
+                line += f" ({generating[side]:.0f} while generating; start-up {figures['start_up_s']:.1f} s, "
+                line += f"generating {figures['generate_s']:.1f} s, after {figures['after_s']:.1f} s)"
             print(line, flush=True)
         result = {"shape": shape, "tensor_parallel_size": tp, "gpus_used": used, "new_tokens": limits.new_tokens,
                   "walls_s": walls, "tokens_per_s_per_gpu": rates,
-                  "tokens_per_s_per_gpu_while_generating": generating}  # fmt: skip
+                  "tokens_per_s_per_gpu_while_generating": generating, "phases_s": phases}  # fmt: skip
         for peer in ("bare_vllm", "ray_data_llm"):
             name = f"herd_over_{peer.removesuffix('_llm').removesuffix('_vllm')}"
             if "herd" in rates and peer in rates:
