@@ -32,9 +32,10 @@ def test_bench_gpu_measures_tokens_per_s_per_gpu_of_herd_bare_vllm_and_ray_data_
     assert case["shape"] == "tiny" and case["tensor_parallel_size"] == 1
     assert set(case["tokens_per_s_per_gpu"]) == {"herd", "bare_vllm", "ray_data_llm"}
     assert all(rate > 0 for rate in case["tokens_per_s_per_gpu"].values())
-    # herd's and the bare script's walls split into start-up, generating and after, which add up to them.
+    # herd's and the bare script's walls split in three: each a time within the wall (a generation start
+    # taken from another clock than the bench's would put start-up or after below zero).
     for side in ("herd", "bare_vllm"):
         phases = case["phases_s"][side]
-        assert all(seconds >= 0 for seconds in phases.values()), phases
-        assert sum(phases.values()) == pytest.approx(case["walls_s"][side], abs=0.01)
+        assert set(phases) == {"start_up_s", "generate_s", "after_s"}
+        assert phases["generate_s"] > 0 and phases["start_up_s"] > 0 and phases["after_s"] >= 0, phases
     assert result.stdout.strip().splitlines()[-1].startswith("gpu: tiny TP 1: tokens/s per GPU herd")
