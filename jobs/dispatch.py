@@ -384,7 +384,7 @@ class Dispatcher:
         else:
             outcomes = result if len(group) > 1 else [result]  # process_group answers a list
         replica.give_slot_back()
-        engine_died = next((_cause(outcome) for outcome in outcomes if isinstance(_cause(outcome), EngineDied)), None)
+        engine_died = next((cause for cause in map(_cause, outcomes) if isinstance(cause, EngineDied)), None)
         died = f"replica's engine died: {engine_died}"  # the same in every answer of one replica
         if engine_died is not None and replica.phase != Phase.DEAD:  # its other calls say the same
             self._take_back(queue, replica, f"lost its engine: {engine_died}", died, answered=group)
@@ -507,12 +507,11 @@ class Dispatcher:
 
 def _cause(outcome: Any) -> Any:
     """What a replica raised, unwrapped from Ray's RayTaskError (which carries it as `cause`)."""
-    return getattr(outcome, "cause", None) or outcome
+    cause = getattr(outcome, "cause", None)
+    return cause if isinstance(cause, BaseException) else outcome
 
 
 def _reason(error: BaseException) -> str:
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        error = cause
+    error = _cause(error)
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]
