@@ -175,6 +175,21 @@ def run_herd(job: dict[str, Any], work: Path) -> tuple[float, dict[str, Any], li
     return wall, summary, records
 
 
+def wall_phases(launched: float, wall: float, first: float, last: float) -> dict[str, float]:
+    """A run's wall in three (unix times, from this process's clock): until the first token was asked
+    for (Ray, the engine's start, its weights, compiling, reading the prompts), generating, and
+    what came after the last token (writing, the summary, ending the processes)."""
+    return {"start_up_s": first - launched, "generate_s": last - first, "after_s": launched + wall - last}
+
+
+def herd_phases(launched: float, wall: float, records: list[dict[str, Any]]) -> dict[str, float]:
+    """wall_phases of a herd run, from its manifest: generating runs from the first shard's
+    generation start to the last one's end, so gaps between shards count."""
+    first = min(r["generate_started_at"] for r in records)
+    last = max(r["generate_started_at"] + r["generate_seconds"] for r in records)
+    return wall_phases(launched, wall, first, last)
+
+
 def engine_busy_seconds(records: list[dict[str, Any]]) -> float:
     """How long some shard was generating: the union of the shards' generate spans (a replica's
     shards share the engine's batches, so their spans overlap and cannot be summed). One replica."""

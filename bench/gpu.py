@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, WORDS, record, run_herd, run_script, tiny_model
+from bench.common import CACHE, WORDS, herd_phases, record, run_herd, run_script, tiny_model, wall_phases
 
 MODELS = CACHE / "gpu-models"
 
@@ -135,10 +135,7 @@ def _herd(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: i
     }  # fmt: skip
     launched = time.time()
     wall, summary, records = run_herd(job, work / "herd")
-    # From the first shard's generation start to the last one's end: gaps between shards count.
-    first = min(r["generate_started_at"] for r in records)
-    last = max(r["generate_started_at"] + r["generate_seconds"] for r in records)
-    return {"wall_s": wall, "tokens": summary["completion_tokens"], **_phases(launched, wall, first, last)}
+    return {"wall_s": wall, "tokens": summary["completion_tokens"], **herd_phases(launched, wall, records)}
 
 
 def _bare(data: Path, model: Path, limits: Limits, device: str, tp: int, work: Path) -> dict[str, Any]:
@@ -147,14 +144,7 @@ def _bare(data: Path, model: Path, limits: Limits, device: str, tp: int, work: P
     launched = time.time()
     wall, figures = run_script(["-m", "bench.bare_vllm", *arguments, json.dumps(_engine(device, tp))])
     first, last = figures["generate_started_at"], figures["generate_started_at"] + figures["generate_s"]
-    return {"wall_s": wall, "tokens": figures["tokens"], **_phases(launched, wall, first, last)}
-
-
-def _phases(launched: float, wall: float, first: float, last: float) -> dict[str, float]:
-    """A side's wall in three (unix times, from this process's clock): until the first token was asked
-    for (Ray, the engine's start, its weights, compiling, reading the prompts), generating, and
-    what came after the last token (writing, the summary, ending the processes)."""
-    return {"start_up_s": first - launched, "generate_s": last - first, "after_s": launched + wall - last}
+    return {"wall_s": wall, "tokens": figures["tokens"], **wall_phases(launched, wall, first, last)}
 
 
 def _ray_data(data: Path, model: Path, limits: Limits, device: str, gpus: int, tp: int, work: Path) -> dict[str, Any]:
@@ -250,7 +240,7 @@ def main(argv: list[str]) -> int:
         walls: dict[str, float] = {}
         rates: dict[str, float] = {}
         generating: dict[str, float] = {}  # from the first token asked for to the last one: start-up left out
-        phases: dict[str, dict[str, float]] = {}  # herd's and the bare script's walls, split (see _phases)
+        phases: dict[str, dict[str, float]] = {}  # herd's and the bare script's walls, split (wall_phases)
         for side, (measure, side_arguments) in sides.items():
             if side not in arguments.sides.split(","):
                 continue

@@ -1,6 +1,7 @@
 """Small files cost what their rows cost: the same rows as 1,000 JSONL files of 3 rows and as one file,
 run as a user runs them (`submit.py run`, the tiny Llama on vLLM CPU, one replica), interleaved over
-rounds. Reports the wall-time ratio (target within 1.15x) and the fixed cost each extra shard adds."""
+rounds. Reports the wall-time ratio (target within 1.15x) and the fixed cost each extra shard adds, and
+where the difference lies: each run's wall split into start-up, generating and after (from its manifest)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import json
 import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
-from bench.common import CACHE, WORDS, record, run_herd, tiny_model
+from bench.common import CACHE, WORDS, herd_phases, record, run_herd, tiny_model
 
 
 def _rows(count: int, seed: int = 3) -> list[dict]:
@@ -35,6 +37,14 @@ def _write(directory: Path, rows: list[dict], files: int) -> Path:
     return directory
 
 
+def _median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {phase: statistics.median(run[phase] for run in runs) for phase in runs[0]}
+
+
+def _said(phase: str) -> str:
+    return phase.removesuffix("_s").replace("_", "-")  # start_up_s: start-up
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench smallfiles")
     parser.add_argument("--files", type=int, default=1000)
@@ -48,6 +58,7 @@ def main(argv: list[str]) -> int:
         "small files": _write(CACHE / f"smallfiles-{arguments.files}x{arguments.rows_per_file}", rows, arguments.files),
     }
     walls: dict[str, list[float]] = {name: [] for name in inputs}
+    phases: dict[str, list[dict[str, float]]] = {name: [] for name in inputs}
     shards: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as work:
         for round_index in range(arguments.rounds):
@@ -59,12 +70,16 @@ def main(argv: list[str]) -> int:
                     "output": {"path": str(Path(work) / f"{name.replace(' ', '-')}-{round_index}")},
                     "resources": {"replicas": 1},
                 }
-                wall, summary, _ = run_herd(job, Path(work) / f"job-{round_index}-{name.replace(' ', '-')}")
+                launched = time.time()
+                wall, summary, records = run_herd(job, Path(work) / f"job-{round_index}-{name.replace(' ', '-')}")
                 assert summary["rows_out"] == len(rows), summary
                 walls[name].append(wall)
+                phases[name].append(herd_phases(launched, wall, records))
                 shards[name] = summary["shards"]
-                print(f"round {round_index + 1}: {name}: {wall:.1f}s, {summary['shards']} shards", flush=True)
+                split = ", ".join(f"{_said(phase)} {seconds:.1f}s" for phase, seconds in phases[name][-1].items())
+                print(f"round {round_index + 1}: {name}: {wall:.1f}s ({split}), {summary['shards']} shards", flush=True)
     one, small = statistics.median(walls["one file"]), statistics.median(walls["small files"])
+    median_phases = {name: _median_phases(runs) for name, runs in phases.items()}
     ratio = small / one
     fixed = (small - one) / max(1, shards["small files"] - shards["one file"])
     record(
@@ -74,6 +89,7 @@ def main(argv: list[str]) -> int:
             "files": arguments.files,
             "max_new_tokens": arguments.max_new_tokens,
             "wall_s": walls,
+            "median_phases_s": median_phases,
             "shards": shards,
             "ratio": ratio,
             "fixed_cost_per_shard_s": fixed,
@@ -81,6 +97,10 @@ def main(argv: list[str]) -> int:
         },
         f"smallfiles: {arguments.files} files of {arguments.rows_per_file} rows take {ratio:.2f}x the time of one "
         f"file of the same {len(rows)} rows (median of {arguments.rounds} rounds: {small:.1f}s vs {one:.1f}s; "
-        f"target 1.15x); each extra shard costs {fixed * 1000:.0f} ms",
+        f"target 1.15x); each extra shard costs {fixed * 1000:.0f} ms; "
+        + ", ".join(
+            f"{_said(phase)} {median_phases['small files'][phase]:.1f}s vs {median_phases['one file'][phase]:.1f}s"
+            for phase in median_phases["one file"]
+        ),
     )
     return 0
