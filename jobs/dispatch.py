@@ -384,13 +384,15 @@ class Dispatcher:
         else:
             outcomes = result if len(group) > 1 else [result]  # process_group answers a list
         replica.give_slot_back()
-        engine_died = next((cause for cause in map(_cause, outcomes) if isinstance(cause, EngineDied)), None)
-        died = f"replica's engine died: {engine_died}"  # the same in every answer of one replica
-        if engine_died is not None and replica.phase != Phase.DEAD:  # its other calls say the same
-            self._take_back(queue, replica, f"lost its engine: {engine_died}", died, answered=group)
+        causes = [_cause(outcome) for outcome in outcomes]
+        engine_died = next((cause for cause in causes if isinstance(cause, EngineDied)), None)
+        if engine_died is not None:
+            died = f"replica's engine died: {engine_died}"  # the same in every answer of one replica
+            if replica.phase != Phase.DEAD:  # its other calls say the same
+                self._take_back(queue, replica, f"lost its engine: {engine_died}", died, answered=group)
         succeeded = []
-        for shard, outcome in zip(group, outcomes, strict=True):
-            if isinstance(_cause(outcome), EngineDied):
+        for shard, outcome, cause in zip(group, outcomes, causes, strict=True):
+            if isinstance(cause, EngineDied):
                 self._retry_or_fail(queue, shard, died)
             elif isinstance(outcome, BaseException):
                 self._on_shard_failed(queue, shard, outcome)
