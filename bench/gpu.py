@@ -16,8 +16,10 @@ one generate, on TP GPUs) and Ray Data LLM (GPUs / TP engines), each end to end 
 process; printed as generated tokens/s per GPU, and herd's ratio to each. Sized at 1,000 prompts
 (256k generated tokens a side), where the engine start-ups are most of each wall: on one H200 7B at
 TP 1 took 139 s for herd and 78 s for the bare script (2026-12-04), so 7B and 13B with all three
-sides likely take 12 to 15 minutes, not the 8 first estimated; `--shapes` and `--sides` measure less,
-`--prompts` scales the generation.
+sides likely take 12 to 15 minutes. So the command keeps to `--budget-min` (8 by default): herd and
+the bare script of each case go first, then Ray Data LLM, and a run that its estimate (from the walls
+so far, see bench/run_budget.py) puts past the budget is skipped and said to be; `--budget-min 0`
+runs everything, `--shapes` and `--sides` measure less, `--prompts` scales the generation.
 
 The machine that runs it needs this repository's .venv built with `bash scripts/install.sh gpu
 test` and bench/.cache/gpu-models, which `python -m bench gpu --prepare` writes here (it fetches
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CACHE, WORDS, herd_phases, record, run_herd, run_script, tiny_model, wall_phases
+from bench.run_budget import Run, RunBudget
 
 MODELS = CACHE / "gpu-models"
 
@@ -202,6 +205,82 @@ def _cases(shapes: list[str], gpus: int, device: str) -> list[tuple[str, int]]:
     return [(shape, tp) for shape in shapes for tp in (1, 2, 8) if MIN_TP.get(shape, 1) <= tp <= gpus]
 
 
+def _runs(cases: list[tuple[str, int]], sides: list[str]) -> list[list[Run]]:
+    """The runs in the order they go, in units started together: herd and the bare script of each case
+    first (the comparison the benchmark is for, shape by shape), then Ray Data LLM of each case."""
+    pair = [side for side in ("herd", "bare_vllm") if side in sides]
+    units = [[Run(shape, tp, side) for side in pair] for shape, tp in cases] if pair else []
+    if "ray_data_llm" in sides:
+        units += [[Run(shape, tp, "ray_data_llm")] for shape, tp in cases]
+    return units
+
+
+def _measure(run: Run, arguments: argparse.Namespace, gpus: int, model: Path, work: Path) -> dict[str, Any]:
+    limits = TINY if run.shape == "tiny" else LLAMA2
+    common = (sharegpt_like_prompts(arguments.prompts, limits.max_words), model, limits, arguments.device)
+    tp = run.tensor_parallel_size
+    if run.side == "herd":
+        figures = _herd(*common, gpus, tp, work)
+    elif run.side == "bare_vllm":
+        figures = _bare(*common, tp, work)
+    else:
+        figures = _ray_data(*common, gpus, tp, work)
+    expected = arguments.prompts * limits.new_tokens
+    if figures["tokens"] != expected:
+        raise RuntimeError(f"it generated {figures['tokens']} tokens, not {expected}")
+    return figures
+
+
+def _gpus_of(side: str, gpus: int, tp: int) -> int:
+    """herd and Ray Data use every GPU (replicas of TP GPUs each); the bare script TP of them."""
+    if not gpus:
+        return 1
+    return tp if side == "bare_vllm" else (gpus // tp) * tp
+
+
+def _case_result(
+    shape: str, tp: int, gpus: int, figures_of: dict[Run, dict[str, Any]], skipped: dict[Run, str]
+) -> dict[str, Any]:
+    walls: dict[str, float] = {}
+    rates: dict[str, float] = {}
+    generating: dict[str, float] = {}  # from the first token asked for to the last one: start-up left out
+    phases: dict[str, dict[str, float]] = {}  # herd's and the bare script's walls, split (wall_phases)
+    for side in SIDES:
+        figures = figures_of.get(Run(shape, tp, side))
+        if figures is None:
+            continue
+        walls[side] = figures["wall_s"]
+        rates[side] = figures["tokens"] / figures["wall_s"] / _gpus_of(side, gpus, tp)
+        if "generate_s" in figures:
+            generating[side] = figures["tokens"] / figures["generate_s"] / _gpus_of(side, gpus, tp)
+            phases[side] = {key: figures[key] for key in ("start_up_s", "generate_s", "after_s")}
+    skipped_here = {
+        run.side: why for run, why in skipped.items() if (run.shape, run.tensor_parallel_size) == (shape, tp)
+    }
+    result = {"shape": shape, "tensor_parallel_size": tp, "gpus_used": _gpus_of("herd", gpus, tp),
+              "new_tokens": (TINY if shape == "tiny" else LLAMA2).new_tokens, "walls_s": walls,
+              "tokens_per_s_per_gpu": rates, "tokens_per_s_per_gpu_while_generating": generating,
+              "phases_s": phases, "skipped": skipped_here}  # fmt: skip
+    for peer in ("bare_vllm", "ray_data_llm"):
+        name = f"herd_over_{peer.removesuffix('_llm').removesuffix('_vllm')}"
+        if "herd" in rates and peer in rates:
+            result[name] = rates["herd"] / rates[peer]
+        if "herd" in generating and peer in generating:
+            result[f"{name}_while_generating"] = generating["herd"] / generating[peer]
+    return result
+
+
+def _said(run: Run, figures: dict[str, Any], gpus: int) -> str:
+    gpus_used = _gpus_of(run.side, gpus, run.tensor_parallel_size)
+    line = f"{run}: {figures['tokens']} tokens in {figures['wall_s']:.1f} s, "
+    line += f"{figures['tokens'] / figures['wall_s'] / gpus_used:.0f} tokens/s per GPU"
+    if "generate_s" in figures:
+        line += f" ({figures['tokens'] / figures['generate_s'] / gpus_used:.0f} while generating; start-up "
+        line += f"{figures['start_up_s']:.1f} s, generating {figures['generate_s']:.1f} s, "
+        line += f"after {figures['after_s']:.1f} s)"
+    return line
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench gpu")
     parser.add_argument("--shapes", default="7b,13b", help="comma-separated: 7b, 13b, 70b, or tiny (the tiny Llama)")
@@ -210,9 +289,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prepare", action="store_true", help="only write the shapes' directories (no GPU needed)")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)}: a GPU "
                         "lent for minutes may measure herd against one peer only")  # fmt: skip
+    parser.add_argument("--budget-min", type=float, default=8.0, help="minutes for the whole command: a run "
+                        "estimated (from the walls so far) to end past them is skipped, and said so; "
+                        "0: no limit")  # fmt: skip
     arguments = parser.parse_args(argv)
     shapes = arguments.shapes.split(",")
-    unknown = sorted(set(arguments.sides.split(",")) - set(SIDES))
+    sides = arguments.sides.split(",")
+    unknown = sorted(set(sides) - set(SIDES))
     if unknown:
         parser.error(f"--sides: {', '.join(unknown)} is not one of {', '.join(SIDES)}")
     models = {shape: tiny_model() if shape == "tiny" else llama2_shape_dir(shape) for shape in shapes}
@@ -223,62 +306,40 @@ def main(argv: list[str]) -> int:
     if arguments.device == "gpu" and gpus == 0:
         print("bench gpu: no CUDA GPU here; --device cpu --shapes tiny runs the same steps on CPU", flush=True)
         return 2
-    results: list[dict[str, Any]] = []
+    cases = _cases(shapes, gpus, arguments.device)
+    budget = RunBudget(arguments.budget_min * 60 if arguments.budget_min > 0 else None)
+    figures_of: dict[Run, dict[str, Any]] = {}
+    skipped: dict[Run, str] = {}
     failed = False
-    for shape, tp in _cases(shapes, gpus, arguments.device):
-        limits = TINY if shape == "tiny" else LLAMA2
-        data = sharegpt_like_prompts(arguments.prompts, limits.max_words)
-        used = (gpus // tp) * tp if gpus else 1  # herd and Ray Data use every GPU; the bare script TP of them
-        common = (data, models[shape], limits, arguments.device)
-        sides = {  # each side's function and its arguments before the work folder
-            "herd": (_herd, (*common, gpus, tp)),
-            "bare_vllm": (_bare, (*common, tp)),
-            "ray_data_llm": (_ray_data, (*common, gpus, tp)),
-        }
-        gpus_of = {"herd": used, "bare_vllm": tp if gpus else 1, "ray_data_llm": used}
-        expected = arguments.prompts * limits.new_tokens
-        walls: dict[str, float] = {}
-        rates: dict[str, float] = {}
-        generating: dict[str, float] = {}  # from the first token asked for to the last one: start-up left out
-        phases: dict[str, dict[str, float]] = {}  # herd's and the bare script's walls, split (wall_phases)
-        for side, (measure, side_arguments) in sides.items():
-            if side not in arguments.sides.split(","):
-                continue
+    for unit in _runs(cases, sides):
+        why = budget.refusal(unit)
+        if why is not None:
+            for run in unit:
+                skipped[run] = why
+                print(f"{run}: skipped: it {why}; --budget-min 0 runs every side", flush=True)
+            continue
+        for run in unit:
+            started = time.monotonic()
             # One side failing (a peer's incompatibility with this vLLM release, say) still leaves the
             # others' figures: a GPU machine may be lent for minutes only.
             try:
                 with tempfile.TemporaryDirectory() as work_dir, _fresh_vllm_cache(Path(work_dir)):
-                    figures = measure(*side_arguments, Path(work_dir))
-                if figures["tokens"] != expected:
-                    raise RuntimeError(f"it generated {figures['tokens']} tokens, not {expected}")
+                    figures_of[run] = _measure(run, arguments, gpus, models[run.shape], Path(work_dir))
             except Exception as error:  # noqa: BLE001 - reported, and the run exits 1
                 failed = True
-                print(f"{shape} TP {tp} {side}: failed: {error}", flush=True)
+                print(f"{run}: failed: {error}", flush=True)
                 continue
-            walls[side] = figures["wall_s"]
-            rates[side] = figures["tokens"] / figures["wall_s"] / gpus_of[side]
-            line = f"{shape} TP {tp} {side}: {figures['tokens']} tokens in {walls[side]:.1f} s, "
-            line += f"{rates[side]:.0f} tokens/s per GPU"
-            if "generate_s" in figures:
-                generating[side] = figures["tokens"] / figures["generate_s"] / gpus_of[side]
-                phases[side] = {key: figures[key] for key in ("start_up_s", "generate_s", "after_s")}
-                line += f" ({generating[side]:.0f} while generating; start-up {figures['start_up_s']:.1f} s, "
-                line += f"generating {figures['generate_s']:.1f} s, after {figures['after_s']:.1f} s)"
-            print(line, flush=True)
-        result = {"shape": shape, "tensor_parallel_size": tp, "gpus_used": used, "new_tokens": limits.new_tokens,
-                  "walls_s": walls, "tokens_per_s_per_gpu": rates,
-                  "tokens_per_s_per_gpu_while_generating": generating, "phases_s": phases}  # fmt: skip
-        for peer in ("bare_vllm", "ray_data_llm"):
-            name = f"herd_over_{peer.removesuffix('_llm').removesuffix('_vllm')}"
-            if "herd" in rates and peer in rates:
-                result[name] = rates["herd"] / rates[peer]
-            if "herd" in generating and peer in generating:
-                result[f"{name}_while_generating"] = generating["herd"] / generating[peer]
-        results.append(result)
-        print(json.dumps(result), flush=True)
-        # Saved after every case, not once at the end: a machine lent for minutes may be taken back
-        # (or the command cut off) in the middle of the next one.
+            finally:
+                budget.measured(run, time.monotonic() - started)  # a failed run's minutes are spent too
+            print(_said(run, figures_of[run], gpus), flush=True)
+        # Saved after every unit, not once at the end: a machine lent for minutes may be taken back (or
+        # the command cut off) in the middle of the next one.
+        results = [_case_result(shape, tp, gpus, figures_of, skipped) for shape, tp in cases]
         _save(arguments.device, gpus, arguments.prompts, results)
+    results = [_case_result(shape, tp, gpus, figures_of, skipped) for shape, tp in cases]
+    for result in results:
+        print(json.dumps(result), flush=True)
+    _save(arguments.device, gpus, arguments.prompts, results)
     return 1 if failed else 0
 
 
@@ -287,6 +348,7 @@ def _save(device: str, gpus: int, prompts: int, results: list[dict[str, Any]]) -
         f"{item['shape']} TP {item['tensor_parallel_size']}: tokens/s per GPU "
         + ", ".join(f"{side} {rate:.0f}" for side, rate in item["tokens_per_s_per_gpu"].items())
         + "".join(f", {key} {item[key]:.2f}" for key in RATIOS if key in item)
+        + (f", skipped for time: {', '.join(item['skipped'])}" if item["skipped"] else "")
         for item in results
     ]
     record(
