@@ -344,13 +344,13 @@ def main(argv: list[str]) -> int:
 
 
 def _save(device: str, gpus: int, prompts: int, results: list[dict[str, Any]]) -> None:
-    lines = [
-        f"{item['shape']} TP {item['tensor_parallel_size']}: tokens/s per GPU "
-        + ", ".join(f"{side} {rate:.0f}" for side, rate in item["tokens_per_s_per_gpu"].items())
-        + "".join(f", {key} {item[key]:.2f}" for key in RATIOS if key in item)
-        + (f", skipped for time: {', '.join(item['skipped'])}" if item["skipped"] else "")
-        for item in results
-    ]
+    lines = []
+    for item in results:
+        rates = ", ".join(f"{side} {rate:.0f}" for side, rate in item["tokens_per_s_per_gpu"].items())
+        said = [f"tokens/s per GPU {rates}"] if rates else []
+        said += [f"{key} {item[key]:.2f}" for key in RATIOS if key in item]
+        said += [f"skipped for time: {', '.join(item['skipped'])}"] if item["skipped"] else []
+        lines.append(f"{item['shape']} TP {item['tensor_parallel_size']}: {', '.join(said) or 'nothing measured'}")
     record(
         "gpu" if device == "gpu" else "gpu-plumbing-on-cpu",
         {"device": device, "gpus": gpus, "prompts": prompts, **_stack(gpus), "results": results},
