@@ -313,12 +313,11 @@ def main(argv: list[str]) -> int:
     failed = False
     for unit in _runs(cases, sides):
         why = budget.refusal(unit)
-        if why is not None:
-            for run in unit:
+        for run in unit:
+            if why is not None:
                 skipped[run] = why
                 print(f"{run}: skipped: it {why}; --budget-min 0 runs every side", flush=True)
-            continue
-        for run in unit:
+                continue
             started = time.monotonic()
             # One side failing (a peer's incompatibility with this vLLM release, say) still leaves the
             # others' figures: a GPU machine may be lent for minutes only.
@@ -333,13 +332,10 @@ def main(argv: list[str]) -> int:
                 budget.measured(run, time.monotonic() - started)  # a failed run's minutes are spent too
             print(_said(run, figures_of[run], gpus), flush=True)
         # Saved after every unit, not once at the end: a machine lent for minutes may be taken back (or
-        # the command cut off) in the middle of the next one.
+        # the command cut off) in the middle of the next one. The last line printed sums up every case.
         results = [_case_result(shape, tp, gpus, figures_of, skipped) for shape, tp in cases]
+        print(json.dumps(results[cases.index((unit[0].shape, unit[0].tensor_parallel_size))]), flush=True)
         _save(arguments.device, gpus, arguments.prompts, results)
-    results = [_case_result(shape, tp, gpus, figures_of, skipped) for shape, tp in cases]
-    for result in results:
-        print(json.dumps(result), flush=True)
-    _save(arguments.device, gpus, arguments.prompts, results)
     return 1 if failed else 0
 
 
