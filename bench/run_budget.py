@@ -47,9 +47,9 @@ class RunBudget:
             return max(same_case), f"the longest side of {run.shape} TP {run.tensor_parallel_size}"
         for basis in ([done for done in self.walls if done.side == run.side], list(self.walls)):
             if basis:
-                done = max(basis, key=lambda done: self.walls[done] * _size_ratio(run.shape, done.shape))
-                wall = self.walls[done] * _size_ratio(run.shape, done.shape)
-                return wall, f"{done}'s {self.walls[done]:.0f} s, scaled to {run.shape}"
+                scaled = {done: self.walls[done] * _size_ratio(run.shape, done.shape) for done in basis}
+                done = max(scaled, key=scaled.__getitem__)
+                return scaled[done], f"{done}'s {self.walls[done]:.0f} s, scaled to {run.shape}"
         return None
 
     def refusal(self, runs: list[Run], now: float | None = None) -> str | None:
@@ -58,18 +58,16 @@ class RunBudget:
         if self.seconds is None:
             return None
         elapsed = (time.monotonic() if now is None else now) - self.started
-        estimates = [self.estimate(run) for run in runs]
-        if any(estimate is None for estimate in estimates):
+        estimates = [estimate for estimate in map(self.estimate, runs) if estimate is not None]
+        if len(estimates) < len(runs):
             return None
-        expected = sum(estimate[0] for estimate in estimates if estimate is not None)
+        expected = sum(seconds for seconds, _ in estimates)
         if elapsed + expected <= self.seconds:
             return None
-        if len(runs) == 1 and estimates[0] is not None:
+        if len(runs) == 1:
             bases = estimates[0][1]
         else:
-            bases = "; ".join(
-                f"{run}: {estimate[1]}" for run, estimate in zip(runs, estimates, strict=True) if estimate
-            )
+            bases = "; ".join(f"{run}: {basis}" for run, (_, basis) in zip(runs, estimates, strict=True))
         return (
             f"would end ~{(elapsed + expected) / 60:.1f} minutes in, past the {self.seconds / 60:.1f} given "
             f"(estimated {expected:.0f} s, from {bases})"
