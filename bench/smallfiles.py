@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
     walls: dict[str, list[float]] = {name: [] for name in inputs}
     phases: dict[str, list[dict[str, float]]] = {name: [] for name in inputs}
     shards: dict[str, int] = {}
+    run_as: dict[str, int] = {}  # records committed: a pack of small shards is one
     with tempfile.TemporaryDirectory() as work:
         for round_index in range(arguments.rounds):
             for name, directory in inputs.items():
@@ -75,9 +76,13 @@ def main(argv: list[str]) -> int:
                 assert summary["rows_out"] == len(rows), summary
                 walls[name].append(wall)
                 phases[name].append(herd_phases(launched, wall, records))
-                shards[name] = summary["shards"]
+                shards[name], run_as[name] = summary["shards"], len(records)
                 split = ", ".join(f"{_said(phase)} {seconds:.1f}s" for phase, seconds in phases[name][-1].items())
-                print(f"round {round_index + 1}: {name}: {wall:.1f}s ({split}), {summary['shards']} shards", flush=True)
+                print(
+                    f"round {round_index + 1}: {name}: {wall:.1f}s ({split}), {summary['shards']} shards run as "
+                    f"{len(records)}",
+                    flush=True,
+                )
     one, small = statistics.median(walls["one file"]), statistics.median(walls["small files"])
     median_phases = {name: _median_phases(runs) for name, runs in phases.items()}
     ratio = small / one
@@ -94,6 +99,7 @@ def main(argv: list[str]) -> int:
             "wall_s": walls,
             "median_phases_s": median_phases,
             "shards": shards,
+            "run_as": run_as,
             "ratio": ratio,
             "round_ratios": round_ratios,
             "median_round_ratio": statistics.median(round_ratios),

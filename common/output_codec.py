@@ -198,9 +198,10 @@ def _token_logprobs(choice: ChatChoice | TextChoice) -> list[float] | None:
     return choice.logprobs.token_logprobs
 
 
-def decode_errors(data: bytes, url: str, file_label: str) -> list[dict[str, Any]]:
+def decode_errors(data: bytes, url: str, file_label: str | None) -> list[dict[str, Any]]:
     """An error file's rows in herd's own shape (id, file, row, stage, reason), whatever the output
-    format wrote. OpenAI error lines keep the custom_id and the stage (in the code), not the row."""
+    format wrote. OpenAI error lines keep the custom_id and the stage (in the code), not the file or
+    the row: `file_label` is given as their file (None where it is not known)."""
     if url.endswith(".parquet"):
         return pq.read_table(io.BytesIO(data)).to_pylist()
     rows = []

@@ -157,7 +157,7 @@ def plan(
         every_file=every_file or list_shards,
     )
     committed = committed_shards(storage, OutputLayout(spec.output.path))
-    report["shards_committed"] = len(committed)
+    report["shards_committed"] = committed.planned_shards()
     if list_shards:
         report["shard_list"] = [
             {

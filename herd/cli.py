@@ -132,9 +132,12 @@ def _describe_plan(report: dict) -> str:
     rows = f"{report['rows']:,}" if report["rows_exact"] else f"about {report['rows']:,}"
     tokens = report["generated_tokens"]
     shards = f"{report['shards']:,}" if report["files_planned"] == report["files"] else f"about {report['shards']:,}"
+    packed = ""
+    if report["shards_run_as"] < report["shards"]:
+        packed = f"; small ones packed, they run as {report['shards_run_as']:,}"
     lines = [
         f"herd: {report['files']:,} file(s), {shards} shard(s) ({report['shards_committed']:,} already "
-        f"committed), {rows} rows",
+        f"committed{packed}), {rows} rows",
         f"herd: {report['sampled_rows']} rows sampled: prompts of {report['prompt_tokens']['mean']} tokens on "
         f"average (longest {report['prompt_tokens']['max']}), {report['prompts_over_context_in_sample']} over the "
         "context",

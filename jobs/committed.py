@@ -71,6 +71,7 @@ _SCHEMA = pa.schema(
         ("finished_at", pa.float64()),
         ("outputs", pa.list_(_OUTPUT)),
         ("replica", pa.string()),
+        ("members", pa.list_(pa.string())),
         ("error_reasons", pa.string()),
         ("attempts", pa.int64()),
     ]
@@ -111,15 +112,21 @@ class _Records(Collection[ShardRecord]):
 
 class CommittedShards(Mapping[str, ShardRecord]):
     """The committed shards by id, read from the manifest. A record is built when asked for; sums and
-    membership come from the columns."""
+    membership come from the columns. A pack's record (jobs/packing.py) is found by its own id and by
+    each of its members': a planned shard committed in a pack is committed."""
 
     def __init__(self, table: pa.Table) -> None:
-        self.table = table  # one row per shard
+        self.table = table  # one row per record: a shard, or a pack
 
     @cached_property
     def _row_of(self) -> dict[str, int]:
         """Built on the first lookup by id: sums, narrowing and files need none."""
-        return {shard_id: row for row, shard_id in enumerate(self.table.column("shard_id").to_pylist())}
+        row_of = {shard_id: row for row, shard_id in enumerate(self.table.column("shard_id").to_pylist())}
+        members = self.table.column("members").combine_chunks()
+        if len(members.flatten()):
+            packs = pc.list_parent_indices(members).to_pylist()
+            row_of.update(zip(members.flatten().to_pylist(), packs, strict=True))
+        return row_of
 
     def __getitem__(self, shard_id: str) -> ShardRecord:
         return next(_records_of(self.table.slice(self._row_of[shard_id], 1)))
@@ -133,13 +140,25 @@ class CommittedShards(Mapping[str, ShardRecord]):
     def __len__(self) -> int:
         return self.table.num_rows
 
+    def planned_shards(self) -> int:
+        """How many planned shards the records commit: a pack's members each count."""
+        members = pc.list_value_length(self.table.column("members")).fill_null(0)
+        return int(pc.sum(pc.max_element_wise(members, 1)).as_py() or 0)
+
     def values(self) -> _Records:  # type: ignore[override]
         return _Records(self.table)
 
     def only(self, shard_ids: Collection[str]) -> CommittedShards:
-        """The records of these shards (those committed), in the manifest's order."""
+        """The records of these shards (those committed, a pack's when any of its members is named),
+        in the manifest's order."""
         wanted = pa.array(shard_ids if isinstance(shard_ids, list) else list(shard_ids), type=pa.string())
         chosen = pc.is_in(self.table.column("shard_id"), value_set=wanted)
+        members = self.table.column("members").combine_chunks()
+        if len(members.flatten()):
+            named = pc.is_in(members.flatten(), value_set=wanted)
+            packs = pc.list_parent_indices(members).filter(named)
+            in_a_named_pack = pc.is_in(pa.array(range(self.table.num_rows), type=pa.int64()), value_set=packs)
+            chosen = pc.or_(chosen, in_a_named_pack)
         if pc.all(chosen).as_py() is not False:  # all of them (a finished job): no copy of every column
             return self
         return CommittedShards(self.table.filter(chosen))
@@ -230,10 +249,18 @@ def committed_shards(storage: Storage, layout: OutputLayout) -> CommittedShards:
     def content(name: str) -> bytes:
         return contents[join(layout.manifest_dir, name)]
 
-    tables = [pq.read_table(pa.BufferReader(content(name))).cast(_SCHEMA) for name in listing.checkpoints]
+    tables = [_current(pq.read_table(pa.BufferReader(content(name)))) for name in listing.checkpoints]
     if listing.records:
         tables.append(records_table([ShardRecord.model_validate_json(content(name)) for name in listing.records]))
     return CommittedShards(_latest_per_shard(tables))
+
+
+def _current(checkpoint: pa.Table) -> pa.Table:
+    """A checkpoint in this version's columns: one written before packs has no members (none)."""
+    if "members" not in checkpoint.column_names:
+        empty = pa.array([[]] * checkpoint.num_rows, type=pa.list_(pa.string()))
+        checkpoint = checkpoint.add_column(checkpoint.column_names.index("replica") + 1, "members", empty)
+    return checkpoint.cast(_SCHEMA)
 
 
 def checkpoint_name(first: int, last: int) -> str:

@@ -35,7 +35,7 @@ from jobs.replica_state import NODE_LEFT, Phase, ReplicaState
 from jobs.replicas import ReplicaPool, last_log_lines
 from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.job import JobSpec
-from schemas.shard import Shard, ShardRecord, ShardResult
+from schemas.shard import AnyShard, ShardPack, ShardRecord, ShardResult, member_ids
 from workers.replica import HEALTH_GROUP, EngineDied
 from workers.shard_io import ShardInputError
 
@@ -55,10 +55,10 @@ _FETCH_TIMEOUT_S = 60.0
 
 @dataclass
 class DispatchOutcome:
-    # The shards this run committed, by id: their records are in the manifest (a million of them
-    # would not fit here as objects).
+    # The planned shards this run committed (a pack's members), by id: their records are in the
+    # manifest (a million of them would not fit here as objects).
     committed: set[str] = field(default_factory=set)
-    failed: dict[str, str] = field(default_factory=dict)  # shard id -> why
+    failed: dict[str, str] = field(default_factory=dict)  # planned shard id -> why
     attempts: int = 0
     replicas_replaced: int = 0  # all replacements, lost nodes included
     replica_crashes: int = 0  # those that count against retry.max_replica_restarts (not lost nodes)
@@ -70,18 +70,18 @@ class _Queue:
     """The shards: waiting, waiting for a retry's backoff, and running (by result ref)."""
 
     pending: PendingShards
-    delayed: list[tuple[float, int, Shard]] = field(default_factory=list)  # (not before, tiebreak, shard)
+    delayed: list[tuple[float, int, AnyShard]] = field(default_factory=list)  # (not before, tiebreak, shard)
     attempts: Counter[str] = field(default_factory=Counter)
     # result ref -> (replica, the shards of that call: one, or a group of small ones run together)
-    running: dict[Any, tuple[ReplicaState, list[Shard]]] = field(default_factory=dict)
+    running: dict[Any, tuple[ReplicaState, list[AnyShard]]] = field(default_factory=dict)
     next_waiting_log: float = 0.0
     last_start_error: str = ""
 
-    def held_by(self, replica: ReplicaState) -> list[tuple[Any, list[Shard]]]:
+    def held_by(self, replica: ReplicaState) -> list[tuple[Any, list[AnyShard]]]:
         return [(ref, shards) for ref, (owner, shards) in self.running.items() if owner is replica]
 
 
-def dispatch_order(shards: list[Shard]) -> list[Shard]:
+def dispatch_order(shards: list[AnyShard]) -> list[AnyShard]:
     """Largest first: the long shards start early, the short ones fill the tail."""
     return sorted(shards, key=lambda shard: -shard.estimated_rows)
 
@@ -120,12 +120,12 @@ class Dispatcher:
         if waiting is not None:
             waiting(starting=len(self._in(Phase.STARTING)), placing=len(self._in(Phase.PLACING)))
 
-    def run(self, shards: list[Shard]) -> DispatchOutcome:
+    def run(self, shards: list[AnyShard]) -> DispatchOutcome:
         queue = _Queue(pending=PendingShards(dispatch_order(shards)))
         # The job goes with every shard: put in the object store once, it is not pickled again for
         # each call (~0.15 ms of the driver's CPU a shard, of ~2-5; `python -m bench driver`).
         self._job_in_store = ray.put(self.job)
-        self._total = len(shards)
+        self._total = sum(len(member_ids(shard)) for shard in shards)  # planned shards, a pack's members each
         self.pool.start_missing()
         for replica in self.pool.replicas:
             if replica.phase == Phase.PLACING and replica.waiting_on is None:
@@ -162,7 +162,7 @@ class Dispatcher:
             if done and waiting:  # and whatever else is already finished, before assigning again
                 more, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 done += more
-            finished: list[tuple[Shard, ShardResult]] = []
+            finished: list[tuple[AnyShard, ShardResult]] = []
             for ref in done:
                 replica = waiting_for.get(ref)
                 if replica is not None and replica.waiting_on is ref:
@@ -272,7 +272,7 @@ class Dispatcher:
         self._take_back(queue, replica, why, f"replica stalled: it {why}")
 
     def _take_back(
-        self, queue: _Queue, replica: ReplicaState, why: str, shard_reason: str, answered: Sequence[Shard] = ()
+        self, queue: _Queue, replica: ReplicaState, why: str, shard_reason: str, answered: Sequence[AnyShard] = ()
     ) -> None:
         """Replaces a replica that cannot go on (stalled, its engine dead), its shards in flight run
         elsewhere, each using one of its attempts. `answered`: the shards of the call that told, which
@@ -360,7 +360,7 @@ class Dispatcher:
         log.info("replica %s is ready", name)
         self._replicas_changed()
 
-    def _on_finished(self, queue: _Queue, ref: Any) -> list[tuple[Shard, ShardResult]]:
+    def _on_finished(self, queue: _Queue, ref: Any) -> list[tuple[AnyShard, ShardResult]]:
         """The call's shards that succeeded, to commit; the others are retried or failed here."""
         replica, group = queue.running.pop(ref)
         try:
@@ -400,18 +400,20 @@ class Dispatcher:
                 succeeded.append((shard, outcome))  # finished before the engine died: committed
         return succeeded
 
-    def _on_shard_failed(self, queue: _Queue, shard: Shard, error: BaseException) -> None:
+    def _on_shard_failed(self, queue: _Queue, shard: AnyShard, error: BaseException) -> None:
         cause = _cause(error)
         if isinstance(cause, StorageUnavailable):
             # Storage, not the shard: past retry.storage_deadline_s the run ends (exit 6); the
             # shard keeps its attempts for the run that resumes it.
             raise StorageUnavailable(f"shard {shard.shard_id}: {cause}") from None
-        if isinstance(cause, ShardInputError):
-            self.outcome.failed[shard.shard_id] = _reason(error)
+        if isinstance(shard, ShardPack) and shard.retry is None:
+            self._unpack(queue, shard, _reason(error))
+        elif isinstance(cause, ShardInputError):
+            self._failed(shard, _reason(error))
         else:
             self._retry_or_fail(queue, shard, _reason(error))
 
-    def _commit(self, queue: _Queue, finished: list[tuple[Shard, ShardResult]]) -> None:
+    def _commit(self, queue: _Queue, finished: list[tuple[AnyShard, ShardResult]]) -> None:
         """Commits shards that finished together, their records written at once."""
         records = [
             ShardRecord(**result.model_dump(), attempts=queue.attempts[shard.shard_id]) for shard, result in finished
@@ -426,8 +428,8 @@ class Dispatcher:
             else:
                 self._committed(shard, record)
 
-    def _committed(self, shard: Shard, record: ShardRecord) -> None:
-        self.outcome.committed.add(shard.shard_id)
+    def _committed(self, shard: AnyShard, record: ShardRecord) -> None:
+        self.outcome.committed.update(member_ids(shard))
         if self.progress is not None:
             self.progress.committed(record, shard)
         log.info(
@@ -442,15 +444,32 @@ class Dispatcher:
             record.replica,
         )
 
-    def _retry_or_fail(self, queue: _Queue, shard: Shard, reason: str) -> None:
+    def _retry_or_fail(self, queue: _Queue, shard: AnyShard, reason: str) -> None:
         attempts = queue.attempts[shard.shard_id]
+        if attempts >= self.policy.attempts and isinstance(shard, ShardPack) and shard.retry is None:
+            self._unpack(queue, shard, f"{attempts} attempts: {reason}")
+            return
         if attempts >= self.policy.attempts:
-            self.outcome.failed[shard.shard_id] = f"failed after {attempts} attempts: {reason}"
+            self._failed(shard, f"failed after {attempts} attempts: {reason}")
             if self.progress is not None:
                 self.progress.failed()
             return
         not_before = time.monotonic() + backoff_seconds(self.policy, attempts)
         heapq.heappush(queue.delayed, (not_before, self.outcome.attempts, shard))
+
+    def _unpack(self, queue: _Queue, pack: ShardPack, reason: str) -> None:
+        """A pack that failed of itself (a shard's error: one unreadable file, kept columns whose types
+        differ between its files), or whose attempts ran out (a row that crashes the engine each time),
+        runs again as its shards, each on its own with its own attempts: a bad file or row then fails
+        only its own shard, as it would have unpacked. (Not a pack running its error rows again: its
+        record is the pack's, so it is retried and failed as a pack, as a shard is.)"""
+        log.warning("%s, run as a pack, failed (%s); they run again one by one", pack.file_label, reason)
+        for member in pack.members:
+            queue.pending.append(member)
+
+    def _failed(self, shard: AnyShard, reason: str) -> None:
+        for shard_id in member_ids(shard):
+            self.outcome.failed[shard_id] = reason
 
     def _on_replica_death(self, queue: _Queue, replica: ReplicaState, error: RayActorError) -> None:
         """A replica that died, starting or running: replaced without counting a crash when its node
@@ -502,7 +521,7 @@ class Dispatcher:
 
     def _fail_all(self, queue: _Queue, reason: str) -> None:
         for shard in [*queue.pending, *(item[2] for item in queue.delayed)]:
-            self.outcome.failed[shard.shard_id] = reason
+            self._failed(shard, reason)
         queue.pending.clear()
         queue.delayed.clear()
 
@@ -514,6 +533,10 @@ def _cause(outcome: Any) -> Any:
 
 
 def _reason(error: BaseException) -> str:
+    """One line: an unreadable input's whole message (it names the file, and the reader's own error
+    may take several lines), else the last line of the error's (a traceback's ends with the error)."""
     error = _cause(error)
     text = str(error).strip().splitlines()
+    if isinstance(error, ShardInputError):
+        return f"{type(error).__name__}: {' '.join(line.strip() for line in text)}"[:500]
     return f"{type(error).__name__}: {text[-1] if text else ''}"[:500]

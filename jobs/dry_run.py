@@ -15,6 +15,7 @@ from typing import Any
 
 from common.storage import FileInfo, Storage
 from jobs.capacity import useful_replicas
+from jobs.packing import packed_to_run
 from jobs.planner import list_inputs, plan_shards
 from schemas.errors import SpecError
 from schemas.job import JobSpec, SamplingSpec
@@ -149,6 +150,7 @@ def dry_run(
     if len(read) < len(inputs.files):
         exact, total_rows = False, round(total_rows * scale)
     shard_count = round(len(shards) * scale)
+    runs_as = round(len(packed_to_run(job, shards)) * scale)
     # The most a row generates (n x max_new_tokens), on average over the rows sampled.
     bounds = [sampling.n * sampling.max_new_tokens for _, _, sampling in rendered_rows]
     bound_per_row = sum(bounds) / len(bounds) if bounds else job.sampling.n * job.sampling.max_new_tokens
@@ -159,7 +161,7 @@ def dry_run(
     rate = calibration["tokens_per_s"] if calibration and tokens_per_s is None else tokens_per_s
     # The plan does not ask a cluster: `auto` counts as max_replicas when given, else one replica.
     wanted = job.resources.replicas
-    replicas = useful_replicas(wanted if wanted != "auto" else job.resources.max_replicas or 1, shard_count)
+    replicas = useful_replicas(wanted if wanted != "auto" else job.resources.max_replicas or 1, runs_as)
     hours = expected / (rate * replicas) / 3600 if rate else None
     return {
         "files": len(inputs.files),
@@ -168,6 +170,7 @@ def dry_run(
         "files_planned": len(read),
         "files_not_read": [f"{label} ({why})" for label, why in inputs.ignored],
         "shards": shard_count,
+        "shards_run_as": runs_as,  # the small ones packed (jobs/packing.py): what replicas take
         "rows": total_rows,
         "rows_exact": exact,
         "sampled_rows": len(rows),

@@ -45,7 +45,7 @@ def output_state(root: str, storage_spec: StorageSpec | None = None) -> dict[str
         "succeeded": storage.exists(layout.success_marker),
         "shards": {
             "planned": len(planned),
-            "committed": len(records),
+            "committed": records.planned_shards(),
             "missing": [
                 {
                     "shard": shard.shard_id,

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from schemas.shard import Shard
+from jobs.packing import shard_bytes
+from schemas.shard import AnyShard
 
 # The most small shards one call runs together (each is a thread of the replica while it runs).
 MAX_GROUP = 64
@@ -26,7 +27,7 @@ class PendingShards:
     another attempt) in dispatch order, and each copy's shards in theirs. Dispatch order is largest
     first, so of the two heads the larger is the earlier; a copy's head wins a tie."""
 
-    def __init__(self, shards: Iterable[Shard]) -> None:
+    def __init__(self, shards: Iterable[AnyShard]) -> None:
         self._empty()
         for shard in shards:
             key = shard.node_copy
@@ -40,13 +41,13 @@ class PendingShards:
             self._count += 1
 
     def _empty(self) -> None:
-        self._straight: deque[Shard] = deque()
-        self._by_copy: dict[str, deque[Shard]] = {}  # in the order of their first shards
+        self._straight: deque[AnyShard] = deque()
+        self._by_copy: dict[str, deque[AnyShard]] = {}  # in the order of their first shards
         self._fresh: deque[str] = deque()  # copies no node has begun (and some since begun: skipped)
         self._node_copy: dict[str, str] = {}  # the copy each node works through
         self._count = 0
 
-    def append(self, shard: Shard) -> None:
+    def append(self, shard: AnyShard) -> None:
         """A shard back for another attempt: at the end, with the shards read straight, so that a
         failure that came from its node's copy is not handed back to that node first."""
         self._straight.append(shard)
@@ -64,7 +65,7 @@ class PendingShards:
     def __len__(self) -> int:
         return self._count
 
-    def __iter__(self) -> Iterator[Shard]:
+    def __iter__(self) -> Iterator[AnyShard]:
         yield from self._straight
         for queue in self._by_copy.values():
             yield from queue
@@ -72,25 +73,25 @@ class PendingShards:
     def clear(self) -> None:
         self._empty()
 
-    def take_group(self, node: str, rows_per_shard: int, bytes_per_shard: int) -> list[Shard]:
+    def take_group(self, node: str, rows_per_shard: int, bytes_per_shard: int) -> list[AnyShard]:
         """The next shard for a replica on `node`, with the small shards after it while all of them
         together hold no more than a shard's rows and bytes: a replica runs them at once, so that their
-        requests share the engine's batches (1,000 files of 3 rows would otherwise keep a few requests
-        in flight at a time). Each keeps its own id, record and output files: packing happens here,
-        not in the plan, so resume and new_files: process see the same shard ids as ever."""
+        requests share the engine's batches. Each keeps its own id, record and output files. Small
+        shards are packed into one before they get here (jobs/packing.py); what is grouped here is what
+        packing leaves small: packs, and the shards of a file read through its node's copy."""
         queue = self._queue_for(node)
         group = [queue.popleft()]
-        rows, size = group[0].estimated_rows, _bytes(group[0])
+        rows, size = group[0].estimated_rows, shard_bytes(group[0])
         while queue and len(group) < MAX_GROUP and group[0].retry is None and queue[0].retry is None:
             following = queue[0]
-            if rows + following.estimated_rows > rows_per_shard or size + _bytes(following) > bytes_per_shard:
+            if rows + following.estimated_rows > rows_per_shard or size + shard_bytes(following) > bytes_per_shard:
                 break
             group.append(queue.popleft())
-            rows, size = rows + following.estimated_rows, size + _bytes(following)
+            rows, size = rows + following.estimated_rows, size + shard_bytes(following)
         self._count -= len(group)
         return group
 
-    def _queue_for(self, node: str) -> deque[Shard]:
+    def _queue_for(self, node: str) -> deque[AnyShard]:
         own = self._node_copy.get(node)
         if own is not None and self._by_copy.get(own):
             return self._by_copy[own]
@@ -119,11 +120,6 @@ class PendingShards:
             self._fresh.popleft()
         return self._fresh[0] if self._fresh else None
 
-    def _begin(self, node: str, key: str) -> deque[Shard]:
+    def _begin(self, node: str, key: str) -> deque[AnyShard]:
         self._node_copy[node] = key
         return self._by_copy[key]
-
-
-def _bytes(shard: Shard) -> int:
-    """A JSONL shard's byte range (a Parquet shard is bounded by its rows and columns when planned)."""
-    return 0 if shard.format == "parquet" else max(0, min(shard.end, shard.file_size) - shard.start)

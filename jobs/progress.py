@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.shard import Shard, ShardRecord
+from schemas.shard import AnyShard, ShardRecord, member_ids
 
 Mode = Literal["live", "lines", "json"]
 _RECENT_S = 30.0
@@ -53,11 +53,12 @@ class Progress:
         self._live: Any = None
         self._task: Any = None
 
-    def start(self, shards: list[Shard]) -> None:
+    def start(self, shards: list[AnyShard]) -> None:
+        """`shards`: those to run; a pack counts as its members (the shards planned)."""
         self._figures = _Figures(
             rows_total_planned=sum(shard.estimated_rows for shard in shards),
             rows_exact=all(shard.format == "parquet" for shard in shards),
-            shards_total=len(shards),
+            shards_total=sum(len(member_ids(shard)) for shard in shards),
         )
         if self.mode == "live":
             from rich.console import Console
@@ -97,14 +98,14 @@ class Progress:
                 self._figures.replicas_placing = placing
         self._refresh()
 
-    def committed(self, record: ShardRecord, shard: Shard) -> None:
+    def committed(self, record: ShardRecord, shard: AnyShard) -> None:
         with self._lock:
             figures = self._figures
             if figures is None:
                 return
             figures.rows_done += record.rows_in
             figures.planned_of_done += shard.estimated_rows
-            figures.shards_done += 1
+            figures.shards_done += len(member_ids(shard))
             figures.error_rows += record.error_rows
             figures.tokens += record.completion_tokens
             figures.recent.append((time.monotonic(), record.completion_tokens))

@@ -24,6 +24,7 @@ from jobs.committed import CommittedShards, ManifestWriter, committed_shards
 from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.lease import Lease, acquire_lease
 from jobs.manifest import OutputClaim, check_claim, record_run, remove_uncommitted_files, take_claim
+from jobs.packing import packed_to_run
 from jobs.planner import list_inputs, plan_shards, with_absolute_paths
 from jobs.progress import Progress
 from jobs.ray_auth import use_token_for_drivers
@@ -33,7 +34,7 @@ from jobs.run_stats import errors_by_stage, tokens_per_s_by_replica, top_error_r
 from schemas.errors import ExitCode, OutputBusy, SpecError, UnplannableFiles
 from schemas.job import JobSpec
 from schemas.results import RunSummary, RunTotals
-from schemas.shard import ErrorRetry, Shard, ShardRecord
+from schemas.shard import AnyShard, ErrorRetry, Shard, ShardPack, ShardRecord, member_ids
 from workers.replica import EngineFactory, build_vllm_engine
 
 log = logging.getLogger(__name__)
@@ -295,8 +296,11 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
         log.info("%d input file(s) new since the last run: %s", len(files_added), ", ".join(files_added[:5]))
     committed = committed_shards(storage, layout)
     planned_ids = {shard.shard_id for shard in shards}
-    todo = [shard for shard in shards if shard.shard_id not in committed]
-    log.info("%d shards planned, %d already committed, %d to run", len(shards), len(shards) - len(todo), len(todo))
+    left = [shard for shard in shards if shard.shard_id not in committed]
+    log.info("%d shards planned, %d already committed, %d to run", len(shards), len(shards) - len(left), len(left))
+    todo = packed_to_run(job, left)
+    if len(todo) < len(left):
+        log.info("small shards packed: %d shards run as %d", len(left), len(todo))
     if options.retry_errors is not None:
         retried = _error_retries(shards, committed, options.retry_errors)
         log.info("%d committed shard(s) with error rows to run again (stages: %s)", len(retried), options.retry_errors)
@@ -340,7 +344,8 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
     wall = time.perf_counter() - run.started
-    summary = _summarize(job, records, outcome, len(shards), len(shards) - len(todo), replicas, wall, files_added)
+    skipped = len(shards) - sum(len(member_ids(shard)) for shard in todo)  # a pack's members each
+    summary = _summarize(job, records, outcome, len(shards), skipped, replicas, wall, files_added)
     exit_code = _exit_code(summary)
     record_run(
         storage,
@@ -365,13 +370,23 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
 RETRY_STAGES = {"generate": ("generate",), "all": ("read", "render", "generate")}
 
 
-def _error_retries(shards: list[Shard], committed: CommittedShards, stages: str) -> list[Shard]:
+def _error_retries(shards: list[Shard], committed: CommittedShards, stages: str) -> list[AnyShard]:
+    """The committed shards and packs with error rows, each to run its error rows of `stages` again.
+    A pack is run as the pack it was committed as, its members taken from the plan."""
     with_errors = committed.with_error_rows()
-    return [
-        shard.with_retry(ErrorRetry(stages=RETRY_STAGES[stages], previous=committed[shard.shard_id]))
-        for shard in shards
-        if shard.shard_id in with_errors
-    ]
+    planned = {shard.shard_id: shard for shard in shards}
+    retried: list[AnyShard] = []
+    for record_id in sorted(with_errors):
+        record = committed[record_id]
+        retry = ErrorRetry(stages=RETRY_STAGES[stages], previous=record)
+        if not record.members:
+            if record_id in planned:
+                retried.append(planned[record_id].with_retry(retry))
+        elif all(member in planned for member in record.members):
+            retried.append(ShardPack(tuple(planned[member] for member in record.members), retry))
+        else:  # not from herd: a committed pack's files are in the job's fingerprint, so planned again
+            log.warning("not running the error rows of %s again: not all of its shards are planned", record_id)
+    return retried
 
 
 def _summarize(

@@ -65,13 +65,17 @@ class InputSpec(StrictModel):
         "means the base model. Request files name the adapter in each request's model instead.",
     )
     rows_per_shard: int = Field(
-        default=1024, ge=1, description="Parquet: shards are row ranges of about this many rows."
+        default=1024,
+        ge=1,
+        description="Parquet: shards are row ranges of about this many rows. Smaller shards (small files) are "
+        "packed to run together up to this many rows.",
     )
     bytes_per_shard: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,
         description="JSONL: shards are byte ranges of this size (lines are never split); Parquet: a "
-        "shard also holds at most this many bytes of the columns read.",
+        "shard also holds at most this many bytes of the columns read. Smaller shards are packed to run "
+        "together up to this size.",
     )
     new_files: Literal["refuse", "process"] = Field(
         default="refuse",

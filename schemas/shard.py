@@ -1,4 +1,5 @@
-"""A shard (a slice of one input file), what a replica reports for it, and the manifest record."""
+"""A shard (a slice of one input file), a pack of small shards run as one, what a replica reports for
+either, and the manifest record."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from schemas.input_files import Compression, CopiedFrom
 # Bumped whenever the same input would be cut into different shards: an output planned by another
 # version cannot be resumed by this one (its shard ids would not match), so the fingerprint holds it.
 # 1: Parquet shards were whole row groups. 2: row ranges; compressed JSONL in decompressed byte ranges.
+# (Packing small shards, jobs/packing.py, changed no shard: a pack's record names its members' ids.)
 PLANNER_VERSION = 2
 
 # What every shard id looks like (see Shard.shard_id): herd recognises its own files by it.
@@ -101,6 +103,55 @@ class Shard(NamedTuple):
         return f"{stem[-48:]}-{self.start}-{end}-{digest[:10]}"
 
 
+class ShardPack(NamedTuple):
+    """Small shards (whole small files, the short last range of a file) run as one: read together,
+    their requests sent to the engine at once, their rows written to one data file and one error
+    file, and committed by one record that names them all (jobs/packing.py). Each member keeps its
+    own id, row ids and error rows' places, so a member committed in a pack is not run again, whatever
+    a later run packs around it."""
+
+    members: tuple[Shard, ...]
+    retry: ErrorRetry | None = None  # as Shard.retry: the pack's error rows run again
+
+    def with_retry(self, retry: ErrorRetry) -> ShardPack:
+        return self._replace(retry=retry)
+
+    @property
+    def shard_id(self) -> str:
+        first = self.members[0].shard_id.rsplit("-", 3)[0]  # the first member's file stem
+        digest = hashlib.sha256("|".join(member.shard_id for member in self.members).encode()).hexdigest()
+        return f"pack_{first[-40:]}-0-{len(self.members)}-{digest[:10]}"
+
+    @property
+    def estimated_rows(self) -> int:
+        return sum(member.estimated_rows for member in self.members)
+
+    @property
+    def format(self) -> Literal["parquet", "jsonl"]:
+        """parquet when every member is (its rows are then known exactly), else jsonl."""
+        return "parquet" if all(member.format == "parquet" for member in self.members) else "jsonl"
+
+    @property
+    def file_label(self) -> str:
+        """For a person: which files the pack holds."""
+        first, last = self.members[0].file_label, self.members[-1].file_label
+        return f"{len(self.members)} small shards ({first} to {last})"
+
+    @property
+    def node_copy(self) -> None:
+        """A pack's members read their own files: a member read through a copy is that file's only shard."""
+        return None
+
+
+# What the driver hands a replica and commits: one shard, or a pack of small ones.
+AnyShard = Shard | ShardPack
+
+
+def member_ids(shard: AnyShard) -> list[str]:
+    """The ids of the planned shards `shard` runs: its own, or its members'."""
+    return [member.shard_id for member in shard.members] if isinstance(shard, ShardPack) else [shard.shard_id]
+
+
 def output_folder_and_name(url: str) -> tuple[str, str]:
     """(data or errors, file name) of an output file's URL, whatever its root is spelled like."""
     folder, name = url.rstrip("/").rsplit("/", 2)[-2:]
@@ -147,6 +198,8 @@ class ShardResult(BaseModel):
     finished_at: float  # unix time its files were written
     outputs: list[OutputObject]
     replica: str
+    # A pack's members' ids (each a planned shard it committed); empty for a shard run on its own.
+    members: list[str] = Field(default_factory=list)
     # Error rows by "stage: reason" (numbers in the reason replaced by N, so that alike reasons count together).
     error_reasons: dict[str, int] = Field(default_factory=dict)
 

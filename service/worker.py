@@ -30,7 +30,7 @@ from common.output_codec import decode_data, decode_errors, encode_errors
 from jobs.committed import committed_shards
 from schemas.errors import OutputBusy, ShardsFailed
 from schemas.job import SamplingSpec
-from schemas.shard import Shard, ShardRecord, output_folder_and_name
+from schemas.shard import AnyShard, ShardRecord, output_folder_and_name
 from service.config import ServedModel, ServiceSpec
 from service.metrics import ServiceMetrics
 from service.objects import TERMINAL, BatchError, BatchErrors, BatchRecord, BatchUsage, FileObject, FileRecord
@@ -443,14 +443,14 @@ class _Counts:
         self.store, self.owner, self.batch_id = store, record.owner, record.batch.id
         self.committed_this_run = 0
 
-    def start(self, shards: list[Shard]) -> None:
+    def start(self, shards: list[AnyShard]) -> None:
         """The counts from what is committed already (a batch resumed after a restart)."""
         layout = OutputLayout(self.store.job_root(self.batch_id))
         done = committed_shards(self.store.storage, layout)
         failed = done.total("error_rows")
         self._update(done.total("rows_in") - failed, failed, since_zero=True)
 
-    def committed(self, record: ShardRecord, shard: Shard) -> None:
+    def committed(self, record: ShardRecord, shard: AnyShard) -> None:
         self.committed_this_run += 1
         self._update(record.rows_in - record.error_rows, record.error_rows)
 

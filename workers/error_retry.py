@@ -13,32 +13,37 @@ from typing import Any
 
 from common.output_codec import decode_errors
 from common.storage import Storage
-from schemas.shard import OutputObject, Shard
+from schemas.shard import AnyShard, ErrorRetry, OutputObject, Shard
 from workers.shard_io import ShardRows
 
 
-def earlier_data_outputs(shard: Shard) -> list[OutputObject]:
+def earlier_data_outputs(shard: AnyShard) -> list[OutputObject]:
     assert shard.retry is not None
     return [output for output in shard.retry.previous.outputs if output.folder != "errors"]
 
 
-def narrow_to_retried(read: ShardRows, shard: Shard, storage: Storage) -> list[dict[str, Any]]:
-    """Leaves in `read` only the rows whose earlier errors are of the stages to retry; returns the
-    earlier error rows that are kept as they are."""
-    assert shard.retry is not None
+def narrow_to_retried(
+    reads: list[tuple[Shard, ShardRows]], retry: ErrorRetry, storage: Storage
+) -> list[dict[str, Any]]:
+    """Leaves in each read only the rows whose earlier errors are of the stages to retry; returns the
+    earlier error rows that are kept as they are. `reads`: the shard's rows, or each member's of a
+    pack, whose error rows are told apart by their file."""
+    label = reads[0][0].file_label if len(reads) == 1 else None  # OpenAI error lines do not say it
     earlier = [
         row
-        for output in shard.retry.previous.outputs
+        for output in retry.previous.outputs
         if output.folder == "errors"
-        for row in decode_errors(storage.read_bytes(output.url), output.url, shard.file_label)
+        for row in decode_errors(storage.read_bytes(output.url), output.url, label)
     ]
-    again = [error for error in earlier if error["stage"] in shard.retry.stages]
-    by_position = {(error["id"], error["row"]) for error in again}
+    again = [error for error in earlier if error["stage"] in retry.stages]
+    by_position = {(error["file"], error["id"], error["row"]) for error in again}
     by_id = {error["id"] for error in again if error["row"] is None}
 
-    def chosen(row_id: str, position: int) -> bool:
-        return (row_id, position) in by_position or row_id in by_id
+    for shard, read in reads:
 
-    read.rows = [row for row in read.rows if chosen(row.row_id, row.position)]
-    read.errors = [error for error in read.errors if chosen(error["id"], error["row"])]
-    return [error for error in earlier if error["stage"] not in shard.retry.stages]
+        def chosen(row_id: str, position: int, file: str = shard.file_label) -> bool:
+            return (file, row_id, position) in by_position or row_id in by_id
+
+        read.rows = [row for row in read.rows if chosen(row.row_id, row.position)]
+        read.errors = [error for error in read.errors if chosen(error["id"], error["row"])]
+    return [error for error in earlier if error["stage"] not in retry.stages]

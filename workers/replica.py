@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from common.storage import Storage
 from schemas.errors import StorageUnavailable
 from schemas.job import JobSpec, ModelSpec, RetrySpec, StorageSpec
-from schemas.shard import Shard, ShardResult
+from schemas.shard import AnyShard, ShardResult
 from workers.engine import Engine, EngineDead, VllmEngine
 from workers.model_source import resolve_model, with_local_adapters
 from workers.output_capture import recent_first_error_in, send_output_to, start_failure_explained
@@ -85,7 +85,7 @@ class Replica:
                 return None
         return time.monotonic() - max(self.context.last_activity, self.engine.last_progress_at())
 
-    def process_group(self, shards: list[Shard], job: JobSpec) -> list[ShardResult | BaseException]:
+    def process_group(self, shards: list[AnyShard], job: JobSpec) -> list[ShardResult | BaseException]:
         """Small shards at once, each as process() runs it, so that their requests share the engine's
         batches; each one's result, or what it raised (in the form the driver reads: see
         _portable)."""
@@ -93,7 +93,7 @@ class Replica:
             futures = [threads.submit(self.process, shard, job) for shard in shards]
         return [_portable(future.exception()) or future.result() for future in futures]
 
-    def process(self, shard: Shard, job: JobSpec) -> ShardResult:
+    def process(self, shard: AnyShard, job: JobSpec) -> ShardResult:
         if self._engine_died is not None:  # sent before the driver learnt it
             raise EngineDied(self._engine_died)
         # Each shard carries the job's own storage settings: one pool can serve several jobs.

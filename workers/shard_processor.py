@@ -1,4 +1,4 @@
-"""One shard, start to finish, inside a replica: read, render, generate, write.
+"""One shard (or a pack of small ones), start to finish, inside a replica: read, render, generate, write.
 
 Every input row ends as output rows (one per sample) or as one error row; the shard commits even
 when some rows fail. Prompts that cannot fit the context become error rows before submission,
@@ -25,7 +25,7 @@ from common.storage import Storage
 from schemas.job import JobSpec, SamplingSpec
 from schemas.openai_batch import ResultKind
 from schemas.results import output_columns, reason_key
-from schemas.shard import OutputObject, Shard, ShardResult
+from schemas.shard import AnyShard, OutputObject, Shard, ShardPack, ShardResult
 from workers.answer_cache import Answer, AnswerCache, prompt_key
 from workers.engine import Engine, EngineDead, EngineRequest, Sample, row_seed
 from workers.error_retry import earlier_data_outputs, narrow_to_retried
@@ -37,12 +37,16 @@ from workers.rendering import (
     row_sampling,
     source_from_row,
 )
-from workers.shard_io import InputRow, ShardInputError, error_row, read_shard
+from workers.shard_io import InputRow, ShardInputError, ShardRows, error_row, read_shard
 from workers.structured import completion_is_valid
+
+# A pack's members are read this many at a time: each is a request or two to storage.
+_MEMBERS_READ_AT_ONCE = 8
 
 
 @dataclass
 class _Prompt:
+    shard: Shard  # the shard its row is of (a member, in a pack)
     row: InputRow
     ids: list[int]
     sampling: SamplingSpec
@@ -65,7 +69,7 @@ def _render_all(rows: list[InputRow], job: JobSpec, engine: Engine, shard: Shard
         except Exception as error:  # noqa: BLE001 - what one row's values make a tokenizer raise is that row's error
             errors.append(error_row(shard, row.row_id, row.position, "render", f"{type(error).__name__}: {error}"))
             continue
-        prompts.append(_Prompt(row, ids, sampling, source.result_kind, adapter))
+        prompts.append(_Prompt(shard, row, ids, sampling, source.result_kind, adapter))
     return prompts
 
 
@@ -112,7 +116,7 @@ def _generate_requests(requests: list[EngineRequest], engine: Engine) -> list[li
 
 
 def _generate_all(
-    prompts: list[_Prompt], job: JobSpec, engine: Engine, shard: Shard, errors: list, answers: AnswerCache
+    prompts: list[_Prompt], job: JobSpec, engine: Engine, errors: list, answers: AnswerCache
 ) -> tuple[list[tuple[_Prompt, list[Sample]]], int]:
     """The prompts that generated, with their samples; and how many of them the engine ran."""
     dedupe = job.optimize.dedupe_prompts
@@ -139,7 +143,7 @@ def _generate_all(
     for prompt, index in zip(prompts, answered_by, strict=True):
         result = results[index]
         if isinstance(result, str):
-            errors.append(error_row(shard, prompt.row.row_id, prompt.row.position, "generate", result))
+            errors.append(error_row(prompt.shard, prompt.row.row_id, prompt.row.position, "generate", result))
         elif result is not None:  # every request has a result by now
             generated.append((prompt, result))
     return generated, len(to_run)
@@ -214,29 +218,69 @@ class ReplicaContext:
         self.last_activity = time.monotonic()
 
 
-def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, replica: ReplicaContext) -> ShardResult:
-    """A replica runs several shards at once: their requests share the engine's batches while
-    others are read, rendered and written."""
-    started, started_at = time.perf_counter(), time.time()
+def _read(shard: Shard, job: JobSpec, storage: Storage) -> ShardRows:
     try:
-        read = read_shard(shard, job.input, storage)
+        return read_shard(shard, job.input, storage)
     except ShardInputError:
         raise
     except Exception as error:
         if isinstance(error, (OSError, pa.ArrowInvalid)) and not is_transient(error):
             raise ShardInputError(f"{shard.file_label}: cannot read rows {shard.start}-{shard.end}: {error}") from None
         raise
+
+
+def _read_all(members: tuple[Shard, ...], job: JobSpec, storage: Storage) -> list[ShardRows]:
+    """Each member's rows; a pack's several at a time (its members are small: their reads are mostly
+    waiting for storage)."""
+    if len(members) == 1:
+        return [_read(members[0], job, storage)]
+    with ThreadPoolExecutor(min(_MEMBERS_READ_AT_ONCE, len(members)), thread_name_prefix="member-read") as threads:
+        return list(threads.map(lambda member: _read(member, job, storage), members))
+
+
+def _kept_types(members: tuple[Shard, ...], reads: list[ShardRows], job: JobSpec) -> dict[str, pa.DataType]:
+    """The kept columns' types as the input files have them (Parquet), for the data file. The files of
+    a pack must agree, since their rows share one file: raised before generating when they do not (the
+    driver then runs the pack's shards one by one, each with its own types)."""
+    kept: dict[str, tuple[pa.DataType, str]] = {}
+    for member, read in zip(members, reads, strict=True):
+        for column, name in job.input.kept_columns.items():
+            if column not in read.column_types:
+                continue
+            seen = kept.setdefault(name, (read.column_types[column], member.file_label))
+            if seen[0] != read.column_types[column]:
+                raise ValueError(
+                    f"input.keep_columns: {column} is {seen[0]} in {seen[1]} but {read.column_types[column]} in "
+                    f"{member.file_label}: files packed together must agree"
+                )
+    return {name: column_type for name, (column_type, _) in kept.items()}
+
+
+def process_shard(
+    shard: AnyShard, job: JobSpec, engine: Engine, storage: Storage, replica: ReplicaContext
+) -> ShardResult:
+    """A replica runs several shards at once: their requests share the engine's batches while
+    others are read, rendered and written. A pack's members are read, sent to the engine and written
+    together, as one shard."""
+    started, started_at = time.perf_counter(), time.time()
+    members = shard.members if isinstance(shard, ShardPack) else (shard,)
+    reads = _read_all(members, job, storage)
+    kept_types = _kept_types(members, reads, job)
     replica.moved_on()
     kept_errors: list[dict[str, Any]] = []
     if shard.retry is not None:
-        kept_errors = narrow_to_retried(read, shard, storage)
-    rows_in = len(read.rows) + len(read.errors)
-    errors = read.errors
+        kept_errors = narrow_to_retried(list(zip(members, reads, strict=True)), shard.retry, storage)
+    rows_in = sum(len(read.rows) + len(read.errors) for read in reads)
+    errors = [error for read in reads for error in read.errors]
     with replica.tokenizer_turn:
-        prompts = _render_all(read.rows, job, engine, shard, errors)
+        prompts = [
+            prompt
+            for member, read in zip(members, reads, strict=True)
+            for prompt in _render_all(read.rows, job, engine, member, errors)
+        ]
     replica.moved_on()
     generate_started, generate_started_at = time.perf_counter(), time.time()
-    generated, requests_run = _generate_all(prompts, job, engine, shard, errors, replica.answers)
+    generated, requests_run = _generate_all(prompts, job, engine, errors, replica.answers)
     generate_seconds = time.perf_counter() - generate_started
     replica.moved_on()
     with replica.tokenizer_turn:
@@ -249,11 +293,6 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
     data_url = layout.data_file(shard.shard_id, token, extension)
     outputs = earlier_data_outputs(shard) if shard.retry is not None else []
     if rows:
-        kept_types = {
-            name: read.column_types[column]
-            for column, name in job.input.kept_columns.items()
-            if column in read.column_types
-        }
         encoded = encode_data(
             _by_request(generated, rows), output_columns(job), job.output.format, job.model.output_name, kept_types
         )
@@ -262,7 +301,7 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         replica.moved_on()
     errors = kept_errors + errors
     if errors:
-        errors.sort(key=lambda error: (error["row"] is None, error["row"] or 0))
+        errors.sort(key=lambda error: (error["file"] or "", error["row"] is None, error["row"] or 0))
         errors_url = layout.errors_file(shard.shard_id, token, extension)
         size = storage.write_atomic(errors_url, encode_errors(errors, job.output.format))
         outputs.append(OutputObject(url=errors_url, bytes=size, rows=len(errors)))
@@ -284,5 +323,6 @@ def process_shard(shard: Shard, job: JobSpec, engine: Engine, storage: Storage, 
         finished_at=time.time(),
         outputs=outputs,
         replica=replica.name,
+        members=[member.shard_id for member in members] if isinstance(shard, ShardPack) else [],
         error_reasons=dict(Counter(reason_key(error) for error in errors)),
     )

@@ -503,23 +503,31 @@ def test_a_sigterm_while_ray_starts_reaches_the_callers_handler_not_rays_exit_15
         signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.mark.parametrize("output_format", ["parquet", "openai"])
+@pytest.mark.parametrize(("output_format", "files"), [("parquet", 1), ("openai", 1), ("parquet", 8)])
 def test_fake_engine_retry_errors_runs_failed_rows_again_and_keeps_every_row_once(
-    ray_session, tiny_model, tmp_path, output_format
+    ray_session, tiny_model, tmp_path, output_format, files
 ):
+    """With 8 files of 5 rows, small ones: run in packs, whose error rows are run again as the packs
+    they were committed in."""
     from tests.cpu.fake_engine import REFUSED_MARK
 
     rows = [{"id": f"row-{index:03d}", "prompt": f"question {index}"} for index in range(40)]
     for index in (3, 17, 18, 31):
         rows[index]["prompt"] += f" {REFUSED_MARK}"  # fails while the marker file exists
     rows[25]["prompt"] = None  # a render error: not a passing fault
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path = tmp_path / "in.jsonl" if files == 1 else tmp_path / "in"
+    for index in range(files):
+        file = path if files == 1 else path / f"part-{index}.jsonl"
+        file.parent.mkdir(exist_ok=True)
+        file.write_text(
+            "".join(json.dumps(row) + "\n" for row in rows[index * 40 // files : (index + 1) * 40 // files])
+        )
     marker = tmp_path / "engine-refuses"
     marker.touch()
     factory = FakeEngineFactory(seconds_per_call=0.01, refuse_marked_while=str(marker))
     job = parse_job(
         {
-            "input": _jsonl_input(tmp_path / "in.jsonl"),
+            "input": _jsonl_input(path),
             "model": tiny_model_spec(tiny_model),
             "sampling": {"max_new_tokens": 4},
             "output": {"path": str(tmp_path / "out"), "format": output_format},
@@ -545,6 +553,8 @@ def test_fake_engine_retry_errors_runs_failed_rows_again_and_keeps_every_row_onc
     assert sorted(ids("data")) == sorted(row["id"] for index, row in enumerate(rows) if index != 25)
     assert retried.summary.rows_in == again.summary.rows_in == 40
     assert retried.summary.rows_out == 39
+    packs = [record for record in manifest_records(tmp_path / "out") if record.members]
+    assert len(packs) == (2 if files == 8 else 0), packs
 
 
 def test_fake_engine_replicas_that_never_get_ready_are_replaced_then_the_job_fails_saying_why(

@@ -305,3 +305,38 @@ def test_shards_that_finish_together_are_committed_at_once_on_s3_each_with_its_o
     assert sorted(committed_shards(storage, layout)) == landed
     writer.finish()
     assert sorted(committed_shards(storage, layout)) == landed
+
+
+def _pack_record(members: list[str]) -> ShardRecord:
+    return _record(900).model_copy(update={"shard_id": "pack_part-000-0-2-00000000aa", "members": members})
+
+
+def test_a_pack_record_commits_each_of_its_members_for_lookups_selection_and_counts(output):
+    storage, layout = output
+    alone, pack = _record(1), _pack_record(["part-007_jsonl-0-end-0000000007", "part-008_jsonl-0-end-0000000008"])
+    writer = ManifestWriter(storage, layout, every=2)
+    writer.commit_all([alone, pack])  # into a checkpoint: members read back from its column
+    writer.commit(_record(2))  # and one left as a record file
+    committed = committed_shards(storage, layout)
+    assert "part-008_jsonl-0-end-0000000008" in committed and "part-009_jsonl-0-end-0000000009" not in committed
+    assert committed["part-007_jsonl-0-end-0000000007"] == pack
+    assert list(committed.only(["part-008_jsonl-0-end-0000000008", alone.shard_id])) == [alone.shard_id, pack.shard_id]
+    assert len(committed) == 3 and committed.planned_shards() == 4
+
+
+def test_a_checkpoint_written_before_packs_reads_as_records_without_members(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.committed import records_table
+
+    storage, layout = Storage(StorageSpec(), RetrySpec()), OutputLayout(str(tmp_path / "out"))
+    records = [_record(index) for index in range(3)]
+    older = records_table(records).drop_columns(["members"])
+    path = tmp_path / "out" / "manifest" / "_checkpoint-000001-000001.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(older, path)
+    assert "members" not in pq.read_schema(path).names
+    committed = committed_shards(storage, layout)
+    assert list(committed.values()) == records and committed.planned_shards() == 3
+    assert committed.table.schema == _SCHEMA and isinstance(committed.table, pa.Table)
