@@ -186,6 +186,27 @@ def test_a_plan_over_many_files_reads_an_even_spread_of_them_estimates_the_rest_
     assert f"about {sampled['shards']} shard(s)" in _describe_plan(sampled)
 
 
+def test_a_plan_says_what_small_files_run_as_packed_except_for_openai_result_lines(tmp_path, tiny_model):
+    import herd
+    from herd.cli import _describe_plan
+
+    (tmp_path / "in").mkdir()
+    for index in range(30):
+        (tmp_path / "in" / f"part-{index:02d}.jsonl").write_text(json.dumps({"prompt": f"question {index}"}) + "\n")
+    job = {
+        "input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+        "model": tiny_model_spec(tiny_model),
+        "sampling": {"max_new_tokens": 4},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    packed = herd.plan(job, sample_rows=20)
+    assert (packed["shards"], packed["shards_run_as"], packed["replicas"]) == (30, 1, 1)
+    assert "30 shard(s) (0 already committed; small ones packed, they run as 1)" in _describe_plan(packed)
+    apart = herd.plan({**job, "output": {**job["output"], "format": "openai"}}, sample_rows=20)
+    assert (apart["shards"], apart["shards_run_as"]) == (30, 30)
+    assert "packed" not in _describe_plan(apart)
+
+
 def test_a_kept_json_lines_field_that_no_sampled_row_has_is_a_warning_that_names_the_fields(
     tmp_path, tiny_model, capsys
 ):
