@@ -424,7 +424,9 @@ class Dispatcher:
             if isinstance(error, (OutputBusy, StorageUnavailable)):
                 raise error
             if error is not None:  # storage gave up after the retry policy
-                self._retry_or_fail(queue, shard, f"could not commit: {_reason(error)}")
+                # Kept as a pack: storage failed, not the pack (its shards would fail the same way), and
+                # its record may have landed all the same, beside which its members' own would be rows twice.
+                self._retry_or_fail(queue, shard, f"could not commit: {_reason(error)}", may_unpack=False)
             else:
                 self._committed(shard, record)
 
@@ -444,9 +446,9 @@ class Dispatcher:
             record.replica,
         )
 
-    def _retry_or_fail(self, queue: _Queue, shard: AnyShard, reason: str) -> None:
+    def _retry_or_fail(self, queue: _Queue, shard: AnyShard, reason: str, may_unpack: bool = True) -> None:
         attempts = queue.attempts[shard.shard_id]
-        if attempts >= self.policy.attempts and isinstance(shard, ShardPack) and shard.retry is None:
+        if attempts >= self.policy.attempts and may_unpack and isinstance(shard, ShardPack) and shard.retry is None:
             self._unpack(queue, shard, f"{attempts} attempts: {reason}")
             return
         if attempts >= self.policy.attempts:

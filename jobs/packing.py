@@ -2,7 +2,7 @@
 
 Every shard pays a fixed cost wherever it runs: a call, a thread, its files opened, a data file
 written and synced, a record committed. Of small shards that cost is most of the work (1,000 files of
-3 rows took 1.17x the time of one file of their rows with each its own shard, against ~1.0x packed:
+3 rows took 1.13-1.20x the time of one file of their rows with each its own shard, 1.04x packed:
 `python -m bench smallfiles`). So the shards left to run are packed here, after the committed ones
 are taken out: small ones, in plan order, up to a shard's rows (`input.rows_per_shard`) and bytes
 (`input.bytes_per_shard`). A pack is read, generated, written and committed as one shard
@@ -17,7 +17,7 @@ from __future__ import annotations
 from schemas.job import JobSpec
 from schemas.shard import TO_END_OF_FILE, AnyShard, Shard, ShardPack
 
-# A pack's members are read one after another on a replica (each a request or two to storage): this
+# A pack's members are read by one replica, a few at a time (each a request or two to storage): this
 # bounds a pack's reading on an object store with tens of milliseconds a request.
 MOST_MEMBERS = 256
 

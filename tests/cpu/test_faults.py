@@ -105,6 +105,34 @@ def test_fake_engine_replica_killed_three_times_mid_shard_loses_and_duplicates_n
     assert sorted(ids) == expected
 
 
+@pytest.mark.parametrize(("deaths", "run_as_packs"), [(1, True), (2, False)])
+def test_fake_engine_pack_whose_replica_dies_is_retried_as_a_pack_then_as_its_shards(
+    ray_session, tiny_model, tmp_path, deaths, run_as_packs
+):
+    """6 small files, 2 packs of 3. A replica death is not the pack's fault: retried as a pack; once its
+    attempts are used up (a row that kills the engine each time would do that), as its shards."""
+    (tmp_path / "in").mkdir()
+    expected = []
+    for index in range(6):
+        lines = [{"id": f"f{index}-{row}", "prompt": f"tell me about file {index} row {row}"} for row in range(5)]
+        expected += [line["id"] for line in lines]
+        (tmp_path / "in" / f"part-{index}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    factory = FakeEngineFactory(seconds_per_call=0.2, deaths_dir=str(tmp_path / "deaths"), deaths=deaths)
+    retry = {"attempts": 2, "backoff_base_s": 0.05, "max_replica_restarts": 3}
+    _, outcome = _run_on_fake_engine(
+        tmp_path, tiny_model, factory, replicas=1, retry=retry, input=_jsonl_input(tmp_path / "in")
+    )
+    assert outcome.exit_code == ExitCode.SUCCESS and outcome.summary.replicas_replaced == deaths
+    records = manifest_records(tmp_path / "out")
+    if run_as_packs:
+        assert sorted(len(record.members) for record in records) == [3, 3]
+    else:
+        assert len(records) == 6 and not any(record.members for record in records)
+    ids = [row["id"] for row in read_rows(str(tmp_path / "out" / "data"))]
+    fault_tally.record(deaths, sorted(expected), ids)
+    assert sorted(ids) == sorted(expected)
+
+
 def _run_cli(job_file: Path, ray_dir: str, *options: str, **kwargs) -> subprocess.Popen:
     environment = {**os.environ, "RAY_TMPDIR": ray_dir}
     return subprocess.Popen(
