@@ -76,8 +76,8 @@ def _assert_replaced_once_and_every_row_written_once(outcome: Any, output: Path,
     assert sorted(ids) == expected
 
 
-def _write_prompts(path: Path, count: int) -> list[str]:
-    ids = [f"row-{index:04d}" for index in range(count)]
+def _write_prompts(path: Path, count: int, prefix: str = "") -> list[str]:
+    ids = [f"{prefix}row-{index:04d}" for index in range(count)]
     with open(path, "w") as handle:
         for row_id in ids:
             handle.write(json.dumps({"id": row_id, "prompt": f"tell me about {row_id} in detail"}) + "\n")
@@ -148,17 +148,26 @@ def _run_cli(job_file: Path, ray_dir: str, *options: str, **kwargs) -> subproces
 
 
 @pytest.mark.own_engine
+@pytest.mark.parametrize("small_files", [False, True])
 def test_driver_killed_with_sigkill_then_rerun_in_json_mode_completes_without_redoing_committed_shards(
-    tiny_model, tmp_path
+    tiny_model, tmp_path, small_files
 ):
     """The rerun also shows the CLI's JSON mode: only JSON objects, progress and one summary, and only
-    herd's own log lines (a process of its own is the point there too)."""
-    expected = _write_prompts(tmp_path / "in.jsonl", 160)
+    herd's own log lines (a process of its own is the point there too). With 40 small files the shards
+    run in packs of 3-4 files: a pack committed before the kill is found by its files' shards."""
+    if small_files:
+        (tmp_path / "in").mkdir()
+        expected = []
+        for index in range(40):
+            expected += _write_prompts(tmp_path / "in" / f"part-{index:02d}.jsonl", 4, prefix=f"f{index:02d}-")
+        expected.sort()
+    else:
+        expected = _write_prompts(tmp_path / "in.jsonl", 160)
     output = tmp_path / "out"
     (tmp_path / "job.yaml").write_text(
         json.dumps(
             {
-                "input": _jsonl_input(tmp_path / "in.jsonl"),
+                "input": _jsonl_input(tmp_path / ("in" if small_files else "in.jsonl")),
                 "model": tiny_model_spec(tiny_model),
                 "sampling": {"max_new_tokens": 32, "ignore_eos": True, "seed": 2},
                 "output": {"path": str(output)},
@@ -193,7 +202,9 @@ def test_driver_killed_with_sigkill_then_rerun_in_json_mode_completes_without_re
         job = parse_job(json.loads((tmp_path / "job.yaml").read_text()))
         storage = Storage(job.storage, job.retry)
         planned = {shard.shard_id for shard in plan_shards(job.input, storage.expand_inputs(job.input.path), storage)}
-        committed_ids = {name.removesuffix(".json") for name in committed}
+        records = [ShardRecord.model_validate_json(content) for content in committed.values()]
+        committed_ids = {shard_id for record in records for shard_id in record.members or [record.shard_id]}
+        assert all(record.members for record in records) == small_files
         assert {shard["shard"] for shard in state["shards"]["missing"]} == planned - committed_ids
         assert state["shards"]["committed"] == len(committed_ids) and state["shards"]["planned"] == len(planned)
         assert state["run_in_progress"]["live"] is False
@@ -209,7 +220,7 @@ def test_driver_killed_with_sigkill_then_rerun_in_json_mode_completes_without_re
     assert f"taking over the output's lease, held by {socket.gethostname()} pid {driver.pid}" in log
     assert "its process" in log and "on this host is gone" in log
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["shards_skipped"] >= len(committed)
+    assert summary["shards_skipped"] >= len(committed_ids)
     assert summary["shards_run"] == summary["shards"] - summary["shards_skipped"]
     after = {record.shard_id: record for record in manifest_records(output)}
     for name, content in committed.items():  # committed shards were not generated again
