@@ -173,3 +173,23 @@ def test_small_parquet_files_whose_kept_column_types_differ_are_each_written_wit
     assert all(not record.members for record in manifest_records(tmp_path / "out"))
     types = {pq.read_schema(path).field("score").type for path in (tmp_path / "out" / "data").iterdir()}
     assert types == {pa.int64(), pa.float64()}
+
+
+def test_small_files_with_openai_result_lines_are_not_packed_but_still_run_together(run_tiny, tmp_path):
+    ids = _small_files(tmp_path / "in", 0, 120)
+    outcome = run_tiny(
+        input={"path": str(tmp_path / "in"), "prompt_column": "prompt", "id_column": "id"},
+        sampling={"max_new_tokens": 8, "ignore_eos": True},
+        output={"path": str(tmp_path / "out"), "format": "openai"},
+    )
+    summary = outcome.summary
+    assert summary.shards == summary.shards_run == summary.attempts == 120 and summary.rows_out == 360
+    assert sorted(row["custom_id"] for row in read_rows(str(tmp_path / "out" / "data"))) == sorted(ids)
+    # One record and one data file per shard.
+    records = manifest_records(tmp_path / "out")
+    assert len(records) == 120 and not any(record.members for record in records)
+    assert len(list((tmp_path / "out" / "data").iterdir())) == 120
+    # Together: more shards generated at one moment than 2 replicas x 2 shards in flight would allow.
+    spans = [(record.generate_started_at, record.generate_started_at + record.generate_seconds) for record in records]
+    at_once = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+    assert at_once > 4, at_once
