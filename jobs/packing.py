@@ -2,7 +2,7 @@
 
 Every shard pays a fixed cost wherever it runs: a call, a thread, its files opened, a data file
 written and synced, a record committed. Of small shards that cost is most of the work (1,000 files of
-3 rows took 1.13-1.20x the time of one file of their rows with each its own shard, 1.04x packed:
+3 rows took 1.13-1.20x the time of one file of their rows with each its own shard, 0.98-1.04x packed:
 `python -m bench smallfiles`). So the shards left to run are packed here, after the committed ones
 are taken out: small ones, in plan order, up to a shard's rows (`input.rows_per_shard`) and bytes
 (`input.bytes_per_shard`). A pack is read, generated, written and committed as one shard
