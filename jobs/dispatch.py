@@ -35,7 +35,7 @@ from jobs.replica_state import NODE_LEFT, Phase, ReplicaState
 from jobs.replicas import ReplicaPool, last_log_lines
 from schemas.errors import OutputBusy, StorageUnavailable
 from schemas.job import JobSpec
-from schemas.shard import AnyShard, ShardPack, ShardRecord, ShardResult, member_ids
+from schemas.shard import AnyShard, ShardPack, ShardRecord, ShardResult, member_ids, planned_count
 from workers.replica import HEALTH_GROUP, EngineDied
 from workers.shard_io import ShardInputError
 
@@ -125,7 +125,7 @@ class Dispatcher:
         # The job goes with every shard: put in the object store once, it is not pickled again for
         # each call (~0.15 ms of the driver's CPU a shard, of ~2-5; `python -m bench driver`).
         self._job_in_store = ray.put(self.job)
-        self._total = sum(len(member_ids(shard)) for shard in shards)  # planned shards, a pack's members each
+        self._total = planned_count(shards)
         self.pool.start_missing()
         for replica in self.pool.replicas:
             if replica.phase == Phase.PLACING and replica.waiting_on is None:

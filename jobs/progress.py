@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.shard import AnyShard, ShardRecord, member_ids
+from schemas.shard import AnyShard, ShardRecord, planned_count
 
 Mode = Literal["live", "lines", "json"]
 _RECENT_S = 30.0
@@ -58,7 +58,7 @@ class Progress:
         self._figures = _Figures(
             rows_total_planned=sum(shard.estimated_rows for shard in shards),
             rows_exact=all(shard.format == "parquet" for shard in shards),
-            shards_total=sum(len(member_ids(shard)) for shard in shards),
+            shards_total=planned_count(shards),
         )
         if self.mode == "live":
             from rich.console import Console
@@ -105,7 +105,7 @@ class Progress:
                 return
             figures.rows_done += record.rows_in
             figures.planned_of_done += shard.estimated_rows
-            figures.shards_done += len(member_ids(shard))
+            figures.shards_done += planned_count([shard])
             figures.error_rows += record.error_rows
             figures.tokens += record.completion_tokens
             figures.recent.append((time.monotonic(), record.completion_tokens))

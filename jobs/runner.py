@@ -34,7 +34,7 @@ from jobs.run_stats import errors_by_stage, tokens_per_s_by_replica, top_error_r
 from schemas.errors import ExitCode, OutputBusy, SpecError, UnplannableFiles
 from schemas.job import JobSpec
 from schemas.results import RunSummary, RunTotals
-from schemas.shard import AnyShard, ErrorRetry, Shard, ShardPack, ShardRecord, member_ids
+from schemas.shard import AnyShard, ErrorRetry, Shard, ShardPack, ShardRecord, planned_count
 from workers.replica import EngineFactory, build_vllm_engine
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def _run_holding_the_lease(run: _Run, options: _Options) -> RunOutcome:
     if removed:
         log.info("removed %d files left by attempts that did not commit", removed)
     wall = time.perf_counter() - run.started
-    skipped = len(shards) - sum(len(member_ids(shard)) for shard in todo)  # a pack's members each
+    skipped = len(shards) - planned_count(todo)
     summary = _summarize(job, records, outcome, len(shards), skipped, replicas, wall, files_added)
     exit_code = _exit_code(summary)
     record_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -150,6 +151,12 @@ AnyShard = Shard | ShardPack
 def member_ids(shard: AnyShard) -> list[str]:
     """The ids of the planned shards `shard` runs: its own, or its members'."""
     return [member.shard_id for member in shard.members] if isinstance(shard, ShardPack) else [shard.shard_id]
+
+
+def planned_count(shards: Iterable[AnyShard]) -> int:
+    """How many planned shards `shards` run, a pack's members each: counted, not hashed into ids (at a
+    million shards member_ids' ids cost ~1.8 s a count)."""
+    return sum(len(shard.members) if isinstance(shard, ShardPack) else 1 for shard in shards)
 
 
 def output_folder_and_name(url: str) -> tuple[str, str]:
