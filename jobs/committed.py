@@ -122,11 +122,15 @@ class CommittedShards(Mapping[str, ShardRecord]):
     def _row_of(self) -> dict[str, int]:
         """Built on the first lookup by id: sums, narrowing and files need none."""
         row_of = {shard_id: row for row, shard_id in enumerate(self.table.column("shard_id").to_pylist())}
-        members = self.table.column("members").combine_chunks()
-        if len(members.flatten()):
-            packs = pc.list_parent_indices(members).to_pylist()
-            row_of.update(zip(members.flatten().to_pylist(), packs, strict=True))
+        members, packs = self._members
+        row_of.update(zip(members.to_pylist(), packs.to_pylist(), strict=True))
         return row_of
+
+    @cached_property
+    def _members(self) -> tuple[pa.Array, pa.Array]:
+        """Every pack member's id, and the row of the pack that commits it."""
+        members = self.table.column("members").combine_chunks()
+        return members.flatten(), pc.list_parent_indices(members)
 
     def __getitem__(self, shard_id: str) -> ShardRecord:
         return next(_records_of(self.table.slice(self._row_of[shard_id], 1)))
@@ -153,10 +157,9 @@ class CommittedShards(Mapping[str, ShardRecord]):
         in the manifest's order."""
         wanted = pa.array(shard_ids if isinstance(shard_ids, list) else list(shard_ids), type=pa.string())
         chosen = pc.is_in(self.table.column("shard_id"), value_set=wanted)
-        members = self.table.column("members").combine_chunks()
-        if len(members.flatten()):
-            named = pc.is_in(members.flatten(), value_set=wanted)
-            packs = pc.list_parent_indices(members).filter(named)
+        members, packs = self._members
+        if len(members):
+            packs = packs.filter(pc.is_in(members, value_set=wanted))
             in_a_named_pack = pc.is_in(pa.array(range(self.table.num_rows), type=pa.int64()), value_set=packs)
             chosen = pc.or_(chosen, in_a_named_pack)
         if pc.all(chosen).as_py() is not False:  # all of them (a finished job): no copy of every column

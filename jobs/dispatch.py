@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -406,7 +406,7 @@ class Dispatcher:
             # Storage, not the shard: past retry.storage_deadline_s the run ends (exit 6); the
             # shard keeps its attempts for the run that resumes it.
             raise StorageUnavailable(f"shard {shard.shard_id}: {cause}") from None
-        if isinstance(shard, ShardPack) and shard.retry is None:
+        if _unpackable(shard):
             self._unpack(queue, shard, _reason(error))
         elif isinstance(cause, ShardInputError):
             self._failed(shard, _reason(error))
@@ -448,10 +448,10 @@ class Dispatcher:
 
     def _retry_or_fail(self, queue: _Queue, shard: AnyShard, reason: str, may_unpack: bool = True) -> None:
         attempts = queue.attempts[shard.shard_id]
-        if attempts >= self.policy.attempts and may_unpack and isinstance(shard, ShardPack) and shard.retry is None:
-            self._unpack(queue, shard, f"{attempts} attempts: {reason}")
-            return
         if attempts >= self.policy.attempts:
+            if may_unpack and _unpackable(shard):
+                self._unpack(queue, shard, f"{attempts} attempts: {reason}")
+                return
             self._failed(shard, f"failed after {attempts} attempts: {reason}")
             if self.progress is not None:
                 self.progress.failed()
@@ -532,6 +532,11 @@ def _cause(outcome: Any) -> Any:
     """What a replica raised, unwrapped from Ray's RayTaskError (which carries it as `cause`)."""
     cause = getattr(outcome, "cause", None)
     return cause if isinstance(cause, BaseException) else outcome
+
+
+def _unpackable(shard: AnyShard) -> TypeGuard[ShardPack]:
+    """A pack not running its error rows again: Dispatcher._unpack says why that one is not."""
+    return isinstance(shard, ShardPack) and shard.retry is None
 
 
 def _reason(error: BaseException) -> str:
